@@ -1,0 +1,83 @@
+//! [`ApiError`]: the only type that becomes an error response.
+//!
+//! The body is always `{"error","error_description"}` (RFC 6749 §5.2) with a stable code
+//! and a description an operator can act on. Internal detail (I/O errors, file paths) goes
+//! to the logs only, never to the client.
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use broker_client::types::ErrorResponse;
+
+/// An error answer.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// OAuth error code.
+    pub code: &'static str,
+    /// Operator-actionable description (never a secret).
+    pub description: String,
+    /// Extra headers, e.g. `Retry-After`.
+    pub retry_after: Option<u64>,
+}
+
+impl ApiError {
+    /// An error with the given status, code and description.
+    pub fn new(status: StatusCode, code: &'static str, description: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            description: description.into(),
+            retry_after: None,
+        }
+    }
+
+    /// 400 `invalid_request`.
+    pub fn invalid_request(description: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_request", description)
+    }
+
+    /// 503: the decision could not be recorded, so nothing is returned.
+    pub fn audit_unavailable() -> Self {
+        let mut e = Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "temporarily_unavailable",
+            "the broker cannot record this decision in its audit log, so it issues nothing; retry later",
+        );
+        e.retry_after = Some(1);
+        e
+    }
+
+    /// 500 without detail (the detail is logged by the caller).
+    pub fn internal() -> Self {
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "server_error",
+            "internal error; the broker's log has the detail",
+        )
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = ErrorResponse {
+            error: self.code.to_owned(),
+            error_description: Some(self.description),
+        };
+        let mut res = (self.status, Json(body)).into_response();
+        let h = res.headers_mut();
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        h.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+        if let Some(secs) = self.retry_after {
+            h.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        if self.status == StatusCode::UNAUTHORIZED {
+            h.insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"jit-broker\""),
+            );
+        }
+        res
+    }
+}

@@ -1,0 +1,31 @@
+//! `GET /healthz` (process alive), `GET /readyz` (able to issue), `GET /metrics`.
+
+use axum::extract::State;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+
+use crate::api::AppState;
+
+/// Liveness.
+pub async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+/// Readiness: policies loaded and the audit log writable.
+pub async fn readyz(State(st): State<AppState>) -> Response {
+    if st.audit.is_healthy() && !st.policies.current().is_empty() {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n").into_response()
+    }
+}
+
+/// Prometheus text exposition.
+pub async fn metrics(State(st): State<AppState>) -> Response {
+    let mut res = st.metrics.render().into_response();
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4"),
+    );
+    res
+}

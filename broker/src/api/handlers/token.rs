@@ -1,0 +1,368 @@
+//! `POST /oauth2/token`: RFC 8693 token exchange (workload JWT → access token).
+//!
+//! Every outcome is appended to the audit log and made durable before the caller hears
+//! it: the `issued` record before the token leaves, the `denied` record before the error.
+//! If the record cannot be written, the answer is 503 and no token is returned.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{ConnectInfo, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use broker_client::types::{
+    GRANT_TYPE_CLIENT_CREDENTIALS, GRANT_TYPE_TOKEN_EXCHANGE, TOKEN_TYPE_ACCESS_TOKEN,
+    TOKEN_TYPE_JWT, TokenResponse,
+};
+use serde::Deserialize;
+
+use crate::api::{ApiError, AppState};
+use crate::audit::event::{AuditEvent, Decision as AuditDecision, EventKind, Evidence};
+use crate::authn::AuthnError;
+use crate::mint::MintRequest;
+use crate::policy::{self, Decision};
+
+/// The form parameters the broker reads. Unknown parameters are ignored (RFC 6749 §3.2);
+/// a repeated parameter is an error. No `Debug`: it holds the subject token.
+#[derive(Deserialize, Default)]
+struct TokenForm {
+    grant_type: Option<String>,
+    subject_token: Option<String>,
+    subject_token_type: Option<String>,
+    requested_token_type: Option<String>,
+    actor_token: Option<String>,
+    task: Option<String>,
+    audience: Option<String>,
+    resource: Option<String>,
+    scope: Option<String>,
+    requested_ttl: Option<String>,
+}
+
+/// A refusal: the error to answer with and the rule to record.
+struct Refusal {
+    rule: &'static str,
+    error: ApiError,
+}
+
+impl Refusal {
+    fn new(rule: &'static str, error: ApiError) -> Self {
+        Self { rule, error }
+    }
+    fn invalid_request(rule: &'static str, description: impl Into<String>) -> Self {
+        Self::new(rule, ApiError::invalid_request(description))
+    }
+}
+
+/// The token endpoint.
+#[tracing::instrument(skip_all, fields(source = %peer.ip()))]
+pub async fn token(
+    State(st): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let mut ev = AuditEvent::new(EventKind::Denied);
+    ev.source = Some(peer.ip().to_string());
+    match issue(&st, peer, &headers, body, &mut ev).await {
+        Ok(res) => res,
+        Err(refusal) => deny(&st, ev, refusal).await,
+    }
+}
+
+async fn deny(st: &AppState, mut ev: AuditEvent, refusal: Refusal) -> Response {
+    ev.event = EventKind::Denied;
+    ev.decision = Some(AuditDecision::Deny);
+    ev.rule = Some(refusal.rule.to_owned());
+    ev.error = Some(refusal.error.code.to_owned());
+    ev.reason = Some(refusal.error.description.clone());
+    st.metrics.denied(refusal.rule);
+    match st.audit.append(ev).await {
+        Ok(_) => refusal.error.into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "audit append failed for a denial");
+            st.metrics.audit_failure();
+            ApiError::audit_unavailable().into_response()
+        }
+    }
+}
+
+fn authn_refusal(e: &AuthnError) -> Refusal {
+    let error = match e {
+        AuthnError::KeysUnavailable(_) => {
+            let mut err = ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "temporarily_unavailable",
+                format!("cannot check the subject_token: {e}"),
+            );
+            err.retry_after = Some(5);
+            err
+        }
+        _ => ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_grant",
+            format!("subject_token rejected: {e}"),
+        ),
+    };
+    Refusal::new(e.rule(), error)
+}
+
+fn policy_refusal(d: &policy::Denial) -> Refusal {
+    let status = StatusCode::from_u16(d.rule.http_status()).unwrap_or(StatusCode::FORBIDDEN);
+    Refusal::new(
+        d.rule.as_str(),
+        ApiError::new(status, d.rule.oauth_error(), d.reason.clone()),
+    )
+}
+
+async fn issue(
+    st: &AppState,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+    ev: &mut AuditEvent,
+) -> Result<Response, Refusal> {
+    let body = body.map_err(|rej| {
+        if rej.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            Refusal::new(
+                "body_too_large",
+                ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "invalid_request",
+                    "request body is larger than this broker accepts (listen.max_body_bytes)",
+                ),
+            )
+        } else {
+            Refusal::invalid_request("malformed_request", "request body could not be read")
+        }
+    })?;
+    let form_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.split(';')
+                .next()
+                .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/x-www-form-urlencoded"))
+        });
+    if !form_type {
+        return Err(Refusal::invalid_request(
+            "malformed_request",
+            "the token endpoint takes application/x-www-form-urlencoded bodies (RFC 6749 §4)",
+        ));
+    }
+    let form: TokenForm = serde_urlencoded::from_bytes(&body).map_err(|e| {
+        Refusal::invalid_request("malformed_request", format!("malformed form body: {e}"))
+    })?;
+
+    match form.grant_type.as_deref() {
+        Some(GRANT_TYPE_TOKEN_EXCHANGE) => {}
+        Some(GRANT_TYPE_CLIENT_CREDENTIALS) => {
+            return Err(Refusal::new(
+                "client_certificate_required",
+                ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "invalid_client",
+                    "client_credentials needs a TLS client certificate (tls_client_auth, RFC 8705); none was presented",
+                ),
+            ));
+        }
+        Some(other) => {
+            return Err(Refusal::new(
+                "unsupported_grant_type",
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "unsupported_grant_type",
+                    format!(
+                        "grant_type {:?} is not supported: use {GRANT_TYPE_TOKEN_EXCHANGE} or {GRANT_TYPE_CLIENT_CREDENTIALS}",
+                        clip(other)
+                    ),
+                ),
+            ));
+        }
+        None => return Err(Refusal::invalid_request("malformed_request", "grant_type is required")),
+    }
+    match form.subject_token_type.as_deref() {
+        Some(TOKEN_TYPE_JWT) | Some("urn:ietf:params:oauth:token-type:id_token") => {}
+        Some(other) => {
+            return Err(Refusal::invalid_request(
+                "malformed_request",
+                format!(
+                    "subject_token_type {:?} is not supported: use {TOKEN_TYPE_JWT}",
+                    clip(other)
+                ),
+            ));
+        }
+        None => {
+            return Err(Refusal::invalid_request(
+                "malformed_request",
+                "subject_token_type is required",
+            ));
+        }
+    }
+    if form.actor_token.is_some() {
+        return Err(Refusal::invalid_request(
+            "malformed_request",
+            "delegation (actor_token) is not supported",
+        ));
+    }
+    if let Some(t) = form.requested_token_type.as_deref() {
+        if t != TOKEN_TYPE_ACCESS_TOKEN && t != TOKEN_TYPE_JWT {
+            return Err(Refusal::invalid_request(
+                "malformed_request",
+                format!("requested_token_type {:?} is not supported", clip(t)),
+            ));
+        }
+    }
+    let Some(subject_token) = form.subject_token.as_deref().filter(|t| !t.is_empty()) else {
+        return Err(Refusal::invalid_request("malformed_request", "subject_token is required"));
+    };
+    let Some(task) = form.task.as_deref().filter(|t| !t.is_empty()) else {
+        return Err(Refusal::invalid_request(
+            "malformed_request",
+            "task is required: name the task of your identity's policy this token is for",
+        ));
+    };
+    ev.task = Some(clip(task));
+    let audience = match (form.audience.as_deref(), form.resource.as_deref()) {
+        (Some(a), Some(r)) if a != r => {
+            return Err(Refusal::new(
+                "audience_conflict",
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_target",
+                    "audience and resource name different targets; a token has exactly one audience",
+                ),
+            ));
+        }
+        (Some(a), _) | (None, Some(a)) => Some(a),
+        (None, None) => None,
+    };
+    if let Some(a) = audience {
+        ev.audience = Some(clip(a));
+    }
+    let scopes: Option<Vec<&str>> = form.scope.as_deref().map(|s| s.split_whitespace().collect());
+    if let Some(s) = &scopes {
+        ev.scopes = Some(s.iter().map(|s| clip(s)).collect());
+    }
+    let requested_ttl = match form.requested_ttl.as_deref() {
+        None => None,
+        Some(s) => match s.parse::<u64>() {
+            Ok(n) if n > 0 => Some(Duration::from_secs(n)),
+            _ => {
+                return Err(Refusal::invalid_request(
+                    "malformed_request",
+                    format!("requested_ttl {:?} must be a positive number of seconds", clip(s)),
+                ));
+            }
+        },
+    };
+
+    let jwt = st
+        .authn
+        .authenticate_jwt(subject_token)
+        .await
+        .map_err(|e| authn_refusal(&e))?;
+    ev.evidence = Some(Evidence {
+        kind: "jwt",
+        issuer: Some(jwt.issuer.clone()),
+        subject: Some(jwt.subject.clone()),
+        spiffe_id: jwt.spiffe_id().map(str::to_owned),
+        cert_sha256: None,
+        kid: jwt.kid.clone(),
+    });
+
+    let policies = st.policies.current();
+    let Some(identity) = policies.match_jwt(&jwt.issuer, &jwt.subject, &jwt.claims) else {
+        return Err(Refusal::new(
+            policy::Rule::UnknownIdentity.as_str(),
+            ApiError::new(
+                StatusCode::FORBIDDEN,
+                policy::Rule::UnknownIdentity.oauth_error(),
+                format!(
+                    "no registered identity matches issuer {} subject {}: register it with an [[identity.match]] in the policy directory",
+                    jwt.issuer,
+                    clip(&jwt.subject)
+                ),
+            ),
+        ));
+    };
+    ev.identity = Some(identity.id.clone());
+    ev.environment = Some(identity.environment.clone());
+
+    let evaluation = policies.evaluate(&policy::Request {
+        identity: &identity.id,
+        task,
+        audience,
+        scopes,
+        requested_ttl,
+        source: peer.ip(),
+        now: st.clock.now(),
+        cert_bound: false,
+    });
+    let grant = match evaluation.decision {
+        Decision::Allow(g) => g,
+        Decision::Deny(d) => return Err(policy_refusal(&d)),
+    };
+
+    let minted = st
+        .minter
+        .mint(&MintRequest {
+            identity: &grant.identity,
+            environment: &grant.environment,
+            task: &grant.task,
+            audience: &grant.audience,
+            scopes: &grant.scopes,
+            ttl_secs: grant.ttl.as_secs().max(1),
+            cert_thumbprint: None,
+            break_glass: None,
+        })
+        .map_err(|e| {
+            tracing::error!(error = %e, "minting failed");
+            Refusal::new("mint_failed", ApiError::internal())
+        })?;
+
+    ev.event = EventKind::Issued;
+    ev.decision = Some(AuditDecision::Allow);
+    ev.audience = Some(grant.audience.clone());
+    ev.scopes = Some(grant.scopes.clone());
+    ev.task = Some(grant.task.clone());
+    ev.jti = Some(minted.claims.jti.clone());
+    ev.exp = Some(minted.claims.exp);
+    ev.kid = Some(minted.kid.clone());
+    let record = std::mem::replace(ev, AuditEvent::new(EventKind::Denied));
+    if let Err(e) = st.audit.append(record).await {
+        tracing::error!(error = %e, jti = %minted.claims.jti, "audit append failed; token discarded");
+        st.metrics.audit_failure();
+        return Ok(ApiError::audit_unavailable().into_response());
+    }
+    st.metrics.issued();
+    tracing::debug!(jti = %minted.claims.jti, kid = %minted.kid, identity = %grant.identity, "issued");
+
+    let body = TokenResponse {
+        access_token: minted.expose_token().to_owned(),
+        issued_token_type: TOKEN_TYPE_ACCESS_TOKEN.to_owned(),
+        token_type: "Bearer".to_owned(),
+        expires_in: minted.claims.exp.saturating_sub(minted.claims.iat),
+        scope: minted.claims.scope.clone(),
+    };
+    let mut res = axum::Json(body).into_response();
+    res.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    res.headers_mut()
+        .insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+    Ok(res)
+}
+
+/// Bounds a caller-supplied string before it goes into a record or a message.
+fn clip(s: &str) -> String {
+    const MAX: usize = 256;
+    if s.len() <= MAX {
+        return s.to_owned();
+    }
+    let mut end = MAX;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}

@@ -1,0 +1,67 @@
+//! The HTTP surface: [`router`] builds the axum router over an [`AppState`].
+//!
+//! Every input is bounded here: request bodies by `max_body_bytes`, whole requests by a
+//! timeout; header sizes are bounded by the connection settings in [`crate::server`].
+
+pub mod error;
+pub mod handlers;
+pub mod state;
+
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Request};
+use axum::http::StatusCode;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+
+pub use error::ApiError;
+pub use state::AppState;
+
+/// Limits applied to every request.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Largest body, bytes.
+    pub max_body_bytes: usize,
+    /// Whole-request timeout.
+    pub request_timeout: Duration,
+}
+
+/// The broker's router.
+pub fn router(state: AppState, limits: Limits) -> Router {
+    let timeout = limits.request_timeout;
+    Router::new()
+        .route("/oauth2/token", post(handlers::token::token))
+        .route("/.well-known/jwks.json", get(handlers::discovery::jwks))
+        .route(
+            "/.well-known/oauth-authorization-server",
+            get(handlers::discovery::metadata),
+        )
+        .route("/healthz", get(handlers::health::healthz))
+        .route("/readyz", get(handlers::health::readyz))
+        .route("/metrics", get(handlers::health::metrics))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(limits.max_body_bytes))
+        .layer(middleware::from_fn(move |req: Request, next: Next| async move {
+            match tokio::time::timeout(timeout, next.run(req)).await {
+                Ok(res) => res,
+                Err(_) => ApiError::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "invalid_request",
+                    format!("request not completed within {}s", timeout.as_secs()),
+                )
+                .into_response(),
+            }
+        }))
+        .with_state(state)
+}
+
+async fn not_found() -> Response {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "no such endpoint; see /.well-known/oauth-authorization-server",
+    )
+    .into_response()
+}

@@ -1,0 +1,28 @@
+//! [`AppState`]: everything the handlers need, cheap to clone (every field is shared).
+
+use std::sync::Arc;
+
+use crate::audit::AuditLog;
+use crate::authn::Authenticator;
+use crate::clock::Clock;
+use crate::metrics::Metrics;
+use crate::mint::Minter;
+use crate::reload::PolicyStore;
+
+/// Shared state of the HTTP handlers. The caller's identity is request-scoped and never
+/// lives here.
+#[derive(Clone)]
+pub struct AppState {
+    /// Workload authentication.
+    pub authn: Arc<Authenticator>,
+    /// The live policy set (atomically swapped on reload).
+    pub policies: Arc<PolicyStore>,
+    /// Token minting; owns the signing keys.
+    pub minter: Arc<Minter>,
+    /// The audit log.
+    pub audit: AuditLog,
+    /// Time.
+    pub clock: Arc<dyn Clock>,
+    /// Counters for `/metrics`.
+    pub metrics: Arc<Metrics>,
+}

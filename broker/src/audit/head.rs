@@ -1,0 +1,206 @@
+//! The signed head anchor, `head.json`: the last durable record's `(seq, hash)`, signed.
+//!
+//! Without it, removing the final complete records of the log would leave a shorter,
+//! perfectly chained log. The anchor is written after every batch, always after the
+//! batch's log `fdatasync`, so it is never ahead of the log.
+//!
+//! The file is a 512-byte slot (the JSON object padded with spaces and a final newline)
+//! rewritten in place with one `pwrite` + `fdatasync`: a single-sector overwrite, the same
+//! assumption PostgreSQL makes for `pg_control`. An anchor that does not fit in the slot
+//! (a very long `kid`), the first anchor, and the first write after a failed one go
+//! through `head.json.tmp` + rename + directory fsync instead.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write as _};
+use std::os::unix::fs::FileExt as _;
+use std::path::{Path, PathBuf};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use serde::{Deserialize, Serialize};
+
+use super::chain::{self, Hash};
+use super::segment::{self, HEAD_FILE, HEAD_TMP_FILE};
+use crate::mint::keys::{KeyError, Signer, VerifyingKey};
+
+/// Size of the in-place slot.
+const SLOT: usize = 512;
+
+/// The anchor as stored.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Head {
+    /// Seq of the last anchored record (0: the log is empty).
+    pub(crate) seq: u64,
+    /// Its hash, hex (64 zeros when `seq` is 0).
+    pub(crate) hash: String,
+    /// The segment holding it.
+    pub(crate) segment: String,
+    /// The signing key's id.
+    pub(crate) kid: String,
+    /// The signing algorithm.
+    pub(crate) alg: String,
+    /// base64url signature over [`message`].
+    pub(crate) sig: String,
+}
+
+/// The exact bytes the anchor's signature covers.
+pub(crate) fn message(seq: u64, hash_hex: &str, segment: &str) -> String {
+    format!("jit-broker-audit-head:v1:{seq}:{hash_hex}:{segment}")
+}
+
+impl Head {
+    /// Signs an anchor for `(seq, hash)` in `segment`.
+    pub(crate) fn sign(
+        signer: &dyn Signer,
+        seq: u64,
+        hash: &Hash,
+        segment: &str,
+    ) -> Result<Self, KeyError> {
+        let hash = chain::to_hex(hash);
+        let sig = signer.sign(message(seq, &hash, segment).as_bytes())?;
+        Ok(Self {
+            seq,
+            hash,
+            segment: segment.to_owned(),
+            kid: signer.kid().to_owned(),
+            alg: signer.algorithm().as_str().to_owned(),
+            sig: URL_SAFE_NO_PAD.encode(sig),
+        })
+    }
+
+    /// Parses `head.json`, checking field shapes (not the signature).
+    pub(crate) fn parse(bytes: &[u8]) -> Result<Self, String> {
+        let head: Self = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+        if chain::parse_hex(head.hash.as_bytes()).is_none() {
+            return Err("`hash` is not 64 lowercase hex digits".into());
+        }
+        if segment::parse_segment_name(&head.segment).is_none() {
+            return Err(format!("`segment` {:?} is not a segment name", head.segment));
+        }
+        if head.seq == 0 && head.hash != chain::to_hex(&chain::GENESIS) {
+            return Err("seq 0 with a non-zero hash".into());
+        }
+        Ok(head)
+    }
+
+    /// The anchored hash.
+    pub(crate) fn hash_bytes(&self) -> Hash {
+        chain::parse_hex(self.hash.as_bytes()).unwrap_or_default()
+    }
+
+    /// True when `sig` is `key`'s signature over this anchor and `alg` is `key`'s.
+    pub(crate) fn signature_valid(&self, key: &VerifyingKey) -> bool {
+        if key.algorithm().as_str() != self.alg {
+            return false;
+        }
+        let Ok(sig) = URL_SAFE_NO_PAD.decode(&self.sig) else {
+            return false;
+        };
+        key.verify(message(self.seq, &self.hash, &self.segment).as_bytes(), &sig)
+    }
+}
+
+/// Reads `dir/head.json`, `None` if it does not exist.
+pub(crate) fn read(dir: &Path) -> io::Result<Option<Vec<u8>>> {
+    match fs::read(dir.join(HEAD_FILE)) {
+        Ok(bytes) => Ok(Some(bytes)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Writes the anchor; owned by the log writer.
+pub(crate) struct HeadWriter {
+    dir: PathBuf,
+    /// An open handle on `head.json` when it is a full slot that can be rewritten in place.
+    slot: Option<File>,
+}
+
+impl HeadWriter {
+    /// A writer for `dir/head.json`, reusing the existing file's slot if it has one.
+    pub(crate) fn new(dir: &Path) -> Self {
+        let slot = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(dir.join(HEAD_FILE))
+            .ok()
+            .filter(|f| f.metadata().is_ok_and(|m| m.len() == SLOT as u64));
+        Self {
+            dir: dir.to_path_buf(),
+            slot,
+        }
+    }
+
+    /// The path written.
+    pub(crate) fn path(&self) -> PathBuf {
+        self.dir.join(HEAD_FILE)
+    }
+
+    /// Durably replaces the anchor with `head`.
+    pub(crate) fn write(&mut self, head: &Head) -> io::Result<()> {
+        let mut buf = serde_json::to_vec(head).map_err(io::Error::other)?;
+        if buf.len() < SLOT {
+            buf.resize(SLOT - 1, b' ');
+            buf.push(b'\n');
+        }
+        let result = match self.slot.as_ref() {
+            Some(file) if buf.len() == SLOT => file
+                .write_all_at(&buf, 0)
+                .and_then(|()| file.sync_data()),
+            _ => self.replace(&buf),
+        };
+        if result.is_err() {
+            // State unknown: the next write rewrites the whole file.
+            self.slot = None;
+        }
+        result
+    }
+
+    fn replace(&mut self, buf: &[u8]) -> io::Result<()> {
+        let tmp = self.dir.join(HEAD_TMP_FILE);
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)?;
+        file.write_all(buf)?;
+        file.sync_data()?;
+        fs::rename(&tmp, self.path())?;
+        segment::sync_dir(&self.dir)?;
+        self.slot = (buf.len() == SLOT).then_some(file);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mint::keys::{KeyRing, SigningAlgorithm, generate};
+
+    #[test]
+    fn sign_write_read_verify() {
+        let keys = tempfile::tempdir().unwrap();
+        generate(keys.path(), SigningAlgorithm::EdDSA, 1).unwrap();
+        let ring = KeyRing::load_dir(keys.path()).unwrap();
+        let signer = ring.current();
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = HeadWriter::new(dir.path());
+        for seq in [0u64, 1, 12_345_678_901] {
+            let hash = if seq == 0 { chain::GENESIS } else { [seq as u8; 32] };
+            let head = Head::sign(signer.as_ref(), seq, &hash, "audit-000001.log").unwrap();
+            w.write(&head).unwrap();
+            let bytes = read(dir.path()).unwrap().unwrap();
+            assert_eq!(bytes.len(), SLOT);
+            let back = Head::parse(&bytes).unwrap();
+            assert_eq!(back, head);
+            let vk = ring.jwks().verifying_key(&back.kid).unwrap();
+            assert!(back.signature_valid(&vk));
+            let forged = Head { seq: seq + 1, ..back };
+            assert!(!forged.signature_valid(&vk));
+        }
+        assert!(w.slot.is_some(), "later writes go in place");
+        assert!(!dir.path().join(HEAD_TMP_FILE).exists());
+    }
+}

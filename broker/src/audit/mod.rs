@@ -1,0 +1,3 @@
+//! The audit log (stub; being written).
+
+pub mod event;

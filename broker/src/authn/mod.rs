@@ -1,0 +1,307 @@
+//! Who is calling: workload-identity JWT validation (this issue) and, later, mTLS.
+//!
+//! [`Authenticator::authenticate_jwt`] checks a workload JWT against the trusted issuer
+//! named by its `iss`: algorithm on that issuer's allow-list (never `none` or HMAC),
+//! signature with the issuer's published key for `kid`, `exp`/`nbf`/`iat` with the
+//! issuer's leeway, `aud` among the issuer's audiences, `sub` present.
+//!
+//! Successful verifications are cached by the token's SHA-256 until the token expires,
+//! so a workload that presents the same projected token again costs one hash, not one
+//! RSA verification. The cache is bounded and never holds the token itself.
+
+pub mod issuers;
+pub mod jws;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::clock::Clock;
+use crate::config::TrustedIssuer;
+use issuers::IssuerKeys;
+
+/// Why a workload credential was refused.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum AuthnError {
+    /// Not a well-formed JWT, or too long.
+    #[error("{0}")]
+    Malformed(String),
+    /// The `iss` is not a configured trusted issuer.
+    #[error("issuer {0:?} is not a trusted issuer of this broker")]
+    UntrustedIssuer(String),
+    /// `alg` refused.
+    #[error("{0}")]
+    AlgorithmNotAllowed(String),
+    /// No key with this `kid` even after a refresh.
+    #[error("issuer {issuer} has no key with kid {kid:?} (after refreshing its keys)")]
+    UnknownKid {
+        /// The issuer.
+        issuer: String,
+        /// The kid.
+        kid: String,
+    },
+    /// Signature does not verify.
+    #[error("JWT signature does not verify with the issuer's key")]
+    BadSignature,
+    /// `exp` passed.
+    #[error("JWT expired at {exp} (now {now}, leeway {leeway}s)")]
+    Expired {
+        /// exp.
+        exp: u64,
+        /// now.
+        now: u64,
+        /// leeway seconds.
+        leeway: u64,
+    },
+    /// `nbf` in the future.
+    #[error("JWT not valid before {nbf} (now {now}, leeway {leeway}s)")]
+    NotYetValid {
+        /// nbf.
+        nbf: u64,
+        /// now.
+        now: u64,
+        /// leeway seconds.
+        leeway: u64,
+    },
+    /// `aud` does not name this broker.
+    #[error("JWT audience {got} is not one this broker accepts for issuer {issuer} (expected one of: {expected})")]
+    WrongAudience {
+        /// What the token said.
+        got: String,
+        /// The issuer.
+        issuer: String,
+        /// The accepted audiences.
+        expected: String,
+    },
+    /// A required claim is missing or mistyped.
+    #[error("JWT claim `{0}` is missing or not of the right type")]
+    MissingClaim(&'static str),
+    /// The issuer's keys could not be loaded.
+    #[error("issuer keys unavailable: {0}")]
+    KeysUnavailable(String),
+}
+
+impl AuthnError {
+    /// The stable rule name recorded in the audit log.
+    pub fn rule(&self) -> &'static str {
+        match self {
+            AuthnError::Malformed(_) => "token_malformed",
+            AuthnError::UntrustedIssuer(_) => "untrusted_issuer",
+            AuthnError::AlgorithmNotAllowed(_) => "algorithm_not_allowed",
+            AuthnError::UnknownKid { .. } => "unknown_kid",
+            AuthnError::BadSignature => "bad_signature",
+            AuthnError::Expired { .. } => "token_expired",
+            AuthnError::NotYetValid { .. } => "token_not_yet_valid",
+            AuthnError::WrongAudience { .. } => "wrong_audience",
+            AuthnError::MissingClaim(_) => "missing_claim",
+            AuthnError::KeysUnavailable(_) => "issuer_keys_unavailable",
+        }
+    }
+}
+
+/// A workload JWT whose signature and claims checked out.
+#[derive(Debug, Clone)]
+pub struct VerifiedJwt {
+    /// `iss`.
+    pub issuer: String,
+    /// `sub`.
+    pub subject: String,
+    /// `kid` of the issuer key that signed it.
+    pub kid: Option<String>,
+    /// `exp`.
+    pub exp: u64,
+    /// All claims (for claim matchers).
+    pub claims: serde_json::Map<String, serde_json::Value>,
+}
+
+impl VerifiedJwt {
+    /// The SPIFFE ID when this is a JWT-SVID (`sub` is a `spiffe://` URI).
+    pub fn spiffe_id(&self) -> Option<&str> {
+        self.subject
+            .starts_with("spiffe://")
+            .then_some(self.subject.as_str())
+    }
+}
+
+/// Validates workload credentials against the trusted issuers.
+pub struct Authenticator {
+    issuers: HashMap<String, Arc<IssuerKeys>>,
+    verified: moka::sync::Cache<[u8; 32], Arc<VerifiedJwt>>,
+    clock: Arc<dyn Clock>,
+}
+
+impl std::fmt::Debug for Authenticator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Authenticator")
+            .field("issuers", &self.issuers.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+fn num_claim(
+    claims: &serde_json::Map<String, serde_json::Value>,
+    name: &'static str,
+) -> Result<Option<u64>, AuthnError> {
+    match claims.get(name) {
+        None => Ok(None),
+        Some(v) => v
+            .as_u64()
+            .or_else(|| v.as_f64().filter(|f| *f >= 0.0).map(|f| f as u64))
+            .map(Some)
+            .ok_or(AuthnError::MissingClaim(name)),
+    }
+}
+
+impl Authenticator {
+    /// Builds the authenticator over the configured issuers (keys load lazily).
+    pub fn new(issuers: &[TrustedIssuer], clock: Arc<dyn Clock>) -> Result<Self, AuthnError> {
+        let mut map = HashMap::new();
+        for t in issuers {
+            map.insert(t.issuer.clone(), Arc::new(IssuerKeys::new(t.clone())?));
+        }
+        Ok(Self {
+            issuers: map,
+            verified: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(Duration::from_secs(3600))
+                .build(),
+            clock,
+        })
+    }
+
+    /// Loads every issuer's keys once; returns the issuers whose keys failed to load.
+    pub async fn preload(&self) -> Vec<(String, AuthnError)> {
+        let mut failed = Vec::new();
+        for (iss, keys) in &self.issuers {
+            if let Err(e) = keys.keys().await {
+                failed.push((iss.clone(), e));
+            }
+        }
+        failed
+    }
+
+    /// Validates a workload JWT.
+    #[tracing::instrument(skip_all)]
+    pub async fn authenticate_jwt(&self, token: &str) -> Result<Arc<VerifiedJwt>, AuthnError> {
+        let now = self.clock.unix_secs();
+        let digest: [u8; 32] = {
+            let d = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
+            let mut out = [0u8; 32];
+            out.copy_from_slice(d.as_ref());
+            out
+        };
+        if let Some(hit) = self.verified.get(&digest) {
+            // Time-dependent checks are repeated on every use.
+            let leeway = self
+                .issuers
+                .get(&hit.issuer)
+                .map(|i| i.config.leeway.as_secs())
+                .unwrap_or(0);
+            if now <= hit.exp.saturating_add(leeway) {
+                return Ok(hit);
+            }
+            self.verified.invalidate(&digest);
+            return Err(AuthnError::Expired {
+                exp: hit.exp,
+                now,
+                leeway,
+            });
+        }
+
+        let parsed = jws::parse(token)?;
+        if parsed.header.crit.is_some() {
+            return Err(AuthnError::Malformed(
+                "JWT header has `crit` extensions the broker does not understand".into(),
+            ));
+        }
+        let iss = parsed
+            .claims
+            .get("iss")
+            .and_then(|v| v.as_str())
+            .ok_or(AuthnError::MissingClaim("iss"))?;
+        let issuer = self
+            .issuers
+            .get(iss)
+            .ok_or_else(|| AuthnError::UntrustedIssuer(truncate(iss, 200)))?;
+        let alg = jws::check_algorithm(&parsed.header.alg, &issuer.algorithms)?;
+
+        let kid = parsed.header.kid.clone().unwrap_or_default();
+        let mut keys = issuer.keys().await?;
+        if !keys.keys.contains_key(&kid) {
+            issuer.refresh_for_unknown_kid(Instant::now()).await;
+            keys = issuer.keys().await?;
+        }
+        let key = keys.keys.get(&kid).ok_or_else(|| AuthnError::UnknownKid {
+            issuer: issuer.config.issuer.clone(),
+            kid: truncate(&kid, 100),
+        })?;
+        jws::verify_signature(alg, key, parsed.signing_input, &parsed.signature)?;
+
+        // Claims, only after the signature holds.
+        let leeway = issuer.config.leeway.as_secs();
+        let exp = num_claim(&parsed.claims, "exp")?.ok_or(AuthnError::MissingClaim("exp"))?;
+        if now > exp.saturating_add(leeway) {
+            return Err(AuthnError::Expired { exp, now, leeway });
+        }
+        if let Some(nbf) = num_claim(&parsed.claims, "nbf")? {
+            if nbf > now.saturating_add(leeway) {
+                return Err(AuthnError::NotYetValid { nbf, now, leeway });
+            }
+        }
+        if let Some(iat) = num_claim(&parsed.claims, "iat")? {
+            if iat > now.saturating_add(leeway) {
+                return Err(AuthnError::NotYetValid { nbf: iat, now, leeway });
+            }
+        }
+        let auds: Vec<&str> = match parsed.claims.get("aud") {
+            Some(serde_json::Value::String(s)) => vec![s.as_str()],
+            Some(serde_json::Value::Array(a)) => a.iter().filter_map(|v| v.as_str()).collect(),
+            _ => return Err(AuthnError::MissingClaim("aud")),
+        };
+        if !auds
+            .iter()
+            .any(|a| issuer.config.audiences.iter().any(|x| x == a))
+        {
+            return Err(AuthnError::WrongAudience {
+                got: truncate(&auds.join(" "), 200),
+                issuer: issuer.config.issuer.clone(),
+                expected: issuer.config.audiences.join(", "),
+            });
+        }
+        let subject = parsed
+            .claims
+            .get("sub")
+            .and_then(|v| v.as_str())
+            .filter(|s| !s.is_empty())
+            .ok_or(AuthnError::MissingClaim("sub"))?
+            .to_owned();
+
+        let verified = Arc::new(VerifiedJwt {
+            issuer: issuer.config.issuer.clone(),
+            subject,
+            kid: parsed.header.kid,
+            exp,
+            claims: parsed.claims,
+        });
+        self.verified.insert(digest, Arc::clone(&verified));
+        Ok(verified)
+    }
+
+    /// Drops every cached verification (after an issuer's keys changed).
+    pub fn clear_cache(&self) {
+        self.verified.invalidate_all();
+    }
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        s.to_owned()
+    } else {
+        let mut end = max;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        format!("{}…", &s[..end])
+    }
+}

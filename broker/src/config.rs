@@ -1,0 +1,521 @@
+//! The broker config file (TOML): parsed into [`FileConfig`] with unknown keys rejected,
+//! then validated into [`Config`] with typed paths, durations and addresses.
+//!
+//! Relative paths are resolved against the config file's directory. Nothing here is a
+//! global: the validated `Config` is passed to [`crate::run`].
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::mint::keys::SigningAlgorithm;
+
+/// Errors loading or validating the config file.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("config {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or has unknown or mistyped keys.
+    #[error("config {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message (names the key and line).
+        message: String,
+    },
+    /// A value is invalid.
+    #[error("config {path}: {message}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong and how to fix it.
+        message: String,
+    },
+}
+
+/// The config file as written (serde model; unknown keys are errors).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// `iss` of minted tokens.
+    pub issuer: String,
+    /// The listener.
+    pub listen: ListenFile,
+    /// Signing keys.
+    pub signing: SigningFile,
+    /// The audit log.
+    pub audit: AuditFile,
+    /// The registry and task policies.
+    pub policies: PoliciesFile,
+    /// Workload-JWT issuers the broker trusts.
+    #[serde(default)]
+    pub trusted_issuer: Vec<TrustedIssuerFile>,
+    /// The audience catalogue: every audience a task may name, with its environment.
+    #[serde(default)]
+    pub audience: Vec<AudienceEntry>,
+}
+
+/// `[listen]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenFile {
+    /// Socket address, e.g. `127.0.0.1:8443`.
+    pub addr: String,
+    /// Server certificate chain (PEM).
+    #[serde(default)]
+    pub tls_cert: Option<PathBuf>,
+    /// Server private key (PEM).
+    #[serde(default)]
+    pub tls_key: Option<PathBuf>,
+    /// Plain HTTP; allowed only on a loopback address.
+    #[serde(default)]
+    pub insecure_http: bool,
+    /// Largest accepted request body, bytes (default 16384).
+    #[serde(default)]
+    pub max_body_bytes: Option<usize>,
+    /// Whole-request timeout (default `10s`).
+    #[serde(default)]
+    pub request_timeout: Option<String>,
+}
+
+/// `[signing]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SigningFile {
+    /// Directory of PKCS#8 PEM keys made by `broker keygen`.
+    pub key_dir: PathBuf,
+    /// `EdDSA` (default) or `ES256`; used by `keygen` defaults and checked at start.
+    #[serde(default)]
+    pub algorithm: Option<String>,
+}
+
+/// `[audit]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditFile {
+    /// Directory of the log segments and the head anchor.
+    pub dir: PathBuf,
+    /// Segment size before rotation, bytes (default 64 MiB).
+    #[serde(default)]
+    pub segment_max_bytes: Option<u64>,
+}
+
+/// `[policies]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoliciesFile {
+    /// Directory of registry/policy TOML files.
+    pub dir: PathBuf,
+    /// How often the directory is checked for changes (default `2s`).
+    #[serde(default)]
+    pub reload_interval: Option<String>,
+}
+
+/// `[[trusted_issuer]]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrustedIssuerFile {
+    /// Expected `iss`.
+    pub issuer: String,
+    /// Accepted `aud` values; at least one must be in the token.
+    pub audiences: Vec<String>,
+    /// Algorithm allow-list (`RS256`, `RS384`, `RS512`, `PS256`, `PS384`, `PS512`,
+    /// `ES256`, `ES384`, `EdDSA`). `none` and HMAC are never accepted.
+    pub algorithms: Vec<String>,
+    /// Local JWKS file.
+    #[serde(default)]
+    pub jwks_file: Option<PathBuf>,
+    /// Remote JWKS URL.
+    #[serde(default)]
+    pub jwks_uri: Option<String>,
+    /// Use OIDC discovery (`{issuer}/.well-known/openid-configuration`).
+    #[serde(default)]
+    pub discovery: bool,
+    /// Clock-skew leeway for `exp`/`nbf`/`iat` (default `30s`, at most `5m`).
+    #[serde(default)]
+    pub leeway: Option<String>,
+    /// PEM CA bundle for fetching the JWKS over HTTPS (default: the web PKI roots are
+    /// not bundled, so set this for HTTPS issuers).
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+}
+
+/// `[[audience]]`: one entry of the audience catalogue.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct AudienceEntry {
+    /// The audience URI (the `aud` of minted tokens).
+    pub uri: String,
+    /// The environment (trust zone) the audience lives in.
+    pub environment: String,
+}
+
+/// The validated config.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `iss` of minted tokens.
+    pub issuer: String,
+    /// Listener address.
+    pub addr: SocketAddr,
+    /// TLS material, or `None` for plain HTTP on loopback.
+    pub tls: Option<TlsFiles>,
+    /// Largest accepted request body.
+    pub max_body_bytes: usize,
+    /// Whole-request timeout.
+    pub request_timeout: Duration,
+    /// Key directory.
+    pub key_dir: PathBuf,
+    /// The algorithm new keys use.
+    pub algorithm: SigningAlgorithm,
+    /// Audit directory.
+    pub audit_dir: PathBuf,
+    /// Segment rotation size.
+    pub audit_segment_max_bytes: u64,
+    /// Policy directory.
+    pub policy_dir: PathBuf,
+    /// Policy change poll interval.
+    pub policy_reload_interval: Duration,
+    /// Trusted workload-JWT issuers.
+    pub trusted_issuers: Vec<TrustedIssuer>,
+    /// The audience catalogue.
+    pub audiences: Vec<AudienceEntry>,
+}
+
+/// Server TLS files.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    /// Certificate chain PEM.
+    pub cert: PathBuf,
+    /// Private key PEM.
+    pub key: PathBuf,
+}
+
+/// Where a trusted issuer's keys come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JwksSource {
+    /// A local file, re-read when it changes.
+    File(PathBuf),
+    /// A URL.
+    Uri(String),
+    /// OIDC discovery from the issuer URL.
+    Discovery,
+}
+
+/// A validated `[[trusted_issuer]]`.
+#[derive(Debug, Clone)]
+pub struct TrustedIssuer {
+    /// Expected `iss`.
+    pub issuer: String,
+    /// Accepted audiences.
+    pub audiences: Vec<String>,
+    /// Allowed algorithms (validated names).
+    pub algorithms: Vec<String>,
+    /// Key source.
+    pub jwks: JwksSource,
+    /// Leeway.
+    pub leeway: Duration,
+    /// CA bundle for HTTPS fetches.
+    pub ca_file: Option<PathBuf>,
+}
+
+/// The JWS algorithms a trusted issuer may be allowed to use.
+pub const ACCEPTABLE_ISSUER_ALGORITHMS: &[&str] = &[
+    "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA",
+];
+
+/// Parses `"500ms"`, `"30s"`, `"10m"`, `"1h"`, `"2d"` or combinations such as `"1h30m"`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    if s.is_empty() {
+        return Err("empty duration".into());
+    }
+    let mut total = Duration::ZERO;
+    let mut num = String::new();
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c.is_ascii_digit() {
+            num.push(c);
+            continue;
+        }
+        if num.is_empty() {
+            return Err(format!("invalid duration {s:?}: expected e.g. \"30s\", \"10m\", \"1h\""));
+        }
+        let n: u64 = num
+            .parse()
+            .map_err(|_| format!("invalid duration {s:?}: number too large"))?;
+        num.clear();
+        let unit = match c {
+            'm' if chars.peek() == Some(&'s') => {
+                chars.next();
+                Duration::from_millis(n)
+            }
+            's' => Duration::from_secs(n),
+            'm' => Duration::from_secs(n.saturating_mul(60)),
+            'h' => Duration::from_secs(n.saturating_mul(3600)),
+            'd' => Duration::from_secs(n.saturating_mul(86400)),
+            _ => {
+                return Err(format!(
+                    "invalid duration {s:?}: unknown unit {c:?} (use ms, s, m, h, d)"
+                ));
+            }
+        };
+        total += unit;
+    }
+    if !num.is_empty() {
+        return Err(format!(
+            "invalid duration {s:?}: missing unit (write \"{num}s\" for seconds)"
+        ));
+    }
+    Ok(total)
+}
+
+impl Config {
+    /// Reads and validates the config file at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let base = path.parent().unwrap_or(Path::new(".")).to_path_buf();
+        Self::from_toml(&text, path, &base)
+    }
+
+    /// Parses and validates config text; `base` resolves relative paths.
+    pub fn from_toml(text: &str, path: &Path, base: &Path) -> Result<Config, ConfigError> {
+        let file: FileConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        file.validate(path, base)
+    }
+}
+
+impl FileConfig {
+    /// Validates the file model into a [`Config`].
+    pub fn validate(self, path: &Path, base: &Path) -> Result<Config, ConfigError> {
+        let invalid = |message: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            message,
+        };
+        let resolve = |p: &Path| {
+            if p.is_absolute() {
+                p.to_path_buf()
+            } else {
+                base.join(p)
+            }
+        };
+        let dur = |key: &str, v: &Option<String>, default: Duration| -> Result<Duration, ConfigError> {
+            match v {
+                None => Ok(default),
+                Some(s) => parse_duration(s).map_err(|e| invalid(format!("{key}: {e}"))),
+            }
+        };
+
+        if self.issuer.trim().is_empty() {
+            return Err(invalid("issuer must not be empty".into()));
+        }
+        let addr: SocketAddr = self.listen.addr.parse().map_err(|_| {
+            invalid(format!(
+                "listen.addr {:?} is not a socket address such as 127.0.0.1:8443",
+                self.listen.addr
+            ))
+        })?;
+        let tls = match (&self.listen.tls_cert, &self.listen.tls_key, self.listen.insecure_http) {
+            (Some(c), Some(k), false) => Some(TlsFiles {
+                cert: resolve(c),
+                key: resolve(k),
+            }),
+            (_, _, true) => {
+                if !addr.ip().is_loopback() {
+                    return Err(invalid(format!(
+                        "listen.insecure_http = true is only allowed on a loopback address, not {addr}: \
+                         configure listen.tls_cert and listen.tls_key"
+                    )));
+                }
+                None
+            }
+            _ => {
+                return Err(invalid(
+                    "listen.tls_cert and listen.tls_key are required (TLS is the default); \
+                     plain HTTP needs listen.insecure_http = true on a loopback address"
+                        .into(),
+                ));
+            }
+        };
+        let algorithm = match &self.signing.algorithm {
+            None => SigningAlgorithm::EdDSA,
+            Some(a) => a
+                .parse()
+                .map_err(|e: crate::mint::keys::KeyError| invalid(format!("signing.algorithm: {e}")))?,
+        };
+
+        let mut trusted_issuers = Vec::new();
+        for (i, t) in self.trusted_issuer.iter().enumerate() {
+            let at = format!("trusted_issuer[{i}] ({})", t.issuer);
+            if t.issuer.is_empty() {
+                return Err(invalid(format!("{at}: issuer must not be empty")));
+            }
+            if trusted_issuers
+                .iter()
+                .any(|x: &TrustedIssuer| x.issuer == t.issuer)
+            {
+                return Err(invalid(format!("{at}: issuer listed twice")));
+            }
+            if t.audiences.is_empty() {
+                return Err(invalid(format!("{at}: audiences must name at least one audience")));
+            }
+            if t.algorithms.is_empty() {
+                return Err(invalid(format!("{at}: algorithms must list at least one algorithm")));
+            }
+            for a in &t.algorithms {
+                if !ACCEPTABLE_ISSUER_ALGORITHMS.contains(&a.as_str()) {
+                    return Err(invalid(format!(
+                        "{at}: algorithm {a:?} is not accepted (allowed: {}; `none` and HMAC never are)",
+                        ACCEPTABLE_ISSUER_ALGORITHMS.join(", ")
+                    )));
+                }
+            }
+            let sources = usize::from(t.jwks_file.is_some())
+                + usize::from(t.jwks_uri.is_some())
+                + usize::from(t.discovery);
+            if sources != 1 {
+                return Err(invalid(format!(
+                    "{at}: set exactly one of jwks_file, jwks_uri or discovery = true"
+                )));
+            }
+            let jwks = if let Some(f) = &t.jwks_file {
+                JwksSource::File(resolve(f))
+            } else if let Some(u) = &t.jwks_uri {
+                JwksSource::Uri(u.clone())
+            } else {
+                JwksSource::Discovery
+            };
+            let leeway = dur(&format!("{at}.leeway"), &t.leeway, Duration::from_secs(30))?;
+            if leeway > Duration::from_secs(300) {
+                return Err(invalid(format!("{at}: leeway must be at most 5m")));
+            }
+            trusted_issuers.push(TrustedIssuer {
+                issuer: t.issuer.clone(),
+                audiences: t.audiences.clone(),
+                algorithms: t.algorithms.clone(),
+                jwks,
+                leeway,
+                ca_file: t.ca_file.as_deref().map(resolve),
+            });
+        }
+
+        let mut audiences: Vec<AudienceEntry> = Vec::new();
+        for a in &self.audience {
+            if a.uri.is_empty() || a.environment.is_empty() {
+                return Err(invalid("audience entries need both uri and environment".into()));
+            }
+            if audiences.iter().any(|x| x.uri == a.uri) {
+                return Err(invalid(format!("audience {:?} is listed twice", a.uri)));
+            }
+            audiences.push(a.clone());
+        }
+
+        Ok(Config {
+            issuer: self.issuer,
+            addr,
+            tls,
+            max_body_bytes: self.listen.max_body_bytes.unwrap_or(16 * 1024),
+            request_timeout: dur("listen.request_timeout", &self.listen.request_timeout, Duration::from_secs(10))?,
+            key_dir: resolve(&self.signing.key_dir),
+            algorithm,
+            audit_dir: resolve(&self.audit.dir),
+            audit_segment_max_bytes: self.audit.segment_max_bytes.unwrap_or(64 * 1024 * 1024),
+            policy_dir: resolve(&self.policies.dir),
+            policy_reload_interval: dur(
+                "policies.reload_interval",
+                &self.policies.reload_interval,
+                Duration::from_secs(2),
+            )?,
+            trusted_issuers,
+            audiences,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SAMPLE: &str = r#"
+issuer = "https://broker.example.org"
+[listen]
+addr = "127.0.0.1:8443"
+tls_cert = "tls/server.pem"
+tls_key  = "tls/server.key"
+insecure_http = false
+[signing]
+key_dir = "keys"
+algorithm = "EdDSA"
+[audit]
+dir = "audit"
+[policies]
+dir = "policies"
+[[trusted_issuer]]
+issuer = "https://kubernetes.default.svc.cluster.local"
+audiences = ["jit-broker"]
+algorithms = ["RS256", "ES256"]
+jwks_file = "k8s-jwks.json"
+[[audience]]
+uri = "https://ledger.prod.example.org"
+environment = "prod"
+"#;
+
+    fn load(text: &str) -> Result<Config, ConfigError> {
+        Config::from_toml(text, Path::new("broker.toml"), Path::new("/etc/broker"))
+    }
+
+    #[test]
+    fn sample_from_the_issue_loads_with_resolved_paths() {
+        let c = load(SAMPLE).unwrap();
+        assert_eq!(c.key_dir, PathBuf::from("/etc/broker/keys"));
+        assert_eq!(c.trusted_issuers[0].jwks, JwksSource::File("/etc/broker/k8s-jwks.json".into()));
+        assert_eq!(c.trusted_issuers[0].leeway, Duration::from_secs(30));
+        assert!(c.tls.is_some());
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected_with_their_name() {
+        let err = load(&SAMPLE.replace("[audit]", "[audit]\ncolour = \"red\"")).unwrap_err();
+        assert!(err.to_string().contains("colour"), "{err}");
+    }
+
+    #[test]
+    fn insecure_http_only_on_loopback() {
+        let t = SAMPLE.replace("insecure_http = false", "insecure_http = true");
+        assert!(load(&t).unwrap().tls.is_none());
+        let t = t.replace("127.0.0.1:8443", "0.0.0.0:8443");
+        assert!(load(&t).unwrap_err().to_string().contains("loopback"));
+    }
+
+    #[test]
+    fn hmac_and_none_cannot_be_allowed() {
+        for alg in ["HS256", "none"] {
+            let t = SAMPLE.replace(r#"["RS256", "ES256"]"#, &format!("[\"{alg}\"]"));
+            assert!(load(&t).unwrap_err().to_string().contains("never"), "{alg}");
+        }
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("10m").unwrap(), Duration::from_secs(600));
+        assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert!(parse_duration("10").is_err());
+        assert!(parse_duration("5x").is_err());
+        assert!(parse_duration("").is_err());
+    }
+}

@@ -1,0 +1,535 @@
+//! Signing keys: the only place private key bytes exist.
+//!
+//! Keys are PKCS#8 PEM files in the configured key directory, made by `broker keygen`.
+//! Each key's `kid` is its RFC 7638 JWK thumbprint. The newest file (by name, which
+//! starts with its creation time) signs; every key in the directory is published in the
+//! JWKS, so a token always verifies while its key is still in the directory.
+//!
+//! Private key bytes never leave this module: callers get an `Arc<dyn Signer>` and the
+//! public half as a [`PublicJwk`] or [`VerifyingKey`]. The PKCS#8 bytes read from disk are
+//! zeroized once parsed; no type here implements `Debug` with key material.
+
+use std::fmt;
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use base64::Engine;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use ring::rand::SystemRandom;
+use ring::signature::{self, EcdsaKeyPair, Ed25519KeyPair, KeyPair};
+use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
+
+/// A JWS signing algorithm the broker can mint with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+pub enum SigningAlgorithm {
+    /// Ed25519 (RFC 8037). The default.
+    #[default]
+    EdDSA,
+    /// ECDSA P-256 with SHA-256 (RFC 7518 §3.4).
+    ES256,
+}
+
+impl SigningAlgorithm {
+    /// The JOSE `alg` name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SigningAlgorithm::EdDSA => "EdDSA",
+            SigningAlgorithm::ES256 => "ES256",
+        }
+    }
+}
+
+impl std::str::FromStr for SigningAlgorithm {
+    type Err = KeyError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "EdDSA" | "eddsa" | "Ed25519" => Ok(Self::EdDSA),
+            "ES256" | "es256" => Ok(Self::ES256),
+            other => Err(KeyError::UnsupportedAlgorithm(other.to_owned())),
+        }
+    }
+}
+
+impl fmt::Display for SigningAlgorithm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Errors of key generation, loading and signing.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum KeyError {
+    /// The algorithm is not one the broker signs with.
+    #[error("unsupported signing algorithm {0:?}: use EdDSA or ES256")]
+    UnsupportedAlgorithm(String),
+    /// A key file could not be read or written.
+    #[error("key file {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// A key file is not a PKCS#8 key of a supported algorithm.
+    #[error("key file {path}: {reason}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, without key bytes.
+        reason: String,
+    },
+    /// The key directory holds no key.
+    #[error("no signing key in {0}: run `broker keygen --dir {0}`")]
+    NoKeys(PathBuf),
+    /// The signature operation failed.
+    #[error("signing failed")]
+    Sign,
+}
+
+/// Something that signs: the broker never touches a private key outside this module.
+pub trait Signer: Send + Sync {
+    /// The key id (RFC 7638 thumbprint).
+    fn kid(&self) -> &str;
+    /// The JOSE algorithm.
+    fn algorithm(&self) -> SigningAlgorithm;
+    /// Signs `msg`, returning the JWS signature bytes.
+    fn sign(&self, msg: &[u8]) -> Result<Vec<u8>, KeyError>;
+    /// The public half as a JWK.
+    fn public_jwk(&self) -> PublicJwk;
+}
+
+/// A public key as published in the JWKS (RFC 7517).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PublicJwk {
+    /// `OKP` or `EC`.
+    pub kty: String,
+    /// `Ed25519` or `P-256`.
+    pub crv: String,
+    /// base64url public key (Ed25519) or x coordinate (EC).
+    pub x: String,
+    /// base64url y coordinate (EC only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub y: Option<String>,
+    /// The key id.
+    pub kid: String,
+    /// The algorithm.
+    pub alg: String,
+    /// Always `sig`.
+    #[serde(rename = "use")]
+    pub use_: String,
+}
+
+impl PublicJwk {
+    /// The verifier for this key, or `None` if the JWK is not a supported key.
+    pub fn verifying_key(&self) -> Option<VerifyingKey> {
+        let x = URL_SAFE_NO_PAD.decode(&self.x).ok()?;
+        match (self.kty.as_str(), self.crv.as_str()) {
+            ("OKP", "Ed25519") if x.len() == 32 => Some(VerifyingKey {
+                alg: SigningAlgorithm::EdDSA,
+                bytes: x,
+            }),
+            ("EC", "P-256") => {
+                let y = URL_SAFE_NO_PAD.decode(self.y.as_ref()?).ok()?;
+                if x.len() != 32 || y.len() != 32 {
+                    return None;
+                }
+                let mut bytes = Vec::with_capacity(65);
+                bytes.push(4);
+                bytes.extend_from_slice(&x);
+                bytes.extend_from_slice(&y);
+                Some(VerifyingKey {
+                    alg: SigningAlgorithm::ES256,
+                    bytes,
+                })
+            }
+            _ => None,
+        }
+    }
+}
+
+/// The public half of a signing key, able to verify its signatures.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VerifyingKey {
+    alg: SigningAlgorithm,
+    bytes: Vec<u8>,
+}
+
+impl VerifyingKey {
+    /// True when `sig` is a valid signature of `msg` by this key.
+    pub fn verify(&self, msg: &[u8], sig: &[u8]) -> bool {
+        let alg: &dyn signature::VerificationAlgorithm = match self.alg {
+            SigningAlgorithm::EdDSA => &signature::ED25519,
+            SigningAlgorithm::ES256 => &signature::ECDSA_P256_SHA256_FIXED,
+        };
+        signature::UnparsedPublicKey::new(alg, &self.bytes)
+            .verify(msg, sig)
+            .is_ok()
+    }
+
+    /// The algorithm.
+    pub fn algorithm(&self) -> SigningAlgorithm {
+        self.alg
+    }
+}
+
+enum KeyPairKind {
+    Ed25519(Ed25519KeyPair),
+    Es256(EcdsaKeyPair),
+}
+
+/// A signing key loaded from a PKCS#8 file.
+pub struct LocalSigner {
+    kind: KeyPairKind,
+    kid: String,
+    jwk: PublicJwk,
+    rng: SystemRandom,
+}
+
+impl fmt::Debug for LocalSigner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LocalSigner")
+            .field("kid", &self.kid)
+            .field("key", &"[redacted]")
+            .finish()
+    }
+}
+
+impl LocalSigner {
+    /// Parses a PKCS#8 DER document (Ed25519 or P-256).
+    pub fn from_pkcs8(der: &[u8]) -> Result<Self, String> {
+        let rng = SystemRandom::new();
+        if let Ok(kp) = Ed25519KeyPair::from_pkcs8_maybe_unchecked(der) {
+            let x = URL_SAFE_NO_PAD.encode(kp.public_key().as_ref());
+            let kid = thumbprint_okp(&x);
+            let jwk = PublicJwk {
+                kty: "OKP".into(),
+                crv: "Ed25519".into(),
+                x,
+                y: None,
+                kid: kid.clone(),
+                alg: "EdDSA".into(),
+                use_: "sig".into(),
+            };
+            return Ok(Self {
+                kind: KeyPairKind::Ed25519(kp),
+                kid,
+                jwk,
+                rng,
+            });
+        }
+        match EcdsaKeyPair::from_pkcs8(&signature::ECDSA_P256_SHA256_FIXED_SIGNING, der, &rng) {
+            Ok(kp) => {
+                let point = kp.public_key().as_ref();
+                if point.len() != 65 {
+                    return Err("P-256 public key has an unexpected encoding".into());
+                }
+                let x = URL_SAFE_NO_PAD.encode(&point[1..33]);
+                let y = URL_SAFE_NO_PAD.encode(&point[33..65]);
+                let kid = thumbprint_ec(&x, &y);
+                let jwk = PublicJwk {
+                    kty: "EC".into(),
+                    crv: "P-256".into(),
+                    x,
+                    y: Some(y),
+                    kid: kid.clone(),
+                    alg: "ES256".into(),
+                    use_: "sig".into(),
+                };
+                Ok(Self {
+                    kind: KeyPairKind::Es256(kp),
+                    kid,
+                    jwk,
+                    rng,
+                })
+            }
+            Err(_) => Err("not a PKCS#8 Ed25519 or P-256 private key".into()),
+        }
+    }
+}
+
+impl Signer for LocalSigner {
+    fn kid(&self) -> &str {
+        &self.kid
+    }
+
+    fn algorithm(&self) -> SigningAlgorithm {
+        match self.kind {
+            KeyPairKind::Ed25519(_) => SigningAlgorithm::EdDSA,
+            KeyPairKind::Es256(_) => SigningAlgorithm::ES256,
+        }
+    }
+
+    fn sign(&self, msg: &[u8]) -> Result<Vec<u8>, KeyError> {
+        match &self.kind {
+            KeyPairKind::Ed25519(kp) => Ok(kp.sign(msg).as_ref().to_vec()),
+            KeyPairKind::Es256(kp) => kp
+                .sign(&self.rng, msg)
+                .map(|s| s.as_ref().to_vec())
+                .map_err(|_| KeyError::Sign),
+        }
+    }
+
+    fn public_jwk(&self) -> PublicJwk {
+        self.jwk.clone()
+    }
+}
+
+fn thumbprint_okp(x: &str) -> String {
+    // RFC 7638 §3.2: required members in lexicographic order, no whitespace.
+    let canonical = format!(r#"{{"crv":"Ed25519","kty":"OKP","x":"{x}"}}"#);
+    URL_SAFE_NO_PAD.encode(ring::digest::digest(&ring::digest::SHA256, canonical.as_bytes()))
+}
+
+fn thumbprint_ec(x: &str, y: &str) -> String {
+    let canonical = format!(r#"{{"crv":"P-256","kty":"EC","x":"{x}","y":"{y}"}}"#);
+    URL_SAFE_NO_PAD.encode(ring::digest::digest(&ring::digest::SHA256, canonical.as_bytes()))
+}
+
+/// The broker's signing keys: the newest signs, all are published.
+#[derive(Clone)]
+pub struct KeyRing {
+    keys: Vec<Arc<dyn Signer>>,
+}
+
+impl fmt::Debug for KeyRing {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kids: Vec<&str> = self.keys.iter().map(|k| k.kid()).collect();
+        f.debug_struct("KeyRing").field("kids", &kids).finish()
+    }
+}
+
+impl KeyRing {
+    /// A ring over the given signers; the last one signs.
+    pub fn new(keys: Vec<Arc<dyn Signer>>) -> Option<Self> {
+        if keys.is_empty() {
+            None
+        } else {
+            Some(Self { keys })
+        }
+    }
+
+    /// Loads every `*.pem` key in `dir`, sorted by file name (oldest first).
+    pub fn load_dir(dir: &Path) -> Result<Self, KeyError> {
+        let mut files = key_files(dir)?;
+        files.sort();
+        let mut keys: Vec<Arc<dyn Signer>> = Vec::new();
+        for path in files {
+            let pem = Zeroizing::new(fs::read(&path).map_err(|source| KeyError::Io {
+                path: path.clone(),
+                source,
+            })?);
+            let der = pem_decode_private_key(&pem).map_err(|reason| KeyError::Invalid {
+                path: path.clone(),
+                reason,
+            })?;
+            let signer = LocalSigner::from_pkcs8(&der).map_err(|reason| KeyError::Invalid {
+                path: path.clone(),
+                reason,
+            })?;
+            keys.push(Arc::new(signer));
+        }
+        Self::new(keys).ok_or_else(|| KeyError::NoKeys(dir.to_path_buf()))
+    }
+
+    /// The key that signs new tokens.
+    pub fn current(&self) -> Arc<dyn Signer> {
+        // `new` guarantees at least one key.
+        Arc::clone(&self.keys[self.keys.len() - 1])
+    }
+
+    /// Every published public key.
+    pub fn jwks(&self) -> Jwks {
+        Jwks {
+            keys: self.keys.iter().map(|k| k.public_jwk()).collect(),
+        }
+    }
+
+    /// The verifier for `kid`, if the ring has it.
+    pub fn verifying_key(&self, kid: &str) -> Option<VerifyingKey> {
+        self.keys
+            .iter()
+            .find(|k| k.kid() == kid)
+            .and_then(|k| k.public_jwk().verifying_key())
+    }
+}
+
+/// A JSON Web Key Set (RFC 7517 §5).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Jwks {
+    /// The keys.
+    pub keys: Vec<PublicJwk>,
+}
+
+impl Jwks {
+    /// The verifier for `kid`, if present and supported.
+    pub fn verifying_key(&self, kid: &str) -> Option<VerifyingKey> {
+        self.keys
+            .iter()
+            .find(|k| k.kid == kid)
+            .and_then(PublicJwk::verifying_key)
+    }
+}
+
+fn key_files(dir: &Path) -> Result<Vec<PathBuf>, KeyError> {
+    let rd = match fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(KeyError::NoKeys(dir.to_path_buf()));
+        }
+        Err(source) => {
+            return Err(KeyError::Io {
+                path: dir.to_path_buf(),
+                source,
+            });
+        }
+    };
+    let mut out = Vec::new();
+    for entry in rd.flatten() {
+        let p = entry.path();
+        if p.extension().is_some_and(|e| e == "pem") && p.is_file() {
+            out.push(p);
+        }
+    }
+    Ok(out)
+}
+
+fn pem_decode_private_key(pem: &[u8]) -> Result<Zeroizing<Vec<u8>>, String> {
+    let text = std::str::from_utf8(pem).map_err(|_| "not a PEM text file".to_string())?;
+    let begin = "-----BEGIN PRIVATE KEY-----";
+    let end = "-----END PRIVATE KEY-----";
+    let start = text
+        .find(begin)
+        .ok_or_else(|| "no `BEGIN PRIVATE KEY` block (PKCS#8 expected)".to_string())?;
+    let rest = &text[start + begin.len()..];
+    let stop = rest
+        .find(end)
+        .ok_or_else(|| "unterminated PEM block".to_string())?;
+    let b64: Zeroizing<String> =
+        Zeroizing::new(rest[..stop].chars().filter(|c| !c.is_whitespace()).collect());
+    STANDARD
+        .decode(b64.as_bytes())
+        .map(Zeroizing::new)
+        .map_err(|_| "PEM body is not valid base64".to_string())
+}
+
+fn pem_encode_private_key(der: &[u8]) -> Zeroizing<String> {
+    let b64 = Zeroizing::new(STANDARD.encode(der));
+    let mut out = Zeroizing::new(String::from("-----BEGIN PRIVATE KEY-----\n"));
+    for chunk in b64.as_bytes().chunks(64) {
+        out.push_str(std::str::from_utf8(chunk).unwrap_or_default());
+        out.push('\n');
+    }
+    out.push_str("-----END PRIVATE KEY-----\n");
+    out
+}
+
+/// Generates a new key in `dir` (created if missing, file mode 0600) and returns its
+/// path and `kid`. `created_unix` orders keys: the newest signs.
+pub fn generate(
+    dir: &Path,
+    alg: SigningAlgorithm,
+    created_unix: u64,
+) -> Result<(PathBuf, String), KeyError> {
+    let rng = SystemRandom::new();
+    let der = Zeroizing::new(match alg {
+        SigningAlgorithm::EdDSA => Ed25519KeyPair::generate_pkcs8(&rng)
+            .map_err(|_| KeyError::Sign)?
+            .as_ref()
+            .to_vec(),
+        SigningAlgorithm::ES256 => {
+            EcdsaKeyPair::generate_pkcs8(&signature::ECDSA_P256_SHA256_FIXED_SIGNING, &rng)
+                .map_err(|_| KeyError::Sign)?
+                .as_ref()
+                .to_vec()
+        }
+    });
+    let signer = LocalSigner::from_pkcs8(&der).map_err(|reason| KeyError::Invalid {
+        path: dir.to_path_buf(),
+        reason,
+    })?;
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| KeyError::Io { path, source }
+    };
+    fs::create_dir_all(dir).map_err(io(dir))?;
+    let short: String = signer.kid().chars().take(12).collect();
+    let path = dir.join(format!("{created_unix:012}-{}-{short}.pem", alg.as_str()));
+    let pem = pem_encode_private_key(&der);
+    let mut opts = fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts.open(&path).map_err(io(&path))?;
+    f.write_all(pem.as_bytes()).map_err(io(&path))?;
+    f.sync_all().map_err(io(&path))?;
+    Ok((path, signer.kid().to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generate_load_sign_verify_both_algorithms() {
+        for alg in [SigningAlgorithm::EdDSA, SigningAlgorithm::ES256] {
+            let dir = tempfile::tempdir().unwrap();
+            let (path, kid) = generate(dir.path(), alg, 1).unwrap();
+            assert!(path.exists());
+            let ring = KeyRing::load_dir(dir.path()).unwrap();
+            let signer = ring.current();
+            assert_eq!(signer.kid(), kid);
+            assert_eq!(signer.algorithm(), alg);
+            let sig = signer.sign(b"hello").unwrap();
+            let vk = ring.jwks().verifying_key(&kid).unwrap();
+            assert!(vk.verify(b"hello", &sig));
+            assert!(!vk.verify(b"hellp", &sig));
+        }
+    }
+
+    #[test]
+    fn newest_key_signs_and_all_are_published() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_, old) = generate(dir.path(), SigningAlgorithm::EdDSA, 100).unwrap();
+        let (_, new) = generate(dir.path(), SigningAlgorithm::ES256, 200).unwrap();
+        let ring = KeyRing::load_dir(dir.path()).unwrap();
+        assert_eq!(ring.current().kid(), new);
+        let kids: Vec<String> = ring.jwks().keys.into_iter().map(|k| k.kid).collect();
+        assert_eq!(kids, vec![old, new]);
+    }
+
+    #[test]
+    fn rfc7638_thumbprint_example() {
+        // RFC 8037 Appendix A.3: thumbprint of the Ed25519 example key.
+        let x = "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo";
+        assert_eq!(
+            thumbprint_okp(x),
+            "kPrK_qmxVWaYVA9wwBF6Iuo3vVzz7TxHCTwXBygrS4k"
+        );
+    }
+
+    #[test]
+    fn empty_dir_and_garbage_are_clear_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(matches!(
+            KeyRing::load_dir(dir.path()),
+            Err(KeyError::NoKeys(_))
+        ));
+        fs::write(dir.path().join("x.pem"), "not a key").unwrap();
+        let err = KeyRing::load_dir(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("x.pem"), "{err}");
+    }
+
+    #[test]
+    fn debug_never_prints_key_material() {
+        let der = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new()).unwrap();
+        let s = LocalSigner::from_pkcs8(der.as_ref()).unwrap();
+        assert!(format!("{s:?}").contains("[redacted]"));
+    }
+}

@@ -1,0 +1,230 @@
+//! The NHI registry and task policies: reviewed TOML files under `policies/`, compiled into
+//! an immutable [`PolicySet`], and the allow/deny decision for one token request.
+//!
+//! - [`load_dir`] reads every `*.toml` file of a directory (one identity per file), checks
+//!   every rule of the format (see `policies/README.md`) and either returns a compiled
+//!   [`PolicySet`] or *every* problem found, each naming its file ([`LintError`]). A set is
+//!   never built from a directory with a problem, so a reload that fails keeps the old set.
+//! - [`PolicySet::match_jwt`], [`PolicySet::match_spiffe_id`] and [`PolicySet::match_cert`]
+//!   map authenticated workload evidence to the one [`Identity`] it proves. The loader
+//!   rejects registries in which one caller could prove two identities.
+//! - [`PolicySet::evaluate`] is the decision: pure (no IO, no clock; `now` is an input),
+//!   deny by default, and never wider than the task. [`PolicySet::explain`] is the same
+//!   decision with a trace of every rule checked, for `broker policy explain`.
+//!
+//! This module never authenticates anyone: it trusts that its inputs (issuer, subject,
+//! claims, certificate names) were verified by `authn`.
+
+mod evaluate;
+mod load;
+mod model;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
+
+use chrono::NaiveDate;
+use ipnet::IpNet;
+
+pub use self::evaluate::{Decision, Denial, Evaluation, Grant, Request, Rule, RuleCheck};
+pub use self::load::{LintError, MAX_TTL_CEILING, from_sources, load_dir};
+
+/// A compiled, immutable registry: every identity with its tasks, and lookup tables from
+/// workload evidence to identity. Cheap to share (`Arc<PolicySet>`); a reload builds a new
+/// set and swaps it in.
+#[derive(Debug)]
+pub struct PolicySet {
+    identities: Vec<Identity>,
+    by_id: HashMap<String, usize>,
+    by_spiffe: HashMap<String, usize>,
+    /// issuer → subject → (required extra claims, identity).
+    by_jwt: HashMap<String, HashMap<String, Vec<(BTreeMap<String, String>, usize)>>>,
+    by_cert_subject: HashMap<String, usize>,
+    /// Lower-case DNS name without a trailing dot → identity.
+    by_dns: HashMap<String, usize>,
+    /// The audience catalogue the set was checked against: URI → environment.
+    audience_env: HashMap<String, String>,
+}
+
+/// One registered non-human identity (`[identity]` and its `[[task]]`s).
+#[derive(Debug, Clone)]
+pub struct Identity {
+    /// The NHI id; `sub` and `client_id` of its tokens.
+    pub id: String,
+    /// The accountable business owner.
+    pub owner: String,
+    /// The technical owner.
+    pub steward: String,
+    /// Why the identity exists.
+    pub purpose: String,
+    /// The trust zone; all of its tasks' audiences live in it.
+    pub environment: String,
+    /// The approval trail.
+    pub ticket: String,
+    /// Who approved the registration, when recorded.
+    pub approved_by: Option<String>,
+    /// Recertify before this date: the registration is valid until 00:00:00 UTC of this
+    /// date and is expired *on* it.
+    pub expires: NaiveDate,
+    /// Whether the workload is run by a third party.
+    pub third_party: bool,
+    /// What proves this identity; any one matcher suffices.
+    pub matchers: Vec<Matcher>,
+    /// Its tasks, in file order.
+    pub tasks: Vec<Task>,
+    /// The file the identity was loaded from.
+    pub file: PathBuf,
+    expires_at: SystemTime,
+}
+
+/// One `[[identity.match]]`: a piece of verified workload evidence that proves an identity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Matcher {
+    /// The SPIFFE ID of an X.509-SVID (URI SAN) or a JWT-SVID (`sub`).
+    SpiffeId(String),
+    /// A workload JWT from `issuer` with `sub` = `subject` and, for each entry of `claims`,
+    /// a string claim of exactly that value.
+    Jwt {
+        /// Expected `iss`.
+        issuer: String,
+        /// Expected `sub`.
+        subject: String,
+        /// Extra claims that must be present with exactly these string values.
+        claims: BTreeMap<String, String>,
+    },
+    /// The common name (CN) of a client certificate's subject, exactly.
+    CertSubject(String),
+    /// A DNS name among a client certificate's SANs (ASCII case-insensitive; stored
+    /// lower-case without a trailing dot).
+    DnsName(String),
+}
+
+/// One `[[task]]`: what an identity may ask a token for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Task {
+    /// The task name (the `task` request parameter and token claim).
+    pub name: String,
+    /// The one audience its tokens are for.
+    pub audience: String,
+    /// The widest scope set; requests may narrow it.
+    pub scopes: Vec<String>,
+    /// The longest token lifetime (whole seconds, at least 1s, at most [`MAX_TTL_CEILING`]).
+    pub max_ttl: Duration,
+    /// Source networks allowed to ask; empty means any source. IPv4-mapped IPv6 networks
+    /// are stored as IPv4.
+    pub source_cidrs: Vec<IpNet>,
+    /// Whether tokens must be certificate-bound (requested over mTLS).
+    pub require_binding: bool,
+}
+
+impl Identity {
+    /// The task called `name`.
+    pub fn task(&self, name: &str) -> Option<&Task> {
+        self.tasks.iter().find(|t| t.name == name)
+    }
+
+    /// The instant the registration expires: 00:00:00 UTC on [`Identity::expires`].
+    pub fn expires_at(&self) -> SystemTime {
+        self.expires_at
+    }
+
+    /// Whether the registration has expired at `now`.
+    pub fn is_expired(&self, now: SystemTime) -> bool {
+        now >= self.expires_at
+    }
+}
+
+impl PolicySet {
+    /// The number of identities.
+    pub fn len(&self) -> usize {
+        self.identities.len()
+    }
+
+    /// Whether the set has no identity (never true for a set returned by [`load_dir`]).
+    pub fn is_empty(&self) -> bool {
+        self.identities.is_empty()
+    }
+
+    /// The identity with this id.
+    pub fn identity(&self, id: &str) -> Option<&Identity> {
+        self.by_id.get(id).map(|&i| &self.identities[i])
+    }
+
+    /// Every identity, in file-name order.
+    pub fn identities(&self) -> impl Iterator<Item = &Identity> {
+        self.identities.iter()
+    }
+
+    /// Which identity a validated workload JWT proves; `claims` is the JWT's full claim
+    /// object. An `issuer`+`subject` matcher matches when every one of its `claims` is a
+    /// string claim of exactly that value. When `subject` is a SPIFFE ID (a JWT-SVID),
+    /// `spiffe_id` matchers match it too; `authn` must therefore trust only SPIFFE issuers
+    /// to assert `spiffe://` subjects.
+    pub fn match_jwt(
+        &self,
+        issuer: &str,
+        subject: &str,
+        claims: &serde_json::Map<String, serde_json::Value>,
+    ) -> Option<&Identity> {
+        if let Some(rules) = self.by_jwt.get(issuer).and_then(|m| m.get(subject)) {
+            for (want, idx) in rules {
+                if want
+                    .iter()
+                    .all(|(k, v)| claims.get(k).and_then(|c| c.as_str()) == Some(v.as_str()))
+                {
+                    return Some(&self.identities[*idx]);
+                }
+            }
+        }
+        if subject.starts_with("spiffe://") {
+            return self.match_spiffe_id(subject);
+        }
+        None
+    }
+
+    /// Which identity a verified SPIFFE ID proves (exact match).
+    pub fn match_spiffe_id(&self, id: &str) -> Option<&Identity> {
+        self.by_spiffe.get(id).map(|&i| &self.identities[i])
+    }
+
+    /// Which identity a verified client certificate proves, from its subject CN
+    /// (`cert_subject` matchers) and its DNS SANs (`dns_name` matchers). When the
+    /// certificate's names point at two different identities the answer is `None`
+    /// (ambiguous evidence proves nothing) and a warning is logged.
+    pub fn match_cert(&self, subject_cn: Option<&str>, dns_names: &[String]) -> Option<&Identity> {
+        let mut found: Option<usize> = None;
+        let mut ambiguous = false;
+        let mut consider = |idx: usize| match found {
+            None => found = Some(idx),
+            Some(f) if f == idx => {}
+            Some(_) => ambiguous = true,
+        };
+        if let Some(&idx) = subject_cn.and_then(|cn| self.by_cert_subject.get(cn)) {
+            consider(idx);
+        }
+        for name in dns_names {
+            let name = name.strip_suffix('.').unwrap_or(name);
+            let idx = if name.bytes().any(|b| b.is_ascii_uppercase()) {
+                self.by_dns.get(&name.to_ascii_lowercase())
+            } else {
+                self.by_dns.get(name)
+            };
+            if let Some(&idx) = idx {
+                consider(idx);
+            }
+        }
+        if ambiguous {
+            tracing::warn!(
+                subject_cn = subject_cn.unwrap_or(""),
+                dns_names = ?dns_names,
+                "client certificate names match more than one identity; proving none"
+            );
+            return None;
+        }
+        found.map(|i| &self.identities[i])
+    }
+}
+
+#[cfg(test)]
+mod tests;

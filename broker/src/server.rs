@@ -1,0 +1,292 @@
+//! Starting and serving the broker: [`start`] builds every part from a [`Config`] (keys,
+//! audit log, policies, authenticator) and [`Broker::serve`] runs the accept loop until
+//! shutdown.
+//!
+//! Connections are bounded: at most [`MAX_CONNECTIONS`] at once, headers of at most
+//! [`MAX_HEADER_BYTES`], a header-read timeout, and a TLS handshake timeout; each
+//! handshake runs in its own task so a slow client never stalls the accept loop.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::ConnectInfo;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto::Builder;
+use tokio::net::TcpListener;
+use tower::ServiceExt;
+
+use crate::api::{self, AppState, Limits};
+use crate::audit::event::{AuditEvent, EventKind};
+use crate::audit::{AuditLog, AuditOptions};
+use crate::authn::Authenticator;
+use crate::clock::{Clock, SystemClock};
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::mint::Minter;
+use crate::mint::keys::KeyRing;
+use crate::policy::LintError;
+use crate::reload::{self, PolicyStore};
+
+/// Most simultaneous connections.
+pub const MAX_CONNECTIONS: usize = 10_000;
+/// Largest request head (request line plus headers), bytes.
+pub const MAX_HEADER_BYTES: usize = 16 * 1024;
+/// Time allowed for a client to send its request head.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time allowed for a TLS handshake.
+pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why the broker could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// Signing keys.
+    #[error("signing keys: {0}")]
+    Keys(#[from] crate::mint::keys::KeyError),
+    /// The audit log.
+    #[error("audit log: {0}")]
+    Audit(#[from] crate::audit::AuditError),
+    /// Invalid policy files.
+    #[error("policy directory is invalid:\n{}", .0.iter().map(|e| format!("  {e}")).collect::<Vec<_>>().join("\n"))]
+    Policies(Vec<LintError>),
+    /// Workload authentication setup.
+    #[error("workload authentication: {0}")]
+    Authn(#[from] crate::authn::AuthnError),
+    /// TLS material.
+    #[error("TLS: {0}")]
+    Tls(String),
+}
+
+/// A started broker, ready to serve.
+pub struct Broker {
+    state: AppState,
+    limits: Limits,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    policy_reload_interval: Duration,
+}
+
+impl std::fmt::Debug for Broker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Broker").finish_non_exhaustive()
+    }
+}
+
+/// Builds every part of the broker from `config`: keys, audit log (repairing a torn
+/// tail), policies, authenticator. Fails closed on any invalid part.
+pub async fn start(config: &Config) -> Result<Broker, StartError> {
+    start_with_clock(config, Arc::new(SystemClock)).await
+}
+
+/// [`start`] with an explicit clock.
+pub async fn start_with_clock(config: &Config, clock: Arc<dyn Clock>) -> Result<Broker, StartError> {
+    let keys = KeyRing::load_dir(&config.key_dir)?;
+    let audit = AuditLog::open(
+        AuditOptions {
+            dir: config.audit_dir.clone(),
+            segment_max_bytes: config.audit_segment_max_bytes,
+        },
+        keys.current(),
+        Arc::clone(&clock),
+    )?;
+    let policies = PolicyStore::load(&config.policy_dir, &config.audiences, &[])
+        .map_err(StartError::Policies)?;
+    let authn = Authenticator::new(&config.trusted_issuers, Arc::clone(&clock))?;
+    for (issuer, e) in authn.preload().await {
+        tracing::warn!(%issuer, error = %e, "issuer keys not loaded yet; tokens from it are refused until they load");
+    }
+    let tls = match &config.tls {
+        Some(files) => Some(crate::tls::acceptor(&files.cert, &files.key).map_err(StartError::Tls)?),
+        None => None,
+    };
+    let kids: Vec<String> = keys.jwks().keys.into_iter().map(|k| k.kid).collect();
+    let minter = Minter::new(config.issuer.clone(), keys, Arc::clone(&clock));
+    let identities = policies.current().len();
+
+    let mut ev = AuditEvent::new(EventKind::BrokerStarted);
+    ev.detail = Some(serde_json::json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "issuer": config.issuer,
+        "kids": kids,
+        "identities": identities,
+        "tls": config.tls.is_some(),
+    }));
+    audit.append(ev).await?;
+    let mut ev = AuditEvent::new(EventKind::PolicyReloaded);
+    ev.detail = Some(serde_json::json!({ "identities": identities, "trigger": "start" }));
+    audit.append(ev).await?;
+
+    Ok(Broker {
+        state: AppState {
+            authn: Arc::new(authn),
+            policies: Arc::new(policies),
+            minter: Arc::new(minter),
+            audit,
+            clock,
+            metrics: Arc::new(Metrics::default()),
+        },
+        limits: Limits {
+            max_body_bytes: config.max_body_bytes,
+            request_timeout: config.request_timeout,
+        },
+        tls,
+        policy_reload_interval: config.policy_reload_interval,
+    })
+}
+
+impl Broker {
+    /// The handlers' state (for in-process tests).
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// The router (for in-process tests).
+    pub fn router(&self) -> Router {
+        api::router(self.state.clone(), self.limits)
+    }
+
+    /// Serves on `listener` until `shutdown` resolves, then drains connections, records
+    /// `broker_stopped` and closes the audit log.
+    pub async fn serve(self, listener: TcpListener, shutdown: impl Future<Output = ()> + Send) {
+        keep_sigxfsz_from_killing_us();
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let watcher = {
+            let mut rx = stop_rx.clone();
+            tokio::spawn(reload::watch(
+                Arc::clone(&self.state.policies),
+                self.state.audit.clone(),
+                Arc::clone(&self.state.metrics),
+                self.policy_reload_interval,
+                async move {
+                    let _ = rx.wait_for(|v| *v).await;
+                },
+            ))
+        };
+
+        let router = self.router();
+        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+        let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+        let mut builder = Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(HEADER_READ_TIMEOUT)
+            .max_buf_size(MAX_HEADER_BYTES);
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_header_list_size(MAX_HEADER_BYTES as u32);
+        let builder = Arc::new(builder);
+        tokio::pin!(shutdown);
+
+        loop {
+            let permit = tokio::select! {
+                _ = &mut shutdown => break,
+                p = Arc::clone(&permits).acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+            };
+            let (tcp, peer) = tokio::select! {
+                _ = &mut shutdown => break,
+                r = listener.accept() => match r {
+                    Ok(x) => x,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let _ = tcp.set_nodelay(true);
+            let svc = service(router.clone(), peer);
+            let builder = Arc::clone(&builder);
+            match &self.tls {
+                None => {
+                    let conn = builder.serve_connection(TokioIo::new(tcp), svc).into_owned();
+                    let conn = graceful.watch(conn);
+                    tokio::spawn(async move {
+                        let _ = conn.await;
+                        drop(permit);
+                    });
+                }
+                Some(acceptor) => {
+                    let acceptor = acceptor.clone();
+                    let watcher = graceful.watcher();
+                    tokio::spawn(async move {
+                        let tls = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                            Ok(Ok(s)) => s,
+                            Ok(Err(e)) => {
+                                tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                                return;
+                            }
+                            Err(_) => {
+                                tracing::debug!(%peer, "TLS handshake timed out");
+                                return;
+                            }
+                        };
+                        let conn = builder.serve_connection(TokioIo::new(tls), svc).into_owned();
+                        let _ = watcher.watch(conn).await;
+                        drop(permit);
+                    });
+                }
+            }
+        }
+
+        drop(listener);
+        let _ = tokio::time::timeout(Duration::from_secs(10), graceful.shutdown()).await;
+        let _ = stop_tx.send(true);
+        let _ = watcher.await;
+        let ev = AuditEvent::new(EventKind::BrokerStopped);
+        if let Err(e) = self.state.audit.append(ev).await {
+            tracing::error!(error = %e, "could not record broker_stopped");
+        }
+        self.state.audit.close().await;
+    }
+}
+
+fn service(router: Router, peer: SocketAddr) -> ConnService {
+    ConnService { router, peer }
+}
+
+/// Per-connection service: stamps the peer address on each request, then routes it.
+#[derive(Clone)]
+struct ConnService {
+    router: Router,
+    peer: SocketAddr,
+}
+
+impl hyper::service::Service<hyper::Request<Incoming>> for ConnService {
+    type Response = axum::response::Response;
+    type Error = std::convert::Infallible;
+    type Future = tower::util::Oneshot<Router, hyper::Request<axum::body::Body>>;
+
+    fn call(&self, mut req: hyper::Request<Incoming>) -> Self::Future {
+        req.extensions_mut().insert(ConnectInfo(self.peer));
+        self.router.clone().oneshot(req.map(axum::body::Body::new))
+    }
+}
+
+/// With a file-size limit (RLIMIT_FSIZE) the kernel sends SIGXFSZ, whose default action
+/// kills the process; with a handler installed the write fails with EFBIG instead and
+/// the audit log fails closed (503) rather than the broker dying.
+fn keep_sigxfsz_from_killing_us() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut s) = signal(SignalKind::from_raw(libc::SIGXFSZ)) {
+            tokio::spawn(async move { while s.recv().await.is_some() {} });
+        }
+    }
+}
+
+/// Runs a broker from `config` on `listener` until `shutdown` resolves.
+pub async fn run(
+    config: &Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), StartError> {
+    let broker = start(config).await?;
+    broker.serve(listener, shutdown).await;
+    Ok(())
+}
