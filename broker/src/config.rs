@@ -247,7 +247,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
             continue;
         }
         if num.is_empty() {
-            return Err(format!("invalid duration {s:?}: expected e.g. \"30s\", \"10m\", \"1h\""));
+            return Err(format!(
+                "invalid duration {s:?}: expected e.g. \"30s\", \"10m\", \"1h\""
+            ));
         }
         let n: u64 = num
             .parse()
@@ -313,12 +315,13 @@ impl FileConfig {
                 base.join(p)
             }
         };
-        let dur = |key: &str, v: &Option<String>, default: Duration| -> Result<Duration, ConfigError> {
-            match v {
-                None => Ok(default),
-                Some(s) => parse_duration(s).map_err(|e| invalid(format!("{key}: {e}"))),
-            }
-        };
+        let dur =
+            |key: &str, v: &Option<String>, default: Duration| -> Result<Duration, ConfigError> {
+                match v {
+                    None => Ok(default),
+                    Some(s) => parse_duration(s).map_err(|e| invalid(format!("{key}: {e}"))),
+                }
+            };
 
         if self.issuer.trim().is_empty() {
             return Err(invalid("issuer must not be empty".into()));
@@ -329,7 +332,11 @@ impl FileConfig {
                 self.listen.addr
             ))
         })?;
-        let tls = match (&self.listen.tls_cert, &self.listen.tls_key, self.listen.insecure_http) {
+        let tls = match (
+            &self.listen.tls_cert,
+            &self.listen.tls_key,
+            self.listen.insecure_http,
+        ) {
             (Some(c), Some(k), false) => Some(TlsFiles {
                 cert: resolve(c),
                 key: resolve(k),
@@ -353,9 +360,9 @@ impl FileConfig {
         };
         let algorithm = match &self.signing.algorithm {
             None => SigningAlgorithm::EdDSA,
-            Some(a) => a
-                .parse()
-                .map_err(|e: crate::mint::keys::KeyError| invalid(format!("signing.algorithm: {e}")))?,
+            Some(a) => a.parse().map_err(|e: crate::mint::keys::KeyError| {
+                invalid(format!("signing.algorithm: {e}"))
+            })?,
         };
 
         let mut trusted_issuers = Vec::new();
@@ -371,10 +378,14 @@ impl FileConfig {
                 return Err(invalid(format!("{at}: issuer listed twice")));
             }
             if t.audiences.is_empty() {
-                return Err(invalid(format!("{at}: audiences must name at least one audience")));
+                return Err(invalid(format!(
+                    "{at}: audiences must name at least one audience"
+                )));
             }
             if t.algorithms.is_empty() {
-                return Err(invalid(format!("{at}: algorithms must list at least one algorithm")));
+                return Err(invalid(format!(
+                    "{at}: algorithms must list at least one algorithm"
+                )));
             }
             for a in &t.algorithms {
                 if !ACCEPTABLE_ISSUER_ALGORITHMS.contains(&a.as_str()) {
@@ -416,7 +427,9 @@ impl FileConfig {
         let mut audiences: Vec<AudienceEntry> = Vec::new();
         for a in &self.audience {
             if a.uri.is_empty() || a.environment.is_empty() {
-                return Err(invalid("audience entries need both uri and environment".into()));
+                return Err(invalid(
+                    "audience entries need both uri and environment".into(),
+                ));
             }
             if audiences.iter().any(|x| x.uri == a.uri) {
                 return Err(invalid(format!("audience {:?} is listed twice", a.uri)));
@@ -429,7 +442,11 @@ impl FileConfig {
             addr,
             tls,
             max_body_bytes: self.listen.max_body_bytes.unwrap_or(16 * 1024),
-            request_timeout: dur("listen.request_timeout", &self.listen.request_timeout, Duration::from_secs(10))?,
+            request_timeout: dur(
+                "listen.request_timeout",
+                &self.listen.request_timeout,
+                Duration::from_secs(10),
+            )?,
             key_dir: resolve(&self.signing.key_dir),
             algorithm,
             audit_dir: resolve(&self.audit.dir),
@@ -482,7 +499,10 @@ environment = "prod"
     fn sample_from_the_issue_loads_with_resolved_paths() {
         let c = load(SAMPLE).unwrap();
         assert_eq!(c.key_dir, PathBuf::from("/etc/broker/keys"));
-        assert_eq!(c.trusted_issuers[0].jwks, JwksSource::File("/etc/broker/k8s-jwks.json".into()));
+        assert_eq!(
+            c.trusted_issuers[0].jwks,
+            JwksSource::File("/etc/broker/k8s-jwks.json".into())
+        );
         assert_eq!(c.trusted_issuers[0].leeway, Duration::from_secs(30));
         assert!(c.tls.is_some());
     }
@@ -507,6 +527,14 @@ environment = "prod"
             let t = SAMPLE.replace(r#"["RS256", "ES256"]"#, &format!("[\"{alg}\"]"));
             assert!(load(&t).unwrap_err().to_string().contains("never"), "{alg}");
         }
+    }
+
+    #[test]
+    fn the_shipped_example_config_is_valid() {
+        let c = load(include_str!("../../broker.example.toml")).unwrap();
+        assert_eq!(c.trusted_issuers.len(), 2);
+        assert_eq!(c.trusted_issuers[1].jwks, JwksSource::Discovery);
+        assert_eq!(c.audiences.len(), 2);
     }
 
     #[test]

@@ -17,17 +17,17 @@
 //! - [`metrics`]: counters for `/metrics`.
 //! - [`dev`]: `broker serve --dev` bootstrap.
 
-// WIP pub mod api;
+pub mod api;
 pub mod audit;
 pub mod authn;
 pub mod clock;
 pub mod config;
-// WIP pub mod dev;
+pub mod dev;
 pub mod metrics;
 pub mod mint;
 pub mod policy;
-// WIP pub mod reload;
-// WIP pub mod server;
-// WIP pub mod tls;
+pub mod reload;
+pub mod server;
+pub mod tls;
 
-// WIP pub use server::{Broker, StartError, run, start};
+pub use server::{Broker, StartError, run, start};

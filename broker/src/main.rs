@@ -1,2 +1,477 @@
-//! x
-fn main() {}
+//! The `broker` command: a thin CLI over the library.
+//!
+//! `serve` runs the service; `keygen`, `policy lint|explain`, `audit verify`, `token
+//! decode` and `dev token` are operator tools. `anyhow` is used here only.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use broker::clock::{Clock, SystemClock};
+use broker::config::Config;
+use broker::mint::keys::{self, Jwks, KeyRing, SigningAlgorithm};
+use broker::policy::{self, Decision};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "broker",
+    version,
+    about = "Just-in-time token broker for workloads"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the broker.
+    Serve {
+        /// The config file (TOML).
+        #[arg(long, required_unless_present = "dev", conflicts_with = "dev")]
+        config: Option<PathBuf>,
+        /// Run on embedded defaults: creates keys, a dev workload issuer and sample
+        /// policies under --dev-dir, serves plain HTTP on loopback.
+        #[arg(long)]
+        dev: bool,
+        /// Where --dev keeps its state.
+        #[arg(long, default_value = ".broker-dev")]
+        dev_dir: PathBuf,
+        /// Listen address for --dev.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        dev_addr: String,
+        /// Log format.
+        #[arg(long, default_value = "text", value_parser = ["text", "json"])]
+        log_format: String,
+    },
+    /// Generate a signing key (PKCS#8 PEM, mode 0600) in DIR.
+    Keygen {
+        /// Key directory.
+        #[arg(long)]
+        dir: PathBuf,
+        /// EdDSA (default) or ES256.
+        #[arg(long, default_value = "EdDSA")]
+        alg: String,
+    },
+    /// Registry and policy tools.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
+    /// Audit log tools.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+    /// Token tools.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+    /// Helpers for `serve --dev`.
+    Dev {
+        #[command(subcommand)]
+        command: DevCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Validate a policy directory; prints every error and exits non-zero if any.
+    Lint {
+        /// The policy directory.
+        dir: PathBuf,
+        /// Broker config whose [[audience]] catalogue tasks are checked against.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Dry-run a request: print the decision and every rule passed or failed.
+    Explain {
+        /// Broker config (its policy directory and audience catalogue are used).
+        #[arg(long)]
+        config: PathBuf,
+        /// The registry identity id (or give --issuer and --subject).
+        #[arg(long)]
+        identity: Option<String>,
+        /// JWT issuer, to find the identity as the token path would.
+        #[arg(long, requires = "subject")]
+        issuer: Option<String>,
+        /// JWT subject.
+        #[arg(long, requires = "issuer")]
+        subject: Option<String>,
+        /// The task.
+        #[arg(long)]
+        task: String,
+        /// Audience asked for.
+        #[arg(long)]
+        audience: Option<String>,
+        /// Scopes asked for (space separated).
+        #[arg(long)]
+        scope: Option<String>,
+        /// TTL asked for, seconds.
+        #[arg(long)]
+        ttl: Option<u64>,
+        /// Source address.
+        #[arg(long, default_value = "127.0.0.1")]
+        source: IpAddr,
+        /// Whether the request is certificate-bound (mTLS).
+        #[arg(long)]
+        cert_bound: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Verify the hash chain and the signed head anchor of an audit directory.
+    Verify {
+        /// The audit directory.
+        path: PathBuf,
+        /// The broker's key directory (public keys are taken from it).
+        #[arg(long, conflicts_with = "jwks")]
+        key_dir: Option<PathBuf>,
+        /// A JWKS file with the broker's public keys (e.g. saved from /.well-known/jwks.json).
+        #[arg(long)]
+        jwks: Option<PathBuf>,
+        /// Broker config (its signing.key_dir is used).
+        #[arg(long, conflicts_with_all = ["key_dir", "jwks"])]
+        config: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Decode a JWT (or a token response JSON) from stdin or an argument, WITHOUT verifying it.
+    Decode {
+        /// The token; read from stdin when absent.
+        token: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum DevCommand {
+    /// Print a workload JWT from the dev issuer (for `serve --dev`).
+    Token {
+        /// The dev state directory.
+        #[arg(long, default_value = ".broker-dev")]
+        dir: PathBuf,
+        /// Subject of the workload JWT.
+        #[arg(long, default_value = broker::dev::DEV_SUBJECT)]
+        subject: String,
+        /// Lifetime, seconds.
+        #[arg(long, default_value_t = 3600)]
+        ttl: u64,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match dispatch(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Serve {
+            config,
+            dev,
+            dev_dir,
+            dev_addr,
+            log_format,
+        } => {
+            init_logs(&log_format);
+            let config_path = if dev {
+                let path = broker::dev::prepare(&dev_dir, &dev_addr)
+                    .with_context(|| format!("preparing {}", dev_dir.display()))?;
+                Some(path)
+            } else {
+                config
+            };
+            let Some(config_path) = config_path else {
+                bail!("--config FILE or --dev is required");
+            };
+            let config = Config::load(&config_path)?;
+            serve(config, dev.then_some(dev_dir))
+        }
+        Command::Keygen { dir, alg } => {
+            let alg: SigningAlgorithm = alg.parse()?;
+            let (path, kid) = keys::generate(&dir, alg, SystemClock.unix_secs())?;
+            println!("generated {alg} key {kid} in {}", path.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Policy { command } => match command {
+            PolicyCommand::Lint { dir, config } => lint(&dir, config.as_deref()),
+            PolicyCommand::Explain {
+                config,
+                identity,
+                issuer,
+                subject,
+                task,
+                audience,
+                scope,
+                ttl,
+                source,
+                cert_bound,
+            } => explain(
+                &config,
+                ExplainArgs {
+                    identity,
+                    issuer,
+                    subject,
+                    task,
+                    audience,
+                    scope,
+                    ttl,
+                    source,
+                    cert_bound,
+                },
+            ),
+        },
+        Command::Audit {
+            command:
+                AuditCommand::Verify {
+                    path,
+                    key_dir,
+                    jwks,
+                    config,
+                },
+        } => audit_verify(&path, key_dir, jwks, config),
+        Command::Token {
+            command: TokenCommand::Decode { token },
+        } => {
+            let input = match token {
+                Some(t) => t,
+                None => std::io::read_to_string(std::io::stdin().lock())?,
+            };
+            println!("{}", broker::dev::decode_for_display(&input)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Dev {
+            command: DevCommand::Token { dir, subject, ttl },
+        } => {
+            println!("{}", broker::dev::workload_token(&dir, &subject, ttl)?);
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn init_logs(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn serve(config: Config, dev_dir: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(config.addr)
+            .await
+            .with_context(|| format!("binding {}", config.addr))?;
+        let addr = listener.local_addr()?;
+        let broker = broker::start(&config).await?;
+        let scheme = if config.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        // Tests and scripts wait for this line; it is printed once the broker can serve.
+        println!("listening on {scheme}://{addr}");
+        if let Some(dir) = dev_dir {
+            println!("{}", broker::dev::banner(&dir, addr));
+        }
+        broker.serve(listener, shutdown_signal()).await;
+        anyhow::Ok(ExitCode::SUCCESS)
+    })
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = match signal(SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+    tracing::info!("shutting down");
+}
+
+fn lint(dir: &Path, config: Option<&Path>) -> anyhow::Result<ExitCode> {
+    // Tasks' audiences are checked against the config's [[audience]] catalogue, so a
+    // config is needed: the one given, else a broker.toml beside the policy directory.
+    let config = match config {
+        Some(c) => c.to_path_buf(),
+        None => {
+            let beside = dir.parent().unwrap_or(Path::new(".")).join("broker.toml");
+            if !beside.is_file() {
+                bail!(
+                    "give --config FILE: task audiences are checked against the broker config's [[audience]] catalogue (no {} found)",
+                    beside.display()
+                );
+            }
+            beside
+        }
+    };
+    let audiences = Config::load(&config)?.audiences;
+    match policy::load_dir(dir, &audiences, &[]) {
+        Ok(set) => {
+            println!("ok: {} identities in {}", set.len(), dir.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(errors) => {
+            for e in &errors {
+                println!("{e}");
+            }
+            println!("{} error(s)", errors.len());
+            Ok(ExitCode::from(1))
+        }
+    }
+}
+
+struct ExplainArgs {
+    identity: Option<String>,
+    issuer: Option<String>,
+    subject: Option<String>,
+    task: String,
+    audience: Option<String>,
+    scope: Option<String>,
+    ttl: Option<u64>,
+    source: IpAddr,
+    cert_bound: bool,
+}
+
+fn explain(config: &Path, a: ExplainArgs) -> anyhow::Result<ExitCode> {
+    let config = Config::load(config)?;
+    let set = policy::load_dir(&config.policy_dir, &config.audiences, &[]).map_err(|errs| {
+        anyhow::anyhow!(
+            "policy directory is invalid:\n{}",
+            errs.iter()
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
+                .join("\n")
+        )
+    })?;
+    let identity = match (&a.identity, &a.issuer, &a.subject) {
+        (Some(id), _, _) => id.clone(),
+        (None, Some(iss), Some(sub)) => match set.match_jwt(iss, sub, &serde_json::Map::new()) {
+            Some(i) => {
+                println!("caller issuer={iss} subject={sub} is identity {}", i.id);
+                i.id.clone()
+            }
+            None => {
+                println!(
+                    "DENY  unknown_identity: no registered identity matches issuer {iss} subject {sub}"
+                );
+                return Ok(ExitCode::from(1));
+            }
+        },
+        _ => bail!("give --identity, or --issuer and --subject"),
+    };
+    let scopes: Option<Vec<&str>> = a.scope.as_deref().map(|s| s.split_whitespace().collect());
+    let eval = set.explain(&policy::Request {
+        identity: &identity,
+        task: &a.task,
+        audience: a.audience.as_deref(),
+        scopes,
+        requested_ttl: a.ttl.map(Duration::from_secs),
+        source: a.source,
+        now: SystemClock.now(),
+        cert_bound: a.cert_bound,
+    });
+    for check in &eval.trace {
+        println!(
+            "{}  {:<22} {}",
+            if check.passed { "pass" } else { "FAIL" },
+            check.rule.as_str(),
+            check.detail
+        );
+    }
+    match eval.decision {
+        Decision::Allow(g) => {
+            println!(
+                "ALLOW identity={} task={} aud={} scope=\"{}\" ttl={}s env={}",
+                g.identity,
+                g.task,
+                g.audience,
+                g.scopes.join(" "),
+                g.ttl.as_secs(),
+                g.environment
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Decision::Deny(d) => {
+            println!(
+                "DENY  {} ({} {}): {}",
+                d.rule.as_str(),
+                d.rule.http_status(),
+                d.rule.oauth_error(),
+                d.reason
+            );
+            Ok(ExitCode::from(1))
+        }
+    }
+}
+
+fn audit_verify(
+    path: &Path,
+    key_dir: Option<PathBuf>,
+    jwks: Option<PathBuf>,
+    config: Option<PathBuf>,
+) -> anyhow::Result<ExitCode> {
+    let keys: Jwks = if let Some(j) = jwks {
+        serde_json::from_slice(
+            &std::fs::read(&j).with_context(|| format!("reading {}", j.display()))?,
+        )
+        .with_context(|| format!("{} is not a JWKS", j.display()))?
+    } else {
+        let dir = match (key_dir, config) {
+            (Some(d), _) => d,
+            (None, Some(c)) => Config::load(&c)?.key_dir,
+            (None, None) => bail!(
+                "the head anchor is signed: give --key-dir DIR, --jwks FILE or --config FILE so its signature can be checked"
+            ),
+        };
+        KeyRing::load_dir(&dir)?.jwks()
+    };
+    match broker::audit::verify(path, &keys) {
+        Ok(report) => {
+            println!(
+                "ok: {} records in {} segment(s), last seq {} hash {}",
+                report.records, report.segments, report.last_seq, report.last_hash
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            println!("FAILED: {e}");
+            Ok(ExitCode::from(1))
+        }
+    }
+}

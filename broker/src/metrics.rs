@@ -50,11 +50,34 @@ impl Metrics {
         let c = |s: &mut String, name: &str, help: &str, v: u64| {
             let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
         };
-        c(&mut s, "broker_tokens_issued_total", "Access tokens issued.", self.issued.load(Ordering::Relaxed));
-        c(&mut s, "broker_audit_failures_total", "Audit appends that failed (request answered 503).", self.audit_failures.load(Ordering::Relaxed));
-        c(&mut s, "broker_policy_reloads_total", "Successful policy reloads.", self.policy_reloads.load(Ordering::Relaxed));
-        c(&mut s, "broker_policy_reload_failures_total", "Rejected policy reloads (old set kept).", self.policy_reload_failures.load(Ordering::Relaxed));
-        let _ = writeln!(s, "# HELP broker_requests_denied_total Token requests denied, by rule.\n# TYPE broker_requests_denied_total counter");
+        c(
+            &mut s,
+            "broker_tokens_issued_total",
+            "Access tokens issued.",
+            self.issued.load(Ordering::Relaxed),
+        );
+        c(
+            &mut s,
+            "broker_audit_failures_total",
+            "Audit appends that failed (request answered 503).",
+            self.audit_failures.load(Ordering::Relaxed),
+        );
+        c(
+            &mut s,
+            "broker_policy_reloads_total",
+            "Successful policy reloads.",
+            self.policy_reloads.load(Ordering::Relaxed),
+        );
+        c(
+            &mut s,
+            "broker_policy_reload_failures_total",
+            "Rejected policy reloads (old set kept).",
+            self.policy_reload_failures.load(Ordering::Relaxed),
+        );
+        let _ = writeln!(
+            s,
+            "# HELP broker_requests_denied_total Token requests denied, by rule.\n# TYPE broker_requests_denied_total counter"
+        );
         for (rule, n) in self.denied.lock().unwrap_or_else(|e| e.into_inner()).iter() {
             let _ = writeln!(s, "broker_requests_denied_total{{rule=\"{rule}\"}} {n}");
         }

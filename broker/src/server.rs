@@ -82,7 +82,10 @@ pub async fn start(config: &Config) -> Result<Broker, StartError> {
 }
 
 /// [`start`] with an explicit clock.
-pub async fn start_with_clock(config: &Config, clock: Arc<dyn Clock>) -> Result<Broker, StartError> {
+pub async fn start_with_clock(
+    config: &Config,
+    clock: Arc<dyn Clock>,
+) -> Result<Broker, StartError> {
     let keys = KeyRing::load_dir(&config.key_dir)?;
     let audit = AuditLog::open(
         AuditOptions {
@@ -99,7 +102,9 @@ pub async fn start_with_clock(config: &Config, clock: Arc<dyn Clock>) -> Result<
         tracing::warn!(%issuer, error = %e, "issuer keys not loaded yet; tokens from it are refused until they load");
     }
     let tls = match &config.tls {
-        Some(files) => Some(crate::tls::acceptor(&files.cert, &files.key).map_err(StartError::Tls)?),
+        Some(files) => {
+            Some(crate::tls::acceptor(&files.cert, &files.key).map_err(StartError::Tls)?)
+        }
         None => None,
     };
     let kids: Vec<String> = keys.jwks().keys.into_iter().map(|k| k.kid).collect();
@@ -203,7 +208,9 @@ impl Broker {
             let builder = Arc::clone(&builder);
             match &self.tls {
                 None => {
-                    let conn = builder.serve_connection(TokioIo::new(tcp), svc).into_owned();
+                    let conn = builder
+                        .serve_connection(TokioIo::new(tcp), svc)
+                        .into_owned();
                     let conn = graceful.watch(conn);
                     tokio::spawn(async move {
                         let _ = conn.await;
@@ -214,18 +221,23 @@ impl Broker {
                     let acceptor = acceptor.clone();
                     let watcher = graceful.watcher();
                     tokio::spawn(async move {
-                        let tls = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                            Ok(Ok(s)) => s,
-                            Ok(Err(e)) => {
-                                tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                                return;
-                            }
-                            Err(_) => {
-                                tracing::debug!(%peer, "TLS handshake timed out");
-                                return;
-                            }
-                        };
-                        let conn = builder.serve_connection(TokioIo::new(tls), svc).into_owned();
+                        let tls =
+                            match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp))
+                                .await
+                            {
+                                Ok(Ok(s)) => s,
+                                Ok(Err(e)) => {
+                                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                                    return;
+                                }
+                                Err(_) => {
+                                    tracing::debug!(%peer, "TLS handshake timed out");
+                                    return;
+                                }
+                            };
+                        let conn = builder
+                            .serve_connection(TokioIo::new(tls), svc)
+                            .into_owned();
                         let _ = watcher.watch(conn).await;
                         drop(permit);
                     });

@@ -13,7 +13,10 @@ pub fn acceptor(cert: &Path, key: &Path) -> Result<tokio_rustls::TlsAcceptor, St
         .collect::<Result<_, _>>()
         .map_err(|e| format!("certificate {}: {e}", cert.display()))?;
     if certs.is_empty() {
-        return Err(format!("certificate {}: no CERTIFICATE block", cert.display()));
+        return Err(format!(
+            "certificate {}: no CERTIFICATE block",
+            cert.display()
+        ));
     }
     let key = PrivateKeyDer::from_pem_file(key)
         .map_err(|e| format!("private key {}: {e}", key.display()))?;

@@ -43,17 +43,19 @@ pub fn router(state: AppState, limits: Limits) -> Router {
         .route("/metrics", get(handlers::health::metrics))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(limits.max_body_bytes))
-        .layer(middleware::from_fn(move |req: Request, next: Next| async move {
-            match tokio::time::timeout(timeout, next.run(req)).await {
-                Ok(res) => res,
-                Err(_) => ApiError::new(
-                    StatusCode::REQUEST_TIMEOUT,
-                    "invalid_request",
-                    format!("request not completed within {}s", timeout.as_secs()),
-                )
-                .into_response(),
-            }
-        }))
+        .layer(middleware::from_fn(
+            move |req: Request, next: Next| async move {
+                match tokio::time::timeout(timeout, next.run(req)).await {
+                    Ok(res) => res,
+                    Err(_) => ApiError::new(
+                        StatusCode::REQUEST_TIMEOUT,
+                        "invalid_request",
+                        format!("request not completed within {}s", timeout.as_secs()),
+                    )
+                    .into_response(),
+                }
+            },
+        ))
         .with_state(state)
 }
 

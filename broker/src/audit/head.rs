@@ -76,7 +76,10 @@ impl Head {
             return Err("`hash` is not 64 lowercase hex digits".into());
         }
         if segment::parse_segment_name(&head.segment).is_none() {
-            return Err(format!("`segment` {:?} is not a segment name", head.segment));
+            return Err(format!(
+                "`segment` {:?} is not a segment name",
+                head.segment
+            ));
         }
         if head.seq == 0 && head.hash != chain::to_hex(&chain::GENESIS) {
             return Err("seq 0 with a non-zero hash".into());
@@ -97,7 +100,10 @@ impl Head {
         let Ok(sig) = URL_SAFE_NO_PAD.decode(&self.sig) else {
             return false;
         };
-        key.verify(message(self.seq, &self.hash, &self.segment).as_bytes(), &sig)
+        key.verify(
+            message(self.seq, &self.hash, &self.segment).as_bytes(),
+            &sig,
+        )
     }
 }
 
@@ -145,9 +151,9 @@ impl HeadWriter {
             buf.push(b'\n');
         }
         let result = match self.slot.as_ref() {
-            Some(file) if buf.len() == SLOT => file
-                .write_all_at(&buf, 0)
-                .and_then(|()| file.sync_data()),
+            Some(file) if buf.len() == SLOT => {
+                file.write_all_at(&buf, 0).and_then(|()| file.sync_data())
+            }
             _ => self.replace(&buf),
         };
         if result.is_err() {
@@ -188,7 +194,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut w = HeadWriter::new(dir.path());
         for seq in [0u64, 1, 12_345_678_901] {
-            let hash = if seq == 0 { chain::GENESIS } else { [seq as u8; 32] };
+            let hash = if seq == 0 {
+                chain::GENESIS
+            } else {
+                [seq as u8; 32]
+            };
             let head = Head::sign(signer.as_ref(), seq, &hash, "audit-000001.log").unwrap();
             w.write(&head).unwrap();
             let bytes = read(dir.path()).unwrap().unwrap();
@@ -197,7 +207,10 @@ mod tests {
             assert_eq!(back, head);
             let vk = ring.jwks().verifying_key(&back.kid).unwrap();
             assert!(back.signature_valid(&vk));
-            let forged = Head { seq: seq + 1, ..back };
+            let forged = Head {
+                seq: seq + 1,
+                ..back
+            };
             assert!(!forged.signature_valid(&vk));
         }
         assert!(w.slot.is_some(), "later writes go in place");

@@ -66,7 +66,10 @@ mod tests {
     fn names_round_trip() {
         assert_eq!(segment_name(1), "audit-000001.log");
         assert_eq!(parse_segment_name("audit-000001.log"), Some(1));
-        assert_eq!(parse_segment_name(&segment_name(1_234_567)), Some(1_234_567));
+        assert_eq!(
+            parse_segment_name(&segment_name(1_234_567)),
+            Some(1_234_567)
+        );
         for bad in [
             "audit-1.log",
             "audit-000000.log",

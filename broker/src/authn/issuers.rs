@@ -105,7 +105,11 @@ impl IssuerKeys {
                 Ok(set)
             }
             Err(e) => {
-                let last = self.last_good.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                let last = self
+                    .last_good
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone();
                 match last {
                     Some(set) => {
                         tracing::warn!(issuer = %self.config.issuer, error = %e, "key refresh failed; keeping the last good key set");
@@ -126,9 +130,10 @@ impl IssuerKeys {
                     "{}/.well-known/openid-configuration",
                     self.config.issuer.trim_end_matches('/')
                 );
-                let doc: Discovery = serde_json::from_slice(&self.get(&url).await?).map_err(|e| {
-                    AuthnError::KeysUnavailable(format!("discovery document {url}: {e}"))
-                })?;
+                let doc: Discovery =
+                    serde_json::from_slice(&self.get(&url).await?).map_err(|e| {
+                        AuthnError::KeysUnavailable(format!("discovery document {url}: {e}"))
+                    })?;
                 self.get(&doc.jwks_uri).await?
             }
         };
@@ -155,7 +160,9 @@ impl IssuerKeys {
         let mut body = Vec::new();
         while let Some(chunk) = resp.chunk().await.map_err(|e| unavailable(e.to_string()))? {
             if body.len() + chunk.len() > MAX_DOCUMENT_BYTES {
-                return Err(unavailable(format!("document larger than {MAX_DOCUMENT_BYTES} bytes")));
+                return Err(unavailable(format!(
+                    "document larger than {MAX_DOCUMENT_BYTES} bytes"
+                )));
             }
             body.extend_from_slice(&chunk);
         }
@@ -180,9 +187,9 @@ pub fn http_client(ca_file: Option<&Path>) -> Result<reqwest::Client, AuthnError
             .collect::<Result<_, _>>()
             .map_err(|e| AuthnError::KeysUnavailable(format!("CA file {}: {e}", ca.display())))?;
         for c in certs {
-            roots
-                .add(c)
-                .map_err(|e| AuthnError::KeysUnavailable(format!("CA file {}: {e}", ca.display())))?;
+            roots.add(c).map_err(|e| {
+                AuthnError::KeysUnavailable(format!("CA file {}: {e}", ca.display()))
+            })?;
         }
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());

@@ -134,7 +134,9 @@ struct RawJwk {
 }
 
 fn b64(s: &Option<String>) -> Option<Vec<u8>> {
-    URL_SAFE_NO_PAD.decode(s.as_deref()?.trim_end_matches('=')).ok()
+    URL_SAFE_NO_PAD
+        .decode(s.as_deref()?.trim_end_matches('='))
+        .ok()
 }
 
 impl KeySet {
@@ -159,9 +161,9 @@ impl KeySet {
                 },
                 ("EC", Some("P-256")) => ec_point(&k.x, &k.y, 32).map(PublicKey::P256),
                 ("EC", Some("P-384")) => ec_point(&k.x, &k.y, 48).map(PublicKey::P384),
-                ("OKP", Some("Ed25519")) => b64(&k.x)
-                    .filter(|x| x.len() == 32)
-                    .map(PublicKey::Ed25519),
+                ("OKP", Some("Ed25519")) => {
+                    b64(&k.x).filter(|x| x.len() == 32).map(PublicKey::Ed25519)
+                }
                 _ => None,
             };
             let Some(key) = key else {
@@ -243,7 +245,8 @@ pub fn parse(token: &str) -> Result<Parsed<'_>, AuthnError> {
         )));
     }
     let mut parts = token.split('.');
-    let (Some(h), Some(p), Some(s), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+    let (Some(h), Some(p), Some(s), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
     else {
         return Err(AuthnError::Malformed(
             "subject_token is not a compact JWS (three base64url parts separated by dots)".into(),
@@ -308,7 +311,10 @@ pub fn verify_signature(
     }
     use JwsAlgorithm as A;
     let ok = match (&key.key, alg) {
-        (PublicKey::Rsa { n, e }, A::RS256 | A::RS384 | A::RS512 | A::PS256 | A::PS384 | A::PS512) => {
+        (
+            PublicKey::Rsa { n, e },
+            A::RS256 | A::RS384 | A::RS512 | A::PS256 | A::PS384 | A::PS512,
+        ) => {
             let params: &signature::RsaParameters = match alg {
                 A::RS256 => &signature::RSA_PKCS1_2048_8192_SHA256,
                 A::RS384 => &signature::RSA_PKCS1_2048_8192_SHA384,
@@ -317,7 +323,9 @@ pub fn verify_signature(
                 A::PS384 => &signature::RSA_PSS_2048_8192_SHA384,
                 _ => &signature::RSA_PSS_2048_8192_SHA512,
             };
-            RsaPublicKeyComponents { n, e }.verify(params, msg, sig).is_ok()
+            RsaPublicKeyComponents { n, e }
+                .verify(params, msg, sig)
+                .is_ok()
         }
         (PublicKey::P256(p), A::ES256) => {
             UnparsedPublicKey::new(&signature::ECDSA_P256_SHA256_FIXED, p)
@@ -339,7 +347,11 @@ pub fn verify_signature(
             )));
         }
     };
-    if ok { Ok(()) } else { Err(AuthnError::BadSignature) }
+    if ok {
+        Ok(())
+    } else {
+        Err(AuthnError::BadSignature)
+    }
 }
 
 #[cfg(test)]
@@ -358,7 +370,16 @@ mod tests {
 
     #[test]
     fn malformed_tokens_are_errors_not_panics() {
-        for t in ["", ".", "..", "a.b.c", "a.b", "a.b.c.d", "eyJ.eyJ.", &"a".repeat(9000)] {
+        for t in [
+            "",
+            ".",
+            "..",
+            "a.b.c",
+            "a.b",
+            "a.b.c.d",
+            "eyJ.eyJ.",
+            &"a".repeat(9000),
+        ] {
             assert!(parse(t).is_err(), "{t:?}");
         }
     }

@@ -65,7 +65,9 @@ pub enum AuthnError {
         leeway: u64,
     },
     /// `aud` does not name this broker.
-    #[error("JWT audience {got} is not one this broker accepts for issuer {issuer} (expected one of: {expected})")]
+    #[error(
+        "JWT audience {got} is not one this broker accepts for issuer {issuer} (expected one of: {expected})"
+    )]
     WrongAudience {
         /// What the token said.
         got: String,
@@ -251,7 +253,11 @@ impl Authenticator {
         }
         if let Some(iat) = num_claim(&parsed.claims, "iat")? {
             if iat > now.saturating_add(leeway) {
-                return Err(AuthnError::NotYetValid { nbf: iat, now, leeway });
+                return Err(AuthnError::NotYetValid {
+                    nbf: iat,
+                    now,
+                    leeway,
+                });
             }
         }
         let auds: Vec<&str> = match parsed.claims.get("aud") {

@@ -281,12 +281,18 @@ impl Signer for LocalSigner {
 fn thumbprint_okp(x: &str) -> String {
     // RFC 7638 §3.2: required members in lexicographic order, no whitespace.
     let canonical = format!(r#"{{"crv":"Ed25519","kty":"OKP","x":"{x}"}}"#);
-    URL_SAFE_NO_PAD.encode(ring::digest::digest(&ring::digest::SHA256, canonical.as_bytes()))
+    URL_SAFE_NO_PAD.encode(ring::digest::digest(
+        &ring::digest::SHA256,
+        canonical.as_bytes(),
+    ))
 }
 
 fn thumbprint_ec(x: &str, y: &str) -> String {
     let canonical = format!(r#"{{"crv":"P-256","kty":"EC","x":"{x}","y":"{y}"}}"#);
-    URL_SAFE_NO_PAD.encode(ring::digest::digest(&ring::digest::SHA256, canonical.as_bytes()))
+    URL_SAFE_NO_PAD.encode(ring::digest::digest(
+        &ring::digest::SHA256,
+        canonical.as_bytes(),
+    ))
 }
 
 /// The broker's signing keys: the newest signs, all are published.
@@ -408,8 +414,12 @@ fn pem_decode_private_key(pem: &[u8]) -> Result<Zeroizing<Vec<u8>>, String> {
     let stop = rest
         .find(end)
         .ok_or_else(|| "unterminated PEM block".to_string())?;
-    let b64: Zeroizing<String> =
-        Zeroizing::new(rest[..stop].chars().filter(|c| !c.is_whitespace()).collect());
+    let b64: Zeroizing<String> = Zeroizing::new(
+        rest[..stop]
+            .chars()
+            .filter(|c| !c.is_whitespace())
+            .collect(),
+    );
     STANDARD
         .decode(b64.as_bytes())
         .map(Zeroizing::new)

@@ -91,7 +91,9 @@ pub struct Minter {
 
 impl fmt::Debug for Minter {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Minter").field("issuer", &self.issuer).finish()
+        f.debug_struct("Minter")
+            .field("issuer", &self.issuer)
+            .finish()
     }
 }
 
@@ -148,7 +150,10 @@ impl Minter {
             exp: iat.saturating_add(req.ttl_secs),
             task: req.task.to_owned(),
             env: req.environment.to_owned(),
-            cnf: req.cert_thumbprint.clone().map(|x5t_s256| Confirmation { x5t_s256 }),
+            cnf: req
+                .cert_thumbprint
+                .clone()
+                .map(|x5t_s256| Confirmation { x5t_s256 }),
             bg: req.break_glass.clone(),
         };
         let signer = self.key_ring().current();

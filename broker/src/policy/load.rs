@@ -58,7 +58,8 @@ pub fn load_dir(
         .map_err(|e| dir_error(format!("cannot read the policy directory: {e}")))?;
     let mut paths = Vec::new();
     for entry in entries {
-        let entry = entry.map_err(|e| dir_error(format!("cannot list the policy directory: {e}")))?;
+        let entry =
+            entry.map_err(|e| dir_error(format!("cannot list the policy directory: {e}")))?;
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
         if name.starts_with('.') || !name.ends_with(".toml") {
@@ -157,18 +158,27 @@ pub fn from_sources<'a>(
     }
 }
 
-/// A serde/TOML error as one line: `line N: message`.
+/// A serde/TOML error as one line: `line N (`the line`): message`.
 fn toml_message(e: &toml::de::Error, text: &str) -> String {
     let msg = e.message().trim().replace('\n', " ");
-    match e.span() {
-        Some(span) => {
-            let line = text
-                .get(..span.start)
-                .map_or(0, |s| s.bytes().filter(|&b| b == b'\n').count())
-                + 1;
-            format!("line {line}: {msg}")
-        }
-        None => msg,
+    let Some(start) = e.span().map(|s| s.start) else {
+        return msg;
+    };
+    let Some(before) = text.get(..start) else {
+        return msg;
+    };
+    let line_no = before.bytes().filter(|&b| b == b'\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let line = text[line_start..].lines().next().unwrap_or("").trim();
+    let line: String = if line.chars().count() > 80 {
+        format!("{}...", line.chars().take(80).collect::<String>())
+    } else {
+        line.to_owned()
+    };
+    if line.is_empty() {
+        format!("line {line_no}: {msg}")
+    } else {
+        format!("line {line_no} (`{line}`): {msg}")
     }
 }
 
@@ -344,8 +354,16 @@ impl Ctx<'_> {
                 if claims.contains_key(reserved) {
                     problems.push(format!(
                         "{at}: claims.{reserved} duplicates {}: use the {} key",
-                        if reserved == "iss" { "issuer" } else { "subject" },
-                        if reserved == "iss" { "issuer" } else { "subject" },
+                        if reserved == "iss" {
+                            "issuer"
+                        } else {
+                            "subject"
+                        },
+                        if reserved == "iss" {
+                            "issuer"
+                        } else {
+                            "subject"
+                        },
                     ));
                     ok = false;
                 }
@@ -367,9 +385,9 @@ impl Ctx<'_> {
         } else if let Some(name) = dns_name {
             let norm = name.strip_suffix('.').unwrap_or(&name).to_ascii_lowercase();
             let valid = !norm.is_empty()
-                && norm
-                    .split('.')
-                    .all(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'));
+                && norm.split('.').all(|l| {
+                    !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                });
             if !valid {
                 problems.push(format!(
                     "{at}: dns_name {name:?} is not a DNS name (letters, digits and '-' in dot-separated labels; no wildcards)"
@@ -516,8 +534,7 @@ fn check_name(what: &str, value: &str, problems: &mut Vec<String>) {
 /// RFC 6749 `scope-token = 1*( %x21 / %x23-5B / %x5D-7E )`.
 fn is_scope_token(s: &str) -> bool {
     !s.is_empty()
-        && s
-            .bytes()
+        && s.bytes()
             .all(|b| b == 0x21 || (0x23..=0x5B).contains(&b) || (0x5D..=0x7E).contains(&b))
 }
 
@@ -547,7 +564,9 @@ fn spiffe_trust_domain(id: &str) -> Result<&str, &'static str> {
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
         {
-            return Err("has a path segment with characters other than letters, digits, '.', '-', '_'");
+            return Err(
+                "has a path segment with characters other than letters, digits, '.', '-', '_'",
+            );
         }
     }
     Ok(td)
@@ -563,12 +582,13 @@ fn parse_cidr(s: &str) -> Result<IpNet, String> {
                 net.trunc()
             ));
         }
-        if let IpNet::V6(v6) = net {
-            if let (Some(v4), true) = (v6.addr().to_ipv4_mapped(), v6.prefix_len() >= 96) {
-                return Ipv4Net::new(v4, v6.prefix_len() - 96)
-                    .map(IpNet::V4)
-                    .map_err(|e| format!("{s}: {e}"));
-            }
+        if let IpNet::V6(v6) = net
+            && let Some(v4) = v6.addr().to_ipv4_mapped()
+            && v6.prefix_len() >= 96
+        {
+            return Ipv4Net::new(v4, v6.prefix_len() - 96)
+                .map(IpNet::V4)
+                .map_err(|e| format!("{s}: {e}"));
         }
         return Ok(net);
     }
@@ -647,9 +667,10 @@ fn index(
         for m in &ident.matchers {
             match m {
                 Matcher::SpiffeId(id) => match set.by_spiffe.get(id) {
-                    Some(&o) if o != idx => {
-                        err(&ident.file, conflict(format!("spiffe_id {id:?}"), &identities[o]))
-                    }
+                    Some(&o) if o != idx => err(
+                        &ident.file,
+                        conflict(format!("spiffe_id {id:?}"), &identities[o]),
+                    ),
                     Some(_) => {}
                     None => {
                         set.by_spiffe.insert(id.clone(), idx);
@@ -670,13 +691,13 @@ fn index(
                         .iter()
                         .find(|(c, o)| *o != idx && claims_compatible(c, claims))
                     {
+                        let what = format!("issuer {issuer:?} subject {subject:?}");
                         err(
                             &ident.file,
-                            conflict(
-                                format!(
-                                    "issuer {issuer:?} subject {subject:?} (with claims that do not exclude the other's)"
-                                ),
-                                &identities[*o],
+                            format!(
+                                "{} (claims only tell two identities apart when they require different \
+                                 values for the same claim)",
+                                conflict(what, &identities[*o])
                             ),
                         );
                     } else {
@@ -684,18 +705,20 @@ fn index(
                     }
                 }
                 Matcher::CertSubject(cn) => match set.by_cert_subject.get(cn) {
-                    Some(&o) if o != idx => {
-                        err(&ident.file, conflict(format!("cert_subject {cn:?}"), &identities[o]))
-                    }
+                    Some(&o) if o != idx => err(
+                        &ident.file,
+                        conflict(format!("cert_subject {cn:?}"), &identities[o]),
+                    ),
                     Some(_) => {}
                     None => {
                         set.by_cert_subject.insert(cn.clone(), idx);
                     }
                 },
                 Matcher::DnsName(name) => match set.by_dns.get(name) {
-                    Some(&o) if o != idx => {
-                        err(&ident.file, conflict(format!("dns_name {name:?}"), &identities[o]))
-                    }
+                    Some(&o) if o != idx => err(
+                        &ident.file,
+                        conflict(format!("dns_name {name:?}"), &identities[o]),
+                    ),
                     Some(_) => {}
                     None => {
                         set.by_dns.insert(name.clone(), idx);
@@ -719,16 +742,16 @@ fn index(
         }
     }
     for (cn, &idx) in &set.by_cert_subject {
-        if let Some(&o) = set.by_dns.get(&cn.to_ascii_lowercase()) {
-            if o != idx {
-                err(
-                    &identities[idx].file,
-                    conflict(
-                        format!("cert_subject {cn:?} (a certificate whose CN equals a DNS SAN)"),
-                        &identities[o],
-                    ),
-                );
-            }
+        if let Some(&o) = set.by_dns.get(&cn.to_ascii_lowercase())
+            && o != idx
+        {
+            err(
+                &identities[idx].file,
+                conflict(
+                    format!("cert_subject {cn:?} (a certificate whose CN equals a DNS SAN)"),
+                    &identities[o],
+                ),
+            );
         }
     }
 

@@ -38,13 +38,16 @@ pub struct PolicySet {
     by_id: HashMap<String, usize>,
     by_spiffe: HashMap<String, usize>,
     /// issuer → subject → (required extra claims, identity).
-    by_jwt: HashMap<String, HashMap<String, Vec<(BTreeMap<String, String>, usize)>>>,
+    by_jwt: HashMap<String, HashMap<String, Vec<JwtRule>>>,
     by_cert_subject: HashMap<String, usize>,
     /// Lower-case DNS name without a trailing dot → identity.
     by_dns: HashMap<String, usize>,
     /// The audience catalogue the set was checked against: URI → environment.
     audience_env: HashMap<String, String>,
 }
+
+/// The extra claims a JWT matcher requires, and the identity it proves (an index).
+type JwtRule = (BTreeMap<String, String>, usize);
 
 /// One registered non-human identity (`[identity]` and its `[[task]]`s).
 #[derive(Debug, Clone)]

@@ -97,7 +97,8 @@ impl<'de> Deserialize<'de> for DateText {
             fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<DateText, A::Error> {
                 // The toml deserializer presents native dates as a private one-key map;
                 // `Datetime`'s own impl knows how to read it.
-                let dt = toml::value::Datetime::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                let dt =
+                    toml::value::Datetime::deserialize(de::value::MapAccessDeserializer::new(map))?;
                 Ok(DateText(dt.to_string()))
             }
         }

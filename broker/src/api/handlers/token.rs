@@ -141,9 +141,10 @@ async fn issue(
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| {
-            v.split(';')
-                .next()
-                .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/x-www-form-urlencoded"))
+            v.split(';').next().is_some_and(|m| {
+                m.trim()
+                    .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+            })
         });
     if !form_type {
         return Err(Refusal::invalid_request(
@@ -180,7 +181,12 @@ async fn issue(
                 ),
             ));
         }
-        None => return Err(Refusal::invalid_request("malformed_request", "grant_type is required")),
+        None => {
+            return Err(Refusal::invalid_request(
+                "malformed_request",
+                "grant_type is required",
+            ));
+        }
     }
     match form.subject_token_type.as_deref() {
         Some(TOKEN_TYPE_JWT) | Some("urn:ietf:params:oauth:token-type:id_token") => {}
@@ -215,7 +221,10 @@ async fn issue(
         }
     }
     let Some(subject_token) = form.subject_token.as_deref().filter(|t| !t.is_empty()) else {
-        return Err(Refusal::invalid_request("malformed_request", "subject_token is required"));
+        return Err(Refusal::invalid_request(
+            "malformed_request",
+            "subject_token is required",
+        ));
     };
     let Some(task) = form.task.as_deref().filter(|t| !t.is_empty()) else {
         return Err(Refusal::invalid_request(
@@ -241,7 +250,10 @@ async fn issue(
     if let Some(a) = audience {
         ev.audience = Some(clip(a));
     }
-    let scopes: Option<Vec<&str>> = form.scope.as_deref().map(|s| s.split_whitespace().collect());
+    let scopes: Option<Vec<&str>> = form
+        .scope
+        .as_deref()
+        .map(|s| s.split_whitespace().collect());
     if let Some(s) = &scopes {
         ev.scopes = Some(s.iter().map(|s| clip(s)).collect());
     }
@@ -252,7 +264,10 @@ async fn issue(
             _ => {
                 return Err(Refusal::invalid_request(
                     "malformed_request",
-                    format!("requested_ttl {:?} must be a positive number of seconds", clip(s)),
+                    format!(
+                        "requested_ttl {:?} must be a positive number of seconds",
+                        clip(s)
+                    ),
                 ));
             }
         },

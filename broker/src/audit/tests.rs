@@ -1,0 +1,857 @@
+//! Audit log tests: round trips across rotations, tamper detection, torn-tail repair,
+//! group commit under concurrency, and fail-closed writes.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use ring::digest::{Context, SHA256};
+
+use super::chain::{self, GENESIS};
+use super::event::{AuditEvent, Decision, EventKind, Evidence};
+use super::segment::segment_name;
+use super::{AuditError, AuditLog, AuditOptions, VerifyError, verify};
+use crate::clock::{Clock, ManualClock, SystemClock};
+use crate::mint::keys::{Jwks, KeyRing, Signer, SigningAlgorithm, generate};
+
+struct Fixture {
+    dir: tempfile::TempDir,
+    signer: Arc<dyn Signer>,
+    jwks: Jwks,
+    clock: Arc<ManualClock>,
+    max: u64,
+}
+
+fn keys(alg: SigningAlgorithm) -> (Arc<dyn Signer>, Jwks) {
+    let dir = tempfile::tempdir().unwrap();
+    generate(dir.path(), alg, 1).unwrap();
+    let ring = KeyRing::load_dir(dir.path()).unwrap();
+    (ring.current(), ring.jwks())
+}
+
+fn fixture(max: u64) -> Fixture {
+    let (signer, jwks) = keys(SigningAlgorithm::EdDSA);
+    Fixture {
+        dir: tempfile::tempdir().unwrap(),
+        signer,
+        jwks,
+        clock: Arc::new(ManualClock::at_unix(1_700_000_000)),
+        max,
+    }
+}
+
+impl Fixture {
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn open(&self) -> Result<AuditLog, AuditError> {
+        self.open_at(self.path())
+    }
+
+    fn open_at(&self, dir: &Path) -> Result<AuditLog, AuditError> {
+        AuditLog::open(
+            AuditOptions {
+                dir: dir.to_path_buf(),
+                segment_max_bytes: self.max,
+            },
+            Arc::clone(&self.signer),
+            Arc::clone(&self.clock) as Arc<dyn Clock>,
+        )
+    }
+
+    fn verify(&self) -> Result<super::VerifyReport, VerifyError> {
+        verify(self.path(), &self.jwks)
+    }
+
+    fn segment(&self, index: u32) -> PathBuf {
+        self.path().join(segment_name(index))
+    }
+
+    /// Appends `n` events one after another, checking the seqs.
+    async fn fill(&self, log: &AuditLog, first: u64, n: u64) {
+        for i in 0..n {
+            let seq = log.append(event(first + i)).await.unwrap();
+            assert_eq!(seq, first + i);
+            self.clock.advance(Duration::from_millis(1_234));
+        }
+    }
+
+    /// A closed log of `n` records.
+    async fn log_of(&self, n: u64) {
+        let log = self.open().unwrap();
+        self.fill(&log, 1, n).await;
+        log.close().await;
+    }
+}
+
+fn event(i: u64) -> AuditEvent {
+    let mut e = AuditEvent::new(EventKind::Issued);
+    e.decision = Some(Decision::Allow);
+    e.identity = Some("nhi-ci-deployer".into());
+    e.evidence = Some(Evidence {
+        kind: "jwt",
+        issuer: Some("https://token.actions.example".into()),
+        subject: Some(format!("repo:example/app:ref:{i}")),
+        ..Evidence::default()
+    });
+    e.environment = Some("prod".into());
+    e.task = Some("deploy".into());
+    e.audience = Some("https://api.example".into());
+    e.scopes = Some(vec!["deploy:write".into()]);
+    e.jti = Some(format!("jti-{i:08}"));
+    e.exp = Some(1_700_000_300);
+    e.source = Some("10.0.0.7:51515".into());
+    e
+}
+
+fn lines(path: &Path) -> Vec<String> {
+    fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+fn write_lines(path: &Path, lines: &[String]) {
+    let mut text = lines.join("\n");
+    text.push('\n');
+    fs::write(path, text).unwrap();
+}
+
+fn segment_count(dir: &Path) -> u32 {
+    (1..)
+        .take_while(|&i| dir.join(segment_name(i)).exists())
+        .count() as u32
+}
+
+fn json(line: &str) -> serde_json::Value {
+    serde_json::from_str(line).unwrap()
+}
+
+fn copy_dir(from: &Path) -> tempfile::TempDir {
+    let to = tempfile::tempdir().unwrap();
+    for entry in fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        fs::copy(entry.path(), to.path().join(entry.file_name())).unwrap();
+    }
+    to
+}
+
+fn expect_err(result: Result<super::VerifyReport, VerifyError>, needles: &[&str]) -> String {
+    let msg = result.expect_err("verify must fail").to_string();
+    for n in needles {
+        assert!(msg.contains(n), "{msg:?} does not contain {n:?}");
+    }
+    msg
+}
+
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn round_trip_across_rotations_and_reopen() {
+    let fx = fixture(2_000);
+    fx.log_of(60).await;
+    let report = fx.verify().unwrap();
+    assert_eq!(report.records, 60);
+    assert_eq!(report.last_seq, 60);
+    assert_eq!(report.anchor_seq, 60);
+    assert_eq!(report.unanchored, 0);
+    assert_eq!(report.anchor_kid, fx.signer.kid());
+    let segs = segment_count(fx.path());
+    assert!(segs >= 4, "{segs} segments");
+    assert_eq!(report.segments, segs as usize);
+    for i in 1..=segs {
+        let len = fs::metadata(fx.segment(i)).unwrap().len();
+        assert!(len <= fx.max, "segment {i} is {len} bytes");
+    }
+
+    // The line format, field by field.
+    let first = lines(&fx.segment(1)).remove(0);
+    assert!(
+        first.starts_with(&format!(
+            r#"{{"seq":1,"ts":"2023-11-14T22:13:20.000Z","prev":"{}","event":"issued","decision":"allow","#,
+            "0".repeat(64)
+        )),
+        "{first}"
+    );
+    let v = json(&first);
+    assert_eq!(v["jti"], "jti-00000001");
+    assert_eq!(v["evidence"]["kind"], "jwt");
+    let second = json(&lines(&fx.segment(1))[1]);
+    assert_eq!(second["ts"], "2023-11-14T22:13:21.234Z");
+    assert_eq!(second["prev"], v["hash"]);
+
+    // The hash rule, implemented independently: SHA-256(prev bytes || line minus hash member).
+    let hash = v["hash"].as_str().unwrap();
+    let suffix = format!(r#","hash":"{hash}"}}"#);
+    let body = format!("{}}}", first.strip_suffix(&suffix).unwrap());
+    let mut ctx = Context::new(&SHA256);
+    ctx.update(&GENESIS);
+    ctx.update(body.as_bytes());
+    assert_eq!(chain::to_hex(ctx.finish().as_ref()), hash);
+
+    // The chain continues across segments and restarts.
+    let next = json(&lines(&fx.segment(2))[0]);
+    let last_of_first = json(lines(&fx.segment(1)).last().unwrap());
+    assert_eq!(next["prev"], last_of_first["hash"]);
+    let log = fx.open().unwrap();
+    fx.fill(&log, 61, 5).await;
+    log.close().await;
+    assert_eq!(fx.verify().unwrap().last_seq, 65);
+}
+
+#[tokio::test]
+async fn head_anchor_format() {
+    let fx = fixture(1 << 20);
+    fx.log_of(3).await;
+    let raw = fs::read(fx.path().join("head.json")).unwrap();
+    assert_eq!(raw.len(), 512, "fixed-size slot");
+    let head: serde_json::Value = serde_json::from_slice(&raw).unwrap();
+    let last = json(lines(&fx.segment(1)).last().unwrap());
+    assert_eq!(head["seq"], 3);
+    assert_eq!(head["hash"], last["hash"]);
+    assert_eq!(head["segment"], "audit-000001.log");
+    assert_eq!(head["kid"], fx.signer.kid());
+    assert_eq!(head["alg"], "EdDSA");
+    let sig = head["sig"].as_str().unwrap();
+    assert!(!sig.contains('=') && !sig.contains('+') && !sig.contains('/'));
+}
+
+#[tokio::test]
+async fn es256_anchor_verifies_too() {
+    let (signer, jwks) = keys(SigningAlgorithm::ES256);
+    let fx = Fixture {
+        signer,
+        jwks,
+        ..fixture(1 << 20)
+    };
+    fx.log_of(3).await;
+    assert_eq!(fx.verify().unwrap().records, 3);
+}
+
+#[tokio::test]
+async fn empty_log_verifies_and_reopens() {
+    let fx = fixture(1 << 20);
+    let log = fx.open().unwrap();
+    log.close().await;
+    let report = fx.verify().unwrap();
+    assert_eq!(
+        (report.records, report.last_seq, report.anchor_seq),
+        (0, 0, 0)
+    );
+    let log = fx.open().unwrap();
+    assert_eq!(log.append(event(1)).await.unwrap(), 1);
+    log.close().await;
+}
+
+#[tokio::test]
+async fn tampering_is_found_at_the_right_line() {
+    let fx = fixture(5_000);
+    fx.log_of(40).await;
+    fx.verify().unwrap();
+    let segs = segment_count(fx.path());
+    assert!(segs >= 3);
+    assert!(lines(&fx.segment(1)).len() >= 6);
+    let last_seg = segment_name(segs);
+    let check =
+        |name: &str, tamper: &dyn Fn(&Path), needles: &[&str]| -> (tempfile::TempDir, String) {
+            let copy = copy_dir(fx.path());
+            tamper(copy.path());
+            let msg = expect_err(verify(copy.path(), &fx.jwks), needles);
+            eprintln!("{name}: {msg}");
+            (copy, msg)
+        };
+
+    // One byte changed.
+    check(
+        "byte",
+        &|d| {
+            let p = d.join(segment_name(2));
+            let mut l = lines(&p);
+            l[2] = l[2].replacen("jti-", "jtj-", 1);
+            write_lines(&p, &l);
+        },
+        &["audit-000002.log line 3", "hash mismatch"],
+    );
+    // One line deleted.
+    check(
+        "deleted",
+        &|d| {
+            let p = d.join(segment_name(1));
+            let mut l = lines(&p);
+            l.remove(3);
+            write_lines(&p, &l);
+        },
+        &["audit-000001.log line 4", "seq gap"],
+    );
+    // Two lines swapped.
+    check(
+        "swapped",
+        &|d| {
+            let p = d.join(segment_name(2));
+            let mut l = lines(&p);
+            l.swap(1, 2);
+            write_lines(&p, &l);
+        },
+        &["audit-000002.log line 2", "seq gap"],
+    );
+    // Bad JSON.
+    check(
+        "json",
+        &|d| {
+            let p = d.join(segment_name(1));
+            let mut l = lines(&p);
+            l[1].insert(5, '"');
+            write_lines(&p, &l);
+        },
+        &["audit-000001.log line 2", "bad JSON"],
+    );
+    // A record rewritten with a correct hash of its own: the next one's prev no longer links.
+    check(
+        "rehashed",
+        &|d| {
+            let p = d.join(segment_name(1));
+            let mut l = lines(&p);
+            let v = json(&l[4]);
+            let hash = v["hash"].as_str().unwrap();
+            let prev = chain::parse_hex(v["prev"].as_str().unwrap().as_bytes()).unwrap();
+            let body = l[4]
+                .strip_suffix(&format!(r#","hash":"{hash}"}}"#))
+                .unwrap()
+                .replace("\"allow\"", "\"deny\"");
+            let mut ctx = Context::new(&SHA256);
+            ctx.update(&prev);
+            ctx.update(format!("{body}}}").as_bytes());
+            let new_hash = chain::to_hex(ctx.finish().as_ref());
+            l[4] = format!(r#"{body},"hash":"{new_hash}"}}"#);
+            write_lines(&p, &l);
+        },
+        &["audit-000001.log line 6", "prev mismatch"],
+    );
+    // The final complete line removed: only the anchor can tell.
+    let (copy, _) = check(
+        "final line",
+        &|d| {
+            let p = d.join(&last_seg);
+            let mut l = lines(&p);
+            l.pop();
+            write_lines(&p, &l);
+        },
+        &[
+            "head anchor says seq 40 hash",
+            "but log ends at 39",
+            &last_seg,
+        ],
+    );
+    let err = fx.open_at(copy.path()).unwrap_err().to_string();
+    assert!(err.contains("head anchor says seq 40"), "{err}");
+    // A middle segment removed.
+    let (copy, _) = check(
+        "middle segment",
+        &|d| fs::remove_file(d.join(segment_name(2))).unwrap(),
+        &["segment audit-000002.log is missing"],
+    );
+    let err = fx.open_at(copy.path()).unwrap_err().to_string();
+    assert!(err.contains("audit-000002.log is missing"), "{err}");
+    // The last segment removed.
+    let (copy, _) = check(
+        "last segment",
+        &|d| fs::remove_file(d.join(&last_seg)).unwrap(),
+        &["head anchor says seq 40", "but log ends at"],
+    );
+    assert!(fx.open_at(copy.path()).is_err());
+    // The first segment removed.
+    check(
+        "first segment",
+        &|d| fs::remove_file(d.join(segment_name(1))).unwrap(),
+        &["segment audit-000001.log is missing"],
+    );
+    // The anchor's signature.
+    let (copy, _) = check(
+        "signature",
+        &|d| {
+            let p = d.join("head.json");
+            let mut head: serde_json::Value =
+                serde_json::from_slice(&fs::read(&p).unwrap()).unwrap();
+            let sig = head["sig"].as_str().unwrap().to_owned();
+            let flipped = if sig.starts_with('A') { "B" } else { "A" };
+            head["sig"] = format!("{flipped}{}", &sig[1..]).into();
+            fs::write(&p, serde_json::to_vec(&head).unwrap()).unwrap();
+        },
+        &["bad head anchor signature"],
+    );
+    let err = fx.open_at(copy.path()).unwrap_err().to_string();
+    assert!(err.contains("bad head anchor signature"), "{err}");
+    // An anchor moved back to an earlier record cannot be re-signed without the key.
+    check(
+        "anchor moved",
+        &|d| {
+            let p = d.join("head.json");
+            let mut head: serde_json::Value =
+                serde_json::from_slice(&fs::read(&p).unwrap()).unwrap();
+            let l = lines(&d.join(&last_seg));
+            let prev = json(&l[l.len() - 2]);
+            head["seq"] = prev["seq"].clone();
+            head["hash"] = prev["hash"].clone();
+            fs::write(&p, serde_json::to_vec(&head).unwrap()).unwrap();
+        },
+        &["bad head anchor signature"],
+    );
+    // No anchor at all.
+    let (copy, _) = check(
+        "no anchor",
+        &|d| fs::remove_file(d.join("head.json")).unwrap(),
+        &["no head anchor"],
+    );
+    let err = fx.open_at(copy.path()).unwrap_err().to_string();
+    assert!(err.contains("no head anchor"), "{err}");
+    // A JWKS without the anchor's key.
+    let (_, other) = keys(SigningAlgorithm::EdDSA);
+    expect_err(verify(fx.path(), &other), &["unknown key id"]);
+}
+
+#[tokio::test]
+async fn torn_tail_is_repaired_with_a_log_repaired_record() {
+    let fx = fixture(1 << 20);
+    fx.log_of(10).await;
+    let seg = fx.segment(1);
+    let good = fs::metadata(&seg).unwrap().len();
+    let torn = br#"{"seq":11,"ts":"2023-11-14T22:1"#;
+    let mut bytes = fs::read(&seg).unwrap();
+    bytes.extend_from_slice(torn);
+    fs::write(&seg, &bytes).unwrap();
+    expect_err(fx.verify(), &["audit-000001.log line 11", "incomplete"]);
+
+    let log = fx.open().unwrap();
+    assert_eq!(log.append(event(12)).await.unwrap(), 12);
+    log.close().await;
+    let l = lines(&seg);
+    let repaired = json(&l[10]);
+    assert_eq!(repaired["seq"], 11);
+    assert_eq!(repaired["event"], "log_repaired");
+    assert_eq!(repaired["detail"]["segment"], "audit-000001.log");
+    assert_eq!(repaired["detail"]["offset"], good);
+    assert_eq!(repaired["detail"]["bytes_cut"], torn.len());
+    assert_eq!(repaired["detail"]["line"], 11);
+    let report = fx.verify().unwrap();
+    assert_eq!((report.records, report.anchor_seq), (12, 12));
+}
+
+#[tokio::test]
+async fn garbage_and_torn_new_segment_tails_are_repaired() {
+    // A complete-looking line that is not a record (e.g. zeros from a torn page).
+    let fx = fixture(1 << 20);
+    fx.log_of(4).await;
+    let mut bytes = fs::read(fx.segment(1)).unwrap();
+    bytes.extend_from_slice(&[0; 40]);
+    bytes.push(b'\n');
+    fs::write(fx.segment(1), &bytes).unwrap();
+    let log = fx.open().unwrap();
+    log.close().await;
+    let l = lines(&fx.segment(1));
+    assert_eq!(json(&l[4])["event"], "log_repaired");
+    assert_eq!(json(&l[4])["detail"]["bytes_cut"], 41);
+    fx.verify().unwrap();
+
+    // A crash right after rotation: the new segment holds only a torn write.
+    let fx = fixture(1 << 20);
+    fx.log_of(4).await;
+    fs::write(fx.segment(2), br#"{"seq":5,"ts""#).unwrap();
+    let log = fx.open().unwrap();
+    assert_eq!(log.append(event(6)).await.unwrap(), 6);
+    log.close().await;
+    let l = lines(&fx.segment(2));
+    assert_eq!(json(&l[0])["seq"], 5);
+    assert_eq!(json(&l[0])["detail"]["segment"], "audit-000002.log");
+    assert_eq!(json(&l[0])["detail"]["offset"], 0);
+    assert_eq!(fx.verify().unwrap().records, 6);
+}
+
+#[tokio::test]
+async fn damage_before_the_anchor_is_not_repaired() {
+    let fx = fixture(1 << 20);
+    fx.log_of(5).await;
+    let before = fs::read(fx.segment(1)).unwrap();
+    let mut l = lines(&fx.segment(1));
+    l[4] = l[4].replacen("jti-", "jtX-", 1);
+    write_lines(&fx.segment(1), &l);
+    let err = fx.open().unwrap_err().to_string();
+    assert!(
+        err.contains("audit-000001.log line 5") && err.contains("hash mismatch"),
+        "{err}"
+    );
+    // Nothing was cut.
+    assert_eq!(fs::read(fx.segment(1)).unwrap().len(), before.len());
+}
+
+#[tokio::test]
+async fn a_lagging_anchor_is_accepted() {
+    // A crash between a batch's log sync and its anchor write leaves an older anchor.
+    let fx = fixture(1 << 20);
+    fx.log_of(5).await;
+    let old_head = fs::read(fx.path().join("head.json")).unwrap();
+    let log = fx.open().unwrap();
+    fx.fill(&log, 6, 3).await;
+    log.close().await;
+    fs::write(fx.path().join("head.json"), &old_head).unwrap();
+    let report = fx.verify().unwrap();
+    assert_eq!(
+        (report.last_seq, report.anchor_seq, report.unanchored),
+        (8, 5, 3)
+    );
+    let log = fx.open().unwrap();
+    assert_eq!(log.append(event(9)).await.unwrap(), 9);
+    log.close().await;
+    assert_eq!(fx.verify().unwrap().unanchored, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_appends_get_distinct_seqs_and_the_chain_verifies() {
+    let fx = fixture(64 * 1024);
+    let log = fx.open().unwrap();
+    let mut tasks = Vec::new();
+    for t in 0..32u64 {
+        let log = log.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut seqs = Vec::new();
+            for i in 0..50 {
+                seqs.push(log.append(event(t * 1000 + i)).await.unwrap());
+            }
+            seqs
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    all.sort_unstable();
+    assert_eq!(all, (1..=1600).collect::<Vec<u64>>());
+    let batches = log.hooks().batches.load(Ordering::Relaxed);
+    log.close().await;
+    eprintln!("1600 appends in {batches} batches");
+    assert!(batches < 1600, "group commit batches");
+    let report = fx.verify().unwrap();
+    assert_eq!((report.records, report.unanchored), (1600, 0));
+    assert!(report.segments > 1);
+}
+
+#[tokio::test]
+async fn close_is_idempotent_and_later_appends_fail() {
+    let fx = fixture(1 << 20);
+    let log = fx.open().unwrap();
+    log.append(event(1)).await.unwrap();
+    log.close().await;
+    log.close().await;
+    assert!(matches!(
+        log.append(event(2)).await,
+        Err(AuditError::Closed)
+    ));
+}
+
+#[tokio::test]
+async fn dropping_the_log_commits_what_is_pending() {
+    let fx = fixture(1 << 20);
+    let log = fx.open().unwrap();
+    let pending = tokio::spawn({
+        let log = log.clone();
+        async move { log.append(event(1)).await }
+    });
+    drop(log);
+    assert_eq!(pending.await.unwrap().unwrap(), 1);
+}
+
+// ---------------------------------------------------------------------------------------
+// Fail closed.
+
+fn os_error(e: &AuditError) -> Option<i32> {
+    match e {
+        AuditError::Write { source, .. } => source.raw_os_error(),
+        _ => None,
+    }
+}
+
+#[tokio::test]
+async fn failed_write_acknowledges_nothing_and_the_log_recovers() {
+    let fx = fixture(1 << 20);
+    let log = fx.open().unwrap();
+    fx.fill(&log, 1, 3).await;
+    let len = fs::metadata(fx.segment(1)).unwrap().len();
+
+    log.hooks().fail_writes.store(1, Ordering::SeqCst);
+    let err = log.append(event(4)).await.unwrap_err();
+    assert_eq!(os_error(&err), Some(libc::ENOSPC), "{err}");
+    assert!(err.to_string().contains("not acknowledged"), "{err}");
+    assert_eq!(
+        fs::metadata(fx.segment(1)).unwrap().len(),
+        len,
+        "half-write undone"
+    );
+
+    log.hooks().fail_syncs.store(1, Ordering::SeqCst);
+    let err = log.append(event(4)).await.unwrap_err();
+    assert_eq!(os_error(&err), Some(libc::EIO), "{err}");
+    assert_eq!(
+        fs::metadata(fx.segment(1)).unwrap().len(),
+        len,
+        "unsynced write undone"
+    );
+
+    // The condition clears: the chain continues with no gap.
+    assert_eq!(log.append(event(4)).await.unwrap(), 4);
+    log.close().await;
+    let report = fx.verify().unwrap();
+    assert_eq!((report.records, report.anchor_seq), (4, 4));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_waiter_of_a_failed_batch_gets_err() {
+    let fx = fixture(1 << 20);
+    let log = fx.open().unwrap();
+    log.hooks().fail_writes.store(3, Ordering::SeqCst);
+    let mut tasks = Vec::new();
+    for t in 0..16u64 {
+        let log = log.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut acked = Vec::new();
+            for i in 0..10 {
+                if let Ok(seq) = log.append(event(t * 100 + i)).await {
+                    acked.push(seq);
+                }
+            }
+            acked
+        }));
+    }
+    let mut acked = Vec::new();
+    for t in tasks {
+        acked.extend(t.await.unwrap());
+    }
+    log.close().await;
+    acked.sort_unstable();
+    assert!(acked.len() < 160, "three batches failed");
+    // Exactly the acknowledged records are in the log, numbered without gaps.
+    assert_eq!(acked, (1..=acked.len() as u64).collect::<Vec<_>>());
+    assert_eq!(fx.verify().unwrap().records, acked.len() as u64);
+}
+
+#[tokio::test]
+async fn an_undo_that_fails_marks_the_log_failed_until_restart() {
+    let fx = fixture(1 << 20);
+    let log = fx.open().unwrap();
+    fx.fill(&log, 1, 2).await;
+    log.hooks().fail_writes.store(1, Ordering::SeqCst);
+    log.hooks().fail_truncates.store(1, Ordering::SeqCst);
+    assert!(matches!(
+        log.append(event(3)).await,
+        Err(AuditError::Write { .. })
+    ));
+    let err = log.append(event(3)).await.unwrap_err();
+    assert!(matches!(err, AuditError::Failed { .. }), "{err}");
+    assert!(err.to_string().contains("restart"), "{err}");
+    log.close().await;
+
+    // The half-written record is still there; a restart cuts it off and says so.
+    expect_err(fx.verify(), &["audit-000001.log line 3"]);
+    let log = fx.open().unwrap();
+    assert_eq!(log.append(event(4)).await.unwrap(), 4);
+    log.close().await;
+    assert_eq!(json(&lines(&fx.segment(1))[2])["event"], "log_repaired");
+    assert_eq!(fx.verify().unwrap().records, 4);
+}
+
+#[tokio::test]
+async fn a_failed_anchor_write_fails_the_batch_but_not_the_chain() {
+    let fx = fixture(1 << 20);
+    let log = fx.open().unwrap();
+    fx.fill(&log, 1, 2).await;
+    log.hooks().fail_heads.store(1, Ordering::SeqCst);
+    let err = log.append(event(3)).await.unwrap_err();
+    assert!(err.to_string().contains("head anchor"), "{err}");
+    // The record is durable but unacknowledged (like a crash before the answer).
+    let report = fx.verify().unwrap();
+    assert_eq!((report.last_seq, report.anchor_seq), (3, 2));
+    assert_eq!(log.append(event(4)).await.unwrap(), 4);
+    log.close().await;
+    assert_eq!(fx.verify().unwrap().anchor_seq, 4);
+}
+
+#[tokio::test]
+async fn a_failed_rotation_fails_the_batch_and_a_later_one_succeeds() {
+    let fx = fixture(600);
+    let log = fx.open().unwrap();
+    fx.fill(&log, 1, 1).await;
+    // Something in the way of the next segment: its creation fails for real.
+    fs::create_dir(fx.segment(2)).unwrap();
+    let err = log.append(event(2)).await.unwrap_err();
+    assert!(err.to_string().contains("audit-000002.log"), "{err}");
+    fs::remove_dir(fx.segment(2)).unwrap();
+    assert_eq!(log.append(event(2)).await.unwrap(), 2);
+    log.close().await;
+    let report = fx.verify().unwrap();
+    assert_eq!((report.records, report.segments), (2, 2));
+}
+
+/// Writes past RLIMIT_FSIZE fail with EFBIG (SIGXFSZ ignored, as the broker arranges):
+/// an error for the batch, never a crash, and nothing unacknowledged stays in the log.
+/// The limit is per process, so this runs `efbig_child` in a child under `ulimit -f`.
+#[test]
+fn efbig_is_an_error_not_a_crash() {
+    let key_dir = tempfile::tempdir().unwrap();
+    generate(key_dir.path(), SigningAlgorithm::EdDSA, 1).unwrap();
+    let jwks = KeyRing::load_dir(key_dir.path()).unwrap().jwks();
+    let log_dir = tempfile::tempdir().unwrap();
+    let exe = std::env::current_exe().unwrap();
+    let out = std::process::Command::new("/bin/sh")
+        .arg("-c")
+        // dash counts `ulimit -f` in 512-byte blocks, bash in 1024: 40-80 KiB.
+        .arg(r#"trap '' XFSZ; ulimit -f 80 && exec "$0" --exact audit::tests::efbig_child --ignored --nocapture --test-threads=1"#)
+        .arg(&exe)
+        .env("AUDIT_EFBIG_DIR", log_dir.path())
+        .env("AUDIT_EFBIG_KEYS", key_dir.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "child failed: {stdout}\n{stderr}");
+    let acked: u64 = stdout
+        .lines()
+        .find_map(|l| l.split_once("ACKED=").map(|(_, n)| n))
+        .unwrap_or_else(|| panic!("no ACKED= in {stdout}\n{stderr}"))
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(acked > 10);
+    let report = verify(log_dir.path(), &jwks).unwrap();
+    assert_eq!((report.records, report.anchor_seq), (acked, acked));
+}
+
+#[test]
+#[ignore = "run by efbig_is_an_error_not_a_crash in a child process under a file size limit"]
+fn efbig_child() {
+    let Some(dir) = std::env::var_os("AUDIT_EFBIG_DIR") else {
+        return;
+    };
+    let keys = std::env::var_os("AUDIT_EFBIG_KEYS").unwrap();
+    let signer = KeyRing::load_dir(Path::new(&keys)).unwrap().current();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let log = AuditLog::open(
+            AuditOptions {
+                dir: PathBuf::from(&dir),
+                segment_max_bytes: 1 << 30,
+            },
+            signer,
+            Arc::new(ManualClock::at_unix(1_700_000_000)),
+        )
+        .unwrap();
+        let mut acked = 0;
+        let mut err = None;
+        for i in 1..=10_000 {
+            let mut e = event(i);
+            e.reason = Some("x".repeat(300));
+            match log.append(e).await {
+                Ok(seq) => acked = seq,
+                Err(e) => {
+                    err = Some(e);
+                    break;
+                }
+            }
+        }
+        let err = err.expect("the file size limit was never hit");
+        assert_eq!(os_error(&err), Some(libc::EFBIG), "{err}");
+        // Still an error, still no crash.
+        assert!(log.append(event(0)).await.is_err() || acked > 0);
+        log.close().await;
+        println!("ACKED={acked}");
+    });
+}
+
+#[test]
+fn events_never_shadow_record_fields() {
+    let mut e = event(1);
+    e.rule = Some("r".into());
+    e.reason = Some("r".into());
+    e.error = Some("access_denied".into());
+    e.kid = Some("k".into());
+    e.approved_by = Some("a".into());
+    e.ticket = Some("T-1".into());
+    e.actor = Some("admin".into());
+    e.detail = Some(serde_json::json!({"seq": 1, "hash": "x"}));
+    let v = serde_json::to_value(&e).unwrap();
+    let keys: Vec<&String> = v.as_object().unwrap().keys().collect();
+    for reserved in ["seq", "ts", "prev", "hash"] {
+        assert!(
+            !keys.iter().any(|k| *k == reserved),
+            "{reserved} in {keys:?}"
+        );
+    }
+}
+
+/// `cargo test -p broker --release --lib audit::tests::throughput -- --ignored --nocapture`
+#[test]
+#[ignore = "measurement, not a check"]
+fn throughput() {
+    let (signer, jwks) = keys(SigningAlgorithm::EdDSA);
+    let dir = tempfile::tempdir().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (tasks, per_task) = (32u64, 2_000u64);
+    let (elapsed, batches) = rt.block_on(async {
+        let log = AuditLog::open(
+            AuditOptions {
+                dir: dir.path().to_path_buf(),
+                segment_max_bytes: 64 << 20,
+            },
+            signer,
+            Arc::new(SystemClock),
+        )
+        .unwrap();
+        #[allow(clippy::disallowed_methods)]
+        let start = std::time::Instant::now();
+        let mut handles = Vec::new();
+        for t in 0..tasks {
+            let log = log.clone();
+            handles.push(tokio::spawn(async move {
+                for i in 0..per_task {
+                    log.append(event(t * 1_000_000 + i)).await.unwrap();
+                }
+            }));
+        }
+        for h in handles {
+            h.await.unwrap();
+        }
+        let elapsed = start.elapsed();
+        let batches = log.hooks().batches.load(Ordering::Relaxed);
+        log.close().await;
+        (elapsed, batches)
+    });
+    let n = tasks * per_task;
+    println!(
+        "{n} appends from {tasks} tasks in {elapsed:?}: {:.0}/s, {batches} batches (avg {:.1} records, {:.0} us each)",
+        n as f64 / elapsed.as_secs_f64(),
+        n as f64 / batches as f64,
+        elapsed.as_micros() as f64 / batches as f64
+    );
+    assert_eq!(verify(dir.path(), &jwks).unwrap().records, n);
+}
+
+#[test]
+fn the_documented_example_line_follows_the_hash_rule() {
+    let doc = include_str!("../../../docs/audit-log.md");
+    let line = doc
+        .lines()
+        .find(|l| l.starts_with(r#"{"seq":1,"ts":"2025-06-01T12:00:00.123Z""#))
+        .expect("example line in docs/audit-log.md");
+    let genesis = chain::Link {
+        seq: 0,
+        hash: GENESIS,
+    };
+    chain::check_line(line.as_bytes(), Some(&genesis)).unwrap();
+}
