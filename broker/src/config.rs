@@ -62,6 +62,33 @@ pub struct FileConfig {
     /// The audience catalogue: every audience a task may name, with its environment.
     #[serde(default)]
     pub audience: Vec<AudienceEntry>,
+    /// Certificate authorities whose client certificates the broker accepts (mTLS).
+    #[serde(default)]
+    pub client_ca: Vec<ClientCaFile>,
+}
+
+/// `[[client_ca]]`: one trusted client-certificate authority (one trust domain).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientCaFile {
+    /// A name for logs and audit records.
+    pub name: String,
+    /// PEM bundle of the CA certificate(s).
+    pub bundle: PathBuf,
+    /// SPIFFE trust domain: SPIFFE IDs in certificates from this CA must be in it.
+    #[serde(default)]
+    pub trust_domain: Option<String>,
+}
+
+/// A validated `[[client_ca]]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientCa {
+    /// Name.
+    pub name: String,
+    /// PEM bundle path.
+    pub bundle: PathBuf,
+    /// SPIFFE trust domain, if the CA issues SVIDs.
+    pub trust_domain: Option<String>,
 }
 
 /// `[listen]`.
@@ -188,6 +215,18 @@ pub struct Config {
     pub trusted_issuers: Vec<TrustedIssuer>,
     /// The audience catalogue.
     pub audiences: Vec<AudienceEntry>,
+    /// Trusted client-certificate authorities (empty: mTLS off).
+    pub client_cas: Vec<ClientCa>,
+}
+
+impl Config {
+    /// The SPIFFE trust domains of the configured client CAs.
+    pub fn trust_domains(&self) -> Vec<String> {
+        self.client_cas
+            .iter()
+            .filter_map(|c| c.trust_domain.clone())
+            .collect()
+    }
 }
 
 /// Server TLS files.
@@ -437,7 +476,36 @@ impl FileConfig {
             audiences.push(a.clone());
         }
 
+        let mut client_cas: Vec<ClientCa> = Vec::new();
+        for c in &self.client_ca {
+            if c.name.is_empty() {
+                return Err(invalid("client_ca entries need a name".into()));
+            }
+            if client_cas.iter().any(|x| x.name == c.name) {
+                return Err(invalid(format!("client_ca {:?} is listed twice", c.name)));
+            }
+            if let Some(td) = &c.trust_domain
+                && (td.is_empty() || td.contains('/') || td.contains(':'))
+            {
+                return Err(invalid(format!(
+                    "client_ca {:?}: trust_domain {td:?} must be a bare name such as prod.example.org",
+                    c.name
+                )));
+            }
+            client_cas.push(ClientCa {
+                name: c.name.clone(),
+                bundle: resolve(&c.bundle),
+                trust_domain: c.trust_domain.clone(),
+            });
+        }
+        if !client_cas.is_empty() && tls.is_none() {
+            return Err(invalid(
+                "client_ca needs TLS: set listen.tls_cert and listen.tls_key (mTLS cannot run over plain HTTP)".into(),
+            ));
+        }
+
         Ok(Config {
+            client_cas,
             issuer: self.issuer,
             addr,
             tls,

@@ -221,7 +221,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 cert_bound,
             } => explain(
                 &config,
-                ExplainArgs {
+                &ExplainArgs {
                     identity,
                     issuer,
                     subject,
@@ -368,7 +368,7 @@ struct ExplainArgs {
     cert_bound: bool,
 }
 
-fn explain(config: &Path, a: ExplainArgs) -> anyhow::Result<ExitCode> {
+fn explain(config: &Path, a: &ExplainArgs) -> anyhow::Result<ExitCode> {
     let config = Config::load(config)?;
     let set = policy::load_dir(&config.policy_dir, &config.audiences, &[]).map_err(|errs| {
         anyhow::anyhow!(

@@ -29,7 +29,9 @@ use crate::metrics::Metrics;
 use crate::mint::Minter;
 use crate::mint::keys::KeyRing;
 use crate::policy::LintError;
+use crate::authn::mtls::ClientCert;
 use crate::reload::{self, PolicyStore};
+use crate::tls::{TlsReloader, TlsSpec};
 
 /// Most simultaneous connections.
 pub const MAX_CONNECTIONS: usize = 10_000;
@@ -65,7 +67,7 @@ pub enum StartError {
 pub struct Broker {
     state: AppState,
     limits: Limits,
-    tls: Option<tokio_rustls::TlsAcceptor>,
+    tls: Option<Arc<TlsReloader>>,
     policy_reload_interval: Duration,
 }
 
@@ -95,16 +97,21 @@ pub async fn start_with_clock(
         keys.current(),
         Arc::clone(&clock),
     )?;
-    let policies = PolicyStore::load(&config.policy_dir, &config.audiences, &[])
+    let policies = PolicyStore::load(&config.policy_dir, &config.audiences, &config.trust_domains())
         .map_err(StartError::Policies)?;
     let authn = Authenticator::new(&config.trusted_issuers, Arc::clone(&clock))?;
     for (issuer, e) in authn.preload().await {
         tracing::warn!(%issuer, error = %e, "issuer keys not loaded yet; tokens from it are refused until they load");
     }
     let tls = match &config.tls {
-        Some(files) => {
-            Some(crate::tls::acceptor(&files.cert, &files.key).map_err(StartError::Tls)?)
-        }
+        Some(files) => Some(Arc::new(
+            TlsReloader::new(TlsSpec {
+                cert: files.cert.clone(),
+                key: files.key.clone(),
+                client_cas: config.client_cas.clone(),
+            })
+            .map_err(StartError::Tls)?,
+        )),
         None => None,
     };
     let kids: Vec<String> = keys.jwks().keys.into_iter().map(|k| k.kid).collect();
@@ -118,6 +125,7 @@ pub async fn start_with_clock(
         "kids": kids,
         "identities": identities,
         "tls": config.tls.is_some(),
+        "client_cas": config.client_cas.iter().map(|c| c.name.clone()).collect::<Vec<_>>(),
     }));
     audit.append(ev).await?;
     let mut ev = AuditEvent::new(EventKind::PolicyReloaded);
@@ -171,6 +179,18 @@ impl Broker {
             ))
         };
 
+        let tls_watcher = self.tls.as_ref().map(|tls| {
+            let mut rx = stop_rx.clone();
+            tokio::spawn(watch_tls(
+                Arc::clone(tls),
+                self.state.audit.clone(),
+                self.policy_reload_interval,
+                async move {
+                    let _ = rx.wait_for(|v| *v).await;
+                },
+            ))
+        });
+
         let router = self.router();
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
         let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
@@ -204,10 +224,10 @@ impl Broker {
                 },
             };
             let _ = tcp.set_nodelay(true);
-            let svc = service(router.clone(), peer);
             let builder = Arc::clone(&builder);
             match &self.tls {
                 None => {
+                    let svc = service(router.clone(), peer, None);
                     let conn = builder
                         .serve_connection(TokioIo::new(tcp), svc)
                         .into_owned();
@@ -217,27 +237,35 @@ impl Broker {
                         drop(permit);
                     });
                 }
-                Some(acceptor) => {
-                    let acceptor = acceptor.clone();
+                Some(tls) => {
+                    let material = tls.current();
                     let watcher = graceful.watcher();
+                    let router = router.clone();
+                    let audit = self.state.audit.clone();
                     tokio::spawn(async move {
-                        let tls =
-                            match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp))
-                                .await
-                            {
-                                Ok(Ok(s)) => s,
-                                Ok(Err(e)) => {
-                                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                                    return;
-                                }
-                                Err(_) => {
-                                    tracing::debug!(%peer, "TLS handshake timed out");
-                                    return;
-                                }
-                            };
-                        let conn = builder
-                            .serve_connection(TokioIo::new(tls), svc)
-                            .into_owned();
+                        let handshake = tokio::time::timeout(
+                            TLS_HANDSHAKE_TIMEOUT,
+                            material.acceptor().accept(tcp),
+                        )
+                        .await;
+                        let stream = match handshake {
+                            Ok(Ok(s)) => s,
+                            Ok(Err(e)) => {
+                                audit_handshake_failure(&audit, peer, &e).await;
+                                return;
+                            }
+                            Err(_) => {
+                                tracing::debug!(%peer, "TLS handshake timed out");
+                                return;
+                            }
+                        };
+                        let client_cert = stream
+                            .get_ref()
+                            .1
+                            .peer_certificates()
+                            .map(|chain| ClientCert(Arc::new(material.client_cert(chain))));
+                        let svc = service(router, peer, client_cert);
+                        let conn = builder.serve_connection(TokioIo::new(stream), svc).into_owned();
                         let _ = watcher.watch(conn).await;
                         drop(permit);
                     });
@@ -249,6 +277,9 @@ impl Broker {
         let _ = tokio::time::timeout(Duration::from_secs(10), graceful.shutdown()).await;
         let _ = stop_tx.send(true);
         let _ = watcher.await;
+        if let Some(w) = tls_watcher {
+            let _ = w.await;
+        }
         let ev = AuditEvent::new(EventKind::BrokerStopped);
         if let Err(e) = self.state.audit.append(ev).await {
             tracing::error!(error = %e, "could not record broker_stopped");
@@ -257,8 +288,12 @@ impl Broker {
     }
 }
 
-fn service(router: Router, peer: SocketAddr) -> ConnService {
-    ConnService { router, peer }
+fn service(router: Router, peer: SocketAddr, client_cert: Option<ClientCert>) -> ConnService {
+    ConnService {
+        router,
+        peer,
+        client_cert,
+    }
 }
 
 /// Per-connection service: stamps the peer address on each request, then routes it.
@@ -266,6 +301,7 @@ fn service(router: Router, peer: SocketAddr) -> ConnService {
 struct ConnService {
     router: Router,
     peer: SocketAddr,
+    client_cert: Option<ClientCert>,
 }
 
 impl hyper::service::Service<hyper::Request<Incoming>> for ConnService {
@@ -275,7 +311,86 @@ impl hyper::service::Service<hyper::Request<Incoming>> for ConnService {
 
     fn call(&self, mut req: hyper::Request<Incoming>) -> Self::Future {
         req.extensions_mut().insert(ConnectInfo(self.peer));
+        if let Some(c) = &self.client_cert {
+            req.extensions_mut().insert(c.clone());
+        }
         self.router.clone().oneshot(req.map(axum::body::Body::new))
+    }
+}
+
+/// Records a handshake that failed over the client certificate (unknown CA, expired,
+/// not yet valid, wrong usage, bad signature) as a `denied` audit record. Other handshake
+/// failures (port scans, plain HTTP on the TLS port) are only logged, so that noise
+/// cannot flood the audit log.
+async fn audit_handshake_failure(audit: &AuditLog, peer: SocketAddr, e: &std::io::Error) {
+    let rustls_err = e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>());
+    let Some(rustls::Error::InvalidCertificate(cert_err)) = rustls_err else {
+        tracing::debug!(%peer, error = %e, "TLS handshake failed");
+        return;
+    };
+    let what = match cert_err {
+        rustls::CertificateError::Expired | rustls::CertificateError::ExpiredContext { .. } => {
+            "the client certificate has expired".to_owned()
+        }
+        rustls::CertificateError::NotValidYet
+        | rustls::CertificateError::NotValidYetContext { .. } => {
+            "the client certificate is not valid yet".to_owned()
+        }
+        rustls::CertificateError::UnknownIssuer => {
+            "the client certificate does not chain to a configured client_ca".to_owned()
+        }
+        other => format!("the client certificate was refused: {other}"),
+    };
+    tracing::info!(%peer, reason = %what, "client certificate refused at TLS handshake");
+    let mut ev = AuditEvent::new(EventKind::Denied);
+    ev.decision = Some(crate::audit::event::Decision::Deny);
+    ev.rule = Some("client_certificate_rejected".into());
+    ev.reason = Some(format!("TLS handshake refused: {what}"));
+    ev.source = Some(peer.ip().to_string());
+    ev.evidence = Some(crate::audit::event::Evidence {
+        kind: "mtls",
+        ..Default::default()
+    });
+    if let Err(e) = audit.append(ev).await {
+        tracing::error!(error = %e, "could not audit a refused handshake");
+    }
+}
+
+/// Reloads TLS material when its files change, auditing each outcome.
+async fn watch_tls(
+    tls: Arc<TlsReloader>,
+    audit: AuditLog,
+    interval: Duration,
+    shutdown: impl Future<Output = ()>,
+) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => return,
+            _ = tick.tick() => {}
+        }
+        if !tls.changed_on_disk() {
+            continue;
+        }
+        let ev = match tls.reload() {
+            Ok(()) => {
+                tracing::info!("TLS material reloaded");
+                let mut ev = AuditEvent::new(EventKind::TlsReloaded);
+                ev.detail = Some(serde_json::json!({ "files": tls.files() }));
+                ev
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "TLS reload rejected; the previous material stays live");
+                let mut ev = AuditEvent::new(EventKind::TlsReloadFailed);
+                ev.reason = Some(format!("{e}; the previous TLS material stays live"));
+                ev
+            }
+        };
+        if let Err(e) = audit.append(ev).await {
+            tracing::error!(error = %e, "could not audit a TLS reload");
+        }
     }
 }
 

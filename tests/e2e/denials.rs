@@ -4,17 +4,26 @@
 
 use broker_tests::{
     DEV_LEDGER, EXPIRED_IDENTITY, EXPIRED_SUBJECT, IDENTITY, ISSUER, IssuerKey, OFFICE_TASK,
-    Options, RSA_KID, Reply, SUBJECT, TASK, TestBroker, TokenRequest, UNKNOWN_SUBJECT,
-    audit_bytes, contains_bytes, hs256_with_issuer_public_key, now_secs, sign, sign_with_kid,
-    unsigned, with_bad_signature, workload_claims,
+    Options, RSA_KID, Reply, SUBJECT, TASK, TestBroker, TokenRequest, UNKNOWN_SUBJECT, audit_bytes,
+    contains_bytes, hs256_with_issuer_public_key, now_secs, sign, sign_with_kid, unsigned,
+    with_bad_signature, workload_claims,
 };
 use serde_json::{Value, json};
 
 /// The checks every denial shares; returns the `denied` record.
 fn assert_denied(b: &TestBroker, reply: &Reply, status: u16, error: &str, rule: &str) -> Value {
     assert_eq!(reply.status, status, "HTTP status; body: {}", reply.text);
-    assert_eq!(reply.error(), Some(error), "OAuth error; body: {}", reply.text);
-    assert!(reply.access_token().is_none(), "no token on a denial: {}", reply.text);
+    assert_eq!(
+        reply.error(),
+        Some(error),
+        "OAuth error; body: {}",
+        reply.text
+    );
+    assert!(
+        reply.access_token().is_none(),
+        "no token on a denial: {}",
+        reply.text
+    );
     assert!(
         reply.body["error_description"]
             .as_str()
@@ -54,13 +63,19 @@ async fn assert_bad_subject_token(subject_token: &str, rule: &str) -> Value {
         "the subject token is in the audit log"
     );
     if let Some(sig) = subject_token.rsplit('.').next().filter(|s| s.len() > 10) {
-        assert!(!contains_bytes(&log, sig.as_bytes()), "a signature is in the audit log");
+        assert!(
+            !contains_bytes(&log, sig.as_bytes()),
+            "a signature is in the audit log"
+        );
     }
     rec
 }
 
 /// A policy-stage refusal for a valid workload JWT of `subject`.
-async fn policy_denial(subject: &str, req: impl FnOnce(TokenRequest) -> TokenRequest) -> (TestBroker, Reply) {
+async fn policy_denial(
+    subject: &str,
+    req: impl FnOnce(TokenRequest) -> TokenRequest,
+) -> (TestBroker, Reply) {
     let b = TestBroker::start(Options::default());
     let token = sign(IssuerKey::Rsa, &workload_claims(subject));
     let reply = b.token(&req(TokenRequest::exchange(&token, TASK))).await;
@@ -78,7 +93,11 @@ fn assert_jwt_evidence(rec: &Value, subject: &str) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn unsigned_alg_none_is_rejected() {
-    assert_bad_subject_token(&unsigned(&workload_claims(SUBJECT)), "algorithm_not_allowed").await;
+    assert_bad_subject_token(
+        &unsigned(&workload_claims(SUBJECT)),
+        "algorithm_not_allowed",
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -132,6 +151,19 @@ async fn unknown_kid_is_rejected() {
     assert_bad_subject_token(&t, "unknown_kid").await;
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn malformed_subject_token_is_rejected() {
+    // Three base64url parts, but the "header" is not JSON.
+    let t = format!(
+        "bm90LWpzb24.{}.c2ln",
+        sign(IssuerKey::Rsa, &workload_claims(SUBJECT))
+            .split('.')
+            .nth(1)
+            .unwrap()
+    );
+    assert_bad_subject_token(&t, "token_malformed").await;
+}
+
 // --- the registry and the task policy ---------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread")]
@@ -139,26 +171,36 @@ async fn unknown_subject_is_rejected() {
     let (b, reply) = policy_denial(UNKNOWN_SUBJECT, |r| r).await;
     let rec = assert_denied(&b, &reply, 403, "unauthorized_client", "unknown_identity");
     assert_jwt_evidence(&rec, UNKNOWN_SUBJECT);
-    assert!(rec.get("identity").is_none(), "no identity was matched: {rec}");
+    assert!(
+        rec.get("identity").is_none(),
+        "no identity was matched: {rec}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn expired_registration_is_rejected() {
     let b = TestBroker::start(Options::default());
     let token = sign(IssuerKey::Rsa, &workload_claims(EXPIRED_SUBJECT));
-    let reply = b.token(&TokenRequest::exchange(&token, "ledger-read")).await;
+    let reply = b
+        .token(&TokenRequest::exchange(&token, "ledger-read"))
+        .await;
     let rec = assert_denied(&b, &reply, 403, "access_denied", "registration_expired");
     assert_eq!(rec["identity"], EXPIRED_IDENTITY);
     assert_jwt_evidence(&rec, EXPIRED_SUBJECT);
     let desc = reply.body["error_description"].as_str().unwrap();
-    assert!(desc.contains("2020-01-01"), "the description says when it expired: {desc}");
+    assert!(
+        desc.contains("2020-01-01"),
+        "the description says when it expired: {desc}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn unknown_task_is_rejected() {
     let b = TestBroker::start(Options::default());
     let token = sign(IssuerKey::Rsa, &workload_claims(SUBJECT));
-    let reply = b.token(&TokenRequest::exchange(&token, "no-such-task")).await;
+    let reply = b
+        .token(&TokenRequest::exchange(&token, "no-such-task"))
+        .await;
     let rec = assert_denied(&b, &reply, 400, "invalid_request", "unknown_task");
     assert_eq!(rec["identity"], IDENTITY);
     assert_eq!(rec["task"], "no-such-task");
@@ -223,7 +265,11 @@ async fn malformed_form_data_is_rejected() {
             Some(form),
             format!("{good}&task=other").into_bytes(),
         ),
-        ("not a form at all", Some(form), b"\x00\xff\xfe{{{%%%".to_vec()),
+        (
+            "not a form at all",
+            Some(form),
+            b"\x00\xff\xfe{{{%%%".to_vec(),
+        ),
         (
             "JSON instead of a form",
             Some("application/json"),
@@ -247,7 +293,12 @@ async fn malformed_form_data_is_rejected() {
     for (i, (what, ct, body)) in cases.into_iter().enumerate() {
         let reply = b.token_raw(ct, body).await;
         assert_eq!(reply.status, 400, "{what}: status; body {}", reply.text);
-        assert_eq!(reply.error(), Some("invalid_request"), "{what}: {}", reply.text);
+        assert_eq!(
+            reply.error(),
+            Some("invalid_request"),
+            "{what}: {}",
+            reply.text
+        );
         assert!(reply.access_token().is_none(), "{what}: no token");
         let denied = b.records_of("denied");
         assert_eq!(denied.len(), i + 1, "{what}: one denied record per request");
@@ -258,7 +309,10 @@ async fn malformed_form_data_is_rejected() {
     }
     assert!(b.records_of("issued").is_empty());
     assert_eq!(b.records_of("denied").len(), n);
-    assert!(!contains_bytes(&audit_bytes(&b.audit_dir()), token.as_bytes()));
+    assert!(!contains_bytes(
+        &audit_bytes(&b.audit_dir()),
+        token.as_bytes()
+    ));
 }
 
 /// Percent-encodes a form value (RFC 3986 unreserved characters kept).

@@ -17,7 +17,11 @@ fn token_of(reply: &Reply) -> &str {
     assert_eq!(reply.status, 200, "token exchange failed: {}", reply.text);
     assert_eq!(reply.body["token_type"], "Bearer");
     assert_eq!(reply.body["issued_token_type"], TOKEN_TYPE_ACCESS_TOKEN);
-    assert!(reply.body["expires_in"].is_u64(), "expires_in: {}", reply.text);
+    assert!(
+        reply.body["expires_in"].is_u64(),
+        "expires_in: {}",
+        reply.text
+    );
     assert!(reply.body["scope"].is_string(), "scope: {}", reply.text);
     reply.access_token().expect("access_token")
 }
@@ -58,7 +62,11 @@ async fn check_token(b: &TestBroker, v: &Verified, scope: &str, ttl: u64, before
     assert_eq!(c["iss"], BROKER_ISSUER);
     assert_eq!(c["sub"], IDENTITY);
     assert_eq!(c["client_id"], IDENTITY);
-    assert!(c["aud"].is_string(), "aud is exactly one string, got {}", c["aud"]);
+    assert!(
+        c["aud"].is_string(),
+        "aud is exactly one string, got {}",
+        c["aud"]
+    );
     assert_eq!(c["aud"], PROD_LEDGER);
     assert_eq!(c["scope"], scope);
     assert_eq!(c["task"], TASK);
@@ -76,9 +84,15 @@ async fn check_token(b: &TestBroker, v: &Verified, scope: &str, ttl: u64, before
         "iat {iat} is now ({before}..{after})"
     );
     assert!(nbf <= iat, "nbf {nbf} <= iat {iat}");
-    assert!(exp <= iat + TASK_MAX_TTL, "exp {exp} within max_ttl of iat {iat}");
+    assert!(
+        exp <= iat + TASK_MAX_TTL,
+        "exp {exp} within max_ttl of iat {iat}"
+    );
     assert_eq!(exp, iat + ttl, "exp = iat + granted ttl");
-    assert!(c.get("cnf").is_none(), "no cnf on a bearer token from a JWT exchange");
+    assert!(
+        c.get("cnf").is_none(),
+        "no cnf on a bearer token from a JWT exchange"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -125,14 +139,23 @@ async fn rs256_workload_jwt_is_exchanged_for_a_verifiable_token() {
     assert_eq!(reply.body["expires_in"], TASK_MAX_TTL);
     let v2 = b.verify_access_token(&token2, PROD_LEDGER).await;
     check_token(&b, &v2, &scope, TASK_MAX_TTL, before, after).await;
-    assert_ne!(v.claims["jti"], v2.claims["jti"], "every token has its own jti");
+    assert_ne!(
+        v.claims["jti"], v2.claims["jti"],
+        "every token has its own jti"
+    );
 
     // Never a token (theirs or ours) in the audit files.
     let log = audit_bytes(&b.audit_dir());
     for secret in [&token, &token2, &subject_token] {
-        assert!(!contains_bytes(&log, secret.as_bytes()), "a token is in the audit log");
+        assert!(
+            !contains_bytes(&log, secret.as_bytes()),
+            "a token is in the audit log"
+        );
         let sig = secret.rsplit('.').next().unwrap();
-        assert!(!contains_bytes(&log, sig.as_bytes()), "a token signature is in the audit log");
+        assert!(
+            !contains_bytes(&log, sig.as_bytes()),
+            "a token signature is in the audit log"
+        );
     }
 }
 

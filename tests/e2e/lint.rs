@@ -4,9 +4,7 @@
 
 use std::path::PathBuf;
 
-use broker_tests::{
-    CmdOutput, DEV_LEDGER, ISSUER, Options, SUBJECT, lint, write_config,
-};
+use broker_tests::{CmdOutput, DEV_LEDGER, ISSUER, Options, SUBJECT, lint, write_config};
 use tempfile::TempDir;
 
 /// A temp dir with a broker config (for its audience catalogue) and `policies/` holding the
@@ -27,10 +25,7 @@ fn lines_naming<'a>(out: &'a CmdOutput, file: &str) -> Vec<&'a str> {
     out.stdout
         .lines()
         .chain(out.stderr.lines())
-        .filter(|l| {
-            l.split_once(": ")
-                .is_some_and(|(f, _)| f.ends_with(file))
-        })
+        .filter(|l| l.split_once(": ").is_some_and(|(f, _)| f.ends_with(file)))
         .collect()
 }
 
@@ -85,7 +80,8 @@ fn clean_directory_passes() {
 
 #[test]
 fn missing_required_field_is_reported() {
-    let text = identity("no-owner", "sa:no-owner", "prod", PROD).replace("owner       = \"team-x\"\n", "");
+    let text =
+        identity("no-owner", "sa:no-owner", "prod", PROD).replace("owner       = \"team-x\"\n", "");
     assert!(!text.contains("owner "));
     let (_d, _p, out) = lint_with(&[("no-owner.toml", text)]);
     assert_lint_error(&out, "no-owner.toml", &["missing", "owner"]);
@@ -100,16 +96,17 @@ fn duplicate_ids_across_files_are_reported() {
     assert_eq!(out.code, Some(1), "{out}");
     let line = both_files_line(&out, "dup-a.toml", "dup-b.toml")
         .unwrap_or_else(|| panic!("no line naming both files: {out}"));
-    assert!(line.to_lowercase().contains("duplicate"), "says duplicate: {line}");
+    assert!(
+        line.to_lowercase().contains("duplicate"),
+        "says duplicate: {line}"
+    );
     assert!(line.contains("twin-id"), "names the id: {line}");
 }
 
 #[test]
 fn two_identities_matching_the_same_caller_are_reported() {
-    let (_d, _p, out) = lint_with(&[(
-        "impostor.toml",
-        identity("impostor", SUBJECT, "prod", PROD),
-    )]);
+    let (_d, _p, out) =
+        lint_with(&[("impostor.toml", identity("impostor", SUBJECT, "prod", PROD))]);
     assert_eq!(out.code, Some(1), "{out}");
     // Either file may carry the error (load order); the line names both files and the caller.
     let line = both_files_line(&out, "impostor.toml", "payments-api.toml")
@@ -128,7 +125,8 @@ fn both_files_line<'a>(out: &'a CmdOutput, a: &str, b: &str) -> Option<&'a str> 
 
 #[test]
 fn unknown_key_is_reported() {
-    let text = identity("typo", "sa:typo", "prod", PROD).replace("[[task]]\n", "[[task]]\nmax_tll = \"5m\"\n");
+    let text = identity("typo", "sa:typo", "prod", PROD)
+        .replace("[[task]]\n", "[[task]]\nmax_tll = \"5m\"\n");
     let (_d, _p, out) = lint_with(&[("typo.toml", text)]);
     assert_lint_error(&out, "typo.toml", &["unknown", "max_tll"]);
 }
@@ -139,7 +137,11 @@ fn task_audience_not_in_the_catalogue_is_reported() {
         "stray.toml",
         identity("stray", "sa:stray", "prod", "https://nowhere.example.org"),
     )]);
-    assert_lint_error(&out, "stray.toml", &["https://nowhere.example.org", "catalogue"]);
+    assert_lint_error(
+        &out,
+        "stray.toml",
+        &["https://nowhere.example.org", "catalogue"],
+    );
 }
 
 #[test]
@@ -149,5 +151,8 @@ fn task_audience_of_another_environment_is_reported() {
         identity("crossing", "sa:crossing", "prod", DEV_LEDGER),
     )]);
     let line = assert_lint_error(&out, "crossing.toml", &[DEV_LEDGER, "environment"]);
-    assert!(line.contains("dev") && line.contains("prod"), "names both environments: {line}");
+    assert!(
+        line.contains("dev") && line.contains("prod"),
+        "names both environments: {line}"
+    );
 }

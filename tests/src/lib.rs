@@ -737,6 +737,8 @@ impl TestBroker {
     }
 
     /// Writes everything [`TestBroker::start`] does, without starting the broker.
+    // By value, like `start`, so that tests write `prepare(Options { .., ..Default::default() })`.
+    #[allow(clippy::needless_pass_by_value)]
     pub fn prepare(opts: Options) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("broker-e2e-")
@@ -1039,6 +1041,18 @@ impl TestBroker {
     /// `aud` = `audience`, `exp`/`nbf` (5 s leeway), all of `iss sub aud exp nbf iat`
     /// present. Panics on any failure.
     pub async fn verify_access_token(&self, token: &str, audience: &str) -> Verified {
+        self.verify_access_token_with_issuer(token, audience, Some(BROKER_ISSUER))
+            .await
+    }
+
+    /// [`TestBroker::verify_access_token`] with another expected `iss` (`None`: any; for
+    /// dev mode, whose issuer the harness does not configure).
+    pub async fn verify_access_token_with_issuer(
+        &self,
+        token: &str,
+        audience: &str,
+        issuer: Option<&str>,
+    ) -> Verified {
         let jwks = self.jwks().await;
         let header = jsonwebtoken::decode_header(token).expect("a JWS header");
         let kid = header.kid.clone().expect("the token header has a kid");
@@ -1048,7 +1062,9 @@ impl TestBroker {
         let key = DecodingKey::from_jwk(jwk).expect("a usable JWK");
         let mut v = Validation::new(Algorithm::EdDSA);
         v.set_audience(&[audience]);
-        v.set_issuer(&[BROKER_ISSUER]);
+        if let Some(iss) = issuer {
+            v.set_issuer(&[iss]);
+        }
         v.set_required_spec_claims(&["iss", "sub", "aud", "exp", "nbf", "iat"]);
         v.validate_nbf = true;
         v.leeway = 5;

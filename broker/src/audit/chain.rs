@@ -187,13 +187,13 @@ pub(crate) fn check_line(line: &[u8], expect: Option<&Link>) -> Result<Link, Rec
         }
     }
     let prev_hash = parse_hex(fields.prev.as_bytes());
-    if let Some(prev) = expect {
-        if prev_hash != Some(prev.hash) {
-            return Err(RecordProblem::PrevMismatch {
-                expected: to_hex(&prev.hash),
-                found: fields.prev.into_owned(),
-            });
-        }
+    if let Some(prev) = expect
+        && prev_hash != Some(prev.hash)
+    {
+        return Err(RecordProblem::PrevMismatch {
+            expected: to_hex(&prev.hash),
+            found: fields.prev.into_owned(),
+        });
     }
     let Some(prev_hash) = prev_hash else {
         return Err(RecordProblem::BadJson(

@@ -33,6 +33,8 @@ pub enum EventKind {
     KeyRotated,
     /// TLS material was reloaded.
     TlsReloaded,
+    /// A TLS reload was rejected; the old material stays live.
+    TlsReloadFailed,
 }
 
 /// Allow or deny.

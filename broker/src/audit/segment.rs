@@ -43,14 +43,10 @@ pub(crate) fn list_segments(dir: &Path) -> io::Result<Vec<(u32, PathBuf)>> {
 /// The first missing segment name and the segment found in its place, if the indexes
 /// are not exactly `1..=n`.
 pub(crate) fn first_gap(segments: &[(u32, PathBuf)]) -> Option<(String, String)> {
-    let mut want = 1u32;
-    for (index, _) in segments {
-        if *index != want {
-            return Some((segment_name(want), segment_name(*index)));
-        }
-        want += 1;
-    }
-    None
+    (1u32..)
+        .zip(segments)
+        .find(|(want, (index, _))| index != want)
+        .map(|(want, (index, _))| (segment_name(want), segment_name(*index)))
 }
 
 /// fsyncs a directory, making file creations and renames in it durable.

@@ -554,10 +554,8 @@ impl Writer {
     }
 
     fn run(mut self, queue: Arc<Queue>, done: watch::Sender<bool>) {
-        let _guard = ExitGuard {
-            queue: Arc::clone(&queue),
-            done,
-        };
+        let guard = ExitGuard { queue, done };
+        let queue = &guard.queue;
         let mut events = Vec::new();
         let mut waiters = Vec::new();
         while queue.take(&mut events, &mut waiters) {
@@ -637,11 +635,11 @@ impl Writer {
         let mut start = 0;
         let mut failure = None;
         for chunk in &chunks {
-            if chunk.segment != self.segment {
-                if let Err(e) = self.rotate(chunk.segment) {
-                    failure = Some(e);
-                    break;
-                }
+            if chunk.segment != self.segment
+                && let Err(e) = self.rotate(chunk.segment)
+            {
+                failure = Some(e);
+                break;
             }
             if let Err(e) = self.write_durably(start..chunk.end) {
                 failure = Some(e);
@@ -655,10 +653,10 @@ impl Writer {
         }
 
         // Anchor what is durable, then acknowledge it.
-        if durable > 0 {
-            if let Err(e) = self.write_head() {
-                return (0, Some(e));
-            }
+        if durable > 0
+            && let Err(e) = self.write_head()
+        {
+            return (0, Some(e));
         }
         (durable, failure)
     }

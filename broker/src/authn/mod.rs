@@ -11,6 +11,7 @@
 
 pub mod issuers;
 pub mod jws;
+pub mod mtls;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -246,19 +247,19 @@ impl Authenticator {
         if now > exp.saturating_add(leeway) {
             return Err(AuthnError::Expired { exp, now, leeway });
         }
-        if let Some(nbf) = num_claim(&parsed.claims, "nbf")? {
-            if nbf > now.saturating_add(leeway) {
-                return Err(AuthnError::NotYetValid { nbf, now, leeway });
-            }
+        if let Some(nbf) = num_claim(&parsed.claims, "nbf")?
+            && nbf > now.saturating_add(leeway)
+        {
+            return Err(AuthnError::NotYetValid { nbf, now, leeway });
         }
-        if let Some(iat) = num_claim(&parsed.claims, "iat")? {
-            if iat > now.saturating_add(leeway) {
-                return Err(AuthnError::NotYetValid {
-                    nbf: iat,
-                    now,
-                    leeway,
-                });
-            }
+        if let Some(iat) = num_claim(&parsed.claims, "iat")?
+            && iat > now.saturating_add(leeway)
+        {
+            return Err(AuthnError::NotYetValid {
+                nbf: iat,
+                now,
+                leeway,
+            });
         }
         let auds: Vec<&str> = match parsed.claims.get("aud") {
             Some(serde_json::Value::String(s)) => vec![s.as_str()],

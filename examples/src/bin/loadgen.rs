@@ -87,6 +87,9 @@ struct Args {
     /// Print one JSON object instead of the human-readable report.
     #[arg(long)]
     json: bool,
+    /// Also write the JSON report to this file.
+    #[arg(long)]
+    json_out: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -454,6 +457,10 @@ async fn run(args: &Args) -> anyhow::Result<ExitCode> {
         mon: &mon,
         broker_final,
     };
+    if let Some(path) = &args.json_out {
+        std::fs::write(path, format!("{:#}\n", report.json()))
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
     if args.json {
         println!("{}", report.json());
     } else {

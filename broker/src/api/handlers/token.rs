@@ -1,4 +1,8 @@
-//! `POST /oauth2/token`: RFC 8693 token exchange (workload JWT → access token).
+//! `POST /oauth2/token`: RFC 8693 token exchange (workload JWT → access token) and
+//! `client_credentials` with `tls_client_auth` (RFC 8705 §2.1: the client certificate is
+//! the whole credential). Tokens issued over mTLS, by either grant, are bound to the
+//! certificate (`cnf.x5t#S256`), and a JWT presented over mTLS must prove the same
+//! identity as the certificate.
 //!
 //! Every outcome is appended to the audit log and made durable before the caller hears
 //! it: the `issued` record before the token leaves, the `denied` record before the error.
@@ -7,6 +11,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use axum::Extension;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{ConnectInfo, State};
@@ -21,6 +26,7 @@ use serde::Deserialize;
 use crate::api::{ApiError, AppState};
 use crate::audit::event::{AuditEvent, Decision as AuditDecision, EventKind, Evidence};
 use crate::authn::AuthnError;
+use crate::authn::mtls::{CertRefusal, ClientCert, PeerCert};
 use crate::mint::MintRequest;
 use crate::policy::{self, Decision};
 
@@ -38,6 +44,7 @@ struct TokenForm {
     resource: Option<String>,
     scope: Option<String>,
     requested_ttl: Option<String>,
+    client_id: Option<String>,
 }
 
 /// A refusal: the error to answer with and the rule to record.
@@ -60,12 +67,13 @@ impl Refusal {
 pub async fn token(
     State(st): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    client_cert: Option<Extension<ClientCert>>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let mut ev = AuditEvent::new(EventKind::Denied);
     ev.source = Some(peer.ip().to_string());
-    match issue(&st, peer, &headers, body, &mut ev).await {
+    match issue(&st, peer, client_cert, &headers, body, &mut ev).await {
         Ok(res) => res,
         Err(refusal) => deny(&st, ev, refusal).await,
     }
@@ -119,6 +127,7 @@ fn policy_refusal(d: &policy::Denial) -> Refusal {
 async fn issue(
     st: &AppState,
     peer: SocketAddr,
+    client_cert: Option<Extension<ClientCert>>,
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
     ev: &mut AuditEvent,
@@ -156,18 +165,9 @@ async fn issue(
         Refusal::invalid_request("malformed_request", format!("malformed form body: {e}"))
     })?;
 
-    match form.grant_type.as_deref() {
-        Some(GRANT_TYPE_TOKEN_EXCHANGE) => {}
-        Some(GRANT_TYPE_CLIENT_CREDENTIALS) => {
-            return Err(Refusal::new(
-                "client_certificate_required",
-                ApiError::new(
-                    StatusCode::UNAUTHORIZED,
-                    "invalid_client",
-                    "client_credentials needs a TLS client certificate (tls_client_auth, RFC 8705); none was presented",
-                ),
-            ));
-        }
+    let exchange = match form.grant_type.as_deref() {
+        Some(GRANT_TYPE_TOKEN_EXCHANGE) => true,
+        Some(GRANT_TYPE_CLIENT_CREDENTIALS) => false,
         Some(other) => {
             return Err(Refusal::new(
                 "unsupported_grant_type",
@@ -187,44 +187,11 @@ async fn issue(
                 "grant_type is required",
             ));
         }
-    }
-    match form.subject_token_type.as_deref() {
-        Some(TOKEN_TYPE_JWT) | Some("urn:ietf:params:oauth:token-type:id_token") => {}
-        Some(other) => {
-            return Err(Refusal::invalid_request(
-                "malformed_request",
-                format!(
-                    "subject_token_type {:?} is not supported: use {TOKEN_TYPE_JWT}",
-                    clip(other)
-                ),
-            ));
-        }
-        None => {
-            return Err(Refusal::invalid_request(
-                "malformed_request",
-                "subject_token_type is required",
-            ));
-        }
-    }
-    if form.actor_token.is_some() {
-        return Err(Refusal::invalid_request(
-            "malformed_request",
-            "delegation (actor_token) is not supported",
-        ));
-    }
-    if let Some(t) = form.requested_token_type.as_deref() {
-        if t != TOKEN_TYPE_ACCESS_TOKEN && t != TOKEN_TYPE_JWT {
-            return Err(Refusal::invalid_request(
-                "malformed_request",
-                format!("requested_token_type {:?} is not supported", clip(t)),
-            ));
-        }
-    }
-    let Some(subject_token) = form.subject_token.as_deref().filter(|t| !t.is_empty()) else {
-        return Err(Refusal::invalid_request(
-            "malformed_request",
-            "subject_token is required",
-        ));
+    };
+    let subject_token = if exchange {
+        Some(exchange_params(&form)?)
+    } else {
+        None
     };
     let Some(task) = form.task.as_deref().filter(|t| !t.is_empty()) else {
         return Err(Refusal::invalid_request(
@@ -253,6 +220,7 @@ async fn issue(
     let scopes: Option<Vec<&str>> = form
         .scope
         .as_deref()
+        .filter(|s| !s.trim().is_empty())
         .map(|s| s.split_whitespace().collect());
     if let Some(s) = &scopes {
         ev.scopes = Some(s.iter().map(|s| clip(s)).collect());
@@ -273,34 +241,110 @@ async fn issue(
         },
     };
 
-    let jwt = st
-        .authn
-        .authenticate_jwt(subject_token)
-        .await
-        .map_err(|e| authn_refusal(&e))?;
-    ev.evidence = Some(Evidence {
-        kind: "jwt",
-        issuer: Some(jwt.issuer.clone()),
-        subject: Some(jwt.subject.clone()),
-        spiffe_id: jwt.spiffe_id().map(str::to_owned),
-        cert_sha256: None,
-        kid: jwt.kid.clone(),
-    });
+    let cert: Option<&PeerCert> = match &client_cert {
+        None => None,
+        Some(Extension(ClientCert(c))) => match c.as_ref() {
+            Ok(pc) => Some(pc),
+            Err(e) => {
+                return Err(Refusal::new(
+                    "client_certificate_unusable",
+                    ApiError::new(StatusCode::UNAUTHORIZED, "invalid_client", e.clone()),
+                ));
+            }
+        },
+    };
+    if let Some(pc) = cert {
+        ev.evidence = Some(Evidence {
+            kind: "mtls",
+            issuer: pc.ca_name.clone(),
+            subject: pc.subject_cn.clone(),
+            spiffe_id: pc.spiffe_ids.first().cloned(),
+            cert_sha256: Some(pc.sha256_hex.clone()),
+            kid: None,
+        });
+    }
 
     let policies = st.policies.current();
-    let Some(identity) = policies.match_jwt(&jwt.issuer, &jwt.subject, &jwt.claims) else {
-        return Err(Refusal::new(
-            policy::Rule::UnknownIdentity.as_str(),
-            ApiError::new(
-                StatusCode::FORBIDDEN,
-                policy::Rule::UnknownIdentity.oauth_error(),
-                format!(
-                    "no registered identity matches issuer {} subject {}: register it with an [[identity.match]] in the policy directory",
-                    jwt.issuer,
-                    clip(&jwt.subject)
+    let identity = if let Some(subject_token) = subject_token {
+        let jwt = st
+            .authn
+            .authenticate_jwt(subject_token)
+            .await
+            .map_err(|e| authn_refusal(&e))?;
+        ev.evidence = Some(Evidence {
+            kind: if cert.is_some() { "jwt+mtls" } else { "jwt" },
+            issuer: Some(jwt.issuer.clone()),
+            subject: Some(jwt.subject.clone()),
+            spiffe_id: jwt
+                .spiffe_id()
+                .map(str::to_owned)
+                .or_else(|| cert.and_then(|c| c.spiffe_ids.first().cloned())),
+            cert_sha256: cert.map(|c| c.sha256_hex.clone()),
+            kid: jwt.kid.clone(),
+        });
+        let Some(identity) = policies.match_jwt(&jwt.issuer, &jwt.subject, &jwt.claims) else {
+            return Err(Refusal::new(
+                policy::Rule::UnknownIdentity.as_str(),
+                ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    policy::Rule::UnknownIdentity.oauth_error(),
+                    format!(
+                        "no registered identity matches issuer {} subject {}: register it with an [[identity.match]] in the policy directory",
+                        jwt.issuer,
+                        clip(&jwt.subject)
+                    ),
                 ),
-            ),
-        ));
+            ));
+        };
+        if let Some(pc) = cert {
+            // Over mTLS the token is bound to the certificate, so both must prove the
+            // same identity.
+            let by_cert = pc.identity(&policies).map_err(cert_refusal)?;
+            if by_cert.id != identity.id {
+                ev.identity = Some(identity.id.clone());
+                return Err(Refusal::new(
+                    "identity_mismatch",
+                    ApiError::new(
+                        StatusCode::FORBIDDEN,
+                        "access_denied",
+                        format!(
+                            "the subject_token proves identity {} but the client certificate proves {}: present credentials of one workload",
+                            identity.id, by_cert.id
+                        ),
+                    ),
+                ));
+            }
+        }
+        identity
+    } else {
+        let Some(pc) = cert else {
+            return Err(Refusal::new(
+                "client_certificate_required",
+                ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "invalid_client",
+                    "client_credentials needs a TLS client certificate (tls_client_auth, RFC 8705); none was presented",
+                ),
+            ));
+        };
+        let identity = pc.identity(&policies).map_err(cert_refusal)?;
+        if let Some(cid) = form.client_id.as_deref()
+            && cid != identity.id
+        {
+            return Err(Refusal::new(
+                "client_id_mismatch",
+                ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "invalid_client",
+                    format!(
+                        "client_id {:?} does not match the identity {} the certificate proves",
+                        clip(cid),
+                        identity.id
+                    ),
+                ),
+            ));
+        }
+        identity
     };
     ev.identity = Some(identity.id.clone());
     ev.environment = Some(identity.environment.clone());
@@ -313,7 +357,7 @@ async fn issue(
         requested_ttl,
         source: peer.ip(),
         now: st.clock.now(),
-        cert_bound: false,
+        cert_bound: cert.is_some(),
     });
     let grant = match evaluation.decision {
         Decision::Allow(g) => g,
@@ -329,7 +373,7 @@ async fn issue(
             audience: &grant.audience,
             scopes: &grant.scopes,
             ttl_secs: grant.ttl.as_secs().max(1),
-            cert_thumbprint: None,
+            cert_thumbprint: cert.map(|c| c.x5t_s256.clone()),
             break_glass: None,
         })
         .map_err(|e| {
@@ -367,6 +411,56 @@ async fn issue(
     res.headers_mut()
         .insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
     Ok(res)
+}
+
+/// The RFC 8693 parameters; returns the subject token.
+fn exchange_params(form: &TokenForm) -> Result<&str, Refusal> {
+    match form.subject_token_type.as_deref() {
+        Some(TOKEN_TYPE_JWT) | Some("urn:ietf:params:oauth:token-type:id_token") => {}
+        Some(other) => {
+            return Err(Refusal::invalid_request(
+                "malformed_request",
+                format!(
+                    "subject_token_type {:?} is not supported: use {TOKEN_TYPE_JWT}",
+                    clip(other)
+                ),
+            ));
+        }
+        None => {
+            return Err(Refusal::invalid_request(
+                "malformed_request",
+                "subject_token_type is required",
+            ));
+        }
+    }
+    if form.actor_token.is_some() {
+        return Err(Refusal::invalid_request(
+            "malformed_request",
+            "delegation (actor_token) is not supported",
+        ));
+    }
+    if let Some(t) = form.requested_token_type.as_deref()
+        && t != TOKEN_TYPE_ACCESS_TOKEN
+        && t != TOKEN_TYPE_JWT
+    {
+        return Err(Refusal::invalid_request(
+            "malformed_request",
+            format!("requested_token_type {:?} is not supported", clip(t)),
+        ));
+    }
+    form.subject_token
+        .as_deref()
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| Refusal::invalid_request("malformed_request", "subject_token is required"))
+}
+
+fn cert_refusal(r: CertRefusal) -> Refusal {
+    let error = if r.rule == "unknown_identity" {
+        ApiError::new(StatusCode::FORBIDDEN, "unauthorized_client", r.reason)
+    } else {
+        ApiError::new(StatusCode::UNAUTHORIZED, "invalid_client", r.reason)
+    };
+    Refusal::new(r.rule, error)
 }
 
 /// Bounds a caller-supplied string before it goes into a record or a message.

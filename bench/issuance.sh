@@ -1,0 +1,139 @@
+#!/usr/bin/env bash
+# Issuance benchmark: POST /oauth2/token against `broker serve --dev` over loopback, with the
+# durable (group-committed fdatasync) audit log on, then verify the audit log of the run.
+#
+#   bench/issuance.sh                         # 32 connections, 2 s warm-up + 10 s measured
+#   CONNECTIONS=64 DURATION=30s bench/issuance.sh
+#   JSON_OUT=/tmp/r.json bench/issuance.sh    # also keep the machine-readable report
+#   bench/issuance.sh --threads 2             # extra arguments go to the load generator
+#
+# Environment: CONNECTIONS (32), DURATION (10s), WARMUP (2s), TASK (demo),
+# JSON_OUT (unset), KEEP_TMP=1 (keep the dev directory and broker logs for inspection),
+# NO_BUILD=1 (use the existing target/release binaries).
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+ROOT=$(pwd)
+
+CONNECTIONS=${CONNECTIONS:-32}
+DURATION=${DURATION:-10s}
+WARMUP=${WARMUP:-2s}
+TASK=${TASK:-demo}
+
+BROKER="$ROOT/target/release/broker"
+LOADGEN="$ROOT/target/release/loadgen"
+
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/broker-bench.XXXXXX")
+TMP="$WORK/dev"
+BROKER_PID=""
+
+cleanup() {
+    local rc=$?
+    if [[ -n "$BROKER_PID" ]] && kill -0 "$BROKER_PID" 2>/dev/null; then
+        kill -TERM "$BROKER_PID" 2>/dev/null || true
+        for _ in $(seq 50); do
+            kill -0 "$BROKER_PID" 2>/dev/null || break
+            sleep 0.1
+        done
+        kill -KILL "$BROKER_PID" 2>/dev/null || true
+    fi
+    if [[ "${KEEP_TMP:-0}" == 1 ]]; then
+        echo "kept $WORK" >&2
+    else
+        rm -rf "$WORK"
+    fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+if [[ "${NO_BUILD:-0}" != 1 ]]; then
+    echo "== building release binaries" >&2
+    cargo build --release --locked -p broker -p broker-examples >&2
+fi
+
+echo "== machine"
+echo "cpus:    $(nproc)"
+echo "cpu:     $(lscpu | sed -n 's/^Model name:[[:space:]]*//p' | head -n1)"
+echo "kernel:  $(uname -srm)"
+echo "rustc:   $(rustc --version)"
+echo "commit:  $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD 2>/dev/null || echo ' (with uncommitted changes)')"
+echo "date:    $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+echo "tmp fs:  $(df -T "$WORK" | awk 'NR==2 {print $2 " on " $1}')"
+
+echo "== starting broker (serve --dev, durable audit log in $TMP/audit)"
+"$BROKER" serve --dev --dev-dir "$TMP" --dev-addr 127.0.0.1:0 \
+    >"$WORK/broker.stdout" 2>"$WORK/broker.stderr" &
+BROKER_PID=$!
+
+URL=""
+for _ in $(seq 300); do
+    if ! kill -0 "$BROKER_PID" 2>/dev/null; then
+        echo "broker exited during start-up:" >&2
+        cat "$WORK/broker.stderr" >&2
+        exit 1
+    fi
+    URL=$(sed -n 's/^listening on \(http:\/\/[^[:space:]]*\).*$/\1/p' "$WORK/broker.stdout" | head -n1)
+    [[ -n "$URL" ]] && break
+    sleep 0.1
+done
+if [[ -z "$URL" ]]; then
+    echo "broker did not print 'listening on ...' within 30 s" >&2
+    cat "$WORK/broker.stderr" >&2
+    exit 1
+fi
+echo "broker:  pid $BROKER_PID at $URL"
+
+# The workload JWT goes to a file only (never to the terminal).
+(umask 077 && "$BROKER" dev token --dir "$TMP" >"$WORK/subject.jwt")
+
+CMD=("$LOADGEN" --url "$URL" --connections "$CONNECTIONS" --duration "$DURATION"
+    --warmup "$WARMUP" --subject-token-file "$WORK/subject.jwt" --task "$TASK"
+    --pid "$BROKER_PID")
+[[ -n "${JSON_OUT:-}" ]] && CMD+=(--json-out "$JSON_OUT")
+CMD+=("$@")
+
+echo "== load"
+echo "script:  CONNECTIONS=$CONNECTIONS DURATION=$DURATION WARMUP=$WARMUP bench/issuance.sh $*"
+echo "command: ${CMD[*]#"$ROOT/"}"
+set +e
+"${CMD[@]}"
+LOADGEN_RC=$?
+set -e
+
+echo "== stopping broker (SIGTERM)"
+kill -TERM "$BROKER_PID"
+STOPPED=0
+for _ in $(seq 100); do
+    if ! kill -0 "$BROKER_PID" 2>/dev/null; then
+        STOPPED=1
+        break
+    fi
+    sleep 0.1
+done
+if [[ "$STOPPED" != 1 ]]; then
+    echo "broker did not stop within 10 s of SIGTERM; killing it" >&2
+    kill -KILL "$BROKER_PID" 2>/dev/null || true
+fi
+wait "$BROKER_PID" 2>/dev/null || true
+BROKER_PID=""
+
+echo "== audit log of the whole run"
+du -sh "$TMP/audit" | awk '{print "size:    " $1}'
+"$BROKER" audit verify "$TMP/audit" --key-dir "$TMP/keys"
+VERIFY_RC=$?
+
+if [[ -s "$WORK/broker.stderr" ]]; then
+    n=$(grep -c -E ' (ERROR|WARN) ' "$WORK/broker.stderr" || true)
+    if [[ "$n" != 0 ]]; then
+        echo "== broker logged $n warnings/errors; first lines:"
+        grep -E ' (ERROR|WARN) ' "$WORK/broker.stderr" | head -n 5
+    fi
+fi
+
+if [[ "$LOADGEN_RC" != 0 ]]; then
+    echo "load generator failed (exit $LOADGEN_RC)" >&2
+    exit "$LOADGEN_RC"
+fi
+exit "$VERIFY_RC"

@@ -1,0 +1,83 @@
+//! Concurrency: 1,000 issuances from 32 concurrent keep-alive clients; afterwards every
+//! `jti` a client received is in the log exactly once, the log has no `issued` record
+//! that no client received, and the chain verifies.
+
+use std::collections::{HashMap, HashSet};
+
+use broker_tests::{
+    IssuerKey, Options, SUBJECT, TASK, TestBroker, TokenRequest, http_client, insecure_claims,
+    sign, verify_audit, workload_claims,
+};
+use tokio::task::JoinSet;
+
+const CLIENTS: usize = 32;
+const ISSUANCES: usize = 1000;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn thousand_issuances_from_32_clients_are_each_logged_once() {
+    let mut b = TestBroker::start(Options::default());
+    let url = format!("{}/oauth2/token", b.base_url());
+    let token = sign(IssuerKey::Rsa, &workload_claims(SUBJECT));
+    let form = TokenRequest::exchange(&token, TASK).params;
+
+    let mut set = JoinSet::new();
+    for c in 0..CLIENTS {
+        // Spread 1,000 over 32 clients: the first 1000 % 32 do one more.
+        let n = ISSUANCES / CLIENTS + usize::from(c < ISSUANCES % CLIENTS);
+        let url = url.clone();
+        let form = form.clone();
+        set.spawn(async move {
+            let client = http_client(); // one keep-alive connection per client
+            let mut jtis = Vec::with_capacity(n);
+            for i in 0..n {
+                let res = client
+                    .post(&url)
+                    .form(&form)
+                    .send()
+                    .await
+                    .unwrap_or_else(|e| panic!("client {c} request {i}: {e}"));
+                let status = res.status().as_u16();
+                let body: serde_json::Value = res.json().await.expect("JSON body");
+                assert_eq!(status, 200, "client {c} request {i}: {body}");
+                let t = body["access_token"].as_str().expect("access_token");
+                jtis.push(insecure_claims(t)["jti"].as_str().unwrap().to_owned());
+            }
+            jtis
+        });
+    }
+    let mut received = Vec::with_capacity(ISSUANCES);
+    while let Some(r) = set.join_next().await {
+        received.extend(r.expect("a client task panicked"));
+    }
+    assert_eq!(received.len(), ISSUANCES);
+    let unique: HashSet<&String> = received.iter().collect();
+    assert_eq!(unique.len(), ISSUANCES, "every token has its own jti");
+
+    let mut logged: HashMap<String, usize> = HashMap::new();
+    for r in b.records_of("issued") {
+        *logged
+            .entry(
+                r["jti"]
+                    .as_str()
+                    .expect("issued record has a jti")
+                    .to_owned(),
+            )
+            .or_default() += 1;
+    }
+    for jti in &received {
+        assert_eq!(
+            logged.get(jti),
+            Some(&1),
+            "jti {jti} is in the log exactly once"
+        );
+    }
+    assert_eq!(
+        logged.len(),
+        ISSUANCES,
+        "no issued record without a token that a client received"
+    );
+
+    assert!(b.stop().success(), "graceful stop: {}", b.stderr());
+    let out = verify_audit(&b.audit_dir(), &b.key_dir());
+    assert!(out.success(), "the chain verifies: {out}");
+}
