@@ -267,6 +267,7 @@ fn init_logs(format: &str) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     if format == "json" {
         builder.json().init();
@@ -340,8 +341,8 @@ fn lint(dir: &Path, config: Option<&Path>) -> anyhow::Result<ExitCode> {
             beside
         }
     };
-    let audiences = Config::load(&config)?.audiences;
-    match policy::load_dir(dir, &audiences, &[]) {
+    let config = Config::load(&config)?;
+    match policy::load_dir(dir, &config.audiences, &config.trust_domains()) {
         Ok(set) => {
             println!("ok: {} identities in {}", set.len(), dir.display());
             Ok(ExitCode::SUCCESS)
@@ -370,7 +371,12 @@ struct ExplainArgs {
 
 fn explain(config: &Path, a: &ExplainArgs) -> anyhow::Result<ExitCode> {
     let config = Config::load(config)?;
-    let set = policy::load_dir(&config.policy_dir, &config.audiences, &[]).map_err(|errs| {
+    let set = policy::load_dir(
+        &config.policy_dir,
+        &config.audiences,
+        &config.trust_domains(),
+    )
+    .map_err(|errs| {
         anyhow::anyhow!(
             "policy directory is invalid:\n{}",
             errs.iter()

@@ -23,13 +23,13 @@ use crate::api::{self, AppState, Limits};
 use crate::audit::event::{AuditEvent, EventKind};
 use crate::audit::{AuditLog, AuditOptions};
 use crate::authn::Authenticator;
+use crate::authn::mtls::ClientCert;
 use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::mint::Minter;
 use crate::mint::keys::KeyRing;
 use crate::policy::LintError;
-use crate::authn::mtls::ClientCert;
 use crate::reload::{self, PolicyStore};
 use crate::tls::{TlsReloader, TlsSpec};
 
@@ -97,8 +97,12 @@ pub async fn start_with_clock(
         keys.current(),
         Arc::clone(&clock),
     )?;
-    let policies = PolicyStore::load(&config.policy_dir, &config.audiences, &config.trust_domains())
-        .map_err(StartError::Policies)?;
+    let policies = PolicyStore::load(
+        &config.policy_dir,
+        &config.audiences,
+        &config.trust_domains(),
+    )
+    .map_err(StartError::Policies)?;
     let authn = Authenticator::new(&config.trusted_issuers, Arc::clone(&clock))?;
     for (issuer, e) in authn.preload().await {
         tracing::warn!(%issuer, error = %e, "issuer keys not loaded yet; tokens from it are refused until they load");
@@ -265,7 +269,9 @@ impl Broker {
                             .peer_certificates()
                             .map(|chain| ClientCert(Arc::new(material.client_cert(chain))));
                         let svc = service(router, peer, client_cert);
-                        let conn = builder.serve_connection(TokioIo::new(stream), svc).into_owned();
+                        let conn = builder
+                            .serve_connection(TokioIo::new(stream), svc)
+                            .into_owned();
                         let _ = watcher.watch(conn).await;
                         drop(permit);
                     });
@@ -323,7 +329,9 @@ impl hyper::service::Service<hyper::Request<Incoming>> for ConnService {
 /// failures (port scans, plain HTTP on the TLS port) are only logged, so that noise
 /// cannot flood the audit log.
 async fn audit_handshake_failure(audit: &AuditLog, peer: SocketAddr, e: &std::io::Error) {
-    let rustls_err = e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>());
+    let rustls_err = e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>());
     let Some(rustls::Error::InvalidCertificate(cert_err)) = rustls_err else {
         tracing::debug!(%peer, error = %e, "TLS handshake failed");
         return;

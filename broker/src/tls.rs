@@ -52,7 +52,10 @@ pub struct TlsMaterial {
 impl std::fmt::Debug for TlsMaterial {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TlsMaterial")
-            .field("client_cas", &self.per_ca.iter().map(|(c, _)| &c.name).collect::<Vec<_>>())
+            .field(
+                "client_cas",
+                &self.per_ca.iter().map(|(c, _)| &c.name).collect::<Vec<_>>(),
+            )
             .finish()
     }
 }
@@ -75,9 +78,13 @@ fn load_certs(path: &Path, what: &str) -> Result<Vec<CertificateDer<'static>>, S
 fn roots(ca: &ClientCa) -> Result<RootCertStore, String> {
     let mut store = RootCertStore::empty();
     for c in load_certs(&ca.bundle, &format!("client_ca {:?} bundle", ca.name))? {
-        store
-            .add(c)
-            .map_err(|e| format!("client_ca {:?} bundle {}: {e}", ca.name, ca.bundle.display()))?;
+        store.add(c).map_err(|e| {
+            format!(
+                "client_ca {:?} bundle {}: {e}",
+                ca.name,
+                ca.bundle.display()
+            )
+        })?;
     }
     Ok(store)
 }
