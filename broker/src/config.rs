@@ -65,6 +65,101 @@ pub struct FileConfig {
     /// Certificate authorities whose client certificates the broker accepts (mTLS).
     #[serde(default)]
     pub client_ca: Vec<ClientCaFile>,
+    /// Where revocations and disabled identities are kept.
+    #[serde(default)]
+    pub state: Option<StateFile>,
+    /// Admin identities and their roles.
+    #[serde(default)]
+    pub admin: Vec<AdminFile>,
+}
+
+/// `[state]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateFile {
+    /// Directory of the embedded state store (default `state`).
+    pub dir: PathBuf,
+}
+
+/// `[[admin]]`: an admin identity, proven like a workload (mTLS or a trusted JWT).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminFile {
+    /// Name recorded in the audit log as the actor.
+    pub name: String,
+    /// Roles: `revoke`, `read_audit`, `break_glass_approve`, `admin` (all of them).
+    pub roles: Vec<String>,
+    /// SPIFFE ID of the admin's client certificate.
+    #[serde(default)]
+    pub spiffe_id: Option<String>,
+    /// Subject CN of the admin's client certificate.
+    #[serde(default)]
+    pub cert_subject: Option<String>,
+    /// Issuer of the admin's JWT (with `subject`).
+    #[serde(default)]
+    pub issuer: Option<String>,
+    /// Subject of the admin's JWT.
+    #[serde(default)]
+    pub subject: Option<String>,
+}
+
+/// An admin role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Role {
+    /// Revoke tokens, disable and enable identities.
+    Revoke,
+    /// Read the audit log and reports.
+    ReadAudit,
+    /// Approve break-glass grants.
+    BreakGlassApprove,
+    /// Everything.
+    Admin,
+}
+
+impl Role {
+    /// The config name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Revoke => "revoke",
+            Role::ReadAudit => "read_audit",
+            Role::BreakGlassApprove => "break_glass_approve",
+            Role::Admin => "admin",
+        }
+    }
+}
+
+/// How an admin proves who they are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AdminMatch {
+    /// Client certificate SPIFFE ID.
+    SpiffeId(String),
+    /// Client certificate subject CN.
+    CertSubject(String),
+    /// JWT issuer and subject.
+    Jwt {
+        /// Issuer.
+        issuer: String,
+        /// Subject.
+        subject: String,
+    },
+}
+
+/// A validated `[[admin]]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Admin {
+    /// Name (the audit actor).
+    pub name: String,
+    /// Roles.
+    pub roles: Vec<Role>,
+    /// Credential.
+    pub matcher: AdminMatch,
+}
+
+impl Admin {
+    /// Whether the admin holds `role` (the `admin` role holds all).
+    pub fn has(&self, role: Role) -> bool {
+        self.roles.iter().any(|r| *r == role || *r == Role::Admin)
+    }
 }
 
 /// `[[client_ca]]`: one trusted client-certificate authority (one trust domain).
@@ -217,6 +312,10 @@ pub struct Config {
     pub audiences: Vec<AudienceEntry>,
     /// Trusted client-certificate authorities (empty: mTLS off).
     pub client_cas: Vec<ClientCa>,
+    /// State store directory.
+    pub state_dir: PathBuf,
+    /// Admin identities.
+    pub admins: Vec<Admin>,
 }
 
 impl Config {
@@ -504,7 +603,66 @@ impl FileConfig {
             ));
         }
 
+        let mut admins: Vec<Admin> = Vec::new();
+        for a in &self.admin {
+            let at = format!("admin {:?}", a.name);
+            if a.name.is_empty() || admins.iter().any(|x| x.name == a.name) {
+                return Err(invalid(format!(
+                    "{at}: admin names must be present and unique"
+                )));
+            }
+            let mut roles = Vec::new();
+            for r in &a.roles {
+                roles.push(match r.as_str() {
+                    "revoke" => Role::Revoke,
+                    "read_audit" => Role::ReadAudit,
+                    "break_glass_approve" => Role::BreakGlassApprove,
+                    "admin" => Role::Admin,
+                    other => {
+                        return Err(invalid(format!(
+                            "{at}: unknown role {other:?} (revoke, read_audit, break_glass_approve, admin)"
+                        )));
+                    }
+                });
+            }
+            if roles.is_empty() {
+                return Err(invalid(format!("{at}: give at least one role")));
+            }
+            let matcher = match (&a.spiffe_id, &a.cert_subject, &a.issuer, &a.subject) {
+                (Some(s), None, None, None) => AdminMatch::SpiffeId(s.clone()),
+                (None, Some(c), None, None) => AdminMatch::CertSubject(c.clone()),
+                (None, None, Some(i), Some(s)) => AdminMatch::Jwt {
+                    issuer: i.clone(),
+                    subject: s.clone(),
+                },
+                _ => {
+                    return Err(invalid(format!(
+                        "{at}: set exactly one credential: spiffe_id, cert_subject, or issuer + subject"
+                    )));
+                }
+            };
+            if let AdminMatch::Jwt { issuer, .. } = &matcher
+                && !self.trusted_issuer.iter().any(|t| &t.issuer == issuer)
+            {
+                return Err(invalid(format!(
+                    "{at}: issuer {issuer:?} is not a [[trusted_issuer]]"
+                )));
+            }
+            admins.push(Admin {
+                name: a.name.clone(),
+                roles,
+                matcher,
+            });
+        }
+
         Ok(Config {
+            state_dir: resolve(
+                &self
+                    .state
+                    .as_ref()
+                    .map_or_else(|| PathBuf::from("state"), |s| s.dir.clone()),
+            ),
+            admins,
             client_cas,
             issuer: self.issuer,
             addr,

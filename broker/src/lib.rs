@@ -27,7 +27,9 @@ pub mod metrics;
 pub mod mint;
 pub mod policy;
 pub mod reload;
+pub mod revocation;
 pub mod server;
+pub mod store;
 pub mod tls;
 
 pub use server::{Broker, StartError, run, start};

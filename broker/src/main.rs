@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
+mod admin_cli;
+
 use anyhow::{Context, bail};
 use broker::clock::{Clock, SystemClock};
 use broker::config::Config;
@@ -70,6 +72,34 @@ enum Command {
     Token {
         #[command(subcommand)]
         command: TokenCommand,
+    },
+    /// Revoke tokens through the admin API (needs an admin with the `revoke` role).
+    Revoke {
+        /// One token id.
+        #[arg(long, group = "selector")]
+        jti: Option<String>,
+        /// Every live token of an identity (with --task: of that identity's task).
+        #[arg(long)]
+        identity: Option<String>,
+        /// Every live token of a task.
+        #[arg(long, group = "selector")]
+        task: Option<String>,
+        /// Every live token of an owner's identities.
+        #[arg(long, group = "selector")]
+        owner: Option<String>,
+        /// Every token of a break-glass grant.
+        #[arg(long, group = "selector")]
+        grant: Option<String>,
+        /// Why (recorded in the audit log).
+        #[arg(long)]
+        reason: String,
+        #[command(flatten)]
+        auth: admin_cli::AdminAuth,
+    },
+    /// The kill switch: disable or enable an identity.
+    Identity {
+        #[command(subcommand)]
+        command: IdentityCommand,
     },
     /// Helpers for `serve --dev`.
     Dev {
@@ -147,6 +177,27 @@ enum TokenCommand {
     Decode {
         /// The token; read from stdin when absent.
         token: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum IdentityCommand {
+    /// No new tokens; every live token revoked.
+    Disable {
+        /// The identity id.
+        id: String,
+        /// Why (recorded in the audit log).
+        #[arg(long)]
+        reason: String,
+        #[command(flatten)]
+        auth: admin_cli::AdminAuth,
+    },
+    /// Allow new tokens again (revoked ones stay revoked).
+    Enable {
+        /// The identity id.
+        id: String,
+        #[command(flatten)]
+        auth: admin_cli::AdminAuth,
     },
 }
 
@@ -253,6 +304,43 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("{}", broker::dev::decode_for_display(&input)?);
             Ok(ExitCode::SUCCESS)
         }
+        Command::Revoke {
+            jti,
+            identity,
+            task,
+            owner,
+            grant,
+            reason,
+            auth,
+        } => {
+            let body = serde_json::json!({
+                "jti": jti, "identity": identity, "task": task, "owner": owner,
+                "grant": grant, "reason": reason,
+            });
+            let body = serde_json::Value::Object(
+                body.as_object()
+                    .map(|o| {
+                        o.iter()
+                            .filter(|(_, v)| !v.is_null())
+                            .map(|(k, v)| (k.clone(), v.clone()))
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+            );
+            admin_cli::post(&auth, "/v1/admin/revocations", &body)
+        }
+        Command::Identity { command } => match command {
+            IdentityCommand::Disable { id, reason, auth } => admin_cli::post(
+                &auth,
+                &format!("/v1/admin/identities/{id}/disable"),
+                &serde_json::json!({ "reason": reason }),
+            ),
+            IdentityCommand::Enable { id, auth } => admin_cli::post(
+                &auth,
+                &format!("/v1/admin/identities/{id}/enable"),
+                &serde_json::json!({}),
+            ),
+        },
         Command::Dev {
             command: DevCommand::Token { dir, subject, ttl },
         } => {

@@ -14,6 +14,7 @@ pub struct Metrics {
     audit_failures: AtomicU64,
     denied: Mutex<BTreeMap<&'static str, u64>>,
     policy_reloads: AtomicU64,
+    introspections: AtomicU64,
     policy_reload_failures: AtomicU64,
 }
 
@@ -30,6 +31,10 @@ impl Metrics {
             .unwrap_or_else(|e| e.into_inner())
             .entry(rule)
             .or_default() += 1;
+    }
+    /// One introspection answered.
+    pub fn introspected(&self) {
+        self.introspections.fetch_add(1, Ordering::Relaxed);
     }
     /// One audit append failure.
     pub fn audit_failure(&self) {

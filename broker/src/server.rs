@@ -31,6 +31,7 @@ use crate::mint::Minter;
 use crate::mint::keys::KeyRing;
 use crate::policy::LintError;
 use crate::reload::{self, PolicyStore};
+use crate::revocation::Revocations;
 use crate::tls::{TlsReloader, TlsSpec};
 
 /// Most simultaneous connections.
@@ -61,6 +62,9 @@ pub enum StartError {
     /// TLS material.
     #[error("TLS: {0}")]
     Tls(String),
+    /// The state store (revocations, disabled identities).
+    #[error("state store: {0}")]
+    Store(#[from] crate::store::StoreError),
 }
 
 /// A started broker, ready to serve.
@@ -103,6 +107,8 @@ pub async fn start_with_clock(
         &config.trust_domains(),
     )
     .map_err(StartError::Policies)?;
+    let store = Arc::new(crate::store::file::FileStore::open(&config.state_dir)?);
+    let revocations = Revocations::open(store)?;
     let authn = Authenticator::new(&config.trusted_issuers, Arc::clone(&clock))?;
     for (issuer, e) in authn.preload().await {
         tracing::warn!(%issuer, error = %e, "issuer keys not loaded yet; tokens from it are refused until they load");
@@ -144,6 +150,8 @@ pub async fn start_with_clock(
             audit,
             clock,
             metrics: Arc::new(Metrics::default()),
+            revocations: Arc::new(revocations),
+            admins: Arc::new(config.admins.clone()),
         },
         limits: Limits {
             max_body_bytes: config.max_body_bytes,
@@ -194,6 +202,21 @@ impl Broker {
                 },
             ))
         });
+
+        let sweeper = {
+            let mut rx = stop_rx.clone();
+            let revocations = Arc::clone(&self.state.revocations);
+            let clock = Arc::clone(&self.state.clock);
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(30));
+                loop {
+                    tokio::select! {
+                        _ = rx.wait_for(|v| *v) => return,
+                        _ = tick.tick() => revocations.sweep(clock.unix_secs()),
+                    }
+                }
+            })
+        };
 
         let router = self.router();
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
@@ -283,6 +306,7 @@ impl Broker {
         let _ = tokio::time::timeout(Duration::from_secs(10), graceful.shutdown()).await;
         let _ = stop_tx.send(true);
         let _ = watcher.await;
+        let _ = sweeper.await;
         if let Some(w) = tls_watcher {
             let _ = w.await;
         }

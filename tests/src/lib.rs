@@ -14,7 +14,10 @@
 //!   verifier of the broker's tokens that uses only the published JWKS
 //!   ([`TestBroker::verify_access_token`]);
 //! - readers for the audit log ([`read_records`]) and runners for the CLI tools
-//!   ([`broker_command`], [`verify_audit`], [`lint`]).
+//!   ([`broker_command`], [`verify_audit`], [`lint`]);
+//! - for mTLS (issue 3): a PKI made by the `openssl` CLI ([`pki`]), the real `curl` as the
+//!   client ([`curl`]), a TLS listener with `[[client_ca]]` bundles ([`TlsOptions`]) and
+//!   the registry and CAs the mTLS tests share ([`mtls`]).
 //!
 //! The harness never links the broker library: everything goes through the binary, its
 //! files and its HTTP API, so the tests see exactly what a user sees. It never starts a
@@ -36,6 +39,10 @@ use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde_json::{Value, json};
 use tempfile::TempDir;
+
+pub mod curl;
+pub mod mtls;
+pub mod pki;
 
 /// `iss` of the test workload issuer (the one the broker is configured to trust).
 pub const ISSUER: &str = "https://issuer.test";
@@ -74,6 +81,8 @@ pub const DEV_LEDGER: &str = "https://ledger.dev.example.org";
 
 /// RFC 8693 token-exchange grant type.
 pub const GRANT_TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+/// RFC 6749 client-credentials grant type (with RFC 8705 `tls_client_auth`).
+pub const GRANT_CLIENT_CREDENTIALS: &str = "client_credentials";
 /// RFC 8693 JWT token type (the `subject_token_type` of workload JWTs).
 pub const TOKEN_TYPE_JWT: &str = "urn:ietf:params:oauth:token-type:jwt";
 /// RFC 8693 access-token token type (the `issued_token_type` of the answer).
@@ -417,6 +426,41 @@ pub struct Options {
     pub audit_dir: String,
     /// Run the broker under `ulimit -f N` (RLIMIT_FSIZE in 512-byte blocks).
     pub file_size_limit_blocks: Option<u64>,
+    /// Serve TLS (and mTLS with `client_cas`) instead of loopback plain HTTP.
+    pub tls: Option<TlsOptions>,
+}
+
+/// The TLS listener of a test broker. The files are copied into the broker's dir
+/// (`tls/server.pem`, `tls/server.key`, `tls/<name>-ca.pem`), which the config names with
+/// relative paths; tests replace those copies to exercise the TLS reload.
+#[derive(Debug, Clone)]
+pub struct TlsOptions {
+    /// Server certificate chain (PEM) to install as `tls/server.pem`.
+    pub cert: PathBuf,
+    /// Server private key (PEM) to install as `tls/server.key`.
+    pub key: PathBuf,
+    /// The CA that signed `cert`: what the harness's own clients trust (not broker config).
+    pub server_ca: PathBuf,
+    /// `[[client_ca]]` entries, in order.
+    pub client_cas: Vec<ClientCaOptions>,
+}
+
+/// One `[[client_ca]]`.
+#[derive(Debug, Clone)]
+pub struct ClientCaOptions {
+    /// `name` (the audit records' `evidence.issuer`).
+    pub name: String,
+    /// The CA bundle (PEM) to install as `tls/<name>-ca.pem`.
+    pub bundle: PathBuf,
+    /// `trust_domain`, if any.
+    pub trust_domain: Option<String>,
+}
+
+impl ClientCaOptions {
+    /// The installed bundle's path relative to the broker's dir.
+    pub fn installed(&self) -> String {
+        format!("tls/{}-ca.pem", self.name)
+    }
 }
 
 impl Default for Options {
@@ -427,6 +471,7 @@ impl Default for Options {
             segment_max_bytes: None,
             audit_dir: "audit".to_owned(),
             file_size_limit_blocks: None,
+            tls: None,
         }
     }
 }
@@ -438,7 +483,23 @@ fn toml_str(s: &str) -> String {
 
 /// The broker config file for `opts` (paths relative to the config's directory).
 pub fn config_toml(opts: &Options) -> String {
-    let mut listen = String::from("addr = \"127.0.0.1:0\"\ninsecure_http = true\n");
+    let mut listen = match &opts.tls {
+        None => String::from("addr = \"127.0.0.1:0\"\ninsecure_http = true\n"),
+        Some(_) => String::from(
+            "addr = \"127.0.0.1:0\"\ntls_cert = \"tls/server.pem\"\ntls_key = \"tls/server.key\"\n",
+        ),
+    };
+    let mut client_cas = String::new();
+    for ca in opts.tls.iter().flat_map(|t| &t.client_cas) {
+        client_cas.push_str(&format!(
+            "\n[[client_ca]]\nname   = {}\nbundle = {}\n",
+            toml_str(&ca.name),
+            toml_str(&ca.installed())
+        ));
+        if let Some(td) = &ca.trust_domain {
+            client_cas.push_str(&format!("trust_domain = {}\n", toml_str(td)));
+        }
+    }
     if let Some(n) = opts.max_body_bytes {
         listen.push_str(&format!("max_body_bytes = {n}\n"));
     }
@@ -478,7 +539,7 @@ environment = "dev"
 [[audience]]
 uri         = "https://reports.prod.example.org"
 environment = "prod"
-"#
+{client_cas}"#
     )
 }
 
@@ -487,6 +548,19 @@ environment = "prod"
 /// running broker.
 pub fn write_config(dir: &Path, opts: &Options) -> PathBuf {
     std::fs::write(dir.join("issuer-jwks.json"), ISSUER_JWKS).expect("writing the JWKS");
+    if let Some(tls) = &opts.tls {
+        let tls_dir = dir.join("tls");
+        std::fs::create_dir_all(&tls_dir).expect("creating the tls dir");
+        let copy = |from: &Path, to: &str| {
+            std::fs::copy(from, dir.join(to))
+                .unwrap_or_else(|e| panic!("installing {} as {to}: {e}", from.display()));
+        };
+        copy(&tls.cert, "tls/server.pem");
+        copy(&tls.key, "tls/server.key");
+        for ca in &tls.client_cas {
+            copy(&ca.bundle, &ca.installed());
+        }
+    }
     write_policies(&dir.join("policies"), &opts.policies);
     let path = dir.join("config.toml");
     std::fs::write(&path, config_toml(opts)).expect("writing the config");
@@ -586,6 +660,21 @@ pub fn http_client() -> reqwest::Client {
         .expect("building the HTTP client")
 }
 
+/// An HTTPS client (keep-alive) that trusts only `server_ca` (PEM) and presents no client
+/// certificate; the TLS stack is rustls with the ring provider, like the broker's.
+pub fn https_client(server_ca: &Path) -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let pem = std::fs::read(server_ca)
+        .unwrap_or_else(|e| panic!("reading the server CA {}: {e}", server_ca.display()));
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .use_rustls_tls()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(&pem).expect("a PEM CA certificate"))
+        .build()
+        .expect("building the HTTPS client")
+}
+
 /// A `POST /oauth2/token` form.
 #[derive(Debug, Clone)]
 pub struct TokenRequest {
@@ -601,6 +690,17 @@ impl TokenRequest {
                 ("grant_type".into(), GRANT_TOKEN_EXCHANGE.into()),
                 ("subject_token".into(), subject_token.into()),
                 ("subject_token_type".into(), TOKEN_TYPE_JWT.into()),
+                ("task".into(), task.into()),
+            ],
+        }
+    }
+
+    /// An RFC 8705 `client_credentials` request for `task` (the credential is the TLS
+    /// client certificate).
+    pub fn client_credentials(task: &str) -> Self {
+        Self {
+            params: vec![
+                ("grant_type".into(), GRANT_CLIENT_CREDENTIALS.into()),
                 ("task".into(), task.into()),
             ],
         }
@@ -714,6 +814,7 @@ pub struct TestBroker {
     last_stderr: Option<String>,
     base_url: String,
     client: reqwest::Client,
+    server_ca: Option<PathBuf>,
 }
 
 impl fmt::Debug for TestBroker {
@@ -761,7 +862,11 @@ impl TestBroker {
             running: None,
             last_stderr: None,
             base_url: String::new(),
-            client: http_client(),
+            client: match &opts.tls {
+                Some(t) => https_client(&t.server_ca),
+                None => http_client(),
+            },
+            server_ca: opts.tls.as_ref().map(|t| t.server_ca.clone()),
         }
     }
 
@@ -789,6 +894,7 @@ impl TestBroker {
             last_stderr: None,
             base_url: String::new(),
             client: http_client(),
+            server_ca: None,
         };
         if let Err(e) = b.launch() {
             panic!("{e}");
@@ -960,6 +1066,61 @@ impl TestBroker {
     /// `http://127.0.0.1:PORT`, as the broker announced it.
     pub fn base_url(&self) -> &str {
         &self.base_url
+    }
+
+    /// The port the broker announced.
+    pub fn port(&self) -> u16 {
+        self.base_url
+            .rsplit_once(':')
+            .and_then(|(_, p)| p.parse().ok())
+            .unwrap_or_else(|| panic!("no port in {}", self.base_url))
+    }
+
+    /// A file of the installed TLS material (`<dir>/tls/<name>`: `server.pem`,
+    /// `server.key`, `<client_ca name>-ca.pem`).
+    pub fn tls_file(&self, name: &str) -> PathBuf {
+        self.dir.path().join("tls").join(name)
+    }
+
+    /// The CA the harness's clients trust for the server certificate (TLS brokers).
+    pub fn server_ca(&self) -> Option<&Path> {
+        self.server_ca.as_deref()
+    }
+
+    /// Trusts `ca` instead for the server certificate from now on (after a rotation):
+    /// rebuilds the HTTP client and changes what [`TestBroker::curl`] passes as `--cacert`.
+    pub fn trust_server_ca(&mut self, ca: &Path) {
+        self.client = https_client(ca);
+        self.server_ca = Some(ca.to_path_buf());
+    }
+
+    /// A `curl` request to `path` on the broker, trusting the server CA.
+    pub fn curl(&self, path: &str) -> curl::Curl {
+        let c = curl::Curl::new(format!("{}{path}", self.base_url));
+        match &self.server_ca {
+            Some(ca) => c.cacert(ca),
+            None => c,
+        }
+    }
+
+    /// Polls the audit log (every 50 ms, up to `timeout`) until `pred` holds for some
+    /// record; returns it, or `None` on timeout. For records written after the caller has
+    /// its answer (a refused TLS handshake, a TLS reload).
+    pub async fn wait_for_record(
+        &self,
+        timeout: Duration,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Option<Value> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(r) = self.records().into_iter().find(|r| pred(r)) {
+                return Some(r);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// The broker's temp dir.

@@ -3,8 +3,10 @@
 //! Every input is bounded here: request bodies by `max_body_bytes`, whole requests by a
 //! timeout; header sizes are bounded by the connection settings in [`crate::server`].
 
+pub mod caller;
 pub mod error;
 pub mod handlers;
+pub mod record;
 pub mod state;
 
 use std::time::Duration;
@@ -33,6 +35,18 @@ pub fn router(state: AppState, limits: Limits) -> Router {
     let timeout = limits.request_timeout;
     Router::new()
         .route("/oauth2/token", post(handlers::token::token))
+        .route("/oauth2/revoke", post(handlers::revoke::revoke))
+        .route("/oauth2/introspect", post(handlers::introspect::introspect))
+        .route("/v1/revocations", get(handlers::feed::revocations))
+        .route("/v1/admin/revocations", post(handlers::admin::revocations))
+        .route(
+            "/v1/admin/identities/{id}/disable",
+            post(handlers::admin::disable),
+        )
+        .route(
+            "/v1/admin/identities/{id}/enable",
+            post(handlers::admin::enable),
+        )
         .route("/.well-known/jwks.json", get(handlers::discovery::jwks))
         .route(
             "/.well-known/oauth-authorization-server",

@@ -5,9 +5,11 @@ use std::sync::Arc;
 use crate::audit::AuditLog;
 use crate::authn::Authenticator;
 use crate::clock::Clock;
+use crate::config::Admin;
 use crate::metrics::Metrics;
 use crate::mint::Minter;
 use crate::reload::PolicyStore;
+use crate::revocation::Revocations;
 
 /// Shared state of the HTTP handlers. The caller's identity is request-scoped and never
 /// lives here.
@@ -25,4 +27,8 @@ pub struct AppState {
     pub clock: Arc<dyn Clock>,
     /// Counters for `/metrics`.
     pub metrics: Arc<Metrics>,
+    /// Revocations and disabled identities.
+    pub revocations: Arc<Revocations>,
+    /// Admin identities from the config.
+    pub admins: Arc<Vec<Admin>>,
 }

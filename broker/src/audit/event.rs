@@ -35,6 +35,10 @@ pub enum EventKind {
     TlsReloaded,
     /// A TLS reload was rejected; the old material stays live.
     TlsReloadFailed,
+    /// The kill switch: an identity was disabled (and its live tokens revoked).
+    IdentityDisabled,
+    /// A disabled identity was enabled again.
+    IdentityEnabled,
 }
 
 /// Allow or deny.

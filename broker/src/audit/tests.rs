@@ -855,3 +855,55 @@ fn the_documented_example_line_follows_the_hash_rule() {
     };
     chain::check_line(line.as_bytes(), Some(&genesis)).unwrap();
 }
+
+#[test]
+fn the_field_and_kind_tables_cover_every_field_and_kind() {
+    let doc = include_str!("../../../docs/audit-log.md");
+    let mut e = event(1);
+    e.rule = Some("r".into());
+    e.reason = Some("r".into());
+    e.error = Some("e".into());
+    e.kid = Some("k".into());
+    e.approved_by = Some("a".into());
+    e.ticket = Some("t".into());
+    e.actor = Some("a".into());
+    e.detail = Some(serde_json::json!({}));
+    e.evidence = Some(Evidence {
+        kind: "mtls",
+        issuer: Some("i".into()),
+        subject: Some("s".into()),
+        spiffe_id: Some("spiffe://x/y".into()),
+        cert_sha256: Some("00".into()),
+        kid: Some("k".into()),
+    });
+    let v = serde_json::to_value(&e).unwrap();
+    let evidence = v["evidence"].as_object().unwrap().keys();
+    for key in v.as_object().unwrap().keys().chain(evidence) {
+        assert!(
+            doc.contains(&format!("| `{key}` |")),
+            "docs/audit-log.md has no table row for field `{key}`"
+        );
+    }
+    use EventKind::*;
+    for kind in [
+        Issued,
+        Denied,
+        Renewed,
+        Revoked,
+        BrokerStarted,
+        BrokerStopped,
+        LogRepaired,
+        PolicyReloaded,
+        PolicyReloadFailed,
+        KeyRotated,
+        TlsReloaded,
+        TlsReloadFailed,
+    ] {
+        let name = serde_json::to_value(kind).unwrap();
+        let name = name.as_str().unwrap();
+        assert!(
+            doc.contains(&format!("| `{name}` |")),
+            "docs/audit-log.md has no table row for event `{name}`"
+        );
+    }
+}

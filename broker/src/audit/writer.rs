@@ -583,9 +583,16 @@ impl Writer {
                 queue.fail(reason);
                 break;
             }
+            // Let the callers just woken (on the runtime's threads) queue their next
+            // records before the next batch is taken: measured, this turns alternating
+            // batches of ~1 and ~30 into steady batches of ~30 (32 callers, 2 cores),
+            // for one syscall per batch and no added wait when nothing else is runnable.
+            thread::yield_now();
         }
     }
+}
 
+impl Writer {
     /// Writes `events` (serialized `AuditEvent`s) as one batch. Returns how many of them,
     /// from the front, are durable and acknowledged, and the error for the rest.
     fn commit(&mut self, events: &[Vec<u8>]) -> (usize, Option<BatchError>) {

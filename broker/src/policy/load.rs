@@ -203,6 +203,7 @@ impl Ctx<'_> {
             approved_by,
             expires,
             third_party,
+            may_introspect,
             matchers,
         } = identity;
 
@@ -270,6 +271,7 @@ impl Ctx<'_> {
             approved_by,
             expires,
             third_party,
+            may_introspect,
             matchers,
             tasks,
             file: path.to_path_buf(),

@@ -71,6 +71,8 @@ pub struct Identity {
     pub expires: NaiveDate,
     /// Whether the workload is run by a third party.
     pub third_party: bool,
+    /// A resource server: may call `/oauth2/introspect` and read `/v1/revocations`.
+    pub may_introspect: bool,
     /// What proves this identity; any one matcher suffices.
     pub matchers: Vec<Matcher>,
     /// Its tasks, in file order.

@@ -38,6 +38,9 @@ pub(crate) struct IdentityFile {
     pub(crate) expires: DateText,
     #[serde(default)]
     pub(crate) third_party: bool,
+    /// A resource server allowed to introspect tokens and read the revocation feed.
+    #[serde(default)]
+    pub(crate) may_introspect: bool,
     /// `[[identity.match]]`.
     #[serde(default, rename = "match")]
     pub(crate) matchers: Vec<MatchFile>,

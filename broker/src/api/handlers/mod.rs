@@ -1,5 +1,9 @@
 //! One module per endpoint.
 
+pub mod admin;
 pub mod discovery;
+pub mod feed;
 pub mod health;
+pub mod introspect;
+pub mod revoke;
 pub mod token;

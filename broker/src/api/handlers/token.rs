@@ -79,21 +79,8 @@ pub async fn token(
     }
 }
 
-async fn deny(st: &AppState, mut ev: AuditEvent, refusal: Refusal) -> Response {
-    ev.event = EventKind::Denied;
-    ev.decision = Some(AuditDecision::Deny);
-    ev.rule = Some(refusal.rule.to_owned());
-    ev.error = Some(refusal.error.code.to_owned());
-    ev.reason = Some(refusal.error.description.clone());
-    st.metrics.denied(refusal.rule);
-    match st.audit.append(ev).await {
-        Ok(_) => refusal.error.into_response(),
-        Err(e) => {
-            tracing::error!(error = %e, "audit append failed for a denial");
-            st.metrics.audit_failure();
-            ApiError::audit_unavailable().into_response()
-        }
-    }
+async fn deny(st: &AppState, ev: AuditEvent, refusal: Refusal) -> Response {
+    crate::api::record::deny(st, ev, refusal.rule, refusal.error).await
 }
 
 fn authn_refusal(e: &AuthnError) -> Refusal {
@@ -348,6 +335,19 @@ async fn issue(
     };
     ev.identity = Some(identity.id.clone());
     ev.environment = Some(identity.environment.clone());
+    if let Some(why) = st.revocations.disabled(&identity.id) {
+        return Err(Refusal::new(
+            "identity_disabled",
+            ApiError::new(
+                StatusCode::FORBIDDEN,
+                "access_denied",
+                format!(
+                    "identity {} is disabled ({why}): an admin must enable it",
+                    identity.id
+                ),
+            ),
+        ));
+    }
 
     let evaluation = policies.evaluate(&policy::Request {
         identity: &identity.id,
@@ -375,6 +375,10 @@ async fn issue(
             ttl_secs: grant.ttl.as_secs().max(1),
             cert_thumbprint: cert.map(|c| c.x5t_s256.clone()),
             break_glass: None,
+            min_iat: st
+                .revocations
+                .latest_rule_second(&grant.identity, &grant.task, &identity.owner)
+                .map_or(0, |t| t + 1),
         })
         .map_err(|e| {
             tracing::error!(error = %e, "minting failed");
@@ -396,6 +400,7 @@ async fn issue(
         return Ok(ApiError::audit_unavailable().into_response());
     }
     st.metrics.issued();
+    st.revocations.record_issued(&minted.claims);
     tracing::debug!(jti = %minted.claims.jti, kid = %minted.kid, identity = %grant.identity, "issued");
 
     let body = TokenResponse {

@@ -1,0 +1,175 @@
+//! Who is calling the introspection, revocation, feed and admin endpoints.
+//!
+//! Callers authenticate the way workloads do: an mTLS client certificate, or
+//! `Authorization: Bearer <workload JWT>` from a trusted issuer (the same validation as
+//! the token path). Admins are named in the config; everyone else must be a registry
+//! identity. A workload identity can never hold an admin role.
+
+use axum::http::{HeaderMap, StatusCode, header};
+
+use crate::api::{ApiError, AppState};
+use crate::audit::event::Evidence;
+use crate::authn::mtls::{ClientCert, PeerCert};
+use crate::config::{Admin, AdminMatch, Role};
+
+/// An authenticated caller.
+#[derive(Debug, Clone)]
+pub enum Caller {
+    /// A configured admin.
+    Admin(Admin),
+    /// A registry identity.
+    Workload {
+        /// NHI id.
+        identity: String,
+        /// A resource server allowed to introspect.
+        may_introspect: bool,
+    },
+}
+
+impl Caller {
+    /// The actor name for audit records.
+    pub fn actor(&self) -> String {
+        match self {
+            Caller::Admin(a) => format!("admin:{}", a.name),
+            Caller::Workload { identity, .. } => format!("identity:{identity}"),
+        }
+    }
+
+    /// Whether the caller is an admin holding `role`.
+    pub fn has_role(&self, role: Role) -> bool {
+        matches!(self, Caller::Admin(a) if a.has(role))
+    }
+
+    /// Whether the caller may introspect and read the revocation feed.
+    pub fn may_introspect(&self) -> bool {
+        match self {
+            Caller::Admin(_) => true,
+            Caller::Workload { may_introspect, .. } => *may_introspect,
+        }
+    }
+}
+
+/// A refusal to authenticate: the answer, the rule, and what evidence was seen.
+#[derive(Debug)]
+pub struct CallerRefusal {
+    /// Stable rule name.
+    pub rule: &'static str,
+    /// The answer.
+    pub error: ApiError,
+    /// Evidence seen so far.
+    pub evidence: Option<Evidence>,
+}
+
+fn refuse(rule: &'static str, description: String, evidence: Option<Evidence>) -> CallerRefusal {
+    CallerRefusal {
+        rule,
+        error: ApiError::new(StatusCode::UNAUTHORIZED, "invalid_client", description),
+        evidence,
+    }
+}
+
+fn cert_evidence(pc: &PeerCert) -> Evidence {
+    Evidence {
+        kind: "mtls",
+        issuer: pc.ca_name.clone(),
+        subject: pc.subject_cn.clone(),
+        spiffe_id: pc.spiffe_ids.first().cloned(),
+        cert_sha256: Some(pc.sha256_hex.clone()),
+        kid: None,
+    }
+}
+
+/// Authenticates the caller of a non-token endpoint.
+pub async fn authenticate(
+    st: &AppState,
+    headers: &HeaderMap,
+    client_cert: Option<&ClientCert>,
+) -> Result<(Caller, Evidence), CallerRefusal> {
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim);
+    if let Some(jwt) = bearer {
+        let v = st.authn.authenticate_jwt(jwt).await.map_err(|e| {
+            refuse(
+                e.rule(),
+                format!("bearer credential rejected: {e}"),
+                Some(Evidence {
+                    kind: "jwt",
+                    ..Default::default()
+                }),
+            )
+        })?;
+        let evidence = Evidence {
+            kind: "jwt",
+            issuer: Some(v.issuer.clone()),
+            subject: Some(v.subject.clone()),
+            spiffe_id: v.spiffe_id().map(str::to_owned),
+            cert_sha256: None,
+            kid: v.kid.clone(),
+        };
+        if let Some(admin) = st.admins.iter().find(|a| {
+            matches!(&a.matcher, AdminMatch::Jwt { issuer, subject } if *issuer == v.issuer && *subject == v.subject)
+        }) {
+            return Ok((Caller::Admin(admin.clone()), evidence));
+        }
+        let policies = st.policies.current();
+        return match policies.match_jwt(&v.issuer, &v.subject, &v.claims) {
+            Some(i) => Ok((
+                Caller::Workload {
+                    identity: i.id.clone(),
+                    may_introspect: i.may_introspect,
+                },
+                evidence,
+            )),
+            None => Err(refuse(
+                "unknown_identity",
+                format!(
+                    "no admin or registered identity matches issuer {} subject {}",
+                    v.issuer, v.subject
+                ),
+                Some(evidence),
+            )),
+        };
+    }
+    if let Some(ClientCert(cert)) = client_cert {
+        let pc = match cert.as_ref() {
+            Ok(pc) => pc,
+            Err(e) => return Err(refuse("client_certificate_unusable", e.clone(), None)),
+        };
+        let evidence = cert_evidence(pc);
+        let spiffe = pc
+            .spiffe_id()
+            .map_err(|r| refuse(r.rule, r.reason, Some(evidence.clone())))?;
+        if let Some(admin) = st.admins.iter().find(|a| match &a.matcher {
+            AdminMatch::SpiffeId(s) => spiffe == Some(s.as_str()),
+            AdminMatch::CertSubject(c) => {
+                spiffe.is_none() && pc.subject_cn.as_deref() == Some(c.as_str())
+            }
+            AdminMatch::Jwt { .. } => false,
+        }) {
+            return Ok((Caller::Admin(admin.clone()), evidence));
+        }
+        let policies = st.policies.current();
+        return match pc.identity(&policies) {
+            Ok(i) => Ok((
+                Caller::Workload {
+                    identity: i.id.clone(),
+                    may_introspect: i.may_introspect,
+                },
+                evidence,
+            )),
+            Err(r) => Err(refuse(r.rule, r.reason, Some(evidence))),
+        };
+    }
+    Err(refuse(
+        "no_credentials",
+        "authenticate with a TLS client certificate or `Authorization: Bearer <workload JWT>`"
+            .into(),
+        None,
+    ))
+}

@@ -1,0 +1,69 @@
+//! `GET /v1/revocations?since=<cursor>`: the revocations still relevant (whose tokens can
+//! still be live), for verifiers that check tokens offline. Poll with the returned
+//! `cursor` to get only newer entries. Entries drop out once every token they cover has
+//! expired. Callers authenticate like introspection callers.
+
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::api::{ApiError, AppState, caller, record};
+use crate::audit::event::EventKind;
+use crate::authn::mtls::ClientCert;
+
+/// Query of the feed.
+#[derive(Debug, Deserialize)]
+pub struct FeedQuery {
+    /// Last cursor seen (0 or absent: everything still relevant).
+    #[serde(default)]
+    since: Option<u64>,
+}
+
+/// The revocation feed.
+pub async fn revocations(
+    State(st): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    client_cert: Option<Extension<ClientCert>>,
+    headers: HeaderMap,
+    query: Result<Query<FeedQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let mut ev = record::event(EventKind::Denied, peer);
+    let (caller, evidence) =
+        match caller::authenticate(&st, &headers, client_cert.as_ref().map(|e| &e.0)).await {
+            Ok(c) => c,
+            Err(r) => {
+                ev.evidence = r.evidence;
+                return record::deny(&st, ev, r.rule, r.error).await;
+            }
+        };
+    if !caller.may_introspect() {
+        ev.evidence = Some(evidence);
+        ev.actor = Some(caller.actor());
+        return record::deny(
+            &st,
+            ev,
+            "feed_not_allowed",
+            ApiError::new(
+                StatusCode::FORBIDDEN,
+                "access_denied",
+                format!(
+                    "{} may not read the revocation feed: set may_introspect = true",
+                    caller.actor()
+                ),
+            ),
+        )
+        .await;
+    }
+    let Ok(Query(q)) = query else {
+        return ApiError::invalid_request("since must be a non-negative integer cursor")
+            .into_response();
+    };
+    let now = st.clock.unix_secs();
+    let (entries, cursor) = st.revocations.feed(q.since.unwrap_or(0), now);
+    Json(json!({ "cursor": cursor, "now": now, "entries": entries })).into_response()
+}

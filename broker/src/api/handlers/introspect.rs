@@ -1,0 +1,102 @@
+//! `POST /oauth2/introspect` (RFC 7662) for authenticated resource servers (identities
+//! with `may_introspect = true`) and admins. `active` is false for foreign, expired,
+//! not-yet-valid and revoked tokens. Successful introspections are counted, not audited
+//! (resource servers call this on every request); refused callers are audited.
+
+use std::net::SocketAddr;
+
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::api::{ApiError, AppState, caller, record};
+use crate::audit::event::EventKind;
+use crate::authn::mtls::ClientCert;
+use crate::mint::verify;
+
+/// Clock-skew allowance for `nbf`.
+const NBF_LEEWAY_SECS: u64 = 5;
+
+#[derive(Deserialize)]
+struct IntrospectForm {
+    token: Option<String>,
+    #[allow(dead_code)]
+    token_type_hint: Option<String>,
+}
+
+fn no_store(mut res: Response) -> Response {
+    res.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    res
+}
+
+/// The introspection endpoint.
+#[tracing::instrument(skip_all, fields(source = %peer.ip()))]
+pub async fn introspect(
+    State(st): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    client_cert: Option<Extension<ClientCert>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let mut ev = record::event(EventKind::Denied, peer);
+    let (caller, evidence) =
+        match caller::authenticate(&st, &headers, client_cert.as_ref().map(|e| &e.0)).await {
+            Ok(c) => c,
+            Err(r) => {
+                ev.evidence = r.evidence;
+                return record::deny(&st, ev, r.rule, r.error).await;
+            }
+        };
+    if !caller.may_introspect() {
+        ev.evidence = Some(evidence);
+        ev.actor = Some(caller.actor());
+        return record::deny(
+            &st,
+            ev,
+            "introspection_not_allowed",
+            ApiError::new(
+                StatusCode::FORBIDDEN,
+                "access_denied",
+                format!(
+                    "{} may not introspect: set may_introspect = true in its [identity]",
+                    caller.actor()
+                ),
+            ),
+        )
+        .await;
+    }
+    let form: IntrospectForm = match serde_urlencoded::from_bytes(&body) {
+        Ok(f) => f,
+        Err(e) => {
+            return ApiError::invalid_request(format!("malformed form body: {e}")).into_response();
+        }
+    };
+    let Some(token) = form.token.filter(|t| !t.is_empty()) else {
+        return ApiError::invalid_request("token is required").into_response();
+    };
+    st.metrics.introspected();
+    let inactive = || no_store(Json(json!({ "active": false })).into_response());
+    let Ok(claims) = verify::verify_signature(&token, &st.minter.key_ring(), st.minter.issuer())
+    else {
+        return inactive();
+    };
+    if verify::check_time(&claims, st.clock.unix_secs(), NBF_LEEWAY_SECS).is_err() {
+        return inactive();
+    }
+    let policies = st.policies.current();
+    let owner_of = |id: &str| policies.identity(id).map(|i| i.owner.clone());
+    if st.revocations.revoked(&claims, &owner_of).is_some() {
+        return inactive();
+    }
+    let mut body = serde_json::to_value(&claims).unwrap_or_else(|_| json!({}));
+    if let Some(obj) = body.as_object_mut() {
+        obj.insert("active".into(), json!(true));
+        obj.insert("token_type".into(), json!("Bearer"));
+    }
+    no_store(Json(body).into_response())
+}

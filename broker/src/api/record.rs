@@ -1,0 +1,48 @@
+//! Recording outcomes before answering: every decision is durable in the audit log
+//! before the caller hears it; if it cannot be recorded, the answer is 503.
+
+use axum::response::{IntoResponse, Response};
+
+use crate::api::{ApiError, AppState};
+use crate::audit::event::{AuditEvent, Decision, EventKind};
+
+/// Records a denial (`ev` with its context) and returns `error`, or 503 if the record
+/// cannot be made durable.
+pub async fn deny(
+    st: &AppState,
+    mut ev: AuditEvent,
+    rule: &'static str,
+    error: ApiError,
+) -> Response {
+    ev.event = EventKind::Denied;
+    ev.decision = Some(Decision::Deny);
+    ev.rule = Some(rule.to_owned());
+    ev.error = Some(error.code.to_owned());
+    ev.reason = Some(error.description.clone());
+    st.metrics.denied(rule);
+    match st.audit.append(ev).await {
+        Ok(_) => error.into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "audit append failed for a denial");
+            st.metrics.audit_failure();
+            ApiError::audit_unavailable().into_response()
+        }
+    }
+}
+
+/// Records an allowed action; `Err` is the 503 to answer with.
+pub async fn allow(st: &AppState, mut ev: AuditEvent) -> Result<(), ApiError> {
+    ev.decision = Some(Decision::Allow);
+    st.audit.append(ev).await.map(|_| ()).map_err(|e| {
+        tracing::error!(error = %e, "audit append failed");
+        st.metrics.audit_failure();
+        ApiError::audit_unavailable()
+    })
+}
+
+/// A fresh event of `kind` carrying the source address.
+pub fn event(kind: EventKind, source: std::net::SocketAddr) -> AuditEvent {
+    let mut ev = AuditEvent::new(kind);
+    ev.source = Some(source.ip().to_string());
+    ev
+}
