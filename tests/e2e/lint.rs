@@ -1,10 +1,15 @@
 //! `broker policy lint`: every load-time error of issue 2 exits 1 and prints a
 //! `FILE: message` line naming the broken file and saying what is wrong; a clean
-//! directory exits 0.
+//! directory exits 0. Issue 3: a `spiffe_id` outside every configured `[[client_ca]]`
+//! trust domain is such an error (the config's CAs are made by `openssl`).
 
 use std::path::PathBuf;
 
-use broker_tests::{CmdOutput, DEV_LEDGER, ISSUER, Options, SUBJECT, lint, write_config};
+use broker_tests::mtls::{Mtls, PROD_TRUST_DOMAIN};
+use broker_tests::pki::tools_present;
+use broker_tests::{
+    CmdOutput, DEV_LEDGER, ISSUER, Options, SUBJECT, TestBroker, lint, write_config,
+};
 use tempfile::TempDir;
 
 /// A temp dir with a broker config (for its audience catalogue) and `policies/` holding the
@@ -155,4 +160,77 @@ fn task_audience_of_another_environment_is_reported() {
         line.contains("dev") && line.contains("prod"),
         "names both environments: {line}"
     );
+}
+
+/// A single-identity policy proved by `spiffe_id`.
+fn spiffe_identity(id: &str, spiffe_id: &str) -> String {
+    format!(
+        r#"[identity]
+id          = "{id}"
+owner       = "team-x"
+steward     = "x@example.com"
+purpose     = "lint test"
+environment = "prod"
+ticket      = "CHG-9"
+expires     = "2099-01-01"
+
+[[identity.match]]
+spiffe_id = "{spiffe_id}"
+
+[[task]]
+name     = "t"
+audience = "{PROD}"
+scopes   = ["a:read"]
+max_ttl  = "5m"
+"#
+    )
+}
+
+#[test]
+fn spiffe_id_outside_every_configured_trust_domain_is_reported() {
+    if !tools_present(
+        "spiffe_id_outside_every_configured_trust_domain_is_reported",
+        &["openssl"],
+    ) {
+        return;
+    }
+    // A TLS config with the mTLS registry: client CAs prod-spiffe (trust domain
+    // prod.example.org) and corp (none).
+    let m = Mtls::new();
+    let clean = tempfile::tempdir().unwrap();
+    let config = write_config(clean.path(), &m.options());
+    let out = lint(&clean.path().join("policies"), Some(&config));
+    assert_eq!(out.code, Some(0), "the mTLS registry lints clean: {out}");
+    assert!(out.stdout.starts_with("ok: 4 identities"), "{out}");
+
+    // Inside the trust domain: fine. Outside every configured one: an error naming it.
+    let outsider = "spiffe://evil.example.org/ns/x/sa/y";
+    let mut opts = m.options();
+    opts.policies.push((
+        "insider.toml".to_owned(),
+        spiffe_identity("insider", "spiffe://prod.example.org/ns/x/sa/y"),
+    ));
+    opts.policies.push((
+        "outsider.toml".to_owned(),
+        spiffe_identity("outsider", outsider),
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &opts);
+    let out = lint(&dir.path().join("policies"), Some(&config));
+    let line = assert_lint_error(&out, "outsider.toml", &[outsider, "trust domain"]);
+    assert!(
+        line.contains(PROD_TRUST_DOMAIN),
+        "names the configured domains: {line}"
+    );
+    assert!(
+        lines_naming(&out, "insider.toml").is_empty(),
+        "a SPIFFE ID inside the trust domain is fine: {out}"
+    );
+
+    // The broker will not serve such a registry either.
+    let mut b = TestBroker::prepare(opts);
+    let err = b
+        .launch()
+        .expect_err("the broker must not start with a SPIFFE ID outside every trust domain");
+    assert!(err.stderr.contains("outsider.toml"), "{err}");
 }

@@ -1,7 +1,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
-//! End-to-end tests of issue 2: the real `broker` binary, a test workload issuer, real
-//! HTTP, the audit files on disk and the CLI tools. One test binary; every test starts its
-//! own broker in its own temp dir on a free loopback port (see `broker_tests`).
+//! End-to-end tests of issues 2 and 3: the real `broker` binary, a test workload issuer,
+//! real HTTP(S), the audit files on disk and the CLI tools; for mTLS, certificates made by
+//! the `openssl` CLI and the real `curl` as the client. One test binary; every test starts
+//! its own broker in its own temp dir on a free loopback port (see `broker_tests`).
 //!
 //! - `issuance`: workload JWT → verified access token, every claim, the `issued` record.
 //! - `denials`: one test per refusal rule: status, OAuth error, `denied` record.
@@ -9,6 +10,15 @@
 //! - `audit`: `broker audit verify`, tampering, torn-tail repair, fail-closed issuance.
 //! - `concurrency`: 1,000 issuances from 32 clients, every `jti` logged exactly once.
 //! - `dev`: `broker serve --dev` smoke test.
+//! - `mtls`: client certificate → certificate-bound token (`cnf.x5t#S256`), CN / DNS SAN
+//!   identities, token exchange over mTLS, `require_binding`, RFC 8705 metadata.
+//! - `mtls_denials`: each mTLS refusal, at the TLS handshake or as an OAuth error, with its
+//!   `denied` record.
+//! - `tls_reload`: server certificate and client CA rotation without a restart; broken
+//!   replacements keep the old material live.
+//!
+//! Tests that need `openssl` or `curl` skip with a note when one is missing, and fail
+//! instead under `CI=true`.
 
 mod audit;
 mod concurrency;
@@ -16,3 +26,7 @@ mod denials;
 mod dev;
 mod issuance;
 mod lint;
+mod mtls;
+mod mtls_denials;
+mod revocation;
+mod tls_reload;

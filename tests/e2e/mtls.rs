@@ -9,9 +9,8 @@
 
 use broker_tests::curl::CurlReply;
 use broker_tests::mtls::{
-    BOUND_TASK, CORP_CA, INVENTORY_IDENTITY, INVENTORY_TASK, PAYMENTS_CN,
-    PAYMENTS_SPIFFE_ID, PROD_CA, REPORTS_AUDIENCE, REPORTS_CN, REPORTS_IDENTITY, REPORTS_TASK,
-    mtls_broker,
+    BOUND_TASK, CORP_CA, INVENTORY_IDENTITY, INVENTORY_TASK, PAYMENTS_CN, PAYMENTS_SPIFFE_ID,
+    PROD_CA, REPORTS_AUDIENCE, REPORTS_CN, REPORTS_IDENTITY, REPORTS_TASK, mtls_broker,
 };
 use broker_tests::pki::Leaf;
 use broker_tests::{
@@ -54,7 +53,11 @@ fn issued_record(b: &TestBroker, jti: &str) -> Value {
         .into_iter()
         .filter(|r| r["jti"] == jti)
         .collect();
-    assert_eq!(found.len(), 1, "exactly one issued record for {jti}: {found:?}");
+    assert_eq!(
+        found.len(),
+        1,
+        "exactly one issued record for {jti}: {found:?}"
+    );
     found.into_iter().next().unwrap()
 }
 
@@ -82,7 +85,10 @@ pub(crate) fn assert_mtls_evidence(
     let e = &rec["evidence"];
     assert_eq!(e["kind"], kind, "evidence kind: {rec}");
     if kind == "mtls" {
-        assert_eq!(e["issuer"], ca, "evidence issuer is the client_ca name: {rec}");
+        assert_eq!(
+            e["issuer"], ca,
+            "evidence issuer is the client_ca name: {rec}"
+        );
         assert_eq!(e["subject"], cn, "evidence subject is the CN: {rec}");
     }
     match spiffe_id {
@@ -104,7 +110,10 @@ pub(crate) fn assert_mtls_evidence(
 pub(crate) fn assert_no_key_material(b: &TestBroker, leaves: &[&Leaf]) {
     let log = audit_bytes(&b.audit_dir());
     let stderr = b.stderr();
-    for (what, bytes) in [("audit log", &log[..]), ("broker stderr", stderr.as_bytes())] {
+    for (what, bytes) in [
+        ("audit log", &log[..]),
+        ("broker stderr", stderr.as_bytes()),
+    ] {
         assert!(
             !contains_bytes(bytes, b"-----BEGIN"),
             "a PEM block is in the {what}"
@@ -133,8 +142,7 @@ fn u64_claim(c: &Value, name: &str) -> u64 {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn client_credentials_over_mtls_issues_a_certificate_bound_token() {
-    let Some((m, b)) =
-        mtls_broker("client_credentials_over_mtls_issues_a_certificate_bound_token")
+    let Some((m, b)) = mtls_broker("client_credentials_over_mtls_issues_a_certificate_bound_token")
     else {
         return;
     };
@@ -250,7 +258,14 @@ async fn mtls_requests_are_narrowed_by_the_same_policy() {
     );
     for d in &denied {
         assert_eq!(d["identity"], IDENTITY, "{d}");
-        assert_mtls_evidence(d, "mtls", PROD_CA, PAYMENTS_CN, Some(PAYMENTS_SPIFFE_ID), &leaf);
+        assert_mtls_evidence(
+            d,
+            "mtls",
+            PROD_CA,
+            PAYMENTS_CN,
+            Some(PAYMENTS_SPIFFE_ID),
+            &leaf,
+        );
     }
 
     // Another certificate of the same workload: same identity, its own binding.
@@ -259,7 +274,10 @@ async fn mtls_requests_are_narrowed_by_the_same_policy() {
     let v2 = b.verify_access_token(&token_of(&r), PROD_LEDGER).await;
     assert_eq!(v2.claims["sub"], IDENTITY);
     assert_bound_to(&v2, &other);
-    assert_ne!(v.claims["cnf"], v2.claims["cnf"], "each certificate its own cnf");
+    assert_ne!(
+        v.claims["cnf"], v2.claims["cnf"],
+        "each certificate its own cnf"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -277,9 +295,7 @@ async fn company_certificates_prove_identities_by_subject_cn_and_dns_san() {
         Some(&reports),
         &TokenRequest::client_credentials(REPORTS_TASK),
     );
-    let v = b
-        .verify_access_token(&token_of(&r), REPORTS_AUDIENCE)
-        .await;
+    let v = b.verify_access_token(&token_of(&r), REPORTS_AUDIENCE).await;
     assert_eq!(v.claims["sub"], REPORTS_IDENTITY);
     assert_eq!(v.claims["scope"], "reports:read");
     assert_bound_to(&v, &reports);
@@ -310,8 +326,7 @@ async fn company_certificates_prove_identities_by_subject_cn_and_dns_san() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn token_exchange_over_mtls_is_bound_to_the_certificate() {
-    let Some((m, b)) = mtls_broker("token_exchange_over_mtls_is_bound_to_the_certificate")
-    else {
+    let Some((m, b)) = mtls_broker("token_exchange_over_mtls_is_bound_to_the_certificate") else {
         return;
     };
     let leaf = m.payments_client();
@@ -326,7 +341,14 @@ async fn token_exchange_over_mtls_is_bound_to_the_certificate() {
     assert_eq!(rec["evidence"]["kind"], "jwt+mtls", "{rec}");
     assert_eq!(rec["evidence"]["issuer"], ISSUER, "the JWT's issuer: {rec}");
     assert_eq!(rec["evidence"]["subject"], SUBJECT, "{rec}");
-    assert_mtls_evidence(&rec, "jwt+mtls", PROD_CA, PAYMENTS_CN, Some(PAYMENTS_SPIFFE_ID), &leaf);
+    assert_mtls_evidence(
+        &rec,
+        "jwt+mtls",
+        PROD_CA,
+        PAYMENTS_CN,
+        Some(PAYMENTS_SPIFFE_ID),
+        &leaf,
+    );
 
     // Over TLS without a client certificate: the JWT path still works, as a bearer token.
     let r = curl_token(&b, None, &TokenRequest::exchange(&jwt, TASK));
@@ -348,7 +370,11 @@ async fn require_binding_task_is_issued_over_mtls() {
     };
     let leaf = m.payments_client();
     // client_credentials over mTLS.
-    let r = curl_token(&b, Some(&leaf), &TokenRequest::client_credentials(BOUND_TASK));
+    let r = curl_token(
+        &b,
+        Some(&leaf),
+        &TokenRequest::client_credentials(BOUND_TASK),
+    );
     let v = b.verify_access_token(&token_of(&r), PROD_LEDGER).await;
     assert_eq!(v.claims["task"], BOUND_TASK);
     assert_bound_to(&v, &leaf);
@@ -357,7 +383,11 @@ async fn require_binding_task_is_issued_over_mtls() {
     let r = curl_token(&b, Some(&leaf), &TokenRequest::exchange(&jwt, BOUND_TASK));
     let v = b.verify_access_token(&token_of(&r), PROD_LEDGER).await;
     assert_bound_to(&v, &leaf);
-    assert!(b.records_of("denied").is_empty(), "{:?}", b.records_of("denied"));
+    assert!(
+        b.records_of("denied").is_empty(),
+        "{:?}",
+        b.records_of("denied")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

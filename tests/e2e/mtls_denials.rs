@@ -87,7 +87,12 @@ async fn assert_handshake_refused(b: &TestBroker, r: &CurlReply, gist: &str) -> 
 
     // One record only, nothing issued, and the listener is fine.
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(b.records_of("denied").len(), 1, "{:?}", b.records_of("denied"));
+    assert_eq!(
+        b.records_of("denied").len(),
+        1,
+        "{:?}",
+        b.records_of("denied")
+    );
     assert!(b.records_of("issued").is_empty());
     let ok = b.curl("/healthz").run();
     assert_eq!(ok.status, 200, "the listener still serves: {ok}");
@@ -152,7 +157,7 @@ async fn certificate_without_client_auth_usage_fails_the_handshake() {
             .eku(Some("serverAuth")),
     );
     let r = curl_token(&b, Some(&leaf), &TokenRequest::client_credentials(TASK));
-    assert_handshake_refused(&b, &r, "client certificate").await;
+    assert_handshake_refused(&b, &r, "client authentication").await;
 }
 
 // --- refused with an HTTP answer --------------------------------------------------------
@@ -164,7 +169,10 @@ async fn client_credentials_without_a_certificate_is_refused() {
     };
     let r = curl_token(&b, None, &TokenRequest::client_credentials(TASK));
     let rec = assert_http_denial(&b, &r, 401, "invalid_client", "client_certificate_required");
-    assert!(rec.get("identity").is_none(), "nobody was identified: {rec}");
+    assert!(
+        rec.get("identity").is_none(),
+        "nobody was identified: {rec}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -188,7 +196,10 @@ async fn spiffe_id_outside_the_cas_trust_domain_is_refused() {
     assert_mtls_evidence(&rec, "mtls", PROD_CA, PAYMENTS_CN, Some(foreign), &leaf);
     assert!(rec.get("identity").is_none(), "{rec}");
     let desc = r.body["error_description"].as_str().unwrap();
-    assert!(desc.contains("prod.example.org"), "names the trust domain: {desc}");
+    assert!(
+        desc.contains("prod.example.org"),
+        "names the trust domain: {desc}"
+    );
     assert_no_key_material(&b, &[&leaf]);
 }
 
@@ -226,13 +237,12 @@ async fn certificate_identity_not_in_the_registry_is_refused() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn company_certificate_with_an_unregistered_cn_is_refused() {
-    let Some((m, b)) = mtls_broker("company_certificate_with_an_unregistered_cn_is_refused")
-    else {
+    let Some((m, b)) = mtls_broker("company_certificate_with_an_unregistered_cn_is_refused") else {
         return;
     };
-    let leaf = m.corp_ca.issue(
-        &LeafSpec::client("unregistered", "stranger.corp").dns("stranger.corp.example.org"),
-    );
+    let leaf = m
+        .corp_ca
+        .issue(&LeafSpec::client("unregistered", "stranger.corp").dns("stranger.corp.example.org"));
     let r = curl_token(&b, Some(&leaf), &TokenRequest::client_credentials(TASK));
     let rec = assert_http_denial(&b, &r, 403, "unauthorized_client", "unknown_identity");
     assert_mtls_evidence(&rec, "mtls", CORP_CA, "stranger.corp", None, &leaf);
@@ -268,7 +278,11 @@ async fn jwt_identity_different_from_the_certificate_identity_is_refused() {
     let rec = assert_http_denial(&b, &r, 403, "access_denied", "identity_mismatch");
     assert_eq!(rec["evidence"]["kind"], "jwt+mtls", "{rec}");
     assert_eq!(rec["evidence"]["subject"], SUBJECT, "{rec}");
-    assert_eq!(rec["evidence"]["cert_sha256"], reports.sha256_hex(), "{rec}");
+    assert_eq!(
+        rec["evidence"]["cert_sha256"],
+        reports.sha256_hex(),
+        "{rec}"
+    );
     assert!(
         !r.text.contains(&jwt),
         "the error does not echo the subject token: {r}"

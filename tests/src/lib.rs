@@ -40,6 +40,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde_json::{Value, json};
 use tempfile::TempDir;
 
+pub mod admin;
 pub mod curl;
 pub mod mtls;
 pub mod pki;
@@ -428,6 +429,8 @@ pub struct Options {
     pub file_size_limit_blocks: Option<u64>,
     /// Serve TLS (and mTLS with `client_cas`) instead of loopback plain HTTP.
     pub tls: Option<TlsOptions>,
+    /// TOML appended verbatim to the generated config (e.g. `[state]`, `[[admin]]`).
+    pub extra_toml: String,
 }
 
 /// The TLS listener of a test broker. The files are copied into the broker's dir
@@ -472,6 +475,7 @@ impl Default for Options {
             audit_dir: "audit".to_owned(),
             file_size_limit_blocks: None,
             tls: None,
+            extra_toml: String::new(),
         }
     }
 }
@@ -539,7 +543,8 @@ environment = "dev"
 [[audience]]
 uri         = "https://reports.prod.example.org"
 environment = "prod"
-{client_cas}"#
+{client_cas}{}"#,
+        opts.extra_toml
     )
 }
 

@@ -235,8 +235,7 @@ impl Mtls {
 
     /// The reports workload's company certificate: corp CA, CN [`REPORTS_CN`].
     pub fn reports_client(&self) -> Leaf {
-        self.corp_ca
-            .issue(&LeafSpec::client("reports", REPORTS_CN))
+        self.corp_ca.issue(&LeafSpec::client("reports", REPORTS_CN))
     }
 
     /// The inventory workload's company certificate: corp CA, CN `inventory`, DNS SAN

@@ -577,7 +577,10 @@ mod tests {
         assert_eq!(tool_gate(&[], true), Ok(true));
         assert_eq!(tool_gate(&["curl"], false), Ok(false));
         let err = tool_gate(&["openssl", "curl"], true).unwrap_err();
-        assert!(err.contains("openssl, curl") && err.contains("CI=true"), "{err}");
+        assert!(
+            err.contains("openssl, curl") && err.contains("CI=true"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -587,12 +590,21 @@ mod tests {
             .uri("spiffe://a/c")
             .dns("h.example.org")
             .extensions();
-        assert!(s.contains("URI.1 = spiffe://a/b\nURI.2 = spiffe://a/c\n"), "{s}");
+        assert!(
+            s.contains("URI.1 = spiffe://a/b\nURI.2 = spiffe://a/c\n"),
+            "{s}"
+        );
         assert!(s.contains("DNS.1 = h.example.org"), "{s}");
         assert!(s.contains("extendedKeyUsage = clientAuth"), "{s}");
         let s = LeafSpec::client("c", "x").eku(None).extensions();
-        assert!(!s.contains("subjectAltName") && !s.contains("extendedKeyUsage"), "{s}");
+        assert!(
+            !s.contains("subjectAltName") && !s.contains("extendedKeyUsage"),
+            "{s}"
+        );
         let s = LeafSpec::server("s", "x").extensions();
-        assert!(s.contains("IP.1 = 127.0.0.1") && s.contains("DNS.1 = localhost"), "{s}");
+        assert!(
+            s.contains("IP.1 = 127.0.0.1") && s.contains("DNS.1 = localhost"),
+            "{s}"
+        );
     }
 }

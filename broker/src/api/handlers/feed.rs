@@ -65,5 +65,26 @@ pub async fn revocations(
     };
     let now = st.clock.unix_secs();
     let (entries, cursor) = st.revocations.feed(q.since.unwrap_or(0), now);
+    let policies = st.policies.current();
+    let mut entries = serde_json::to_value(&entries).unwrap_or_else(|_| json!([]));
+    // Offline verifiers cannot map owners to identities: list them with owner rules.
+    if let Some(list) = entries.as_array_mut() {
+        for e in list {
+            let owner = e
+                .pointer("/rule/owner")
+                .and_then(|o| o.as_str())
+                .map(str::to_owned);
+            if let (Some(owner), Some(rule)) =
+                (owner, e.get_mut("rule").and_then(|r| r.as_object_mut()))
+            {
+                let ids: Vec<String> = policies
+                    .identities()
+                    .filter(|i| i.owner == owner)
+                    .map(|i| i.id.clone())
+                    .collect();
+                rule.insert("identities".into(), json!(ids));
+            }
+        }
+    }
     Json(json!({ "cursor": cursor, "now": now, "entries": entries })).into_response()
 }

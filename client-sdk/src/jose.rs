@@ -1,0 +1,182 @@
+//! JWS verification of broker tokens (EdDSA, ES256) on ring, and the rustls client setup
+//! (ring provider, the broker's CA, an optional client certificate).
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use ring::signature::{self, UnparsedPublicKey};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use serde::Deserialize;
+
+use crate::error::VerifyError;
+use crate::types::AccessTokenClaims;
+
+/// A broker public key.
+#[derive(Debug, Clone)]
+pub(crate) struct PublicKey {
+    alg: &'static str,
+    bytes: Vec<u8>,
+}
+
+#[derive(Deserialize)]
+struct RawJwks {
+    keys: Vec<RawJwk>,
+}
+
+#[derive(Deserialize)]
+struct RawJwk {
+    kty: String,
+    kid: Option<String>,
+    crv: Option<String>,
+    x: Option<String>,
+    y: Option<String>,
+}
+
+/// Parses a JWKS into keys by `kid` (unsupported keys are skipped).
+pub(crate) fn parse_jwks(bytes: &[u8]) -> Result<HashMap<String, PublicKey>, String> {
+    let raw: RawJwks = serde_json::from_slice(bytes).map_err(|e| format!("not a JWKS: {e}"))?;
+    let dec = |s: &Option<String>| s.as_deref().and_then(|s| URL_SAFE_NO_PAD.decode(s).ok());
+    let mut out = HashMap::new();
+    for k in raw.keys {
+        let Some(kid) = k.kid.clone() else { continue };
+        let key = match (k.kty.as_str(), k.crv.as_deref()) {
+            ("OKP", Some("Ed25519")) => {
+                dec(&k.x).filter(|x| x.len() == 32).map(|bytes| PublicKey {
+                    alg: "EdDSA",
+                    bytes,
+                })
+            }
+            ("EC", Some("P-256")) => match (dec(&k.x), dec(&k.y)) {
+                (Some(x), Some(y)) if x.len() == 32 && y.len() == 32 => {
+                    let mut bytes = vec![4];
+                    bytes.extend_from_slice(&x);
+                    bytes.extend_from_slice(&y);
+                    Some(PublicKey {
+                        alg: "ES256",
+                        bytes,
+                    })
+                }
+                _ => None,
+            },
+            _ => None,
+        };
+        if let Some(key) = key {
+            out.insert(kid, key);
+        }
+    }
+    Ok(out)
+}
+
+#[derive(Deserialize)]
+struct Header {
+    alg: String,
+    kid: String,
+    typ: Option<String>,
+}
+
+/// A split, unverified token: kid, alg, signing input, signature, claims.
+pub(crate) type Split<'a> = (String, String, &'a [u8], Vec<u8>, AccessTokenClaims);
+
+/// Splits a token and returns (kid, alg, signing input, signature, claims), unverified.
+pub(crate) fn split(token: &str) -> Result<Split<'_>, VerifyError> {
+    if token.len() > 8192 {
+        return Err(VerifyError::Malformed("token longer than 8 KiB".into()));
+    }
+    let mut parts = token.split('.');
+    let (Some(h), Some(p), Some(s), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(VerifyError::Malformed("not a compact JWS".into()));
+    };
+    let dec = |x: &str| {
+        URL_SAFE_NO_PAD
+            .decode(x)
+            .map_err(|_| VerifyError::Malformed("not base64url".into()))
+    };
+    let header: Header = serde_json::from_slice(&dec(h)?)
+        .map_err(|_| VerifyError::Malformed("bad header".into()))?;
+    if header.typ.as_deref() != Some("at+jwt") {
+        return Err(VerifyError::Malformed("typ is not at+jwt".into()));
+    }
+    let claims: AccessTokenClaims = serde_json::from_slice(&dec(p)?)
+        .map_err(|_| VerifyError::Malformed("claims are not an access token".into()))?;
+    let sig = dec(s)?;
+    Ok((
+        header.kid,
+        header.alg,
+        &token.as_bytes()[..h.len() + 1 + p.len()],
+        sig,
+        claims,
+    ))
+}
+
+/// Verifies a signature; the algorithm must be the key's.
+pub(crate) fn verify(
+    key: &PublicKey,
+    alg: &str,
+    msg: &[u8],
+    sig: &[u8],
+) -> Result<(), VerifyError> {
+    if alg != key.alg {
+        return Err(VerifyError::BadSignature);
+    }
+    let algorithm: &dyn signature::VerificationAlgorithm = match key.alg {
+        "EdDSA" => &signature::ED25519,
+        _ => &signature::ECDSA_P256_SHA256_FIXED,
+    };
+    UnparsedPublicKey::new(algorithm, &key.bytes)
+        .verify(msg, sig)
+        .map_err(|_| VerifyError::BadSignature)
+}
+
+/// base64url SHA-256 of a DER certificate (RFC 8705 thumbprint).
+pub(crate) fn thumbprint(der: &[u8]) -> String {
+    URL_SAFE_NO_PAD.encode(ring::digest::digest(&ring::digest::SHA256, der))
+}
+
+fn certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    CertificateDer::pem_file_iter(path)
+        .map_err(|e| format!("{}: {e}", path.display()))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// A reqwest client on rustls/ring trusting `ca` (PEM), presenting `client` if given.
+pub(crate) fn http_client(
+    ca: Option<&Path>,
+    client: Option<(&Path, &Path)>,
+    timeout: std::time::Duration,
+) -> Result<reqwest::Client, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    if let Some(ca) = ca {
+        for c in certs(ca)? {
+            roots.add(c).map_err(|e| format!("{}: {e}", ca.display()))?;
+        }
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_root_certificates(roots);
+    let tls = match client {
+        Some((cert, key)) => {
+            let k =
+                PrivateKeyDer::from_pem_file(key).map_err(|e| format!("{}: {e}", key.display()))?;
+            builder
+                .with_client_auth_cert(certs(cert)?, k)
+                .map_err(|e| format!("client certificate: {e}"))?
+        }
+        None => builder.with_no_client_auth(),
+    };
+    reqwest::Client::builder()
+        .use_preconfigured_tls(tls)
+        .timeout(timeout)
+        .connect_timeout(timeout)
+        .build()
+        .map_err(|e| e.to_string())
+}

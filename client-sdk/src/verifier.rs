@@ -1,0 +1,360 @@
+//! [`Verifier`]: offline verification of broker tokens on the resource side.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::time::{Duration, Instant};
+
+use serde::Deserialize;
+
+use crate::error::{Error, VerifyError};
+use crate::jose::{self, PublicKey};
+use crate::source::{Credential, unix_now};
+use crate::types::AccessTokenClaims;
+
+/// How the verifier authenticates to read the revocation feed (a registry identity with
+/// `may_introspect = true`).
+pub type FeedCredential = Credential;
+
+/// Least time between two JWKS refetches triggered by unknown `kid`s.
+const MIN_JWKS_REFRESH: Duration = Duration::from_secs(5);
+
+/// Builds a [`Verifier`].
+#[derive(Debug)]
+pub struct VerifierBuilder {
+    url: String,
+    issuer: Option<String>,
+    audience: String,
+    ca: Option<PathBuf>,
+    leeway: u64,
+    scopes: Vec<String>,
+    feed: Option<(FeedCredential, Duration)>,
+    timeout: Duration,
+}
+
+impl VerifierBuilder {
+    /// The expected `iss` (default: the broker URL).
+    pub fn issuer(mut self, iss: impl Into<String>) -> Self {
+        self.issuer = Some(iss.into());
+        self
+    }
+    /// The broker's CA bundle (PEM).
+    pub fn ca_file(mut self, p: impl Into<PathBuf>) -> Self {
+        self.ca = Some(p.into());
+        self
+    }
+    /// Clock-skew leeway for `exp`/`nbf`, seconds (default 5).
+    pub fn leeway(mut self, secs: u64) -> Self {
+        self.leeway = secs;
+        self
+    }
+    /// A scope every accepted token must carry (repeatable).
+    pub fn require_scope(mut self, s: impl Into<String>) -> Self {
+        self.scopes.push(s.into());
+        self
+    }
+    /// Poll the revocation feed every `every` with `credential`.
+    pub fn revocation_feed(mut self, credential: FeedCredential, every: Duration) -> Self {
+        self.feed = Some((credential, every));
+        self
+    }
+
+    /// Builds the verifier (and starts the feed poller when configured; needs Tokio then).
+    pub fn build(self) -> Result<Verifier, Error> {
+        let http = jose::http_client(self.ca.as_deref(), None, self.timeout)
+            .map_err(|e| Error::Config(format!("HTTP client: {e}")))?;
+        let feed_http = match &self.feed {
+            Some((Credential::ClientCert { cert, key }, _)) => Some(
+                jose::http_client(self.ca.as_deref(), Some((cert, key)), self.timeout)
+                    .map_err(|e| Error::Config(format!("feed client: {e}")))?,
+            ),
+            Some(_) => Some(http.clone()),
+            None => None,
+        };
+        let inner = Arc::new(VInner {
+            keys: RwLock::new(Arc::new(HashMap::new())),
+            last_fetch: Mutex::new(None),
+            fetch_lock: tokio::sync::Mutex::new(()),
+            revoked: RwLock::new(Revoked::default()),
+            http,
+            feed_http,
+            cfg: self,
+        });
+        if let Some((_, every)) = &inner.cfg.feed {
+            let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
+                Error::Config("the revocation feed poller needs a Tokio runtime".into())
+            })?;
+            runtime.spawn(poll_feed(Arc::downgrade(&inner), *every));
+        }
+        Ok(Verifier { inner })
+    }
+}
+
+#[derive(Debug, Default)]
+struct Revoked {
+    cursor: u64,
+    jtis: HashMap<String, u64>,
+    rules: Vec<FeedRule>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+struct FeedRule {
+    by: String,
+    #[serde(default)]
+    identity: Option<String>,
+    #[serde(default)]
+    task: Option<String>,
+    #[serde(default)]
+    grant: Option<String>,
+    #[serde(default)]
+    identities: Vec<String>,
+    issued_before: u64,
+    #[serde(skip)]
+    until: u64,
+}
+
+#[derive(Deserialize)]
+struct FeedEntry {
+    #[serde(default)]
+    jti: Option<String>,
+    #[serde(default)]
+    rule: Option<FeedRule>,
+    until: u64,
+}
+
+#[derive(Deserialize)]
+struct FeedPage {
+    cursor: u64,
+    entries: Vec<FeedEntry>,
+}
+
+impl FeedRule {
+    fn covers(&self, c: &AccessTokenClaims) -> bool {
+        if c.iat > self.issued_before {
+            return false;
+        }
+        match self.by.as_str() {
+            "identity" => self.identity.as_deref() == Some(c.sub.as_str()),
+            "task" => {
+                self.task.as_deref() == Some(c.task.as_str())
+                    && self.identity.as_ref().is_none_or(|i| *i == c.sub)
+            }
+            "grant" => self.grant.is_some() && self.grant == c.bg,
+            // Owner rules list the owner's identities when the broker knows them; with no
+            // list the verifier cannot tell, and fails closed.
+            "owner" => self.identities.is_empty() || self.identities.contains(&c.sub),
+            _ => true,
+        }
+    }
+}
+
+struct VInner {
+    cfg: VerifierBuilder,
+    keys: RwLock<Arc<HashMap<String, PublicKey>>>,
+    last_fetch: Mutex<Option<Instant>>,
+    fetch_lock: tokio::sync::Mutex<()>,
+    revoked: RwLock<Revoked>,
+    http: reqwest::Client,
+    feed_http: Option<reqwest::Client>,
+}
+
+/// Verifies broker tokens offline; cheap to clone.
+#[derive(Clone)]
+pub struct Verifier {
+    inner: Arc<VInner>,
+}
+
+impl std::fmt::Debug for Verifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Verifier")
+            .field("audience", &self.inner.cfg.audience)
+            .finish()
+    }
+}
+
+impl Verifier {
+    /// Starts building a verifier for tokens of the broker at `url` meant for `audience`.
+    pub fn builder(url: impl Into<String>, audience: impl Into<String>) -> VerifierBuilder {
+        VerifierBuilder {
+            url: url.into(),
+            issuer: None,
+            audience: audience.into(),
+            ca: None,
+            leeway: 5,
+            scopes: Vec::new(),
+            feed: None,
+            timeout: Duration::from_secs(10),
+        }
+    }
+
+    /// Verifies `token`; `client_cert_der` is the caller's TLS client certificate, required
+    /// when the token is certificate-bound.
+    pub async fn verify(
+        &self,
+        token: &str,
+        client_cert_der: Option<&[u8]>,
+    ) -> Result<AccessTokenClaims, VerifyError> {
+        let (kid, alg, msg, sig, claims) = jose::split(token)?;
+        let key = match self.key(&kid) {
+            Some(k) => k,
+            None => {
+                self.refetch_keys(false).await?;
+                self.key(&kid)
+                    .ok_or_else(|| VerifyError::UnknownKey(kid.clone()))?
+            }
+        };
+        jose::verify(&key, &alg, msg, &sig)?;
+        let c = &self.inner.cfg;
+        let issuer = c.issuer.as_deref().unwrap_or(c.url.as_str());
+        if claims.iss != issuer {
+            return Err(VerifyError::WrongIssuer(claims.iss));
+        }
+        if claims.aud != c.audience {
+            return Err(VerifyError::WrongAudience(claims.aud));
+        }
+        let now = unix_now();
+        if now >= claims.exp.saturating_add(c.leeway) {
+            return Err(VerifyError::Expired);
+        }
+        if claims.nbf > now.saturating_add(c.leeway) {
+            return Err(VerifyError::NotYetValid);
+        }
+        for s in &c.scopes {
+            if !claims.scope.split(' ').any(|x| x == s) {
+                return Err(VerifyError::MissingScope(s.clone()));
+            }
+        }
+        if let Some(cnf) = &claims.cnf {
+            match client_cert_der {
+                Some(der) if jose::thumbprint(der) == cnf.x5t_s256 => {}
+                _ => return Err(VerifyError::CertificateMismatch),
+            }
+        }
+        if self.is_revoked(&claims) {
+            return Err(VerifyError::Revoked);
+        }
+        Ok(claims)
+    }
+
+    fn key(&self, kid: &str) -> Option<PublicKey> {
+        self.inner
+            .keys
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(kid)
+            .cloned()
+    }
+
+    /// Fetches the JWKS now (rate-limited unless `force`).
+    pub async fn refetch_keys(&self, force: bool) -> Result<(), VerifyError> {
+        let _g = self.inner.fetch_lock.lock().await;
+        {
+            let last = self
+                .inner
+                .last_fetch
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if !force && last.is_some_and(|t| t.elapsed() < MIN_JWKS_REFRESH) {
+                return Ok(());
+            }
+        }
+        *self
+            .inner
+            .last_fetch
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+        let url = format!(
+            "{}/.well-known/jwks.json",
+            self.inner.cfg.url.trim_end_matches('/')
+        );
+        let resp = self
+            .inner
+            .http
+            .get(&url)
+            .send()
+            .await
+            .map_err(|e| VerifyError::KeysUnavailable(e.to_string()))?;
+        if !resp.status().is_success() {
+            return Err(VerifyError::KeysUnavailable(format!(
+                "{url}: HTTP {}",
+                resp.status()
+            )));
+        }
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|e| VerifyError::KeysUnavailable(e.to_string()))?;
+        let keys = jose::parse_jwks(&bytes).map_err(VerifyError::KeysUnavailable)?;
+        tracing::debug!(target: "broker_client", keys = keys.len(), "fetched broker JWKS");
+        *self.inner.keys.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(keys);
+        Ok(())
+    }
+
+    fn is_revoked(&self, c: &AccessTokenClaims) -> bool {
+        let r = self.inner.revoked.read().unwrap_or_else(|e| e.into_inner());
+        r.jtis.contains_key(&c.jti) || r.rules.iter().any(|rule| rule.covers(c))
+    }
+
+    /// Polls the revocation feed once now (the background poller does this periodically).
+    pub async fn sync_revocations(&self) -> Result<(), Error> {
+        sync_feed(&self.inner).await
+    }
+}
+
+async fn sync_feed(inner: &VInner) -> Result<(), Error> {
+    let (Some((cred, _)), Some(http)) = (&inner.cfg.feed, &inner.feed_http) else {
+        return Err(Error::Config("no revocation feed configured".into()));
+    };
+    let since = inner
+        .revoked
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .cursor;
+    let url = format!(
+        "{}/v1/revocations?since={since}",
+        inner.cfg.url.trim_end_matches('/')
+    );
+    let mut req = http.get(&url);
+    if let Some(jwt) = cred.jwt()? {
+        req = req.bearer_auth(jwt.as_str());
+    }
+    let resp = req.send().await.map_err(|e| Error::BrokerUnavailable {
+        reason: e.to_string(),
+    })?;
+    if !resp.status().is_success() {
+        return Err(Error::Denied {
+            status: resp.status().as_u16(),
+            error: "feed".into(),
+            description: resp.text().await.unwrap_or_default(),
+        });
+    }
+    let page: FeedPage = resp.json().await.map_err(|e| Error::BrokerUnavailable {
+        reason: e.to_string(),
+    })?;
+    let now = unix_now();
+    let mut r = inner.revoked.write().unwrap_or_else(|e| e.into_inner());
+    for e in page.entries {
+        if let Some(j) = e.jti {
+            r.jtis.insert(j, e.until);
+        }
+        if let Some(mut rule) = e.rule {
+            rule.until = e.until;
+            r.rules.push(rule);
+        }
+    }
+    r.cursor = r.cursor.max(page.cursor);
+    r.jtis.retain(|_, until| *until > now);
+    r.rules.retain(|x| x.until > now);
+    Ok(())
+}
+
+async fn poll_feed(weak: Weak<VInner>, every: Duration) {
+    loop {
+        let Some(inner) = weak.upgrade() else { return };
+        if let Err(e) = sync_feed(&inner).await {
+            tracing::warn!(target: "broker_client", error = %e, "revocation feed poll failed");
+        }
+        drop(inner);
+        tokio::time::sleep(every).await;
+    }
+}
