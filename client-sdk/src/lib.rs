@@ -66,6 +66,7 @@ pub use error::{Error, VerifyError};
 pub use http::AuthorizedClient;
 #[cfg(feature = "client")]
 pub use http::RequestError;
+#[cfg(feature = "client")]
 pub use source::{Credential, JwtProvider, Token, TokenSource, TokenSourceBuilder};
 #[cfg(feature = "client")]
 pub use verifier::{FeedCredential, Verifier, VerifierBuilder};
