@@ -68,6 +68,19 @@ pub(crate) fn post(
     path: &str,
     body: &serde_json::Value,
 ) -> anyhow::Result<ExitCode> {
+    call(auth, path, Some(body))
+}
+
+/// GETs `path` and prints the answer; non-2xx exits 1.
+pub(crate) fn get(auth: &AdminAuth, path: &str) -> anyhow::Result<ExitCode> {
+    call(auth, path, None)
+}
+
+fn call(
+    auth: &AdminAuth,
+    path: &str,
+    body: Option<&serde_json::Value>,
+) -> anyhow::Result<ExitCode> {
     let client = client(auth)?;
     let url = format!("{}{path}", auth.url.trim_end_matches('/'));
     let bearer = match &auth.bearer_file {
@@ -86,7 +99,10 @@ pub(crate) fn post(
         .enable_all()
         .build()?;
     rt.block_on(async move {
-        let mut req = client.post(&url).json(body);
+        let mut req = match body {
+            Some(b) => client.post(&url).json(b),
+            None => client.get(&url),
+        };
         if let Some(b) = bearer {
             req = req.bearer_auth(b);
         }

@@ -71,6 +71,21 @@ pub struct FileConfig {
     /// Admin identities and their roles.
     #[serde(default)]
     pub admin: Vec<AdminFile>,
+    /// Break-glass settings.
+    #[serde(default)]
+    pub break_glass: Option<BreakGlassFile>,
+}
+
+/// `[break_glass]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BreakGlassFile {
+    /// Every grant event is POSTed here as JSON (with retries).
+    #[serde(default)]
+    pub webhook_url: Option<String>,
+    /// How long a grant may wait for approval before it expires (default `1h`).
+    #[serde(default)]
+    pub pending_ttl: Option<String>,
 }
 
 /// `[state]`.
@@ -316,6 +331,10 @@ pub struct Config {
     pub state_dir: PathBuf,
     /// Admin identities.
     pub admins: Vec<Admin>,
+    /// Break-glass webhook.
+    pub break_glass_webhook: Option<String>,
+    /// How long an unapproved grant waits.
+    pub break_glass_pending_ttl: Duration,
 }
 
 impl Config {
@@ -655,7 +674,15 @@ impl FileConfig {
             });
         }
 
+        let bg = self.break_glass.clone();
+        let break_glass_pending_ttl = dur(
+            "break_glass.pending_ttl",
+            &bg.as_ref().and_then(|b| b.pending_ttl.clone()),
+            Duration::from_secs(3600),
+        )?;
         Ok(Config {
+            break_glass_webhook: bg.and_then(|b| b.webhook_url),
+            break_glass_pending_ttl,
             state_dir: resolve(
                 &self
                     .state

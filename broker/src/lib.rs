@@ -20,6 +20,7 @@
 pub mod api;
 pub mod audit;
 pub mod authn;
+pub mod breakglass;
 pub mod clock;
 pub mod config;
 pub mod dev;

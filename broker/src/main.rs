@@ -101,6 +101,11 @@ enum Command {
         #[command(subcommand)]
         command: IdentityCommand,
     },
+    /// Emergency break-glass access (through the broker's API).
+    BreakGlass {
+        #[command(subcommand)]
+        command: BreakGlassCommand,
+    },
     /// Helpers for `serve --dev`.
     Dev {
         #[command(subcommand)]
@@ -195,6 +200,51 @@ enum IdentityCommand {
     /// Allow new tokens again (revoked ones stay revoked).
     Enable {
         /// The identity id.
+        id: String,
+        #[command(flatten)]
+        auth: admin_cli::AdminAuth,
+    },
+}
+
+#[derive(Subcommand)]
+enum BreakGlassCommand {
+    /// Request a grant (justification and ticket required).
+    Request {
+        /// Target identity.
+        #[arg(long)]
+        identity: String,
+        /// Break-glass task.
+        #[arg(long)]
+        task: String,
+        /// Duration, e.g. 30m.
+        #[arg(long)]
+        duration: String,
+        /// Why.
+        #[arg(long)]
+        justification: String,
+        /// Incident ticket.
+        #[arg(long)]
+        ticket: String,
+        #[command(flatten)]
+        auth: admin_cli::AdminAuth,
+    },
+    /// Approve a grant (another person with the break_glass_approve role).
+    Approve {
+        /// Grant id.
+        id: String,
+        #[command(flatten)]
+        auth: admin_cli::AdminAuth,
+    },
+    /// Close a grant now; its tokens are revoked.
+    Close {
+        /// Grant id.
+        id: String,
+        #[command(flatten)]
+        auth: admin_cli::AdminAuth,
+    },
+    /// The full account of a grant.
+    Report {
+        /// Grant id.
         id: String,
         #[command(flatten)]
         auth: admin_cli::AdminAuth,
@@ -340,6 +390,36 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 &format!("/v1/admin/identities/{id}/enable"),
                 &serde_json::json!({}),
             ),
+        },
+        Command::BreakGlass { command } => match command {
+            BreakGlassCommand::Request {
+                identity,
+                task,
+                duration,
+                justification,
+                ticket,
+                auth,
+            } => admin_cli::post(
+                &auth,
+                "/v1/break-glass",
+                &serde_json::json!({
+                    "identity": identity, "task": task, "duration": duration,
+                    "justification": justification, "ticket": ticket,
+                }),
+            ),
+            BreakGlassCommand::Approve { id, auth } => admin_cli::post(
+                &auth,
+                &format!("/v1/break-glass/{id}/approve"),
+                &serde_json::json!({}),
+            ),
+            BreakGlassCommand::Close { id, auth } => admin_cli::post(
+                &auth,
+                &format!("/v1/break-glass/{id}/close"),
+                &serde_json::json!({}),
+            ),
+            BreakGlassCommand::Report { id, auth } => {
+                admin_cli::get(&auth, &format!("/v1/break-glass/{id}/report"))
+            }
         },
         Command::Dev {
             command: DevCommand::Token { dir, subject, ttl },

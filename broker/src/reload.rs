@@ -11,6 +11,7 @@ use std::time::{Duration, SystemTime};
 
 use crate::audit::AuditLog;
 use crate::audit::event::{AuditEvent, EventKind};
+use crate::breakglass::policy::BreakGlassPolicies;
 use crate::config::AudienceEntry;
 use crate::metrics::Metrics;
 use crate::policy::{self, LintError, PolicySet};
@@ -22,6 +23,7 @@ type Fingerprint = Vec<(PathBuf, Option<SystemTime>, u64)>;
 #[derive(Debug)]
 pub struct PolicyStore {
     current: RwLock<Arc<PolicySet>>,
+    break_glass: RwLock<Arc<BreakGlassPolicies>>,
     dir: PathBuf,
     audiences: Vec<AudienceEntry>,
     trust_domains: Vec<String>,
@@ -39,6 +41,18 @@ fn fingerprint(dir: &Path) -> Fingerprint {
                 .collect()
         })
         .unwrap_or_default();
+    out.extend(
+        std::fs::read_dir(dir.join("break-glass"))
+            .map(|rd| {
+                rd.flatten()
+                    .filter_map(|e| {
+                        let md = e.metadata().ok()?;
+                        Some((e.path(), md.modified().ok(), md.len()))
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .unwrap_or_default(),
+    );
     out.sort();
     out
 }
@@ -52,8 +66,10 @@ impl PolicyStore {
     ) -> Result<Self, Vec<LintError>> {
         let seen = fingerprint(dir);
         let set = policy::load_dir(dir, audiences, trust_domains)?;
+        let bg = crate::breakglass::policy::load(dir, audiences)?;
         Ok(Self {
             current: RwLock::new(Arc::new(set)),
+            break_glass: RwLock::new(Arc::new(bg)),
             dir: dir.to_path_buf(),
             audiences: audiences.to_vec(),
             trust_domains: trust_domains.to_vec(),
@@ -65,6 +81,7 @@ impl PolicyStore {
     pub fn from_set(set: PolicySet) -> Self {
         Self {
             current: RwLock::new(Arc::new(set)),
+            break_glass: RwLock::new(Arc::new(BreakGlassPolicies::default())),
             dir: PathBuf::new(),
             audiences: Vec::new(),
             trust_domains: Vec::new(),
@@ -75,6 +92,11 @@ impl PolicyStore {
     /// The live set.
     pub fn current(&self) -> Arc<PolicySet> {
         Arc::clone(&self.current.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// The live break-glass policies.
+    pub fn break_glass(&self) -> Arc<BreakGlassPolicies> {
+        Arc::clone(&self.break_glass.read().unwrap_or_else(|e| e.into_inner()))
     }
 
     /// True when files in the directory changed since the last load attempt.
@@ -92,8 +114,10 @@ impl PolicyStore {
     /// Rebuilds the set; swaps it in only if valid. Returns the new identity count.
     pub fn reload(&self) -> Result<usize, Vec<LintError>> {
         let set = policy::load_dir(&self.dir, &self.audiences, &self.trust_domains)?;
+        let bg = crate::breakglass::policy::load(&self.dir, &self.audiences)?;
         let n = set.len();
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(set);
+        *self.break_glass.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(bg);
         Ok(n)
     }
 }

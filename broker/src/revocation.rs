@@ -84,6 +84,7 @@ struct Inner {
     by_identity: HashMap<String, Buckets>,
     by_task: HashMap<(String, String), Buckets>,
     by_grant: HashMap<String, Buckets>,
+    max_iat: u64,
 }
 
 /// The revocation state of the broker.
@@ -132,6 +133,7 @@ impl Revocations {
     /// Counts a token just issued (after its audit record is durable).
     pub fn record_issued(&self, claims: &AccessTokenClaims) {
         let mut inner = self.lock();
+        inner.max_iat = inner.max_iat.max(claims.iat);
         inner
             .by_identity
             .entry(claims.sub.clone())
@@ -162,6 +164,12 @@ impl Revocations {
             .iter()
             .find(|r| claims.iat <= r.issued_before && covers(&r.selector, claims, owner_of))
             .map(|r| format!("revoked by rule {}", r.id))
+    }
+
+    /// The `issued_before` of a rule made at `now`: it must cover every token already
+    /// minted, including ones whose `iat` was moved past an earlier rule's second.
+    pub fn rule_cutoff(&self, now: u64) -> u64 {
+        now.max(self.lock().max_iat)
     }
 
     /// The reason an identity is disabled, if it is.
@@ -314,6 +322,7 @@ impl Inner {
             StateChange::Enable { identity, .. } => {
                 self.disabled.remove(identity);
             }
+            StateChange::Grant(_) => {}
         }
     }
 }

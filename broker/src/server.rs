@@ -108,7 +108,8 @@ pub async fn start_with_clock(
     )
     .map_err(StartError::Policies)?;
     let store = Arc::new(crate::store::file::FileStore::open(&config.state_dir)?);
-    let revocations = Revocations::open(store)?;
+    let revocations = Revocations::open(Arc::clone(&store) as Arc<dyn crate::store::StateStore>)?;
+    let grants = crate::breakglass::Grants::open(store)?;
     let authn = Authenticator::new(&config.trusted_issuers, Arc::clone(&clock))?;
     for (issuer, e) in authn.preload().await {
         tracing::warn!(%issuer, error = %e, "issuer keys not loaded yet; tokens from it are refused until they load");
@@ -142,7 +143,7 @@ pub async fn start_with_clock(
     ev.detail = Some(serde_json::json!({ "identities": identities, "trigger": "start" }));
     audit.append(ev).await?;
 
-    Ok(Broker {
+    let broker = Broker {
         state: AppState {
             authn: Arc::new(authn),
             policies: Arc::new(policies),
@@ -152,6 +153,9 @@ pub async fn start_with_clock(
             metrics: Arc::new(Metrics::default()),
             revocations: Arc::new(revocations),
             admins: Arc::new(config.admins.clone()),
+            grants: Arc::new(grants),
+            webhook: crate::breakglass::webhook::Webhook::new(config.break_glass_webhook.clone()),
+            pending_ttl_secs: config.break_glass_pending_ttl.as_secs(),
         },
         limits: Limits {
             max_body_bytes: config.max_body_bytes,
@@ -159,7 +163,14 @@ pub async fn start_with_clock(
         },
         tls,
         policy_reload_interval: config.policy_reload_interval,
-    })
+    };
+    // Grants whose end passed while the broker was down are closed, and their tokens
+    // revoked, before the first request is served.
+    let closed = crate::api::handlers::break_glass::close_due(&broker.state, true).await;
+    if closed > 0 {
+        tracing::warn!(closed, "closed overdue break-glass grants at start");
+    }
+    Ok(broker)
 }
 
 impl Broker {
@@ -213,6 +224,24 @@ impl Broker {
                     tokio::select! {
                         _ = rx.wait_for(|v| *v) => return,
                         _ = tick.tick() => revocations.sweep(clock.unix_secs()),
+                    }
+                }
+            })
+        };
+        let grant_closer = {
+            let mut rx = stop_rx.clone();
+            let state = self.state.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_millis(500));
+                loop {
+                    let stop = async {
+                        let _ = rx.wait_for(|v| *v).await;
+                    };
+                    tokio::select! {
+                        _ = stop => return,
+                        _ = tick.tick() => {
+                            crate::api::handlers::break_glass::close_due(&state, false).await;
+                        }
                     }
                 }
             })
@@ -307,6 +336,7 @@ impl Broker {
         let _ = stop_tx.send(true);
         let _ = watcher.await;
         let _ = sweeper.await;
+        let _ = grant_closer.await;
         if let Some(w) = tls_watcher {
             let _ = w.await;
         }

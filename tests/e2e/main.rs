@@ -29,4 +29,5 @@ mod lint;
 mod mtls;
 mod mtls_denials;
 mod revocation;
+mod sdk;
 mod tls_reload;

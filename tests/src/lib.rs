@@ -44,6 +44,7 @@ pub mod admin;
 pub mod curl;
 pub mod mtls;
 pub mod pki;
+pub mod sdk_support;
 
 /// `iss` of the test workload issuer (the one the broker is configured to trust).
 pub const ISSUER: &str = "https://issuer.test";

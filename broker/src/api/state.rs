@@ -4,6 +4,8 @@ use std::sync::Arc;
 
 use crate::audit::AuditLog;
 use crate::authn::Authenticator;
+use crate::breakglass::Grants;
+use crate::breakglass::webhook::Webhook;
 use crate::clock::Clock;
 use crate::config::Admin;
 use crate::metrics::Metrics;
@@ -31,4 +33,10 @@ pub struct AppState {
     pub revocations: Arc<Revocations>,
     /// Admin identities from the config.
     pub admins: Arc<Vec<Admin>>,
+    /// Break-glass grants.
+    pub grants: Arc<Grants>,
+    /// Break-glass webhook.
+    pub webhook: Webhook,
+    /// How long an unapproved grant waits.
+    pub pending_ttl_secs: u64,
 }

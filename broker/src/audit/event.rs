@@ -39,6 +39,18 @@ pub enum EventKind {
     IdentityDisabled,
     /// A disabled identity was enabled again.
     IdentityEnabled,
+    /// A break-glass grant was requested.
+    BreakGlassRequested,
+    /// A break-glass grant was approved by one approver.
+    BreakGlassApproved,
+    /// A break-glass grant became usable.
+    BreakGlassActivated,
+    /// A token was issued under a break-glass grant.
+    BreakGlassTokenIssued,
+    /// A break-glass grant was closed (and its tokens revoked).
+    BreakGlassClosed,
+    /// A break-glass grant ended by time, or was never approved in time (tokens revoked).
+    BreakGlassExpired,
 }
 
 /// Allow or deny.

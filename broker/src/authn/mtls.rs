@@ -97,14 +97,23 @@ impl PeerCert {
                     .and_then(|rest| rest.split('/').next())
                     .unwrap_or_default();
                 match &self.trust_domain {
-                    Some(expected) if expected != td => Err(CertRefusal {
+                    Some(expected) if expected == td => Ok(Some(one.as_str())),
+                    Some(expected) => Err(CertRefusal {
                         rule: "spiffe_id_outside_trust_domain",
                         reason: format!(
                             "certificate SPIFFE ID {one} is outside trust domain {expected} of CA {}",
                             self.ca_name.as_deref().unwrap_or("?")
                         ),
                     }),
-                    _ => Ok(Some(one.as_str())),
+                    // A CA that declares no trust domain is not a SPIFFE authority: it
+                    // must not vouch for SPIFFE IDs (of any trust domain).
+                    None => Err(CertRefusal {
+                        rule: "spiffe_id_outside_trust_domain",
+                        reason: format!(
+                            "certificate SPIFFE ID {one} comes from CA {}, which declares no trust_domain, so it cannot vouch for SPIFFE IDs",
+                            self.ca_name.as_deref().unwrap_or("?")
+                        ),
+                    }),
                 }
             }
             many => Err(CertRefusal {
@@ -190,5 +199,13 @@ mod tests {
             "multiple_spiffe_ids"
         );
         assert_eq!(peer(&[], None).spiffe_id(), Ok(None));
+        assert_eq!(
+            peer(&["spiffe://prod.example.org/a"], None)
+                .spiffe_id()
+                .unwrap_err()
+                .rule,
+            "spiffe_id_outside_trust_domain",
+            "a CA without a trust domain cannot vouch for SPIFFE IDs"
+        );
     }
 }

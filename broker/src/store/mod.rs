@@ -118,6 +118,85 @@ pub enum StateChange {
         /// Who.
         actor: String,
     },
+    /// A break-glass grant change.
+    Grant(GrantChange),
+}
+
+/// A break-glass change (grants live in the same journal as revocations).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "grant_change", rename_all = "snake_case")]
+pub enum GrantChange {
+    /// A grant was requested.
+    Requested {
+        /// Grant id.
+        id: String,
+        /// Target identity.
+        identity: String,
+        /// Break-glass task.
+        task: String,
+        /// The policy that allows it.
+        policy: String,
+        /// Requested duration, seconds.
+        duration: u64,
+        /// Why.
+        justification: String,
+        /// Incident ticket.
+        ticket: String,
+        /// Who asked (actor).
+        requester: String,
+        /// Approvals needed.
+        approvals_needed: u32,
+        /// When (unix seconds).
+        at: u64,
+        /// An unapproved grant expires at this time.
+        pending_until: u64,
+    },
+    /// An approval.
+    Approved {
+        /// Grant id.
+        id: String,
+        /// Approver (actor).
+        approver: String,
+        /// When.
+        at: u64,
+    },
+    /// The grant became usable.
+    Activated {
+        /// Grant id.
+        id: String,
+        /// When.
+        at: u64,
+        /// When it ends.
+        ends_at: u64,
+    },
+    /// A token was issued under the grant.
+    TokenIssued {
+        /// Grant id.
+        id: String,
+        /// Token id.
+        jti: String,
+        /// Audience.
+        audience: String,
+        /// Scopes.
+        scopes: Vec<String>,
+        /// Expiry.
+        exp: u64,
+        /// When.
+        at: u64,
+    },
+    /// The grant ended.
+    Closed {
+        /// Grant id.
+        id: String,
+        /// When.
+        at: u64,
+        /// Who (actor, or `broker` when it expired).
+        by: String,
+        /// Why.
+        reason: String,
+        /// Whether it ended by time rather than by a close call.
+        expired: bool,
+    },
 }
 
 /// An append-only journal of state changes.

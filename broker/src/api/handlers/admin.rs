@@ -211,7 +211,7 @@ pub async fn revocations(
                 StateChange::RevokeRule {
                     id,
                     selector: sel,
-                    issued_before: now,
+                    issued_before: st.revocations.rule_cutoff(now),
                     until: now + MAX_TOKEN_LIFETIME_SECS,
                     at: now,
                     actor: caller.actor(),
@@ -299,7 +299,7 @@ pub async fn disable(
         StateChange::RevokeRule {
             id: rule.clone(),
             selector,
-            issued_before: now,
+            issued_before: st.revocations.rule_cutoff(now),
             until: now + MAX_TOKEN_LIFETIME_SECS,
             at: now,
             actor: caller.actor(),
@@ -345,6 +345,19 @@ pub async fn enable(
     };
     if let Err(e) = parse_reason(&body) {
         return record::deny(&st, ev, "malformed_request", e).await;
+    }
+    if st.policies.current().identity(&id).is_none() && st.revocations.disabled(&id).is_none() {
+        return record::deny(
+            &st,
+            ev,
+            "unknown_identity",
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("no registered or disabled identity {id:?}"),
+            ),
+        )
+        .await;
     }
     let now = st.clock.unix_secs();
     let change = StateChange::Enable {

@@ -1,6 +1,7 @@
 //! One module per endpoint.
 
 pub mod admin;
+pub mod break_glass;
 pub mod discovery;
 pub mod feed;
 pub mod health;

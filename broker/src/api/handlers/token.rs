@@ -353,15 +353,33 @@ async fn issue(
         identity: &identity.id,
         task,
         audience,
-        scopes,
+        scopes: scopes.clone(),
         requested_ttl,
         source: peer.ip(),
         now: st.clock.now(),
         cert_bound: cert.is_some(),
     });
-    let grant = match evaluation.decision {
-        Decision::Allow(g) => g,
-        Decision::Deny(d) => return Err(policy_refusal(&d)),
+    // A task the identity's policy does not have may be a break-glass task under an
+    // active grant; every other denial stands.
+    let now_secs = st.clock.unix_secs();
+    let break_glass = match &evaluation.decision {
+        Decision::Deny(d) if d.rule == policy::Rule::UnknownTask => {
+            st.grants.active(&identity.id, task, now_secs)
+        }
+        _ => None,
+    };
+    let grant = match (evaluation.decision, &break_glass) {
+        (_, Some(bg)) => break_glass_grant(
+            st,
+            identity,
+            bg,
+            audience,
+            scopes.as_deref(),
+            requested_ttl,
+            now_secs,
+        )?,
+        (Decision::Allow(g), None) => g,
+        (Decision::Deny(d), None) => return Err(policy_refusal(&d)),
     };
 
     let minted = st
@@ -374,7 +392,7 @@ async fn issue(
             scopes: &grant.scopes,
             ttl_secs: grant.ttl.as_secs().max(1),
             cert_thumbprint: cert.map(|c| c.x5t_s256.clone()),
-            break_glass: None,
+            break_glass: break_glass.as_ref().map(|g| g.id.clone()),
             min_iat: st
                 .revocations
                 .latest_rule_second(&grant.identity, &grant.task, &identity.owner)
@@ -385,8 +403,16 @@ async fn issue(
             Refusal::new("mint_failed", ApiError::internal())
         })?;
 
-    ev.event = EventKind::Issued;
+    ev.event = if break_glass.is_some() {
+        EventKind::BreakGlassTokenIssued
+    } else {
+        EventKind::Issued
+    };
     ev.decision = Some(AuditDecision::Allow);
+    if let Some(bg) = &break_glass {
+        ev.ticket = Some(bg.ticket.clone());
+        ev.detail = Some(serde_json::json!({ "grant": bg.id, "ends_at": bg.ends_at }));
+    }
     ev.audience = Some(grant.audience.clone());
     ev.scopes = Some(grant.scopes.clone());
     ev.task = Some(grant.task.clone());
@@ -401,13 +427,30 @@ async fn issue(
     }
     st.metrics.issued();
     st.revocations.record_issued(&minted.claims);
+    if let Some(bg) = &break_glass {
+        let change = crate::store::GrantChange::TokenIssued {
+            id: bg.id.clone(),
+            jti: minted.claims.jti.clone(),
+            audience: minted.claims.aud.clone(),
+            scopes: grant.scopes.clone(),
+            exp: minted.claims.exp,
+            at: minted.claims.iat,
+        };
+        if let Err(e) = st.grants.commit(change) {
+            tracing::error!(error = %e, grant = %bg.id, "could not add the token to the grant report");
+        }
+        st.webhook.send(serde_json::json!({
+            "event": "break_glass_token_issued", "grant": bg.id, "jti": minted.claims.jti,
+            "audience": minted.claims.aud, "scopes": grant.scopes, "exp": minted.claims.exp,
+        }));
+    }
     tracing::debug!(jti = %minted.claims.jti, kid = %minted.kid, identity = %grant.identity, "issued");
 
     let body = TokenResponse {
         access_token: minted.expose_token().to_owned(),
         issued_token_type: TOKEN_TYPE_ACCESS_TOKEN.to_owned(),
         token_type: "Bearer".to_owned(),
-        expires_in: minted.claims.exp.saturating_sub(minted.claims.iat),
+        expires_in: minted.claims.exp.saturating_sub(minted.claims.nbf),
         scope: minted.claims.scope.clone(),
     };
     let mut res = axum::Json(body).into_response();
@@ -416,6 +459,99 @@ async fn issue(
     res.headers_mut()
         .insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
     Ok(res)
+}
+
+/// The grant for a break-glass task under an active grant: the break-glass policy's task,
+/// narrowed as asked (never widened), and never outliving the grant.
+fn break_glass_grant(
+    st: &AppState,
+    identity: &crate::policy::Identity,
+    bg: &crate::breakglass::Grant,
+    audience: Option<&str>,
+    scopes: Option<&[&str]>,
+    requested_ttl: Option<Duration>,
+    now: u64,
+) -> Result<policy::Grant, Refusal> {
+    let policies = st.policies.break_glass();
+    let Some((_, task)) = policies.find(&identity.id, &bg.task) else {
+        return Err(Refusal::new(
+            "no_break_glass_policy",
+            ApiError::new(
+                StatusCode::FORBIDDEN,
+                "access_denied",
+                format!(
+                    "grant {} names task {} that no break-glass policy allows any more",
+                    bg.id, bg.task
+                ),
+            ),
+        ));
+    };
+    if let Some(a) = audience
+        && a != task.audience
+    {
+        return Err(Refusal::new(
+            "audience_not_allowed",
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_target",
+                format!(
+                    "break-glass task {} is for audience {}, not {}",
+                    task.name,
+                    task.audience,
+                    clip(a)
+                ),
+            ),
+        ));
+    }
+    let granted: Vec<String> = match scopes {
+        None => task.scopes.clone(),
+        Some(asked) => {
+            if let Some(extra) = asked.iter().find(|s| !task.scopes.iter().any(|t| t == *s)) {
+                return Err(Refusal::new(
+                    "scope_not_allowed",
+                    ApiError::new(
+                        StatusCode::BAD_REQUEST,
+                        "invalid_scope",
+                        format!(
+                            "scope {} is not granted by break-glass task {}",
+                            clip(extra),
+                            task.name
+                        ),
+                    ),
+                ));
+            }
+            task.scopes
+                .iter()
+                .filter(|t| asked.contains(&t.as_str()))
+                .cloned()
+                .collect()
+        }
+    };
+    let left = bg.ends_at.unwrap_or(now).saturating_sub(now);
+    let max = task.max_ttl.as_secs().min(left);
+    let ttl = match requested_ttl {
+        Some(t) if t.as_secs() > task.max_ttl.as_secs() => {
+            return Err(Refusal::invalid_request(
+                "ttl_too_long",
+                format!(
+                    "requested_ttl {}s is over break-glass task {}'s max_ttl of {}s",
+                    t.as_secs(),
+                    task.name,
+                    task.max_ttl.as_secs()
+                ),
+            ));
+        }
+        Some(t) => t.as_secs().min(max),
+        None => max,
+    };
+    Ok(policy::Grant {
+        identity: identity.id.clone(),
+        environment: identity.environment.clone(),
+        task: task.name.clone(),
+        audience: task.audience.clone(),
+        scopes: granted,
+        ttl: Duration::from_secs(ttl.max(1)),
+    })
 }
 
 /// The RFC 8693 parameters; returns the subject token.

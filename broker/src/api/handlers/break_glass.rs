@@ -1,0 +1,458 @@
+//! Break-glass endpoints: `POST /v1/break-glass` (request), `POST
+//! /v1/break-glass/{id}/approve`, `POST /v1/break-glass/{id}/close` and `GET
+//! /v1/break-glass/{id}/report`. Every step is audited and sent to the webhook.
+
+use std::net::SocketAddr;
+
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::api::caller::{self, Caller};
+use crate::api::{ApiError, AppState, record};
+use crate::audit::event::{AuditEvent, EventKind};
+use crate::authn::mtls::ClientCert;
+use crate::breakglass::{Grant, GrantStatus, new_grant_id};
+use crate::config::{Role, parse_duration};
+use crate::revocation::MAX_TOKEN_LIFETIME_SECS;
+use crate::store::{GrantChange, Selector, StateChange};
+
+/// Body of a break-glass request: every field is required.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BreakGlassRequest {
+    identity: Option<String>,
+    task: Option<String>,
+    duration: Option<String>,
+    justification: Option<String>,
+    ticket: Option<String>,
+}
+
+fn grant_event(kind: EventKind, g: &Grant, ev: &AuditEvent) -> AuditEvent {
+    let mut e = ev.clone();
+    e.event = kind;
+    e.identity = Some(g.identity.clone());
+    e.task = Some(g.task.clone());
+    e.ticket = Some(g.ticket.clone());
+    e.reason = Some(g.justification.clone());
+    e.detail = Some(json!({
+        "grant": g.id, "policy": g.policy, "requester": g.requester, "status": g.status,
+        "approvals": g.approvals, "approvals_needed": g.approvals_needed,
+        "ends_at": g.ends_at, "duration": g.duration,
+    }));
+    e
+}
+
+fn notify(st: &AppState, kind: &str, g: &Grant) {
+    st.webhook
+        .send(json!({ "event": kind, "grant": g, "at": st.clock.unix_secs() }));
+}
+
+fn store_unavailable() -> Response {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "temporarily_unavailable",
+        "the grant change could not be stored; nothing changed; retry",
+    )
+    .into_response()
+}
+
+async fn authenticate(
+    st: &AppState,
+    ev: &mut AuditEvent,
+    headers: &HeaderMap,
+    cert: Option<&ClientCert>,
+) -> Result<Caller, Response> {
+    match caller::authenticate(st, headers, cert).await {
+        Ok((c, evidence)) => {
+            ev.evidence = Some(evidence);
+            ev.actor = Some(c.actor());
+            Ok(c)
+        }
+        Err(r) => {
+            ev.evidence = r.evidence;
+            Err(record::deny(st, ev.clone(), r.rule, r.error).await)
+        }
+    }
+}
+
+fn bad(rule: &'static str, status: StatusCode, msg: String) -> (&'static str, ApiError) {
+    let code = if status == StatusCode::FORBIDDEN {
+        "access_denied"
+    } else {
+        "invalid_request"
+    };
+    (rule, ApiError::new(status, code, msg))
+}
+
+/// Activates `g` if it has its approvals; audits and notifies.
+async fn activate_if_ready(st: &AppState, g: Grant, ev: &AuditEvent) -> Result<Grant, Response> {
+    if g.status != GrantStatus::Pending || (g.approvals.len() as u32) < g.approvals_needed {
+        return Ok(g);
+    }
+    let now = st.clock.unix_secs();
+    let Ok(Some(g)) = st.grants.commit(GrantChange::Activated {
+        id: g.id.clone(),
+        at: now,
+        ends_at: now + g.duration,
+    }) else {
+        return Err(store_unavailable());
+    };
+    record::allow(st, grant_event(EventKind::BreakGlassActivated, &g, ev))
+        .await
+        .map_err(IntoResponse::into_response)?;
+    notify(st, "break_glass_activated", &g);
+    Ok(g)
+}
+
+/// Requests a grant.
+pub async fn request(
+    State(st): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    client_cert: Option<Extension<ClientCert>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let mut ev = record::event(EventKind::BreakGlassRequested, peer);
+    let caller =
+        match authenticate(&st, &mut ev, &headers, client_cert.as_ref().map(|e| &e.0)).await {
+            Ok(c) => c,
+            Err(r) => return r,
+        };
+    let req: BreakGlassRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            return record::deny(
+                &st,
+                ev,
+                "malformed_request",
+                ApiError::invalid_request(format!("invalid JSON body: {e}")),
+            )
+            .await;
+        }
+    };
+    let checked = (|| {
+        let need = |v: &Option<String>, name: &'static str, rule: &'static str| {
+            v.clone().filter(|s| !s.trim().is_empty()).ok_or_else(|| {
+                bad(
+                    rule,
+                    StatusCode::BAD_REQUEST,
+                    format!("{name} is required for break-glass access"),
+                )
+            })
+        };
+        let identity = need(&req.identity, "identity", "malformed_request")?;
+        let task = need(&req.task, "task", "malformed_request")?;
+        let duration_text = need(&req.duration, "duration", "malformed_request")?;
+        let justification = need(
+            &req.justification,
+            "justification",
+            "justification_required",
+        )?;
+        let ticket = need(&req.ticket, "ticket", "ticket_required")?;
+        let duration = parse_duration(&duration_text).map_err(|e| {
+            bad(
+                "malformed_request",
+                StatusCode::BAD_REQUEST,
+                format!("duration: {e}"),
+            )
+        })?;
+        Ok((identity, task, duration, justification, ticket))
+    })();
+    let (identity, task, duration, justification, ticket) = match checked {
+        Ok(x) => x,
+        Err((rule, e)) => return record::deny(&st, ev, rule, e).await,
+    };
+    ev.identity = Some(identity.clone());
+    ev.task = Some(task.clone());
+    ev.ticket = Some(ticket.clone());
+    let policies = st.policies.break_glass();
+    let Some((policy, _)) = policies.find(&identity, &task) else {
+        let (rule, e) = bad(
+            "no_break_glass_policy",
+            StatusCode::FORBIDDEN,
+            format!("no break-glass policy lets identity {identity} receive task {task}"),
+        );
+        return record::deny(&st, ev, rule, e).await;
+    };
+    let allowed = matches!(&caller, Caller::Admin(_))
+        || matches!(&caller, Caller::Workload { identity: me, .. } if policy.requesters.contains(me));
+    if !allowed {
+        let (rule, e) = bad(
+            "requester_not_allowed",
+            StatusCode::FORBIDDEN,
+            format!(
+                "{} may not request break-glass access: admins and the policy's on-call requesters may",
+                caller.actor()
+            ),
+        );
+        return record::deny(&st, ev, rule, e).await;
+    }
+    if duration > policy.max_duration || duration.is_zero() {
+        let (rule, e) = bad(
+            "duration_exceeds_max",
+            StatusCode::BAD_REQUEST,
+            format!(
+                "duration {}s is over policy {}'s maximum of {}s",
+                duration.as_secs(),
+                policy.name,
+                policy.max_duration.as_secs()
+            ),
+        );
+        return record::deny(&st, ev, rule, e).await;
+    }
+    let now = st.clock.unix_secs();
+    let change = GrantChange::Requested {
+        id: new_grant_id(),
+        identity,
+        task,
+        policy: policy.name.clone(),
+        duration: duration.as_secs(),
+        justification,
+        ticket,
+        requester: caller.actor(),
+        approvals_needed: policy.approvals,
+        at: now,
+        pending_until: now + st.pending_ttl_secs,
+    };
+    let Ok(Some(g)) = st.grants.commit(change) else {
+        return store_unavailable();
+    };
+    if let Err(e) = record::allow(&st, grant_event(EventKind::BreakGlassRequested, &g, &ev)).await {
+        return e.into_response();
+    }
+    notify(&st, "break_glass_requested", &g);
+    let g = match activate_if_ready(&st, g, &ev).await {
+        Ok(g) => g,
+        Err(r) => return r,
+    };
+    (StatusCode::CREATED, Json(g)).into_response()
+}
+
+/// Approves a grant (a different person with the `break_glass_approve` role).
+pub async fn approve(
+    State(st): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(id): Path<String>,
+    client_cert: Option<Extension<ClientCert>>,
+    headers: HeaderMap,
+) -> Response {
+    let mut ev = record::event(EventKind::BreakGlassApproved, peer);
+    let caller =
+        match authenticate(&st, &mut ev, &headers, client_cert.as_ref().map(|e| &e.0)).await {
+            Ok(c) => c,
+            Err(r) => return r,
+        };
+    ev.detail = Some(json!({ "grant": id }));
+    if !caller.has_role(Role::BreakGlassApprove) {
+        let (rule, e) = bad(
+            "role_required",
+            StatusCode::FORBIDDEN,
+            format!("{} lacks the break_glass_approve role", caller.actor()),
+        );
+        return record::deny(&st, ev, rule, e).await;
+    }
+    let now = st.clock.unix_secs();
+    if let Err(r) = st.grants.check_approval(&id, &caller.actor(), now) {
+        let status = StatusCode::from_u16(r.status).unwrap_or(StatusCode::FORBIDDEN);
+        let code = if r.status == 403 {
+            "access_denied"
+        } else {
+            "invalid_request"
+        };
+        return record::deny(&st, ev, r.rule, ApiError::new(status, code, r.reason)).await;
+    }
+    let Ok(Some(g)) = st.grants.commit(GrantChange::Approved {
+        id,
+        approver: caller.actor(),
+        at: now,
+    }) else {
+        return store_unavailable();
+    };
+    let mut approved = grant_event(EventKind::BreakGlassApproved, &g, &ev);
+    approved.approved_by = Some(caller.actor());
+    if let Err(e) = record::allow(&st, approved).await {
+        return e.into_response();
+    }
+    notify(&st, "break_glass_approved", &g);
+    match activate_if_ready(&st, g, &ev).await {
+        Ok(g) => Json(g).into_response(),
+        Err(r) => r,
+    }
+}
+
+/// Ends a grant now: closes it and revokes every token issued under it. Used by the
+/// close endpoint and by the expiry sweep (`by = "broker"`).
+pub async fn close_grant(
+    st: &AppState,
+    g: &Grant,
+    by: &str,
+    reason: &str,
+    expired: bool,
+    ev: &AuditEvent,
+) -> Result<Grant, Response> {
+    let now = st.clock.unix_secs();
+    // Revoke first: a failing webhook or audit must never leave tokens alive.
+    let rule = StateChange::RevokeRule {
+        id: format!("rev-{}", g.id),
+        selector: Selector::Grant {
+            grant: g.id.clone(),
+        },
+        issued_before: st
+            .revocations
+            .rule_cutoff(now.max(g.ends_at.unwrap_or(now))),
+        until: now + MAX_TOKEN_LIFETIME_SECS,
+        at: now,
+        actor: by.to_owned(),
+        reason: format!("break-glass grant {} ended: {reason}", g.id),
+    };
+    if st.revocations.commit(&rule).is_err() {
+        return Err(store_unavailable());
+    }
+    let Ok(Some(closed)) = st.grants.commit(GrantChange::Closed {
+        id: g.id.clone(),
+        at: now,
+        by: by.to_owned(),
+        reason: reason.to_owned(),
+        expired,
+    }) else {
+        return Err(store_unavailable());
+    };
+    let kind = if expired {
+        EventKind::BreakGlassExpired
+    } else {
+        EventKind::BreakGlassClosed
+    };
+    let mut e = grant_event(kind, &closed, ev);
+    e.detail = e.detail.map(|mut d| {
+        d["tokens_revoked"] = json!(closed.tokens.len());
+        d["close_reason"] = json!(reason);
+        d
+    });
+    if let Err(err) = record::allow(st, e).await {
+        tracing::error!(grant = %g.id, error = ?err.description, "could not audit a grant close; tokens are revoked");
+    }
+    notify(
+        st,
+        if expired {
+            "break_glass_expired"
+        } else {
+            "break_glass_closed"
+        },
+        &closed,
+    );
+    Ok(closed)
+}
+
+/// Closes grants that are due (ended, or unapproved in time). Runs at start, before
+/// serving, and every second while serving.
+pub async fn close_due(st: &AppState, at_start: bool) -> usize {
+    let now = st.clock.unix_secs();
+    let due = st.grants.due(now);
+    let mut ev = AuditEvent::new(EventKind::BreakGlassExpired);
+    ev.actor = Some("broker".into());
+    for g in &due {
+        let reason = match g.status {
+            GrantStatus::Pending => "not approved in time",
+            _ if at_start => "its end passed while the broker was down",
+            _ => "its duration passed",
+        };
+        if let Err(r) = close_grant(st, g, "broker", reason, true, &ev).await {
+            tracing::error!(grant = %g.id, status = %r.status(), "could not close an overdue grant; will retry");
+        }
+    }
+    due.len()
+}
+
+/// Closes a grant early.
+pub async fn close(
+    State(st): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(id): Path<String>,
+    client_cert: Option<Extension<ClientCert>>,
+    headers: HeaderMap,
+) -> Response {
+    let mut ev = record::event(EventKind::BreakGlassClosed, peer);
+    let caller =
+        match authenticate(&st, &mut ev, &headers, client_cert.as_ref().map(|e| &e.0)).await {
+            Ok(c) => c,
+            Err(r) => return r,
+        };
+    let Some(g) = st.grants.get(&id) else {
+        return record::deny(
+            &st,
+            ev,
+            "unknown_grant",
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("no break-glass grant {id}"),
+            ),
+        )
+        .await;
+    };
+    let may = caller.has_role(Role::Revoke)
+        || caller.has_role(Role::BreakGlassApprove)
+        || caller.actor() == g.requester;
+    if !may {
+        let (rule, e) = bad(
+            "role_required",
+            StatusCode::FORBIDDEN,
+            format!("{} may not close grant {id}", caller.actor()),
+        );
+        return record::deny(&st, ev, rule, e).await;
+    }
+    if g.status == GrantStatus::Closed {
+        return Json(g).into_response();
+    }
+    match close_grant(&st, &g, &caller.actor(), "closed by request", false, &ev).await {
+        Ok(g) => Json(g).into_response(),
+        Err(r) => r,
+    }
+}
+
+/// The full account of a grant.
+pub async fn report(
+    State(st): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(id): Path<String>,
+    client_cert: Option<Extension<ClientCert>>,
+    headers: HeaderMap,
+) -> Response {
+    let mut ev = record::event(EventKind::Denied, peer);
+    let caller =
+        match authenticate(&st, &mut ev, &headers, client_cert.as_ref().map(|e| &e.0)).await {
+            Ok(c) => c,
+            Err(r) => return r,
+        };
+    let Some(g) = st.grants.get(&id) else {
+        return ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no break-glass grant {id}"),
+        )
+        .into_response();
+    };
+    if !matches!(caller, Caller::Admin(_)) && caller.actor() != g.requester {
+        let (rule, e) = bad(
+            "role_required",
+            StatusCode::FORBIDDEN,
+            format!("{} may not read grant {id}", caller.actor()),
+        );
+        return record::deny(&st, ev, rule, e).await;
+    }
+    Json(json!({
+        "grant": g.id, "identity": g.identity, "task": g.task, "policy": g.policy,
+        "requested_by": g.requester, "requested_at": g.requested_at,
+        "justification": g.justification, "ticket": g.ticket,
+        "approvals": g.approvals, "approvals_needed": g.approvals_needed,
+        "status": g.status, "opened_at": g.activated_at, "ends_at": g.ends_at,
+        "closed_at": g.closed_at, "closed_by": g.closed_by, "close_reason": g.close_reason,
+        "tokens": g.tokens,
+    }))
+    .into_response()
+}

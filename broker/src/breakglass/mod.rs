@@ -1,0 +1,410 @@
+//! Emergency break-glass access that revokes itself.
+//!
+//! A grant is requested (justification and incident ticket required), approved by as
+//! many other people as its policy demands (a requester never approves their own), and is
+//! then active for its duration: the target identity may request the break-glass task
+//! through the normal token endpoint, and those tokens carry `bg` and never outlive the
+//! grant. When the grant ends (its time passes, or someone closes it) every token issued
+//! under it is revoked at once by a grant revocation rule; at start the broker closes
+//! overdue grants before serving. Every step is audited and sent to the webhook.
+//!
+//! The name says it: nothing here is a normal path. State lives in the same journal as
+//! revocations ([`crate::store`]), so grants survive restarts.
+
+pub mod policy;
+pub mod webhook;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use ring::rand::{SecureRandom, SystemRandom};
+use serde::Serialize;
+
+use crate::store::{GrantChange, StateChange, StateStore, StoreError};
+
+/// Where a grant is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GrantStatus {
+    /// Waiting for approvals.
+    Pending,
+    /// Usable.
+    Active,
+    /// Ended (closed, expired, or never approved in time).
+    Closed,
+}
+
+/// A token issued under a grant.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct GrantToken {
+    /// Token id.
+    pub jti: String,
+    /// Audience.
+    pub audience: String,
+    /// Scopes.
+    pub scopes: Vec<String>,
+    /// Expiry.
+    pub exp: u64,
+    /// Issued at.
+    pub issued_at: u64,
+}
+
+/// One approval.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Approval {
+    /// Who.
+    pub approver: String,
+    /// When.
+    pub at: u64,
+}
+
+/// A break-glass grant and its full account.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Grant {
+    /// Grant id (`bg` claim of its tokens).
+    pub id: String,
+    /// Target identity.
+    pub identity: String,
+    /// Break-glass task.
+    pub task: String,
+    /// Policy name.
+    pub policy: String,
+    /// Duration once active, seconds.
+    pub duration: u64,
+    /// Why.
+    pub justification: String,
+    /// Incident ticket.
+    pub ticket: String,
+    /// Who asked.
+    pub requester: String,
+    /// When asked.
+    pub requested_at: u64,
+    /// Approvals needed.
+    pub approvals_needed: u32,
+    /// Approvals given.
+    pub approvals: Vec<Approval>,
+    /// Status.
+    pub status: GrantStatus,
+    /// Unapproved grants expire at this time.
+    pub pending_until: u64,
+    /// When it became active.
+    pub activated_at: Option<u64>,
+    /// When it ends (or ended).
+    pub ends_at: Option<u64>,
+    /// When it was closed.
+    pub closed_at: Option<u64>,
+    /// Who closed it (`broker` when by time).
+    pub closed_by: Option<String>,
+    /// Why it was closed.
+    pub close_reason: Option<String>,
+    /// Tokens issued under it.
+    pub tokens: Vec<GrantToken>,
+}
+
+/// Why a grant operation was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GrantRefusal {
+    /// Stable rule.
+    pub rule: &'static str,
+    /// HTTP status.
+    pub status: u16,
+    /// Reason.
+    pub reason: String,
+}
+
+fn refusal(rule: &'static str, status: u16, reason: String) -> GrantRefusal {
+    GrantRefusal {
+        rule,
+        status,
+        reason,
+    }
+}
+
+/// Every grant, replayed from the journal.
+pub struct Grants {
+    map: Mutex<HashMap<String, Grant>>,
+    store: Arc<dyn StateStore>,
+}
+
+impl std::fmt::Debug for Grants {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Grants").finish_non_exhaustive()
+    }
+}
+
+/// A new grant id.
+pub fn new_grant_id() -> String {
+    let mut b = [0u8; 8];
+    let _ = SystemRandom::new().fill(&mut b);
+    let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!("bg-{hex}")
+}
+
+impl Grants {
+    /// Replays the journal.
+    pub fn open(store: Arc<dyn StateStore>) -> Result<Self, StoreError> {
+        let me = Self {
+            map: Mutex::new(HashMap::new()),
+            store,
+        };
+        let changes = me.store.load()?;
+        {
+            let mut map = me.lock();
+            for c in changes {
+                if let StateChange::Grant(g) = c {
+                    apply(&mut map, &g);
+                }
+            }
+        }
+        Ok(me)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Grant>> {
+        self.map.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Makes `change` durable, then applies it; returns the grant after it.
+    pub fn commit(&self, change: GrantChange) -> Result<Option<Grant>, StoreError> {
+        let id = grant_id(&change).to_owned();
+        let wrapped = StateChange::Grant(change);
+        self.store.append(&wrapped)?;
+        let mut map = self.lock();
+        if let StateChange::Grant(c) = &wrapped {
+            apply(&mut map, c);
+        }
+        Ok(map.get(&id).cloned())
+    }
+
+    /// A grant by id.
+    pub fn get(&self, id: &str) -> Option<Grant> {
+        self.lock().get(id).cloned()
+    }
+
+    /// The active grant letting `identity` request `task` at `now`.
+    pub fn active(&self, identity: &str, task: &str, now: u64) -> Option<Grant> {
+        self.lock()
+            .values()
+            .find(|g| {
+                g.status == GrantStatus::Active
+                    && g.identity == identity
+                    && g.task == task
+                    && g.ends_at.is_some_and(|e| now < e)
+            })
+            .cloned()
+    }
+
+    /// Grants that must be closed at `now`: active past their end, pending past their
+    /// approval window.
+    pub fn due(&self, now: u64) -> Vec<Grant> {
+        self.lock()
+            .values()
+            .filter(|g| match g.status {
+                GrantStatus::Active => g.ends_at.is_some_and(|e| now >= e),
+                GrantStatus::Pending => now >= g.pending_until,
+                GrantStatus::Closed => false,
+            })
+            .cloned()
+            .collect()
+    }
+
+    /// Checks that `approver` may approve grant `id` now.
+    pub fn check_approval(
+        &self,
+        id: &str,
+        approver: &str,
+        now: u64,
+    ) -> Result<Grant, GrantRefusal> {
+        let g = self
+            .get(id)
+            .ok_or_else(|| refusal("unknown_grant", 404, format!("no break-glass grant {id}")))?;
+        if g.status != GrantStatus::Pending || now >= g.pending_until {
+            return Err(refusal(
+                "grant_not_pending",
+                409,
+                format!("grant {id} is not waiting for approval"),
+            ));
+        }
+        if g.requester == approver {
+            return Err(refusal(
+                "self_approval",
+                403,
+                format!(
+                    "{approver} requested grant {id} and cannot approve it: a second person must"
+                ),
+            ));
+        }
+        if g.approvals.iter().any(|a| a.approver == approver) {
+            return Err(refusal(
+                "duplicate_approval",
+                409,
+                format!("{approver} already approved grant {id}"),
+            ));
+        }
+        Ok(g)
+    }
+}
+
+fn grant_id(c: &GrantChange) -> &str {
+    match c {
+        GrantChange::Requested { id, .. }
+        | GrantChange::Approved { id, .. }
+        | GrantChange::Activated { id, .. }
+        | GrantChange::TokenIssued { id, .. }
+        | GrantChange::Closed { id, .. } => id,
+    }
+}
+
+fn apply(map: &mut HashMap<String, Grant>, c: &GrantChange) {
+    match c {
+        GrantChange::Requested {
+            id,
+            identity,
+            task,
+            policy,
+            duration,
+            justification,
+            ticket,
+            requester,
+            approvals_needed,
+            at,
+            pending_until,
+        } => {
+            map.insert(
+                id.clone(),
+                Grant {
+                    id: id.clone(),
+                    identity: identity.clone(),
+                    task: task.clone(),
+                    policy: policy.clone(),
+                    duration: *duration,
+                    justification: justification.clone(),
+                    ticket: ticket.clone(),
+                    requester: requester.clone(),
+                    requested_at: *at,
+                    approvals_needed: *approvals_needed,
+                    approvals: Vec::new(),
+                    status: GrantStatus::Pending,
+                    pending_until: *pending_until,
+                    activated_at: None,
+                    ends_at: None,
+                    closed_at: None,
+                    closed_by: None,
+                    close_reason: None,
+                    tokens: Vec::new(),
+                },
+            );
+        }
+        GrantChange::Approved { id, approver, at } => {
+            if let Some(g) = map.get_mut(id) {
+                g.approvals.push(Approval {
+                    approver: approver.clone(),
+                    at: *at,
+                });
+            }
+        }
+        GrantChange::Activated { id, at, ends_at } => {
+            if let Some(g) = map.get_mut(id) {
+                g.status = GrantStatus::Active;
+                g.activated_at = Some(*at);
+                g.ends_at = Some(*ends_at);
+            }
+        }
+        GrantChange::TokenIssued {
+            id,
+            jti,
+            audience,
+            scopes,
+            exp,
+            at,
+        } => {
+            if let Some(g) = map.get_mut(id) {
+                g.tokens.push(GrantToken {
+                    jti: jti.clone(),
+                    audience: audience.clone(),
+                    scopes: scopes.clone(),
+                    exp: *exp,
+                    issued_at: *at,
+                });
+            }
+        }
+        GrantChange::Closed {
+            id, at, by, reason, ..
+        } => {
+            if let Some(g) = map.get_mut(id) {
+                g.status = GrantStatus::Closed;
+                g.closed_at = Some(*at);
+                g.closed_by = Some(by.clone());
+                g.close_reason = Some(reason.clone());
+                if g.ends_at.is_none_or(|e| e > *at) {
+                    g.ends_at = Some(*at);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::memory::MemoryStore;
+
+    fn request(id: &str, needed: u32) -> GrantChange {
+        GrantChange::Requested {
+            id: id.into(),
+            identity: "payments-api".into(),
+            task: "ledger-admin".into(),
+            policy: "p".into(),
+            duration: 600,
+            justification: "incident".into(),
+            ticket: "INC-1".into(),
+            requester: "admin:alice".into(),
+            approvals_needed: needed,
+            at: 100,
+            pending_until: 400,
+        }
+    }
+
+    #[test]
+    fn lifecycle_survives_replay() {
+        let store = MemoryStore::default();
+        let g = Grants::open(Arc::new(store.clone())).unwrap();
+        g.commit(request("bg-1", 1)).unwrap();
+        assert!(g.active("payments-api", "ledger-admin", 150).is_none());
+        assert_eq!(
+            g.check_approval("bg-1", "admin:alice", 150)
+                .unwrap_err()
+                .rule,
+            "self_approval"
+        );
+        g.check_approval("bg-1", "admin:bob", 150).unwrap();
+        g.commit(GrantChange::Approved {
+            id: "bg-1".into(),
+            approver: "admin:bob".into(),
+            at: 150,
+        })
+        .unwrap();
+        g.commit(GrantChange::Activated {
+            id: "bg-1".into(),
+            at: 150,
+            ends_at: 750,
+        })
+        .unwrap();
+        assert!(g.active("payments-api", "ledger-admin", 200).is_some());
+        assert!(g.due(749).is_empty());
+        assert_eq!(g.due(750).len(), 1);
+        let again = Grants::open(Arc::new(store)).unwrap();
+        assert_eq!(
+            again.get("bg-1").unwrap().approvals[0].approver,
+            "admin:bob"
+        );
+        assert_eq!(again.get("bg-1").unwrap().status, GrantStatus::Active);
+    }
+
+    #[test]
+    fn unapproved_grants_come_due_at_their_window() {
+        let g = Grants::open(Arc::new(MemoryStore::default())).unwrap();
+        g.commit(request("bg-2", 1)).unwrap();
+        assert!(g.due(399).is_empty());
+        assert_eq!(g.due(400)[0].id, "bg-2");
+    }
+}
