@@ -510,12 +510,25 @@ fn lint(dir: &Path, config: Option<&Path>) -> anyhow::Result<ExitCode> {
         }
     };
     let config = Config::load(&config)?;
-    match policy::load_dir(dir, &config.audiences, &config.trust_domains()) {
-        Ok(set) => {
-            println!("ok: {} identities in {}", set.len(), dir.display());
+    let registry = policy::load_dir(dir, &config.audiences, &config.trust_domains());
+    let break_glass = broker::breakglass::policy::load(dir, &config.audiences);
+    match (registry, break_glass) {
+        (Ok(set), Ok(bg)) => {
+            println!(
+                "ok: {} identities and {} break-glass policies in {}",
+                set.len(),
+                bg.policies.len(),
+                dir.display()
+            );
             Ok(ExitCode::SUCCESS)
         }
-        Err(errors) => {
+        (registry, break_glass) => {
+            let errors: Vec<policy::LintError> = registry
+                .err()
+                .into_iter()
+                .flatten()
+                .chain(break_glass.err().into_iter().flatten())
+                .collect();
             for e in &errors {
                 println!("{e}");
             }
