@@ -74,6 +74,22 @@ pub struct FileConfig {
     /// Break-glass settings.
     #[serde(default)]
     pub break_glass: Option<BreakGlassFile>,
+    /// NHI governance settings.
+    #[serde(default)]
+    pub governance: Option<GovernanceFile>,
+}
+
+/// `[governance]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GovernanceFile {
+    /// Issuance rate limit of every identity, e.g. `"100/s"` (burst = the count).
+    #[serde(default)]
+    pub identity_rate_limit: Option<String>,
+    /// A registration expiring within this window still gets tokens, with the deadline
+    /// in the `Registration-Expires` response header and the audit record (default `30d`).
+    #[serde(default)]
+    pub expiring_window: Option<String>,
 }
 
 /// `[break_glass]`.
@@ -335,6 +351,10 @@ pub struct Config {
     pub break_glass_webhook: Option<String>,
     /// How long an unapproved grant waits.
     pub break_glass_pending_ttl: Duration,
+    /// Per-identity issuance rate limit.
+    pub identity_rate_limit: Option<crate::ratelimit::Rate>,
+    /// Recertification warning window.
+    pub expiring_window: Duration,
 }
 
 impl Config {
@@ -680,7 +700,23 @@ impl FileConfig {
             &bg.as_ref().and_then(|b| b.pending_ttl.clone()),
             Duration::from_secs(3600),
         )?;
+        let gov = self.governance.clone();
+        let identity_rate_limit = match gov.as_ref().and_then(|g| g.identity_rate_limit.as_deref())
+        {
+            None => None,
+            Some(r) => Some(
+                crate::ratelimit::Rate::parse(r)
+                    .map_err(|e| invalid(format!("governance.identity_rate_limit: {e}")))?,
+            ),
+        };
+        let expiring_window = dur(
+            "governance.expiring_window",
+            &gov.and_then(|g| g.expiring_window),
+            Duration::from_secs(30 * 86400),
+        )?;
         Ok(Config {
+            identity_rate_limit,
+            expiring_window,
             break_glass_webhook: bg.and_then(|b| b.webhook_url),
             break_glass_pending_ttl,
             state_dir: resolve(

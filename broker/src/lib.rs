@@ -15,6 +15,9 @@
 //! - [`server`]: startup, the accept loop, limits, graceful shutdown.
 //! - [`tls`]: server TLS on rustls/ring.
 //! - [`metrics`]: counters for `/metrics`.
+//! - [`ratelimit`]: issuance token buckets.
+//! - [`revocation`], [`store`]: revocations, disabled identities, the state journal.
+//! - [`breakglass`]: emergency grants that revoke themselves.
 //! - [`dev`]: `broker serve --dev` bootstrap.
 
 pub mod api;
@@ -27,6 +30,7 @@ pub mod dev;
 pub mod metrics;
 pub mod mint;
 pub mod policy;
+pub mod ratelimit;
 pub mod reload;
 pub mod revocation;
 pub mod server;

@@ -156,6 +156,9 @@ pub async fn start_with_clock(
             grants: Arc::new(grants),
             webhook: crate::breakglass::webhook::Webhook::new(config.break_glass_webhook.clone()),
             pending_ttl_secs: config.break_glass_pending_ttl.as_secs(),
+            rate_limiter: Arc::new(crate::ratelimit::RateLimiter::default()),
+            identity_rate_limit: config.identity_rate_limit,
+            expiring_window_secs: config.expiring_window.as_secs(),
         },
         limits: Limits {
             max_body_bytes: config.max_body_bytes,
@@ -217,13 +220,17 @@ impl Broker {
         let sweeper = {
             let mut rx = stop_rx.clone();
             let revocations = Arc::clone(&self.state.revocations);
+            let limiter = Arc::clone(&self.state.rate_limiter);
             let clock = Arc::clone(&self.state.clock);
             tokio::spawn(async move {
                 let mut tick = tokio::time::interval(Duration::from_secs(30));
                 loop {
                     tokio::select! {
                         _ = rx.wait_for(|v| *v) => return,
-                        _ = tick.tick() => revocations.sweep(clock.unix_secs()),
+                        _ = tick.tick() => {
+                            revocations.sweep(clock.unix_secs());
+                            limiter.sweep(std::time::Instant::now(), Duration::from_secs(3600));
+                        }
                     }
                 }
             })

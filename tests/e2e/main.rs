@@ -21,6 +21,7 @@
 //! instead under `CI=true`.
 
 mod audit;
+mod break_glass;
 mod concurrency;
 mod denials;
 mod dev;

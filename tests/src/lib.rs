@@ -41,6 +41,7 @@ use serde_json::{Value, json};
 use tempfile::TempDir;
 
 pub mod admin;
+pub mod break_glass;
 pub mod curl;
 pub mod mtls;
 pub mod pki;

@@ -39,4 +39,10 @@ pub struct AppState {
     pub webhook: Webhook,
     /// How long an unapproved grant waits.
     pub pending_ttl_secs: u64,
+    /// Issuance token buckets.
+    pub rate_limiter: Arc<crate::ratelimit::RateLimiter>,
+    /// Per-identity issuance rate limit.
+    pub identity_rate_limit: Option<crate::ratelimit::Rate>,
+    /// Recertification warning window, seconds.
+    pub expiring_window_secs: u64,
 }

@@ -417,6 +417,7 @@ impl Ctx<'_> {
             max_ttl,
             source_cidrs,
             require_binding,
+            rate_limit,
         } = t;
         let at = if name.is_empty() {
             format!("task #{n}")
@@ -507,6 +508,14 @@ impl Ctx<'_> {
                 .collect(),
         };
 
+        let rate_limit = match rate_limit.as_deref().map(crate::ratelimit::Rate::parse) {
+            None => None,
+            Some(Ok(r)) => Some(r),
+            Some(Err(e)) => {
+                problems.push(format!("{at}: rate_limit: {e}"));
+                None
+            }
+        };
         (problems.len() == before).then_some(Task {
             name,
             audience,
@@ -514,6 +523,7 @@ impl Ctx<'_> {
             max_ttl,
             source_cidrs,
             require_binding,
+            rate_limit,
         })
     }
 }

@@ -121,6 +121,8 @@ pub struct Task {
     pub source_cidrs: Vec<IpNet>,
     /// Whether tokens must be certificate-bound (requested over mTLS).
     pub require_binding: bool,
+    /// Issuance rate limit of this task (per identity), if any.
+    pub rate_limit: Option<crate::ratelimit::Rate>,
 }
 
 impl Identity {

@@ -76,6 +76,9 @@ pub(crate) struct TaskFile {
     pub(crate) source_cidrs: Option<Vec<String>>,
     #[serde(default)]
     pub(crate) require_binding: bool,
+    /// Token bucket for this task, e.g. `"10/m"` (burst = the count).
+    #[serde(default)]
+    pub(crate) rate_limit: Option<String>,
 }
 
 /// The text of a date value: a TOML string, or a TOML date/datetime rendered back to text

@@ -382,6 +382,8 @@ async fn issue(
         (Decision::Deny(d), None) => return Err(policy_refusal(&d)),
     };
 
+    rate_limit(st, identity, &grant.task)?;
+
     let minted = st
         .minter
         .mint(&MintRequest {
@@ -419,6 +421,23 @@ async fn issue(
     ev.jti = Some(minted.claims.jti.clone());
     ev.exp = Some(minted.claims.exp);
     ev.kid = Some(minted.kid.clone());
+    // Recertification: inside the warning window tokens are still issued, and both the
+    // record and the answer carry the deadline.
+    let expires_in = identity
+        .expires_at()
+        .duration_since(st.clock.now())
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let recertify = (expires_in < st.expiring_window_secs).then(|| identity.expires.to_string());
+    if let Some(date) = &recertify {
+        let mut detail = ev.detail.take().unwrap_or_else(|| serde_json::json!({}));
+        detail["registration_expires"] = serde_json::json!(date);
+        detail["recertify"] = serde_json::json!(format!(
+            "registration {} expires on {date}: owner {} must recertify it",
+            identity.id, identity.owner
+        ));
+        ev.detail = Some(detail);
+    }
     let record = std::mem::replace(ev, AuditEvent::new(EventKind::Denied));
     if let Err(e) = st.audit.append(record).await {
         tracing::error!(error = %e, jti = %minted.claims.jti, "audit append failed; token discarded");
@@ -458,7 +477,62 @@ async fn issue(
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     res.headers_mut()
         .insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+    if let Some(v) = recertify.and_then(|d| HeaderValue::from_str(&d).ok()) {
+        res.headers_mut().insert("registration-expires", v);
+    }
     Ok(res)
+}
+
+/// Takes a token from the identity's bucket (config) and the task's (policy).
+fn rate_limit(
+    st: &AppState,
+    identity: &crate::policy::Identity,
+    task: &str,
+) -> Result<(), Refusal> {
+    let now = std::time::Instant::now();
+    let refuse = |rule: &'static str, what: String, wait: Duration| {
+        let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
+        let mut e = ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "temporarily_unavailable",
+            format!("{what}; retry after {secs}s"),
+        );
+        e.retry_after = Some(secs);
+        Refusal::new(rule, e)
+    };
+    if let Some(rate) = st.identity_rate_limit {
+        st.rate_limiter
+            .check(&format!("identity\u{0}{}", identity.id), rate, now)
+            .map_err(|w| {
+                refuse(
+                    "rate_limited",
+                    format!(
+                        "identity {} is over its issuance rate limit ({}/{}s)",
+                        identity.id,
+                        rate.count,
+                        rate.period.as_secs()
+                    ),
+                    w,
+                )
+            })?;
+    }
+    if let Some(rate) = identity.task(task).and_then(|t| t.rate_limit) {
+        st.rate_limiter
+            .check(&format!("task\u{0}{}\u{0}{task}", identity.id), rate, now)
+            .map_err(|w| {
+                refuse(
+                    "rate_limited",
+                    format!(
+                        "task {task} of identity {} is over its rate limit ({}/{}s)",
+                        identity.id,
+                        rate.count,
+                        rate.period.as_secs()
+                    ),
+                    w,
+                )
+            })?;
+    }
+    Ok(())
 }
 
 /// The grant for a break-glass task under an active grant: the break-glass policy's task,
