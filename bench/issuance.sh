@@ -8,6 +8,9 @@
 #   bench/issuance.sh --threads 2             # extra arguments go to the load generator
 #
 # Environment: CONNECTIONS (32), DURATION (10s), WARMUP (2s), TASK (demo),
+# TOKENS (1: every request presents the same workload JWT, as a workload re-using its
+#   projected token does, so the broker's verified-JWT cache answers; N > 1: N distinct JWTs
+#   used in turn), IDLE_WAIT (60: seconds to wait for the machine to go quiet first; 0: don't),
 # JSON_OUT (unset), KEEP_TMP=1 (keep the dev directory and broker logs for inspection),
 # NO_BUILD=1 (use the existing target/release binaries).
 set -euo pipefail
@@ -19,6 +22,8 @@ CONNECTIONS=${CONNECTIONS:-32}
 DURATION=${DURATION:-10s}
 WARMUP=${WARMUP:-2s}
 TASK=${TASK:-demo}
+TOKENS=${TOKENS:-1}
+IDLE_WAIT=${IDLE_WAIT:-60}
 
 BROKER="$ROOT/target/release/broker"
 LOADGEN="$ROOT/target/release/loadgen"
@@ -85,8 +90,38 @@ if [[ -z "$URL" ]]; then
 fi
 echo "broker:  pid $BROKER_PID at $URL"
 
-# The workload JWT goes to a file only (never to the terminal).
-(umask 077 && "$BROKER" dev token --dir "$TMP" >"$WORK/subject.jwt")
+# The workload JWTs go to a file only (never to the terminal). Distinct lifetimes make
+# distinct tokens.
+(
+    umask 077
+    for i in $(seq "$TOKENS"); do
+        "$BROKER" dev token --dir "$TMP" --ttl $((3600 + i))
+    done >"$WORK/subject.jwt"
+)
+
+# Busy share of all CPUs over one second, in percent, from /proc/stat.
+busy_percent() {
+    local a b
+    read -r -a a < <(head -n1 /proc/stat)
+    sleep 1
+    read -r -a b < <(head -n1 /proc/stat)
+    local busy=$(((b[1] + b[2] + b[3] + b[6] + b[7]) - (a[1] + a[2] + a[3] + a[6] + a[7])))
+    local idle=$(((b[4] + b[5]) - (a[4] + a[5])))
+    echo $((100 * busy / (busy + idle > 0 ? busy + idle : 1)))
+}
+if [[ "$IDLE_WAIT" -gt 0 ]]; then
+    waited=0
+    while :; do
+        busy=$(busy_percent)
+        ((busy <= 5)) && break
+        if ((waited >= IDLE_WAIT)); then
+            echo "WARNING: the machine is still ${busy}% busy after ${IDLE_WAIT}s; measuring anyway" >&2
+            break
+        fi
+        ((waited == 0)) && echo "waiting for the machine to go quiet (${busy}% busy)..." >&2
+        waited=$((waited + 1))
+    done
+fi
 
 CMD=("$LOADGEN" --url "$URL" --connections "$CONNECTIONS" --duration "$DURATION"
     --warmup "$WARMUP" --subject-token-file "$WORK/subject.jwt" --task "$TASK"
@@ -95,7 +130,7 @@ CMD=("$LOADGEN" --url "$URL" --connections "$CONNECTIONS" --duration "$DURATION"
 CMD+=("$@")
 
 echo "== load"
-echo "script:  CONNECTIONS=$CONNECTIONS DURATION=$DURATION WARMUP=$WARMUP bench/issuance.sh $*"
+echo "script:  CONNECTIONS=$CONNECTIONS DURATION=$DURATION WARMUP=$WARMUP TOKENS=$TOKENS bench/issuance.sh $*"
 echo "command: ${CMD[*]#"$ROOT/"}"
 set +e
 "${CMD[@]}"

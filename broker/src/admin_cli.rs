@@ -118,3 +118,63 @@ fn call(
         })
     })
 }
+
+/// Fetches the inventory and prints it as JSON or as a table.
+pub(crate) fn inventory(auth: &AdminAuth, path: &str, json: bool) -> anyhow::Result<ExitCode> {
+    let client = client(auth)?;
+    let url = format!("{}{path}", auth.url.trim_end_matches('/'));
+    let bearer = match &auth.bearer_file {
+        Some(f) => Some(
+            std::fs::read_to_string(f)
+                .with_context(|| format!("reading {}", f.display()))?
+                .trim()
+                .to_owned(),
+        ),
+        None => None,
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let (status, body) = rt.block_on(async move {
+        let mut req = client.get(&url);
+        if let Some(b) = bearer {
+            req = req.bearer_auth(b);
+        }
+        let resp = req.send().await.with_context(|| format!("calling {url}"))?;
+        let status = resp.status();
+        anyhow::Ok((status, resp.text().await.unwrap_or_default()))
+    })?;
+    if !status.is_success() || json {
+        println!("{body}");
+        return Ok(if status.is_success() {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(1)
+        });
+    }
+    let v: serde_json::Value = serde_json::from_str(&body)?;
+    println!(
+        "ID                       OWNER            ENV    STATUS     EXPIRES     TOKENS24H  UNUSED"
+    );
+    for i in v["identities"].as_array().into_iter().flatten() {
+        let s = |k: &str| i[k].as_str().unwrap_or("").to_owned();
+        let unused: Vec<String> = i["unused_scopes"]
+            .as_array()
+            .or(i["tasks_never_used"].as_array())
+            .into_iter()
+            .flatten()
+            .filter_map(|x| x.as_str().map(str::to_owned))
+            .collect();
+        println!(
+            "{:<24} {:<16} {:<6} {:<10} {:<11} {:>9}  {}",
+            s("id"),
+            s("owner"),
+            s("environment"),
+            s("status"),
+            s("expires"),
+            i["tokens_24h"].as_u64().unwrap_or(0),
+            unused.join(",")
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

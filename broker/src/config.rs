@@ -90,6 +90,9 @@ pub struct GovernanceFile {
     /// in the `Registration-Expires` response header and the audit record (default `30d`).
     #[serde(default)]
     pub expiring_window: Option<String>,
+    /// An identity with no issuance for this long is `dormant` (default `30d`).
+    #[serde(default)]
+    pub dormant_after: Option<String>,
 }
 
 /// `[break_glass]`.
@@ -355,6 +358,8 @@ pub struct Config {
     pub identity_rate_limit: Option<crate::ratelimit::Rate>,
     /// Recertification warning window.
     pub expiring_window: Duration,
+    /// Dormancy threshold.
+    pub dormant_after: Duration,
 }
 
 impl Config {
@@ -711,10 +716,16 @@ impl FileConfig {
         };
         let expiring_window = dur(
             "governance.expiring_window",
-            &gov.and_then(|g| g.expiring_window),
+            &gov.as_ref().and_then(|g| g.expiring_window.clone()),
+            Duration::from_secs(30 * 86400),
+        )?;
+        let dormant_after = dur(
+            "governance.dormant_after",
+            &gov.and_then(|g| g.dormant_after),
             Duration::from_secs(30 * 86400),
         )?;
         Ok(Config {
+            dormant_after,
             identity_rate_limit,
             expiring_window,
             break_glass_webhook: bg.and_then(|b| b.webhook_url),

@@ -36,5 +36,6 @@ pub mod revocation;
 pub mod server;
 pub mod store;
 pub mod tls;
+pub mod usage;
 
 pub use server::{Broker, StartError, run, start};

@@ -101,6 +101,20 @@ enum Command {
         #[command(subcommand)]
         command: IdentityCommand,
     },
+    /// The NHI inventory (needs an admin with the `read_audit` role).
+    Inventory {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Only identities whose registration expires within this window, e.g. 30d.
+        #[arg(long)]
+        due: Option<String>,
+        /// Also list tasks and scopes granted but unused within this window, e.g. 30d.
+        #[arg(long)]
+        unused: Option<String>,
+        #[command(flatten)]
+        auth: admin_cli::AdminAuth,
+    },
     /// Emergency break-glass access (through the broker's API).
     BreakGlass {
         #[command(subcommand)]
@@ -391,6 +405,22 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 &serde_json::json!({}),
             ),
         },
+        Command::Inventory {
+            json,
+            due,
+            unused,
+            auth,
+        } => {
+            let mut q = Vec::new();
+            if let Some(d) = due {
+                q.push(format!("due={d}"));
+            }
+            if let Some(u) = unused {
+                q.push(format!("unused={u}"));
+            }
+            let path = format!("/v1/admin/inventory?{}", q.join("&"));
+            admin_cli::inventory(&auth, &path, json)
+        }
         Command::BreakGlass { command } => match command {
             BreakGlassCommand::Request {
                 identity,

@@ -159,6 +159,8 @@ pub async fn start_with_clock(
             rate_limiter: Arc::new(crate::ratelimit::RateLimiter::default()),
             identity_rate_limit: config.identity_rate_limit,
             expiring_window_secs: config.expiring_window.as_secs(),
+            dormant_after_secs: config.dormant_after.as_secs(),
+            usage: Arc::new(crate::usage::Usage::load(&config.state_dir)),
         },
         limits: Limits {
             max_body_bytes: config.max_body_bytes,
@@ -221,13 +223,17 @@ impl Broker {
             let mut rx = stop_rx.clone();
             let revocations = Arc::clone(&self.state.revocations);
             let limiter = Arc::clone(&self.state.rate_limiter);
+            let usage = Arc::clone(&self.state.usage);
             let clock = Arc::clone(&self.state.clock);
             tokio::spawn(async move {
-                let mut tick = tokio::time::interval(Duration::from_secs(30));
+                let mut tick = tokio::time::interval(Duration::from_secs(5));
                 loop {
                     tokio::select! {
                         _ = rx.wait_for(|v| *v) => return,
                         _ = tick.tick() => {
+                            if let Err(e) = usage.save() {
+                                tracing::warn!(error = %e, "could not snapshot usage");
+                            }
                             revocations.sweep(clock.unix_secs());
                             limiter.sweep(std::time::Instant::now(), Duration::from_secs(3600));
                         }
@@ -346,6 +352,9 @@ impl Broker {
         let _ = grant_closer.await;
         if let Some(w) = tls_watcher {
             let _ = w.await;
+        }
+        if let Err(e) = self.state.usage.save() {
+            tracing::warn!(error = %e, "could not snapshot usage at shutdown");
         }
         let ev = AuditEvent::new(EventKind::BrokerStopped);
         if let Err(e) = self.state.audit.append(ev).await {

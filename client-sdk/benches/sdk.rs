@@ -3,7 +3,8 @@
 //! - `token_from_cache`: `TokenSource::token()` once a token is cached: what every
 //!   outgoing request pays. One task, and 8 tasks calling concurrently on 8 threads.
 //! - `verify`: `Verifier::verify` of a broker-shaped access token (EdDSA, and ES256) with
-//!   the JWKS already loaded: what every incoming request pays.
+//!   the JWKS already loaded: what every incoming request pays; next to it, the bare ring
+//!   signature check, to show what the SDK adds around it.
 //!
 //! Self-contained, so `cargo bench -p broker-client` runs on a fresh machine: a tiny HTTP
 //! server in this process plays the broker (a fixed `/oauth2/token` answer and a JWKS), and
@@ -244,6 +245,28 @@ fn benches(c: &mut Criterion) {
         g.bench_function(name, |b| {
             b.to_async(&rt)
                 .iter(|| async { verifier.verify(token, None).await.unwrap() })
+        });
+    }
+    // The signature check alone (ring), to show what the SDK adds around it.
+    for (name, token, alg, key) in [
+        (
+            "EdDSA_signature_only",
+            &ed_token,
+            &signature::ED25519 as &dyn signature::VerificationAlgorithm,
+            keys.ed.public_key().as_ref().to_vec(),
+        ),
+        (
+            "ES256_signature_only",
+            &ec_token,
+            &signature::ECDSA_P256_SHA256_FIXED,
+            keys.ec.public_key().as_ref().to_vec(),
+        ),
+    ] {
+        let (input, sig) = token.rsplit_once('.').unwrap();
+        let sig = URL_SAFE_NO_PAD.decode(sig).unwrap();
+        let key = signature::UnparsedPublicKey::new(alg, key);
+        g.bench_function(name, |b| {
+            b.iter(|| key.verify(input.as_bytes(), &sig).unwrap())
         });
     }
     g.finish();

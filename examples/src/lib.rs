@@ -184,6 +184,44 @@ pub fn clock_ticks_per_sec() -> f64 {
         .unwrap_or(100.0)
 }
 
+/// Machine-wide CPU time from the first line of `/proc/stat`, seconds summed over all CPUs.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct SystemCpu {
+    /// Time spent running anything (user, nice, system, irq, softirq).
+    pub busy_secs: f64,
+    /// Time the hypervisor gave to someone else (`steal`).
+    pub steal_secs: f64,
+    /// Idle and I/O wait.
+    pub idle_secs: f64,
+}
+
+/// Reads [`SystemCpu`] from `/proc/stat`.
+pub fn system_cpu(ticks_per_sec: f64) -> anyhow::Result<SystemCpu> {
+    let text = std::fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
+    parse_system_cpu(&text, ticks_per_sec)
+}
+
+/// Parses the aggregate `cpu` line of `/proc/stat`.
+pub fn parse_system_cpu(text: &str, ticks_per_sec: f64) -> anyhow::Result<SystemCpu> {
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("cpu "))
+        .context("no aggregate cpu line in /proc/stat")?;
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(str::parse)
+        .collect::<Result<_, _>>()
+        .context("malformed /proc/stat")?;
+    let get = |i: usize| v.get(i).copied().unwrap_or(0) as f64 / ticks_per_sec;
+    // user nice system idle iowait irq softirq steal (guest time is already in user).
+    Ok(SystemCpu {
+        busy_secs: get(0) + get(1) + get(2) + get(5) + get(6),
+        steal_secs: get(7),
+        idle_secs: get(3) + get(4),
+    })
+}
+
 /// Where to send requests: parsed from `http://host:port[/base]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target {
@@ -272,6 +310,16 @@ mod tests {
         assert_eq!(parse_status_kib(status, "VmPeak"), None);
         let me = proc_sample("self", clock_ticks_per_sec()).unwrap();
         assert!(me.peak_rss_kib > 0);
+    }
+
+    #[test]
+    fn system_cpu_parsing() {
+        let text = "cpu  100 5 50 1000 20 3 2 7 0 0\ncpu0 50 2 25 500 10 1 1 3 0 0\n";
+        let c = parse_system_cpu(text, 100.0).unwrap();
+        assert!((c.busy_secs - 1.60).abs() < 1e-9);
+        assert!((c.steal_secs - 0.07).abs() < 1e-9);
+        assert!((c.idle_secs - 10.20).abs() < 1e-9);
+        assert!(system_cpu(clock_ticks_per_sec()).is_ok());
     }
 
     #[test]

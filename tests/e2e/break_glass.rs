@@ -938,7 +938,7 @@ async fn a_failing_webhook_never_blocks(b: &TestBroker) {
     assert_eq!(r.body["status"], "closed", "{}", r.text);
     assert!(!b.is_active(&token).await, "revoked at once");
     assert!(feed_grant_rule(&b.feed(None).await, &id).is_some());
-    assert_eq!(grant_records(&b, "break_glass_closed", &id).len(), 1);
+    assert_eq!(grant_records(b, "break_glass_closed", &id).len(), 1);
 
     // Expiry by time is not held up either.
     let g = b.open_grant("3s").await;
@@ -952,7 +952,7 @@ async fn a_failing_webhook_never_blocks(b: &TestBroker) {
     assert!(closed, "the grant expired on time despite the webhook");
     assert!(!b.is_active(&token).await);
     assert!(feed_grant_rule(&b.feed(None).await, &id).is_some());
-    assert_eq!(grant_records(&b, "break_glass_expired", &id).len(), 1);
+    assert_eq!(grant_records(b, "break_glass_expired", &id).len(), 1);
 }
 
 /// The webhook URL is a closed port (connection refused).

@@ -45,4 +45,8 @@ pub struct AppState {
     pub identity_rate_limit: Option<crate::ratelimit::Rate>,
     /// Recertification warning window, seconds.
     pub expiring_window_secs: u64,
+    /// After this long without issuance an identity is dormant, seconds.
+    pub dormant_after_secs: u64,
+    /// Usage per identity.
+    pub usage: Arc<crate::usage::Usage>,
 }

@@ -23,8 +23,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use broker_examples::{
-    Percentiles, ProcSample, Target, clock_ticks_per_sec, form_body, parse_duration, percentiles,
-    proc_sample,
+    Percentiles, ProcSample, SystemCpu, Target, clock_ticks_per_sec, form_body, parse_duration,
+    percentiles, proc_sample, system_cpu,
 };
 use clap::Parser;
 use http_body_util::{BodyExt, Full};
@@ -39,6 +39,9 @@ const GRANT_TYPE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
 const JWT_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:jwt";
 /// Above this share of non-200 outcomes the result is flagged loudly.
 const ERROR_RATE_ALARM: f64 = 0.01;
+/// Above this much CPU (in cores) used by other processes during the window, the result is
+/// flagged as contaminated: the broker and the generator are meant to have the machine.
+const FOREIGN_CPU_ALARM: f64 = 0.15;
 
 /// Drive POST /oauth2/token with N keep-alive connections and report issuances/s and latency.
 #[derive(Parser, Debug)]
@@ -59,7 +62,9 @@ struct Args {
     /// Warm-up before the measured window; its responses are not counted.
     #[arg(long, default_value = "2s", value_parser = parse_duration)]
     warmup: Duration,
-    /// File holding the workload JWT (read once, never printed).
+    /// File holding the workload JWT (read once, never printed). Several JWTs, one per
+    /// line, are used in turn (each connection starts at a different one), so that a broker
+    /// that caches verified JWTs has to verify each distinct one at least once.
     #[arg(long)]
     subject_token_file: PathBuf,
     /// Task name to request.
@@ -121,7 +126,8 @@ struct Plan {
     authority: String,
     uri: Uri,
     host: HeaderValue,
-    body: Bytes,
+    /// One request body per workload JWT.
+    bodies: Vec<Bytes>,
     measure_from: Instant,
     stop_at: Instant,
     timeout: Duration,
@@ -238,13 +244,14 @@ fn looks_like_token_response(body: &[u8], thorough: bool) -> bool {
     }
 }
 
-async fn worker(plan: Arc<Plan>, first: SendRequest<Full<Bytes>>) -> Tally {
+async fn worker(plan: Arc<Plan>, first: SendRequest<Full<Bytes>>, index: usize) -> Tally {
     let mut tally = Tally {
         latencies_us: Vec::with_capacity(16 * 1024),
         ..Tally::default()
     };
     let mut sender = Some(first);
     let mut checked_body = false;
+    let mut next_body = index % plan.bodies.len().max(1);
     loop {
         let now = Instant::now();
         if now >= plan.stop_at {
@@ -270,6 +277,11 @@ async fn worker(plan: Arc<Plan>, first: SendRequest<Full<Bytes>>) -> Tally {
             sender = None;
             continue;
         }
+        let body = match plan.bodies.get(next_body) {
+            Some(b) => b.clone(),
+            None => break,
+        };
+        next_body = (next_body + 1) % plan.bodies.len();
         let request = Request::builder()
             .method(Method::POST)
             .uri(plan.uri.clone())
@@ -279,7 +291,7 @@ async fn worker(plan: Arc<Plan>, first: SendRequest<Full<Bytes>>) -> Tally {
                 HeaderValue::from_static("application/x-www-form-urlencoded"),
             )
             .header(header::ACCEPT, HeaderValue::from_static("application/json"))
-            .body(Full::new(plan.body.clone()));
+            .body(Full::new(body));
         let request = match request {
             Ok(r) => r,
             Err(e) => {
@@ -360,6 +372,8 @@ struct Monitor {
     broker_end: Option<ProcSample>,
     self_start: Option<ProcSample>,
     self_end: Option<ProcSample>,
+    system_start: Option<SystemCpu>,
+    system_end: Option<SystemCpu>,
 }
 
 async fn monitor(pid: Option<u32>, plan: Arc<Plan>, hz: f64) -> Monitor {
@@ -369,9 +383,11 @@ async fn monitor(pid: Option<u32>, plan: Arc<Plan>, hz: f64) -> Monitor {
     tokio::time::sleep_until(plan.measure_from.into()).await;
     m.broker_start = sample(broker.clone());
     m.self_start = sample(Some("self".to_owned()));
+    m.system_start = system_cpu(hz).ok();
     tokio::time::sleep_until(plan.stop_at.into()).await;
     m.broker_end = sample(broker);
     m.self_end = sample(Some("self".to_owned()));
+    m.system_end = system_cpu(hz).ok();
     m
 }
 
@@ -383,29 +399,35 @@ async fn run(args: &Args) -> anyhow::Result<ExitCode> {
         bail!("--duration must be positive");
     }
     let target = Target::parse(&args.url)?;
-    let token = std::fs::read_to_string(&args.subject_token_file)
+    let tokens = std::fs::read_to_string(&args.subject_token_file)
         .with_context(|| format!("reading {}", args.subject_token_file.display()))?;
-    let token = token.trim();
-    if token.is_empty() {
-        bail!("{} is empty", args.subject_token_file.display());
-    }
     let ttl = args.requested_ttl.map(|t| t.to_string());
-    let mut pairs = vec![
-        ("grant_type", GRANT_TYPE),
-        ("subject_token", token),
-        ("subject_token_type", JWT_TOKEN_TYPE),
-        ("task", args.task.as_str()),
-    ];
-    if let Some(scope) = &args.scope {
-        pairs.push(("scope", scope));
+    let bodies: Vec<Bytes> = tokens
+        .lines()
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(|token| {
+            let mut pairs = vec![
+                ("grant_type", GRANT_TYPE),
+                ("subject_token", token),
+                ("subject_token_type", JWT_TOKEN_TYPE),
+                ("task", args.task.as_str()),
+            ];
+            if let Some(scope) = &args.scope {
+                pairs.push(("scope", scope));
+            }
+            if let Some(audience) = &args.audience {
+                pairs.push(("audience", audience));
+            }
+            if let Some(ttl) = &ttl {
+                pairs.push(("requested_ttl", ttl));
+            }
+            Bytes::from(form_body(pairs))
+        })
+        .collect();
+    if bodies.is_empty() {
+        bail!("{} holds no token", args.subject_token_file.display());
     }
-    if let Some(audience) = &args.audience {
-        pairs.push(("audience", audience));
-    }
-    if let Some(ttl) = &ttl {
-        pairs.push(("requested_ttl", ttl));
-    }
-    let body = Bytes::from(form_body(pairs));
     let path = format!("{}{}", target.base_path, args.path);
     let uri: Uri = path
         .parse()
@@ -427,7 +449,7 @@ async fn run(args: &Args) -> anyhow::Result<ExitCode> {
         authority: target.authority.clone(),
         uri,
         host,
-        body,
+        bodies,
         measure_from: start + args.warmup,
         stop_at: start + args.warmup + args.duration,
         timeout: args.timeout,
@@ -435,7 +457,8 @@ async fn run(args: &Args) -> anyhow::Result<ExitCode> {
     let mon = tokio::spawn(monitor(args.pid, Arc::clone(&plan), hz));
     let workers: Vec<_> = senders
         .into_iter()
-        .map(|s| tokio::spawn(worker(Arc::clone(&plan), s)))
+        .enumerate()
+        .map(|(i, s)| tokio::spawn(worker(Arc::clone(&plan), s, i)))
         .collect();
     let mut total = Tally::default();
     for w in workers {
@@ -451,6 +474,7 @@ async fn run(args: &Args) -> anyhow::Result<ExitCode> {
     let lat = percentiles(&mut total.latencies_us);
     let report = Report {
         args,
+        tokens: plan.bodies.len(),
         window,
         total: &total,
         lat,
@@ -466,8 +490,10 @@ async fn run(args: &Args) -> anyhow::Result<ExitCode> {
     } else {
         print!("{}", report.text());
     }
-    if let Some(alarm) = report.alarm() {
-        eprintln!("{alarm}");
+    if args.json {
+        for alarm in report.alarms() {
+            eprintln!("{alarm}");
+        }
     }
     Ok(if total.ok == 0 {
         ExitCode::from(1)
@@ -478,6 +504,7 @@ async fn run(args: &Args) -> anyhow::Result<ExitCode> {
 
 struct Report<'a> {
     args: &'a Args,
+    tokens: usize,
     window: f64,
     total: &'a Tally,
     lat: Percentiles,
@@ -519,7 +546,37 @@ impl Report<'_> {
         cpu_delta(self.mon.self_start, self.mon.self_end)
     }
 
-    fn alarm(&self) -> Option<String> {
+    /// Busy CPU of the whole machine in the window, and the part of it that was neither the
+    /// broker nor this generator, in cores; and steal, in cores.
+    fn machine_cores(&self) -> Option<(f64, f64, f64)> {
+        let (a, b) = (self.mon.system_start?, self.mon.system_end?);
+        let busy = (b.busy_secs - a.busy_secs) / self.window;
+        let steal = (b.steal_secs - a.steal_secs) / self.window;
+        let ours = self.broker_cpu_window().unwrap_or(0.0) + self.self_cpu_window().unwrap_or(0.0);
+        let foreign = (busy - ours / self.window).max(0.0);
+        Some((busy, foreign, steal))
+    }
+
+    fn alarms(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if let Some(a) = self.error_alarm() {
+            out.push(a);
+        }
+        if let Some((_, foreign, _)) = self.machine_cores() {
+            // Only meaningful when the broker's own CPU is known (--pid).
+            if self.args.pid.is_some() && foreign > FOREIGN_CPU_ALARM {
+                out.push(format!(
+                    "\n!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n\
+                     !!! OTHER PROCESSES USED {foreign:.2} CORES DURING THE WINDOW: the machine was not\n\
+                     !!! quiet, the figures understate the broker. Re-run on an idle machine.\n\
+                     !!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!"
+                ));
+            }
+        }
+        out
+    }
+
+    fn error_alarm(&self) -> Option<String> {
         let rate = self.non_ok_rate();
         if self.attempts() > 0 && rate <= ERROR_RATE_ALARM {
             return None;
@@ -547,8 +604,8 @@ impl Report<'_> {
         let l = self.lat;
         let mut out = String::new();
         out.push_str(&format!(
-            "loadgen: POST {}{} task={} connections={} warmup={:?} measured={:?} threads={}\n",
-            a.url, a.path, a.task, a.connections, a.warmup, a.duration, a.threads
+            "loadgen: POST {}{} task={} connections={} warmup={:?} measured={:?} threads={} subject tokens={}\n",
+            a.url, a.path, a.task, a.connections, a.warmup, a.duration, a.threads, self.tokens
         ));
         out.push_str(&format!(
             "issuances/s      {:>10.0}   ({} tokens in {:.2} s; {} more during warm-up)\n",
@@ -618,7 +675,15 @@ impl Report<'_> {
             let list: Vec<String> = t.per_second.iter().map(u32::to_string).collect();
             out.push_str(&format!("200s per second  {}\n", list.join(" ")));
         }
-        if let Some(alarm) = self.alarm() {
+        if let Some((busy, foreign, steal)) = self.machine_cores() {
+            out.push_str(&format!(
+                "machine          {busy:.2} cores busy in window ({foreign:.2} by other processes), steal {steal:.2}\n"
+            ));
+        }
+        if a.pid.is_none() {
+            out.push_str("(no --pid: broker RSS and CPU not measured)\n");
+        }
+        for alarm in self.alarms() {
             out.push_str(&alarm);
             out.push('\n');
         }
@@ -633,6 +698,7 @@ impl Report<'_> {
         serde_json::json!({
             "url": format!("{}{}", a.url, a.path),
             "task": a.task,
+            "distinct_subject_tokens": self.tokens,
             "connections": a.connections,
             "threads": a.threads,
             "warmup_secs": a.warmup.as_secs_f64(),
@@ -667,7 +733,10 @@ impl Report<'_> {
                 "cpu_us_per_issuance": self.broker_cpu_window().map(|c| per_issuance_us(c, t.ok)),
             })),
             "loadgen_cpu_secs_window": self.self_cpu_window(),
-            "alarm": self.alarm().is_some(),
+            "machine": self.machine_cores().map(|(busy, foreign, steal)| serde_json::json!({
+                "busy_cores": busy, "other_processes_cores": foreign, "steal_cores": steal,
+            })),
+            "alarms": self.alarms(),
         })
     }
 }

@@ -6,5 +6,6 @@ pub mod discovery;
 pub mod feed;
 pub mod health;
 pub mod introspect;
+pub mod inventory;
 pub mod revoke;
 pub mod token;

@@ -446,6 +446,12 @@ async fn issue(
     }
     st.metrics.issued();
     st.revocations.record_issued(&minted.claims);
+    st.usage.record(
+        &grant.identity,
+        &grant.task,
+        &grant.scopes,
+        minted.claims.nbf,
+    );
     if let Some(bg) = &break_glass {
         let change = crate::store::GrantChange::TokenIssued {
             id: bg.id.clone(),

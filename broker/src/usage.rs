@@ -1,0 +1,138 @@
+//! How identities actually behave: last issuance, tokens per hour for the last day, and
+//! when each task and scope was last used. Feeds the inventory and the least-privilege
+//! report.
+//!
+//! Kept in memory (one lock, small updates per issuance) and snapshotted to
+//! `<state dir>/usage.json` every few seconds and at shutdown (write to a temp file, then
+//! rename), so usage survives restarts; a crash loses at most the last interval.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
+
+/// Usage of one identity.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdentityUsage {
+    /// Last issuance (unix seconds).
+    pub last_issued: Option<u64>,
+    /// (hour since the epoch, tokens issued in it), last 24 hours.
+    pub hourly: VecDeque<(u64, u64)>,
+    /// Task → last use.
+    pub tasks: BTreeMap<String, u64>,
+    /// Scope → last use.
+    pub scopes: BTreeMap<String, u64>,
+}
+
+impl IdentityUsage {
+    /// Tokens issued in the 24 hours before `now`.
+    pub fn tokens_24h(&self, now: u64) -> u64 {
+        let hour = now / 3600;
+        self.hourly
+            .iter()
+            .filter(|(h, _)| *h + 24 > hour)
+            .map(|(_, n)| n)
+            .sum()
+    }
+}
+
+/// Usage of every identity.
+#[derive(Debug)]
+pub struct Usage {
+    map: Mutex<HashMap<String, IdentityUsage>>,
+    path: PathBuf,
+}
+
+impl Usage {
+    /// Loads the snapshot in `state_dir` (a missing or unreadable one starts empty).
+    pub fn load(state_dir: &Path) -> Self {
+        let path = state_dir.join("usage.json");
+        let map = std::fs::read(&path)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        Self {
+            map: Mutex::new(map),
+            path,
+        }
+    }
+
+    /// Records one issuance.
+    pub fn record(&self, identity: &str, task: &str, scopes: &[String], now: u64) {
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        let u = match map.get_mut(identity) {
+            Some(u) => u,
+            None => map.entry(identity.to_owned()).or_default(),
+        };
+        u.last_issued = Some(now);
+        let hour = now / 3600;
+        match u.hourly.back_mut() {
+            Some((h, n)) if *h == hour => *n += 1,
+            _ => {
+                u.hourly.push_back((hour, 1));
+                while u.hourly.front().is_some_and(|(h, _)| *h + 24 <= hour) {
+                    u.hourly.pop_front();
+                }
+            }
+        }
+        match u.tasks.get_mut(task) {
+            Some(t) => *t = now,
+            None => {
+                u.tasks.insert(task.to_owned(), now);
+            }
+        }
+        for s in scopes {
+            match u.scopes.get_mut(s) {
+                Some(t) => *t = now,
+                None => {
+                    u.scopes.insert(s.clone(), now);
+                }
+            }
+        }
+    }
+
+    /// One identity's usage.
+    pub fn get(&self, identity: &str) -> IdentityUsage {
+        self.map
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(identity)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Writes the snapshot (temp file + rename).
+    pub fn save(&self) -> std::io::Result<()> {
+        let bytes = {
+            let map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+            serde_json::to_vec(&*map).map_err(std::io::Error::other)?
+        };
+        let tmp = self.path.with_extension("json.tmp");
+        std::fs::write(&tmp, bytes)?;
+        std::fs::File::open(&tmp)?.sync_all()?;
+        std::fs::rename(&tmp, &self.path)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn usage_counts_and_survives_a_snapshot() {
+        let d = tempfile::tempdir().unwrap();
+        let u = Usage::load(d.path());
+        let day = 86_400 * 1000;
+        u.record("a", "t", &["s1".into()], day);
+        u.record("a", "t", &["s1".into(), "s2".into()], day + 10);
+        u.record("a", "u", &[], day + 3600 * 30);
+        let a = u.get("a");
+        assert_eq!(a.tokens_24h(day + 20), 2);
+        assert_eq!(a.tokens_24h(day + 3600 * 30), 1, "older hours fall out");
+        assert_eq!(a.scopes["s2"], day + 10);
+        u.save().unwrap();
+        let again = Usage::load(d.path());
+        assert_eq!(again.get("a"), a);
+    }
+}
