@@ -126,9 +126,9 @@ mod tests {
         let day = 86_400 * 1000;
         u.record("a", "t", &["s1".into()], day);
         u.record("a", "t", &["s1".into(), "s2".into()], day + 10);
+        assert_eq!(u.get("a").tokens_24h(day + 20), 2);
         u.record("a", "u", &[], day + 3600 * 30);
         let a = u.get("a");
-        assert_eq!(a.tokens_24h(day + 20), 2);
         assert_eq!(a.tokens_24h(day + 3600 * 30), 1, "older hours fall out");
         assert_eq!(a.scopes["s2"], day + 10);
         u.save().unwrap();
