@@ -93,6 +93,18 @@ pub struct GovernanceFile {
     /// An identity with no issuance for this long is `dormant` (default `30d`).
     #[serde(default)]
     pub dormant_after: Option<String>,
+    /// Default anomaly action: `alert` (default) or `deny`.
+    #[serde(default)]
+    pub anomaly_action: Option<String>,
+    /// Volume-spike window (default `60s`).
+    #[serde(default)]
+    pub volume_window: Option<String>,
+    /// A window over this factor × the identity's baseline is a spike (default 10).
+    #[serde(default)]
+    pub volume_factor: Option<f64>,
+    /// ...if it is also over this many requests (default 100).
+    #[serde(default)]
+    pub volume_floor: Option<u64>,
 }
 
 /// `[break_glass]`.
@@ -360,6 +372,10 @@ pub struct Config {
     pub expiring_window: Duration,
     /// Dormancy threshold.
     pub dormant_after: Duration,
+    /// Default anomaly action.
+    pub anomaly_action: crate::anomaly::AnomalyAction,
+    /// Volume-spike settings.
+    pub volume: crate::anomaly::VolumeSettings,
 }
 
 impl Config {
@@ -721,10 +737,30 @@ impl FileConfig {
         )?;
         let dormant_after = dur(
             "governance.dormant_after",
-            &gov.and_then(|g| g.dormant_after),
+            &gov.as_ref().and_then(|g| g.dormant_after.clone()),
             Duration::from_secs(30 * 86400),
         )?;
+        let anomaly_action = match gov.as_ref().and_then(|g| g.anomaly_action.as_deref()) {
+            None => crate::anomaly::AnomalyAction::Alert,
+            Some(a) => crate::anomaly::AnomalyAction::parse(a).ok_or_else(|| {
+                invalid(format!(
+                    "governance.anomaly_action {a:?} must be \"alert\" or \"deny\""
+                ))
+            })?,
+        };
+        let volume_window = dur(
+            "governance.volume_window",
+            &gov.as_ref().and_then(|g| g.volume_window.clone()),
+            Duration::from_secs(60),
+        )?;
+        let volume = crate::anomaly::VolumeSettings {
+            window_secs: volume_window.as_secs().max(1),
+            factor: gov.as_ref().and_then(|g| g.volume_factor).unwrap_or(10.0),
+            floor: gov.as_ref().and_then(|g| g.volume_floor).unwrap_or(100),
+        };
         Ok(Config {
+            anomaly_action,
+            volume,
             dormant_after,
             identity_rate_limit,
             expiring_window,

@@ -15,11 +15,12 @@
 //! - [`server`]: startup, the accept loop, limits, graceful shutdown.
 //! - [`tls`]: server TLS on rustls/ring.
 //! - [`metrics`]: counters for `/metrics`.
-//! - [`ratelimit`]: issuance token buckets.
+//! - [`ratelimit`]: issuance token buckets; [`usage`]: behaviour history; [`anomaly`]: behavioural monitoring.
 //! - [`revocation`], [`store`]: revocations, disabled identities, the state journal.
 //! - [`breakglass`]: emergency grants that revoke themselves.
 //! - [`dev`]: `broker serve --dev` bootstrap.
 
+pub mod anomaly;
 pub mod api;
 pub mod audit;
 pub mod authn;

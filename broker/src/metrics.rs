@@ -15,6 +15,7 @@ pub struct Metrics {
     denied: Mutex<BTreeMap<&'static str, u64>>,
     policy_reloads: AtomicU64,
     introspections: AtomicU64,
+    anomalies: Mutex<BTreeMap<&'static str, u64>>,
     policy_reload_failures: AtomicU64,
 }
 
@@ -30,6 +31,15 @@ impl Metrics {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .entry(rule)
+            .or_default() += 1;
+    }
+    /// One anomaly of `kind`.
+    pub fn anomaly(&self, kind: &'static str) {
+        *self
+            .anomalies
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(kind)
             .or_default() += 1;
     }
     /// One introspection answered.
@@ -85,6 +95,18 @@ impl Metrics {
         );
         for (rule, n) in self.denied.lock().unwrap_or_else(|e| e.into_inner()).iter() {
             let _ = writeln!(s, "broker_requests_denied_total{{rule=\"{rule}\"}} {n}");
+        }
+        let _ = writeln!(
+            s,
+            "# HELP broker_anomalies_total Behavioural anomalies detected, by kind.\n# TYPE broker_anomalies_total counter"
+        );
+        for (kind, n) in self
+            .anomalies
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
+            let _ = writeln!(s, "broker_anomalies_total{{kind=\"{kind}\"}} {n}");
         }
         s
     }

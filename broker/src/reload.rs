@@ -19,6 +19,9 @@ use crate::policy::{self, LintError, PolicySet};
 /// What the directory looked like when last loaded: (file name, modified, length).
 type Fingerprint = Vec<(PathBuf, Option<SystemTime>, u64)>;
 
+/// Per identity, what a reload granted beyond the previous set.
+pub type Widenings = Vec<(String, Vec<String>)>;
+
 /// The live policy set.
 #[derive(Debug)]
 pub struct PolicyStore {
@@ -111,14 +114,69 @@ impl PolicyStore {
         }
     }
 
-    /// Rebuilds the set; swaps it in only if valid. Returns the new identity count.
-    pub fn reload(&self) -> Result<usize, Vec<LintError>> {
+    /// Rebuilds the set; swaps it in only if valid. Returns the new identity count and,
+    /// per identity, what the new set grants that the old one did not.
+    pub fn reload(&self) -> Result<(usize, Widenings), Vec<LintError>> {
         let set = policy::load_dir(&self.dir, &self.audiences, &self.trust_domains)?;
         let bg = crate::breakglass::policy::load(&self.dir, &self.audiences)?;
         let n = set.len();
+        let widened = widenings(&self.current(), &set);
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(set);
         *self.break_glass.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(bg);
-        Ok(n)
+        Ok((n, widened))
+    }
+}
+
+/// What `new` grants each existing identity beyond `old`: new tasks, new scopes of a
+/// task, longer `max_ttl`s. (New identities are not widenings: they had nothing.)
+fn widenings(old: &PolicySet, new: &PolicySet) -> Widenings {
+    let mut out = Vec::new();
+    for id in new.identities() {
+        let Some(before) = old.identity(&id.id) else {
+            continue;
+        };
+        let mut added = Vec::new();
+        for t in &id.tasks {
+            match before.task(&t.name) {
+                None => added.push(format!("task {}", t.name)),
+                Some(bt) => {
+                    for s in &t.scopes {
+                        if !bt.scopes.contains(s) {
+                            added.push(format!("scope {s} in task {}", t.name));
+                        }
+                    }
+                    if t.max_ttl > bt.max_ttl {
+                        added.push(format!(
+                            "max_ttl of task {} from {}s to {}s",
+                            t.name,
+                            bt.max_ttl.as_secs(),
+                            t.max_ttl.as_secs()
+                        ));
+                    }
+                }
+            }
+        }
+        if !added.is_empty() {
+            out.push((id.id.clone(), added));
+        }
+    }
+    out
+}
+
+/// Who to tell about anomalies found at reload.
+#[derive(Clone)]
+pub struct AnomalySink {
+    /// The monitor.
+    pub monitor: Arc<crate::anomaly::Monitor>,
+    /// The webhook.
+    pub webhook: crate::breakglass::webhook::Webhook,
+    /// Time.
+    pub clock: Arc<dyn crate::clock::Clock>,
+}
+
+impl std::fmt::Debug for AnomalySink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AnomalySink").finish_non_exhaustive()
     }
 }
 
@@ -127,6 +185,7 @@ pub async fn watch(
     store: Arc<PolicyStore>,
     audit: AuditLog,
     metrics: Arc<Metrics>,
+    anomalies: AnomalySink,
     interval: Duration,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
@@ -152,7 +211,7 @@ pub async fn watch(
             }
             _ = hup_fut => { store.changed_on_disk(); "sighup" }
         };
-        reload_and_audit(&store, &audit, &metrics, trigger).await;
+        reload_and_audit(&store, &audit, &metrics, &anomalies, trigger).await;
     }
 }
 
@@ -161,11 +220,38 @@ pub async fn reload_and_audit(
     store: &PolicyStore,
     audit: &AuditLog,
     metrics: &Metrics,
+    anomalies: &AnomalySink,
     trigger: &str,
 ) {
     let mut ev;
     match store.reload() {
-        Ok(n) => {
+        Ok((n, widened)) => {
+            let now = anomalies.clock.unix_secs();
+            for (identity, added) in widened {
+                let a = anomalies.monitor.raise(
+                    &identity,
+                    "policy_widened",
+                    serde_json::json!({ "added": added, "trigger": trigger }),
+                    now,
+                    crate::anomaly::AnomalyAction::Alert,
+                );
+                metrics.anomaly(a.kind);
+                let mut rec = AuditEvent::new(EventKind::Anomaly);
+                rec.identity = Some(identity.clone());
+                rec.rule = Some(a.kind.to_owned());
+                rec.reason = Some(format!(
+                    "a policy reload widened identity {identity}'s grant"
+                ));
+                rec.detail = Some(
+                    serde_json::json!({ "anomaly": a.id, "evidence": a.evidence, "action": a.action }),
+                );
+                if let Err(e) = audit.append(rec).await {
+                    tracing::error!(error = %e, "could not audit an anomaly");
+                }
+                anomalies
+                    .webhook
+                    .send(serde_json::json!({ "event": "anomaly", "anomaly": a }));
+            }
             tracing::info!(identities = n, trigger, "policies reloaded");
             metrics.policy_reload(true);
             ev = AuditEvent::new(EventKind::PolicyReloaded);

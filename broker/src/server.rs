@@ -161,6 +161,11 @@ pub async fn start_with_clock(
             expiring_window_secs: config.expiring_window.as_secs(),
             dormant_after_secs: config.dormant_after.as_secs(),
             usage: Arc::new(crate::usage::Usage::load(&config.state_dir)),
+            monitor: Arc::new(crate::anomaly::Monitor::new(
+                config.volume,
+                config.dormant_after.as_secs(),
+            )),
+            anomaly_action: config.anomaly_action,
         },
         limits: Limits {
             max_body_bytes: config.max_body_bytes,
@@ -200,6 +205,11 @@ impl Broker {
                 Arc::clone(&self.state.policies),
                 self.state.audit.clone(),
                 Arc::clone(&self.state.metrics),
+                reload::AnomalySink {
+                    monitor: Arc::clone(&self.state.monitor),
+                    webhook: self.state.webhook.clone(),
+                    clock: Arc::clone(&self.state.clock),
+                },
                 self.policy_reload_interval,
                 async move {
                     let _ = rx.wait_for(|v| *v).await;

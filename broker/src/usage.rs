@@ -23,6 +23,41 @@ pub struct IdentityUsage {
     pub tasks: BTreeMap<String, u64>,
     /// Scope → last use.
     pub scopes: BTreeMap<String, u64>,
+    /// Source network (IPv4 /24, IPv6 /64) → last use.
+    #[serde(default)]
+    pub sources: BTreeMap<String, u64>,
+}
+
+/// What an issuance reveals about behaviour, compared with the identity's history.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Observation {
+    /// The identity had issued before.
+    pub has_history: bool,
+    /// Seconds since the previous issuance, if any.
+    pub idle_secs: Option<u64>,
+    /// The task was never requested before.
+    pub new_task: bool,
+    /// Scopes never requested before.
+    pub new_scopes: Vec<String>,
+    /// The source network was never seen before (with history).
+    pub new_source: Option<String>,
+}
+
+/// The source network of an address: IPv4 /24, IPv6 /64.
+pub fn source_network(ip: std::net::IpAddr) -> String {
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            let o = v4.octets();
+            format!("{}.{}.{}.0/24", o[0], o[1], o[2])
+        }
+        std::net::IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => source_network(std::net::IpAddr::V4(v4)),
+            None => {
+                let s = v6.segments();
+                format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+            }
+        },
+    }
 }
 
 impl IdentityUsage {
@@ -58,13 +93,51 @@ impl Usage {
         }
     }
 
-    /// Records one issuance.
+    /// Records one issuance (from an unknown source network).
     pub fn record(&self, identity: &str, task: &str, scopes: &[String], now: u64) {
+        self.observe_and_record(identity, task, scopes, None, now);
+    }
+
+    /// Compares an issuance with the identity's history, then records it.
+    pub fn observe_and_record(
+        &self,
+        identity: &str,
+        task: &str,
+        scopes: &[String],
+        source: Option<&str>,
+        now: u64,
+    ) -> Observation {
         let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
         let u = match map.get_mut(identity) {
             Some(u) => u,
             None => map.entry(identity.to_owned()).or_default(),
         };
+        let has_history = u.last_issued.is_some();
+        let obs = Observation {
+            has_history,
+            idle_secs: u.last_issued.map(|t| now.saturating_sub(t)),
+            new_task: has_history && !u.tasks.contains_key(task),
+            new_scopes: if has_history {
+                scopes
+                    .iter()
+                    .filter(|s| !u.scopes.contains_key(*s))
+                    .cloned()
+                    .collect()
+            } else {
+                Vec::new()
+            },
+            new_source: source
+                .filter(|s| has_history && !u.sources.contains_key(*s))
+                .map(str::to_owned),
+        };
+        if let Some(src) = source {
+            match u.sources.get_mut(src) {
+                Some(t) => *t = now,
+                None => {
+                    u.sources.insert(src.to_owned(), now);
+                }
+            }
+        }
         u.last_issued = Some(now);
         let hour = now / 3600;
         match u.hourly.back_mut() {
@@ -90,6 +163,7 @@ impl Usage {
                 }
             }
         }
+        obs
     }
 
     /// One identity's usage.

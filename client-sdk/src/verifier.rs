@@ -10,7 +10,7 @@ use serde::Deserialize;
 use crate::error::{Error, VerifyError};
 use crate::jose::{self, PublicKey};
 use crate::source::{Credential, unix_now};
-use crate::types::AccessTokenClaims;
+use crate::types::{AccessTokenClaims, ErrorResponse};
 
 /// How the verifier authenticates to read the revocation feed (a registry identity with
 /// `may_introspect = true`).
@@ -99,6 +99,8 @@ struct Revoked {
 
 #[derive(Debug, Clone, Deserialize)]
 struct FeedRule {
+    #[serde(default)]
+    id: String,
     by: String,
     #[serde(default)]
     identity: Option<String>,
@@ -302,14 +304,51 @@ impl Verifier {
 }
 
 async fn sync_feed(inner: &VInner) -> Result<(), Error> {
-    let (Some((cred, _)), Some(http)) = (&inner.cfg.feed, &inner.feed_http) else {
-        return Err(Error::Config("no revocation feed configured".into()));
-    };
     let since = inner
         .revoked
         .read()
         .unwrap_or_else(|e| e.into_inner())
         .cursor;
+    let mut page = feed_page(inner, since).await?;
+    if page.cursor < since {
+        // The broker's feed started again (its revocation state was reset, or another
+        // instance took over the URL): its cursors are no longer comparable to ours, so
+        // read everything it has. What we already know stays revoked until its `until`.
+        tracing::warn!(target: "broker_client", since, cursor = page.cursor, "revocation feed cursor went back; resyncing from the start");
+        page = feed_page(inner, 0).await?;
+    }
+    let now = unix_now();
+    let mut r = inner.revoked.write().unwrap_or_else(|e| e.into_inner());
+    for e in page.entries {
+        if let Some(j) = e.jti {
+            r.jtis.insert(j, e.until);
+        }
+        if let Some(mut rule) = e.rule {
+            rule.until = e.until;
+            if !r
+                .rules
+                .iter()
+                .any(|x| x.id == rule.id && x.issued_before == rule.issued_before)
+            {
+                r.rules.push(rule);
+            }
+        }
+    }
+    r.cursor = if page.cursor < since {
+        page.cursor
+    } else {
+        r.cursor.max(page.cursor)
+    };
+    r.jtis.retain(|_, until| *until > now);
+    r.rules.retain(|x| x.until > now);
+    Ok(())
+}
+
+/// One `GET /v1/revocations?since=`; errors typed like the token endpoint's.
+async fn feed_page(inner: &VInner, since: u64) -> Result<FeedPage, Error> {
+    let (Some((cred, _)), Some(http)) = (&inner.cfg.feed, &inner.feed_http) else {
+        return Err(Error::Config("no revocation feed configured".into()));
+    };
     let url = format!(
         "{}/v1/revocations?since={since}",
         inner.cfg.url.trim_end_matches('/')
@@ -319,33 +358,29 @@ async fn sync_feed(inner: &VInner) -> Result<(), Error> {
         req = req.bearer_auth(jwt.as_str());
     }
     let resp = req.send().await.map_err(|e| Error::BrokerUnavailable {
-        reason: e.to_string(),
+        reason: format!("{url}: {e}"),
     })?;
-    if !resp.status().is_success() {
+    let status = resp.status();
+    if !status.is_success() {
+        let text = resp.text().await.unwrap_or_default();
+        let body: Option<ErrorResponse> = serde_json::from_str(&text).ok();
+        if status.is_server_error() {
+            return Err(Error::BrokerUnavailable {
+                reason: format!("{url}: HTTP {status}"),
+            });
+        }
         return Err(Error::Denied {
-            status: resp.status().as_u16(),
-            error: "feed".into(),
-            description: resp.text().await.unwrap_or_default(),
+            status: status.as_u16(),
+            error: body
+                .as_ref()
+                .map(|b| b.error.clone())
+                .unwrap_or_else(|| "unknown".into()),
+            description: body.and_then(|b| b.error_description).unwrap_or(text),
         });
     }
-    let page: FeedPage = resp.json().await.map_err(|e| Error::BrokerUnavailable {
-        reason: e.to_string(),
-    })?;
-    let now = unix_now();
-    let mut r = inner.revoked.write().unwrap_or_else(|e| e.into_inner());
-    for e in page.entries {
-        if let Some(j) = e.jti {
-            r.jtis.insert(j, e.until);
-        }
-        if let Some(mut rule) = e.rule {
-            rule.until = e.until;
-            r.rules.push(rule);
-        }
-    }
-    r.cursor = r.cursor.max(page.cursor);
-    r.jtis.retain(|_, until| *until > now);
-    r.rules.retain(|x| x.until > now);
-    Ok(())
+    resp.json().await.map_err(|e| Error::BrokerUnavailable {
+        reason: format!("{url}: unexpected feed answer: {e}"),
+    })
 }
 
 async fn poll_feed(weak: Weak<VInner>, every: Duration) {

@@ -13,9 +13,10 @@ use std::ffi::OsString;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use broker_client::{Credential, Verifier, VerifyError};
 use broker_tests::admin::{
-    ADMIN, AUDITOR, BATCH_IDENTITY, BATCH_SUBJECT, BILLING_IDENTITY, admin_bearer, auditor_bearer,
-    feed_entries, jti_of, write_file,
+    ADMIN, AUDITOR, BATCH_IDENTITY, BATCH_SUBJECT, BILLING_IDENTITY, RS_SUBJECT, admin_bearer,
+    auditor_bearer, feed_entries, jti_of, write_file,
 };
 use broker_tests::break_glass::{
     APPROVER, BG_MAX_DURATION_SECS, BG_SCOPES, BG_TASK, BreakGlassOptions, COMMANDER,
@@ -25,8 +26,8 @@ use broker_tests::break_glass::{
     hanging_webhook, ledger_emergency_policy, ledger_grant_body, write_break_glass_files,
 };
 use broker_tests::{
-    CmdOutput, IDENTITY, PROD_LEDGER, Reply, SUBJECT, TASK, TestBroker, TokenRequest,
-    broker_command, insecure_claims, lint, now_secs, rs256,
+    BROKER_ISSUER, CmdOutput, IDENTITY, PROD_LEDGER, Reply, SUBJECT, TASK, TestBroker,
+    TokenRequest, broker_command, insecure_claims, lint, now_secs, rs256,
 };
 use serde_json::{Value, json};
 
@@ -357,6 +358,18 @@ async fn closing_a_grant_early_revokes_its_tokens_at_once() {
         .unwrap();
     assert!(long_exp > now_secs() + 120, "a token valid for minutes");
     assert!(b.is_active(&long).await);
+    // An offline verifier (the SDK) that follows the revocation feed accepts it too.
+    let verifier = Verifier::builder(b.base_url(), PROD_LEDGER)
+        .issuer(BROKER_ISSUER)
+        .revocation_feed(
+            Credential::provider(|| Ok(rs256(RS_SUBJECT))),
+            Duration::from_secs(3600),
+        )
+        .build()
+        .unwrap();
+    verifier.sync_revocations().await.unwrap();
+    let c = verifier.verify(&long, None).await.unwrap();
+    assert_eq!(c.bg.as_deref(), Some(id.as_str()));
 
     // An admin who may neither revoke nor approve cannot close it.
     let r = b.close_grant(Some(&auditor_bearer()), &id).await;
@@ -382,6 +395,15 @@ async fn closing_a_grant_early_revokes_its_tokens_at_once() {
         feed_grant_rule(&feed, &id).is_some(),
         "the feed lists the grant's rule: {feed}"
     );
+    verifier.sync_revocations().await.unwrap();
+    for t in [&long, &short] {
+        assert_eq!(
+            verifier.verify(t, None).await,
+            Err(VerifyError::Revoked),
+            "the offline verifier refuses the grant's tokens after a feed sync"
+        );
+    }
+    verifier.verify(&normal, None).await.unwrap();
     let closed = grant_records(&b, "break_glass_closed", &id);
     assert_eq!(closed.len(), 1, "one break_glass_closed record");
     assert_eq!(closed[0]["actor"], actor_admin(ADMIN), "{}", closed[0]);

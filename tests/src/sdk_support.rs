@@ -57,17 +57,28 @@ fn newest_key_second(key_dir: &Path) -> u64 {
 }
 
 /// Rotates the broker's signing key the way an operator does: stop, `broker keygen` into
-/// the key dir, start again (the new key signs; the old one stays published). Waits for a
-/// new second first so that the new key's file name sorts last.
-pub fn rotate_signing_key(b: &mut TestBroker) {
-    assert!(b.stop().success(), "graceful stop: {}", b.stderr());
+/// the key dir, start again (the new key signs; the old one stays published unless
+/// `retire_old`, which deletes the old key files). Waits for a new second first so that
+/// the new key's file name sorts last.
+pub fn rotate_signing_key(b: &mut TestBroker, retire_old: bool) {
+    let st = b.stop();
+    assert!(st.success(), "graceful stop: {st}: {}", b.stderr());
     let key_dir = b.key_dir();
+    let old: Vec<PathBuf> = std::fs::read_dir(&key_dir)
+        .expect("reading the key dir")
+        .map(|e| e.expect("dir entry").path())
+        .collect();
     let newest = newest_key_second(&key_dir);
     while now_secs() <= newest {
         std::thread::sleep(Duration::from_millis(20));
     }
     let out = run_broker(["keygen".as_ref(), "--dir".as_ref(), key_dir.as_os_str()]);
     assert!(out.success(), "broker keygen: {out}");
+    if retire_old {
+        for k in old {
+            std::fs::remove_file(&k).unwrap_or_else(|e| panic!("removing {}: {e}", k.display()));
+        }
+    }
     if let Err(e) = b.launch() {
         panic!("{e}");
     }

@@ -47,6 +47,24 @@ pub fn router(state: AppState, limits: Limits) -> Router {
             "/v1/admin/identities/{id}/enable",
             post(handlers::admin::enable),
         )
+        .route("/v1/admin/inventory", get(handlers::inventory::inventory))
+        .route(
+            "/v1/admin/anomalies/{id}/ack",
+            post(handlers::admin::ack_anomaly),
+        )
+        .route("/v1/break-glass", post(handlers::break_glass::request))
+        .route(
+            "/v1/break-glass/{id}/approve",
+            post(handlers::break_glass::approve),
+        )
+        .route(
+            "/v1/break-glass/{id}/close",
+            post(handlers::break_glass::close),
+        )
+        .route(
+            "/v1/break-glass/{id}/report",
+            get(handlers::break_glass::report),
+        )
         .route("/.well-known/jwks.json", get(handlers::discovery::jwks))
         .route(
             "/.well-known/oauth-authorization-server",

@@ -49,4 +49,8 @@ pub struct AppState {
     pub dormant_after_secs: u64,
     /// Usage per identity.
     pub usage: Arc<crate::usage::Usage>,
+    /// Behavioural monitoring.
+    pub monitor: Arc<crate::anomaly::Monitor>,
+    /// Default anomaly action.
+    pub anomaly_action: crate::anomaly::AnomalyAction,
 }

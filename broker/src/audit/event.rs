@@ -51,6 +51,10 @@ pub enum EventKind {
     BreakGlassClosed,
     /// A break-glass grant ended by time, or was never approved in time (tokens revoked).
     BreakGlassExpired,
+    /// Behavioural monitoring found an anomaly.
+    Anomaly,
+    /// An admin acknowledged an anomaly.
+    AnomalyAcknowledged,
 }
 
 /// Allow or deny.

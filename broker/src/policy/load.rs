@@ -204,8 +204,21 @@ impl Ctx<'_> {
             expires,
             third_party,
             may_introspect,
+            anomaly_action,
             matchers,
         } = identity;
+        let anomaly_action = match anomaly_action.as_deref() {
+            None => None,
+            Some(a) => match crate::anomaly::AnomalyAction::parse(a) {
+                Some(x) => Some(x),
+                None => {
+                    problems.push(format!(
+                        "identity.anomaly_action {a:?} must be \"alert\" or \"deny\""
+                    ));
+                    None
+                }
+            },
+        };
 
         check_name("identity.id", &id, problems);
         check_name("identity.environment", &environment, problems);
@@ -272,6 +285,7 @@ impl Ctx<'_> {
             expires,
             third_party,
             may_introspect,
+            anomaly_action,
             matchers,
             tasks,
             file: path.to_path_buf(),

@@ -73,6 +73,8 @@ pub struct Identity {
     pub third_party: bool,
     /// A resource server: may call `/oauth2/introspect` and read `/v1/revocations`.
     pub may_introspect: bool,
+    /// What anomalies do for this identity (`None`: the config's default).
+    pub anomaly_action: Option<crate::anomaly::AnomalyAction>,
     /// What proves this identity; any one matcher suffices.
     pub matchers: Vec<Matcher>,
     /// Its tasks, in file order.

@@ -41,6 +41,9 @@ pub(crate) struct IdentityFile {
     /// A resource server allowed to introspect tokens and read the revocation feed.
     #[serde(default)]
     pub(crate) may_introspect: bool,
+    /// What anomalies do: `alert` (default) or `deny`.
+    #[serde(default)]
+    pub(crate) anomaly_action: Option<String>,
     /// `[[identity.match]]`.
     #[serde(default, rename = "match")]
     pub(crate) matchers: Vec<MatchFile>,

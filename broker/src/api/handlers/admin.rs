@@ -382,3 +382,45 @@ fn parse_reason(body: &[u8]) -> Result<Option<String>, ApiError> {
         .map(|b| b.reason)
         .map_err(|e| ApiError::invalid_request(format!("invalid JSON body: {e}")))
 }
+
+/// Acknowledges an anomaly: an identity held by a `deny` anomaly may get tokens again.
+pub async fn ack_anomaly(
+    State(st): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(id): Path<String>,
+    client_cert: Option<Extension<ClientCert>>,
+    headers: HeaderMap,
+) -> Response {
+    let mut ev = record::event(EventKind::AnomalyAcknowledged, peer);
+    let caller = match admin_caller(
+        &st,
+        &mut ev,
+        &headers,
+        client_cert.as_ref().map(|e| &e.0),
+        Role::Revoke,
+    )
+    .await
+    {
+        Ok(c) => c,
+        Err(res) => return res,
+    };
+    let Some(a) = st.monitor.acknowledge(&id, &caller.actor()) else {
+        return record::deny(
+            &st,
+            ev,
+            "unknown_anomaly",
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("no anomaly {id}"),
+            ),
+        )
+        .await;
+    };
+    ev.identity = Some(a.identity.clone());
+    ev.detail = Some(json!({ "anomaly": a.id, "kind": a.kind }));
+    if let Err(e) = record::allow(&st, ev).await {
+        return e.into_response();
+    }
+    Json(a).into_response()
+}

@@ -383,6 +383,7 @@ async fn issue(
     };
 
     rate_limit(st, identity, &grant.task)?;
+    monitor(st, identity, &grant, peer, ev).await?;
 
     let minted = st
         .minter
@@ -487,6 +488,76 @@ async fn issue(
         res.headers_mut().insert("registration-expires", v);
     }
     Ok(res)
+}
+
+/// Behavioural monitoring: records the issuance in the identity's history, reports new
+/// anomalies (audit, metric, webhook), and refuses while a `deny` anomaly is open.
+async fn monitor(
+    st: &AppState,
+    identity: &crate::policy::Identity,
+    grant: &policy::Grant,
+    peer: SocketAddr,
+    ev: &AuditEvent,
+) -> Result<(), Refusal> {
+    let blocked = |a: &crate::anomaly::Anomaly| {
+        Refusal::new(
+            "anomaly_unacknowledged",
+            ApiError::new(
+                StatusCode::FORBIDDEN,
+                "access_denied",
+                format!(
+                    "identity {} is held by anomaly {} ({}): an admin must acknowledge it (POST /v1/admin/anomalies/{}/ack)",
+                    identity.id, a.id, a.kind, a.id
+                ),
+            ),
+        )
+    };
+    if let Some(a) = st.monitor.blocking(&identity.id) {
+        return Err(blocked(&a));
+    }
+    let now = st.clock.unix_secs();
+    let network = crate::usage::source_network(peer.ip());
+    let obs = st.usage.observe_and_record(
+        &identity.id,
+        &grant.task,
+        &grant.scopes,
+        Some(&network),
+        now,
+    );
+    let action = identity.anomaly_action.unwrap_or(st.anomaly_action);
+    let found = st
+        .monitor
+        .observe(&identity.id, &grant.task, &obs, now, action);
+    for a in &found {
+        st.metrics.anomaly(a.kind);
+        let mut rec = ev.clone();
+        rec.event = EventKind::Anomaly;
+        rec.decision = None;
+        rec.rule = Some(a.kind.to_owned());
+        rec.reason = Some(format!(
+            "{} for identity {} (action {:?})",
+            a.kind, a.identity, a.action
+        ));
+        rec.detail = Some(
+            serde_json::json!({ "anomaly": a.id, "evidence": a.evidence, "action": a.action }),
+        );
+        if let Err(e) = st.audit.append(rec).await {
+            tracing::error!(error = %e, "could not audit an anomaly");
+            return Err(Refusal::new(
+                "audit_unavailable",
+                ApiError::audit_unavailable(),
+            ));
+        }
+        st.webhook
+            .send(serde_json::json!({ "event": "anomaly", "anomaly": a }));
+    }
+    match found
+        .iter()
+        .find(|a| a.action == crate::anomaly::AnomalyAction::Deny)
+    {
+        Some(a) => Err(blocked(a)),
+        None => Ok(()),
+    }
 }
 
 /// Takes a token from the identity's bucket (config) and the task's (policy).

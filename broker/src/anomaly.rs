@@ -1,0 +1,336 @@
+//! Behavioural monitoring: anomalies in how an identity uses the broker.
+//!
+//! Kinds: a call volume far above the identity's own recent baseline
+//! (`volume_spike`), a source network never used before (`new_source_network`), a task or
+//! scope never requested before (`new_task`, `new_scope`), a policy reload that widens an
+//! identity's grant (`policy_widened`), and first use after a dormant period
+//! (`dormant_reactivated`). Each anomaly is an `anomaly` audit record with its evidence,
+//! a metric and a webhook event (the caller of [`Monitor::observe`] does those). The
+//! identity's action decides what else happens: `alert` (default) only reports; `deny`
+//! refuses the identity's requests until an admin acknowledges the anomaly.
+//!
+//! Volume baselines are an exponentially weighted mean of requests per window; a window
+//! over `factor` × baseline (and over `floor`) is a spike, reported once per window.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use ring::rand::{SecureRandom, SystemRandom};
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use crate::usage::Observation;
+
+/// What to do about an identity's anomalies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum AnomalyAction {
+    /// Report only.
+    #[default]
+    Alert,
+    /// Refuse the identity's requests until acknowledged.
+    Deny,
+}
+
+impl AnomalyAction {
+    /// Parses `alert` or `deny`.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "alert" => Some(Self::Alert),
+            "deny" => Some(Self::Deny),
+            _ => None,
+        }
+    }
+}
+
+/// One detected anomaly.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Anomaly {
+    /// Id (for acknowledgement).
+    pub id: String,
+    /// The identity.
+    pub identity: String,
+    /// Kind.
+    pub kind: &'static str,
+    /// Evidence.
+    pub evidence: Value,
+    /// When (unix seconds).
+    pub at: u64,
+    /// The action in force when detected.
+    pub action: AnomalyAction,
+    /// Who acknowledged it.
+    pub acknowledged_by: Option<String>,
+}
+
+/// Volume-spike settings.
+#[derive(Debug, Clone, Copy)]
+pub struct VolumeSettings {
+    /// Window length, seconds.
+    pub window_secs: u64,
+    /// A window over `factor` × baseline is a spike...
+    pub factor: f64,
+    /// ...if it is also over this many requests.
+    pub floor: u64,
+}
+
+impl Default for VolumeSettings {
+    fn default() -> Self {
+        Self {
+            window_secs: 60,
+            factor: 10.0,
+            floor: 100,
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Volume {
+    window: u64,
+    count: u64,
+    baseline: Option<f64>,
+    reported: bool,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    volume: HashMap<String, Volume>,
+    anomalies: Vec<Anomaly>,
+}
+
+/// The monitor.
+#[derive(Debug)]
+pub struct Monitor {
+    inner: Mutex<Inner>,
+    volume: VolumeSettings,
+    dormant_after_secs: u64,
+}
+
+fn new_id() -> String {
+    let mut b = [0u8; 8];
+    let _ = SystemRandom::new().fill(&mut b);
+    let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!("an-{hex}")
+}
+
+impl Monitor {
+    /// A monitor with these settings.
+    pub fn new(volume: VolumeSettings, dormant_after_secs: u64) -> Self {
+        Self {
+            inner: Mutex::new(Inner::default()),
+            volume,
+            dormant_after_secs,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The unacknowledged `deny` anomaly blocking `identity`, if any.
+    pub fn blocking(&self, identity: &str) -> Option<Anomaly> {
+        self.lock()
+            .anomalies
+            .iter()
+            .find(|a| {
+                a.identity == identity
+                    && a.action == AnomalyAction::Deny
+                    && a.acknowledged_by.is_none()
+            })
+            .cloned()
+    }
+
+    /// Open (unacknowledged) anomalies of `identity`.
+    pub fn open(&self, identity: &str) -> Vec<Anomaly> {
+        self.lock()
+            .anomalies
+            .iter()
+            .filter(|a| a.identity == identity && a.acknowledged_by.is_none())
+            .cloned()
+            .collect()
+    }
+
+    /// Acknowledges anomaly `id`; returns it, or `None` if unknown.
+    pub fn acknowledge(&self, id: &str, by: &str) -> Option<Anomaly> {
+        let mut inner = self.lock();
+        let a = inner.anomalies.iter_mut().find(|a| a.id == id)?;
+        if a.acknowledged_by.is_none() {
+            a.acknowledged_by = Some(by.to_owned());
+        }
+        Some(a.clone())
+    }
+
+    /// Adds an anomaly found elsewhere (a widening policy reload).
+    pub fn raise(
+        &self,
+        identity: &str,
+        kind: &'static str,
+        evidence: Value,
+        at: u64,
+        action: AnomalyAction,
+    ) -> Anomaly {
+        let a = Anomaly {
+            id: new_id(),
+            identity: identity.to_owned(),
+            kind,
+            evidence,
+            at,
+            action,
+            acknowledged_by: None,
+        };
+        self.lock().anomalies.push(a.clone());
+        a
+    }
+
+    /// Checks one issuance; returns the new anomalies.
+    pub fn observe(
+        &self,
+        identity: &str,
+        task: &str,
+        obs: &Observation,
+        now: u64,
+        action: AnomalyAction,
+    ) -> Vec<Anomaly> {
+        let mut found: Vec<(&'static str, Value)> = Vec::new();
+        if let Some(idle) = obs.idle_secs
+            && idle >= self.dormant_after_secs
+        {
+            found.push((
+                "dormant_reactivated",
+                json!({ "idle_secs": idle, "dormant_after_secs": self.dormant_after_secs }),
+            ));
+        }
+        if let Some(src) = &obs.new_source {
+            found.push(("new_source_network", json!({ "network": src })));
+        }
+        if obs.new_task {
+            found.push(("new_task", json!({ "task": task })));
+        }
+        if !obs.new_scopes.is_empty() {
+            found.push((
+                "new_scope",
+                json!({ "task": task, "scopes": obs.new_scopes }),
+            ));
+        }
+        {
+            let mut inner = self.lock();
+            let v = match inner.volume.get_mut(identity) {
+                Some(v) => v,
+                None => inner.volume.entry(identity.to_owned()).or_default(),
+            };
+            let window = now / self.volume.window_secs.max(1);
+            if window != v.window {
+                // Close the finished window into the baseline (idle windows count as 0).
+                let gap = window.saturating_sub(v.window).min(32);
+                let mut base = v.baseline;
+                if v.window != 0 {
+                    let mut b = base.map_or(v.count as f64, |b| 0.7 * b + 0.3 * v.count as f64);
+                    for _ in 1..gap {
+                        b *= 0.7;
+                    }
+                    base = Some(b);
+                }
+                *v = Volume {
+                    window,
+                    count: 0,
+                    baseline: base,
+                    reported: false,
+                };
+            }
+            v.count += 1;
+            if let Some(b) = v.baseline
+                && !v.reported
+                && v.count > self.volume.floor
+                && (v.count as f64) > self.volume.factor * b.max(1.0)
+            {
+                v.reported = true;
+                found.push((
+                    "volume_spike",
+                    json!({ "requests_this_window": v.count, "window_secs": self.volume.window_secs, "baseline": b }),
+                ));
+            }
+        }
+        found
+            .into_iter()
+            .map(|(kind, evidence)| self.raise(identity, kind, evidence, now, action))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn obs() -> Observation {
+        Observation {
+            has_history: true,
+            idle_secs: Some(1),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn volume_spike_against_the_identitys_own_baseline() {
+        let m = Monitor::new(
+            VolumeSettings {
+                window_secs: 10,
+                factor: 5.0,
+                floor: 10,
+            },
+            1_000_000,
+        );
+        // Baseline: 2 requests per window for a few windows.
+        for w in 1..5u64 {
+            for _ in 0..2 {
+                assert!(
+                    m.observe("a", "t", &obs(), w * 10, AnomalyAction::Alert)
+                        .is_empty()
+                );
+            }
+        }
+        let mut spikes = 0;
+        for _ in 0..40 {
+            spikes += m
+                .observe("a", "t", &obs(), 50, AnomalyAction::Alert)
+                .iter()
+                .filter(|a| a.kind == "volume_spike")
+                .count();
+        }
+        assert_eq!(spikes, 1, "reported once per window");
+        assert!(
+            m.observe("b", "t", &obs(), 50, AnomalyAction::Alert)
+                .is_empty(),
+            "per identity"
+        );
+    }
+
+    #[test]
+    fn deny_blocks_until_acknowledged() {
+        let m = Monitor::new(VolumeSettings::default(), 100);
+        let mut o = obs();
+        o.new_source = Some("10.1.2.0/24".into());
+        let a = m.observe("a", "t", &o, 5, AnomalyAction::Deny);
+        assert_eq!(a[0].kind, "new_source_network");
+        assert!(m.blocking("a").is_some());
+        m.acknowledge(&a[0].id, "admin:x").unwrap();
+        assert!(m.blocking("a").is_none());
+        assert!(m.open("a").is_empty());
+    }
+
+    #[test]
+    fn dormancy_and_privilege_expansion() {
+        let m = Monitor::new(VolumeSettings::default(), 100);
+        let o = Observation {
+            has_history: true,
+            idle_secs: Some(500),
+            new_task: true,
+            new_scopes: vec!["x".into()],
+            new_source: None,
+        };
+        let kinds: Vec<&str> = m
+            .observe("a", "t", &o, 5, AnomalyAction::Alert)
+            .iter()
+            .map(|a| a.kind)
+            .collect();
+        assert_eq!(kinds, vec!["dormant_reactivated", "new_task", "new_scope"]);
+    }
+}
