@@ -484,6 +484,7 @@ fn serve(config: Config, dev_dir: Option<PathBuf>) -> anyhow::Result<ExitCode> {
             .await
             .with_context(|| format!("binding {}", config.addr))?;
         let addr = listener.local_addr()?;
+        let shutdown = shutdown_signal();
         let broker = broker::start(&config).await?;
         let scheme = if config.tls.is_some() {
             "https"
@@ -495,32 +496,49 @@ fn serve(config: Config, dev_dir: Option<PathBuf>) -> anyhow::Result<ExitCode> {
         if let Some(dir) = dev_dir {
             println!("{}", broker::dev::banner(&dir, addr));
         }
-        broker.serve(listener, shutdown_signal()).await;
+        broker.serve(listener, shutdown).await;
         anyhow::Ok(ExitCode::SUCCESS)
     })
 }
 
-async fn shutdown_signal() {
+/// Registers SIGTERM/SIGINT handlers now (before the broker says it is listening), and
+/// returns the future that resolves on either.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut term = match signal(SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-                return;
+    let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    #[cfg(unix)]
+    let int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()).ok();
+    async move {
+        #[cfg(unix)]
+        {
+            let (mut term, mut int) = (term, int);
+            let t = async {
+                match term.as_mut() {
+                    Some(s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            let i = async {
+                match int.as_mut() {
+                    Some(s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            tokio::select! {
+                _ = t => {}
+                _ = i => {}
             }
-        };
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = tokio::signal::ctrl_c() => {}
         }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+        tracing::info!("shutting down");
     }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
-    tracing::info!("shutting down");
 }
 
 fn lint(dir: &Path, config: Option<&Path>) -> anyhow::Result<ExitCode> {

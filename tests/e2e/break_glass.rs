@@ -19,11 +19,12 @@ use broker_tests::admin::{
     auditor_bearer, feed_entries, jti_of, write_file,
 };
 use broker_tests::break_glass::{
-    APPROVER, BG_MAX_DURATION_SECS, BG_SCOPES, BG_TASK, BreakGlassOptions, COMMANDER,
-    JUSTIFICATION, LIFECYCLE_EVENTS, ONCALL_IDENTITY, ONCALL_SUBJECT, SELF_SERVICE_TASK, TICKET,
-    WebhookReceiver, actor_admin, approver_bearer, break_glass_policies, closed_port_webhook,
-    commander_bearer, denied_with_rule, eventually, grant_body, grant_id, grant_records,
-    hanging_webhook, ledger_emergency_policy, ledger_grant_body, write_break_glass_files,
+    APPROVER, BG_MAX_DURATION_SECS, BG_POLICY, BG_SCOPES, BG_TASK, BreakGlassOptions, COMMANDER,
+    JUSTIFICATION, LIFECYCLE_EVENTS, ONCALL_IDENTITY, ONCALL_SUBJECT, SELF_SERVICE_TASK,
+    SUPERVISOR, TICKET, TWO_PERSON_TASK, WebhookReceiver, actor_admin, approver_bearer,
+    break_glass_policies, closed_port_webhook, commander_bearer, denied_with_rule, eventually,
+    grant_body, grant_id, grant_records, hanging_webhook, ledger_emergency_policy,
+    ledger_grant_body, supervisor_bearer, write_break_glass_files,
 };
 use broker_tests::{
     BROKER_ISSUER, CmdOutput, IDENTITY, PROD_LEDGER, Reply, SUBJECT, TASK, TestBroker,
@@ -259,7 +260,13 @@ async fn a_grant_needs_a_second_person_and_its_tokens_die_with_it() {
     let narrow_claims = check_bg_token(&b, &narrow, &id, end, "ledger:admin").await;
     check_token_record(&b, &id, &full_claims);
     check_token_record(&b, &id, &narrow_claims);
-    assert!(b.is_active(&full).await, "active while the grant is");
+    let body = b.introspect(&full).await;
+    assert_eq!(body["active"], true, "active while the grant is: {body}");
+    assert_eq!(
+        body["bg"],
+        id.as_str(),
+        "introspection shows the grant: {body}"
+    );
     assert!(b.is_active(&narrow).await, "active while the grant is");
     assert!(
         insecure_claims(&normal).get("bg").is_none(),
@@ -916,6 +923,149 @@ async fn an_unapproved_grant_expires_by_itself() {
     assert_bg_task_refused(&b, 1, "an expired, never approved grant").await;
 }
 
+/// The kill switch wins over an active grant: disabling the identity revokes its
+/// break-glass tokens too and refuses new ones while the grant is still active.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_kill_switch_beats_an_active_grant() {
+    let b = BreakGlassOptions::default().start();
+    let g = b.open_grant("10m").await;
+    let id = grant_id(&g);
+    let token = b.issue_bg().await;
+    let r = b
+        .admin_post(
+            Some(&admin_bearer()),
+            &format!("identities/{IDENTITY}/disable"),
+            &json!({"reason": "host compromised during the incident"}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert!(
+        !b.is_active(&token).await,
+        "the kill switch revokes bg tokens"
+    );
+    let r = b.bg_token(&[]).await;
+    assert_refused(
+        &r,
+        403,
+        "access_denied",
+        "a disabled identity under a grant",
+    );
+    assert_denied_record(&b, "identity_disabled", 1, None, "access_denied");
+    assert_eq!(b.report_of(&id).await["status"], "active");
+    assert_eq!(
+        b.report_of(&id).await["tokens"].as_array().map(Vec::len),
+        Some(1),
+        "no token was issued while disabled"
+    );
+}
+
+/// `approvals = 2`: two distinct approvers, neither the requester; one approval leaves it
+/// pending, the same approver twice is refused, an `admin`-role admin may approve.
+#[tokio::test(flavor = "multi_thread")]
+async fn two_approvals_need_two_distinct_approvers() {
+    let b = BreakGlassOptions::default().start();
+    let r = b
+        .request_grant(
+            Some(&commander_bearer()),
+            &grant_body(IDENTITY, TWO_PERSON_TASK, "10m"),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let id = grant_id(&r.body);
+    assert_eq!(r.body["status"], "pending", "{}", r.text);
+
+    let r = b.approve_grant(Some(&approver_bearer()), &id).await;
+    assert_eq!(r.status, 200, "the first approval: {}", r.text);
+    assert_eq!(
+        r.body["status"], "pending",
+        "one of two approvals: {}",
+        r.text
+    );
+    let r = b
+        .token(&TokenRequest::exchange(&rs256(SUBJECT), TWO_PERSON_TASK))
+        .await;
+    assert_refused(&r, 400, "invalid_request", "with one of two approvals");
+
+    let r = b.approve_grant(Some(&approver_bearer()), &id).await;
+    assert_eq!(r.status, 409, "the same approver twice: {}", r.text);
+    assert_denied_record(
+        &b,
+        "duplicate_approval",
+        1,
+        Some(&actor_admin(APPROVER)),
+        "invalid_request",
+    );
+    let r = b.approve_grant(Some(&commander_bearer()), &id).await;
+    assert_refused(&r, 403, "access_denied", "self-approval");
+    assert_eq!(b.report_of(&id).await["status"], "pending");
+
+    let r = b.approve_grant(Some(&supervisor_bearer()), &id).await;
+    assert_eq!(r.status, 200, "the second approval: {}", r.text);
+    assert_eq!(r.body["status"], "active", "{}", r.text);
+    let approvers: Vec<&str> = r.body["approvals"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|a| a["approver"].as_str())
+        .collect();
+    assert_eq!(
+        approvers,
+        [actor_admin(APPROVER), actor_admin(SUPERVISOR)],
+        "{}",
+        r.text
+    );
+    assert_eq!(grant_records(&b, "break_glass_approved", &id).len(), 2);
+    assert_eq!(grant_records(&b, "break_glass_activated", &id).len(), 1);
+    let r = b
+        .token(&TokenRequest::exchange(&rs256(SUBJECT), TWO_PERSON_TASK))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let c = insecure_claims(r.access_token().unwrap());
+    assert_eq!(c["bg"], id.as_str(), "{c}");
+    assert_eq!(c["scope"], "ledger:admin", "{c}");
+    // That grant is for its own task only.
+    assert_bg_task_refused(&b, 2, "another break-glass task").await;
+}
+
+/// A grant and the tokens issued under it survive a SIGKILL restart while it is active:
+/// still active after the restart, the report still lists the token, and closing it then
+/// revokes that token too.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_active_grant_survives_a_restart() {
+    let mut b = BreakGlassOptions::default().start();
+    let g = b.open_grant("10m").await;
+    let id = grant_id(&g);
+    let before = b.issue_bg().await;
+    assert!(!b.sigkill().success());
+    b.launch().unwrap_or_else(|e| panic!("relaunch: {e}"));
+
+    let report = b.report_of(&id).await;
+    assert_eq!(report["status"], "active", "{report}");
+    assert_eq!(report["ends_at"], g["ends_at"], "{report}");
+    assert!(b.is_active(&before).await, "its token survives the restart");
+    let after = b.issue_bg().await;
+    assert_eq!(insecure_claims(&after)["bg"], id.as_str());
+    let listed: BTreeSet<String> = b.report_of(&id).await["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|t| t["jti"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(
+        listed,
+        BTreeSet::from([jti_of(&before), jti_of(&after)]),
+        "the report keeps the token issued before the restart"
+    );
+    let r = b.close_grant(Some(&approver_bearer()), &id).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert!(!b.is_active(&before).await, "revoked by the close");
+    assert!(!b.is_active(&after).await, "revoked by the close");
+    assert_eq!(
+        grant_records(&b, "break_glass_closed", &id)[0]["detail"]["tokens_revoked"],
+        2
+    );
+}
+
 // ---------------------------------------------------------------------------------------
 // Failing webhooks
 // ---------------------------------------------------------------------------------------
@@ -1053,6 +1203,64 @@ async fn a_break_glass_policy_without_max_duration_is_refused() {
     let g = b.open_grant("1m").await;
     assert_eq!(g["status"], "active");
     assert_eq!(b.report_of(&grant_id(&g)).await["task"], BG_TASK);
+}
+
+/// Break-glass files are reloaded like the registry: a new file without `max_duration`
+/// is rejected (a `policy_reload_failed` record names it) and the previous set stays live;
+/// a valid new policy becomes requestable without a restart.
+#[tokio::test(flavor = "multi_thread")]
+async fn break_glass_policies_reload_and_a_broken_one_keeps_the_old_set() {
+    let b = BreakGlassOptions::default().start();
+    let bg_dir = b.dir().join("policies").join("break-glass");
+    let billing = ledger_emergency_policy()
+        .replace(BG_POLICY, "billing-emergency")
+        .replace(
+            &format!("identities   = [\"{IDENTITY}\"]"),
+            &format!("identities   = [\"{BILLING_IDENTITY}\"]"),
+        );
+    assert_ne!(billing, ledger_emergency_policy());
+    let broken = billing.replace("max_duration = \"10m\"\n", "");
+    std::fs::write(bg_dir.join("billing.toml"), &broken).unwrap();
+    let failed = b
+        .wait_for_record(Duration::from_secs(10), |r| {
+            r["event"] == "policy_reload_failed"
+                && r["detail"].to_string().contains("billing.toml")
+                && r["detail"].to_string().contains("max_duration")
+        })
+        .await;
+    assert!(
+        failed.is_some(),
+        "a policy_reload_failed record names billing.toml and max_duration: {:#?}",
+        b.records_of("policy_reload_failed")
+    );
+    // The old set stays live: the existing policy works, the broken one does not exist.
+    let r = b
+        .request_grant(
+            Some(&commander_bearer()),
+            &grant_body(BILLING_IDENTITY, BG_TASK, "10m"),
+        )
+        .await;
+    assert_refused(&r, 403, "access_denied", "the rejected policy is not live");
+    let r = b
+        .request_grant(Some(&commander_bearer()), &ledger_grant_body("10m"))
+        .await;
+    assert_eq!(r.status, 201, "the previous set stays live: {}", r.text);
+
+    // Fixed: the new policy is live without a restart.
+    let reloads = b.records_of("policy_reloaded").len();
+    std::fs::write(bg_dir.join("billing.toml"), &billing).unwrap();
+    let reloaded = eventually(Duration::from_secs(10), async || {
+        b.records_of("policy_reloaded").len() > reloads
+    })
+    .await;
+    assert!(reloaded, "the fixed file is reloaded");
+    let r = b
+        .request_grant(
+            Some(&commander_bearer()),
+            &grant_body(BILLING_IDENTITY, BG_TASK, "10m"),
+        )
+        .await;
+    assert_eq!(r.status, 201, "the new policy is live: {}", r.text);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1195,6 +1403,120 @@ async fn normal_tasks_are_unaffected_by_an_active_grant() {
         .bg_token(&[("audience", "https://reports.prod.example.org")])
         .await;
     assert_refused(&r, 400, "invalid_target", "another audience");
+    // Only the grant's identity: another workload asking for the task is refused.
+    let r = b
+        .token(&TokenRequest::exchange(&rs256(BATCH_SUBJECT), BG_TASK))
+        .await;
+    assert_refused(
+        &r,
+        400,
+        "invalid_request",
+        "another identity under the grant",
+    );
     let r = b.close_grant(Some(&commander_bearer()), &id).await;
     assert_eq!(r.status, 200, "{}", r.text);
+}
+
+// ---------------------------------------------------------------------------------------
+// Races
+// ---------------------------------------------------------------------------------------
+
+/// How many times each race is run (each run is a fresh grant).
+const RACE_ROUNDS: usize = 20;
+
+/// The two-person rule holds under concurrency: one approver sending two approvals of a
+/// two-approval grant at once counts once (one 200, one 409 `duplicate_approval`), and the
+/// grant stays pending.
+#[tokio::test(flavor = "multi_thread")]
+async fn one_approver_racing_twice_counts_once() {
+    let b = BreakGlassOptions::default().start();
+    let (commander, approver) = (commander_bearer(), approver_bearer());
+    for round in 0..RACE_ROUNDS {
+        let r = b
+            .request_grant(
+                Some(&commander),
+                &grant_body(IDENTITY, TWO_PERSON_TASK, "10m"),
+            )
+            .await;
+        assert_eq!(r.status, 201, "{}", r.text);
+        let id = grant_id(&r.body);
+        let (x, y) = tokio::join!(
+            b.approve_grant(Some(&approver), &id),
+            b.approve_grant(Some(&approver), &id)
+        );
+        let mut statuses = [x.status, y.status];
+        statuses.sort_unstable();
+        let report = b.report_of(&id).await;
+        assert_eq!(
+            (
+                statuses,
+                &report["status"],
+                report["approvals"].as_array().map(Vec::len)
+            ),
+            ([200, 409], &json!("pending"), Some(1)),
+            "round {round}: one person approving twice at once must count once: {report}"
+        );
+        let r = b.close_grant(Some(&approver), &id).await;
+        assert_eq!(r.status, 200, "{}", r.text);
+    }
+}
+
+/// Two approvers racing on a one-approval grant: it is activated once (one
+/// `break_glass_activated` record), with the one approval it needed; the other gets 409.
+#[tokio::test(flavor = "multi_thread")]
+async fn racing_approvers_activate_a_grant_once() {
+    let b = BreakGlassOptions::default().start();
+    let (commander, approver, supervisor) =
+        (commander_bearer(), approver_bearer(), supervisor_bearer());
+    for round in 0..RACE_ROUNDS {
+        let r = b
+            .request_grant(Some(&commander), &ledger_grant_body("10m"))
+            .await;
+        assert_eq!(r.status, 201, "{}", r.text);
+        let id = grant_id(&r.body);
+        let (x, y) = tokio::join!(
+            b.approve_grant(Some(&approver), &id),
+            b.approve_grant(Some(&supervisor), &id)
+        );
+        let mut statuses = [x.status, y.status];
+        statuses.sort_unstable();
+        let report = b.report_of(&id).await;
+        assert_eq!(report["status"], "active", "{report}");
+        assert_eq!(
+            (
+                statuses,
+                report["approvals"].as_array().map(Vec::len),
+                grant_records(&b, "break_glass_activated", &id).len()
+            ),
+            ([200, 409], Some(1), 1),
+            "round {round}: activated once, with the one approval it needed: {report}"
+        );
+        let r = b.close_grant(Some(&approver), &id).await;
+        assert_eq!(r.status, 200, "{}", r.text);
+    }
+}
+
+/// Two closes racing: the grant is closed once (one `break_glass_closed` record) and its
+/// tokens are revoked.
+#[tokio::test(flavor = "multi_thread")]
+async fn racing_closes_close_a_grant_once() {
+    let b = BreakGlassOptions::default().start();
+    let (approver, admin) = (approver_bearer(), admin_bearer());
+    for round in 0..RACE_ROUNDS {
+        let g = b.open_grant("10m").await;
+        let id = grant_id(&g);
+        let token = b.issue_bg().await;
+        let (x, y) = tokio::join!(
+            b.close_grant(Some(&approver), &id),
+            b.close_grant(Some(&admin), &id)
+        );
+        assert_eq!((x.status, y.status), (200, 200), "{} {}", x.text, y.text);
+        assert!(!b.is_active(&token).await, "round {round}: revoked");
+        assert_eq!(
+            grant_records(&b, "break_glass_closed", &id).len(),
+            1,
+            "round {round}: closed once; records: {:#?}",
+            grant_records(&b, "break_glass_closed", &id)
+        );
+    }
 }

@@ -12,9 +12,10 @@
 //! | --- | --- | --- | --- | --- | --- |
 //! | [`BG_POLICY`] | [`IDENTITY`] | [`ONCALL_IDENTITY`] | [`BG_MAX_DURATION_SECS`] | 1 | [`BG_TASK`] |
 //! | [`SELF_SERVICE_POLICY`] | [`BATCH_IDENTITY`] | none | 30m | 0 | [`SELF_SERVICE_TASK`] |
+//! | [`TWO_PERSON_POLICY`] | [`IDENTITY`] | none | 10m | 2 | [`TWO_PERSON_TASK`] |
 //!
 //! Admins (all proven by an RS256 JWT of the test issuer): [`COMMANDER`] and [`APPROVER`]
-//! (`break_glass_approve`), plus the revocation tests' [`ADMIN`](crate::admin::ADMIN)
+//! (`break_glass_approve`), [`SUPERVISOR`] (`admin`), plus the revocation tests' [`ADMIN`](crate::admin::ADMIN)
 //! (`revoke`) and [`AUDITOR`](crate::admin::AUDITOR) (`read_audit`).
 
 use std::path::Path;
@@ -51,6 +52,11 @@ pub const SELF_SERVICE_POLICY: &str = "batch-self-service";
 /// The break-glass task of [`SELF_SERVICE_POLICY`].
 pub const SELF_SERVICE_TASK: &str = "ledger-repair";
 
+/// A break-glass policy of [`IDENTITY`] that needs two approvals.
+pub const TWO_PERSON_POLICY: &str = "ledger-purge-two-person";
+/// The break-glass task of [`TWO_PERSON_POLICY`].
+pub const TWO_PERSON_TASK: &str = "ledger-purge";
+
 /// A registered on-call workload, named in [`BG_POLICY`]'s `requesters`.
 pub const ONCALL_IDENTITY: &str = "oncall-bot";
 /// The workload-JWT subject of [`ONCALL_IDENTITY`].
@@ -64,6 +70,10 @@ pub const COMMANDER_SUBJECT: &str = "admin:incident-commander";
 pub const APPROVER: &str = "security-lead";
 /// The JWT subject that proves [`APPROVER`].
 pub const APPROVER_SUBJECT: &str = "admin:security-lead";
+/// An admin with the `admin` role (every role).
+pub const SUPERVISOR: &str = "ciso";
+/// The JWT subject that proves [`SUPERVISOR`].
+pub const SUPERVISOR_SUBJECT: &str = "admin:ciso";
 
 /// The justification the tests give.
 pub const JUSTIFICATION: &str = "INC-4242: ledger writes stuck, need admin to drain the queue";
@@ -124,11 +134,32 @@ max_ttl  = "5m"
     )
 }
 
-/// The files of `<policy dir>/break-glass/`: [`BG_POLICY`] and [`SELF_SERVICE_POLICY`].
+/// [`TWO_PERSON_POLICY`]'s file.
+pub fn two_person_policy() -> String {
+    format!(
+        r#"# e2e break-glass policy: two approvers
+[break_glass]
+name         = "{TWO_PERSON_POLICY}"
+identities   = ["{IDENTITY}"]
+max_duration = "10m"
+approvals    = 2
+
+[[break_glass.task]]
+name     = "{TWO_PERSON_TASK}"
+audience = "{PROD_LEDGER}"
+scopes   = ["ledger:admin"]
+max_ttl  = "5m"
+"#
+    )
+}
+
+/// The files of `<policy dir>/break-glass/`: [`BG_POLICY`], [`SELF_SERVICE_POLICY`] and
+/// [`TWO_PERSON_POLICY`].
 pub fn break_glass_policies() -> Vec<(String, String)> {
     vec![
         (format!("{BG_POLICY}.toml"), ledger_emergency_policy()),
         (format!("{SELF_SERVICE_POLICY}.toml"), self_service_policy()),
+        (format!("{TWO_PERSON_POLICY}.toml"), two_person_policy()),
     ]
 }
 
@@ -207,6 +238,12 @@ name    = "{APPROVER}"
 roles   = ["break_glass_approve"]
 issuer  = "{ISSUER}"
 subject = "{APPROVER_SUBJECT}"
+
+[[admin]]
+name    = "{SUPERVISOR}"
+roles   = ["admin"]
+issuer  = "{ISSUER}"
+subject = "{SUPERVISOR_SUBJECT}"
 "#
         ));
         if self.webhook_url.is_some() || self.pending_ttl.is_some() {
@@ -267,6 +304,11 @@ pub fn commander_bearer() -> String {
 /// A bearer credential for [`APPROVER`].
 pub fn approver_bearer() -> String {
     rs256(APPROVER_SUBJECT)
+}
+
+/// A bearer credential for [`SUPERVISOR`].
+pub fn supervisor_bearer() -> String {
+    rs256(SUPERVISOR_SUBJECT)
 }
 
 /// A complete request body: [`JUSTIFICATION`] and [`TICKET`] for `identity`, `task` and
