@@ -11,6 +11,8 @@
 # TOKENS (1: every request presents the same workload JWT, as a workload re-using its
 #   projected token does, so the broker's verified-JWT cache answers; N > 1: N distinct JWTs
 #   used in turn), IDLE_WAIT (60: seconds to wait for the machine to go quiet first; 0: don't),
+# NICE (unset; e.g. -20 runs the broker and the generator at that nice level, so that
+#   background jobs on a shared machine take CPU from them as little as possible),
 # JSON_OUT (unset), KEEP_TMP=1 (keep the dev directory and broker logs for inspection),
 # NO_BUILD=1 (use the existing target/release binaries).
 set -euo pipefail
@@ -24,6 +26,10 @@ WARMUP=${WARMUP:-2s}
 TASK=${TASK:-demo}
 TOKENS=${TOKENS:-1}
 IDLE_WAIT=${IDLE_WAIT:-60}
+PRIO=()
+if [[ -n "${NICE:-}" ]]; then
+    PRIO=(nice -n "$NICE")
+fi
 
 BROKER="$ROOT/target/release/broker"
 LOADGEN="$ROOT/target/release/loadgen"
@@ -68,7 +74,7 @@ echo "date:    $(date -u +%Y-%m-%dT%H:%M:%SZ)"
 echo "tmp fs:  $(df -T "$WORK" | awk 'NR==2 {print $2 " on " $1}')"
 
 echo "== starting broker (serve --dev, durable audit log in $TMP/audit)"
-"$BROKER" serve --dev --dev-dir "$TMP" --dev-addr 127.0.0.1:0 \
+"${PRIO[@]}" "$BROKER" serve --dev --dev-dir "$TMP" --dev-addr 127.0.0.1:0 \
     >"$WORK/broker.stdout" 2>"$WORK/broker.stderr" &
 BROKER_PID=$!
 
@@ -123,14 +129,14 @@ if [[ "$IDLE_WAIT" -gt 0 ]]; then
     done
 fi
 
-CMD=("$LOADGEN" --url "$URL" --connections "$CONNECTIONS" --duration "$DURATION"
+CMD=("${PRIO[@]}" "$LOADGEN" --url "$URL" --connections "$CONNECTIONS" --duration "$DURATION"
     --warmup "$WARMUP" --subject-token-file "$WORK/subject.jwt" --task "$TASK"
     --pid "$BROKER_PID")
 [[ -n "${JSON_OUT:-}" ]] && CMD+=(--json-out "$JSON_OUT")
 CMD+=("$@")
 
 echo "== load"
-echo "script:  CONNECTIONS=$CONNECTIONS DURATION=$DURATION WARMUP=$WARMUP TOKENS=$TOKENS bench/issuance.sh $*"
+echo "script:  CONNECTIONS=$CONNECTIONS DURATION=$DURATION WARMUP=$WARMUP TOKENS=$TOKENS${NICE:+ NICE=$NICE} bench/issuance.sh $*"
 echo "command: ${CMD[*]#"$ROOT/"}"
 set +e
 "${CMD[@]}"

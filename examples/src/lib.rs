@@ -159,6 +159,48 @@ pub fn parse_stat_cpu_ticks(stat: &str) -> anyhow::Result<u64> {
     Ok(field(14)? + field(15)?)
 }
 
+/// `(flags, utime + stime)` from the text of `/proc/PID/stat`.
+pub fn parse_stat_flags_and_ticks(stat: &str) -> anyhow::Result<(u64, u64)> {
+    let rest = stat
+        .rfind(')')
+        .map(|i| &stat[i + 1..])
+        .context("malformed /proc/PID/stat")?;
+    let flags = rest
+        .split_whitespace()
+        .nth(9 - 3)
+        .context("short /proc/PID/stat")?
+        .parse::<u64>()
+        .context("malformed /proc/PID/stat flags")?;
+    Ok((flags, parse_stat_cpu_ticks(stat)?))
+}
+
+/// `PF_KTHREAD` in the flags of `/proc/PID/stat`.
+const PF_KTHREAD: u64 = 0x0020_0000;
+
+/// CPU seconds used so far by all kernel threads (kworkers doing writeback, ksoftirqd, ...).
+/// Kernel threads live for the whole run, so the difference of two readings is their share.
+pub fn kernel_threads_cpu_secs(ticks_per_sec: f64) -> f64 {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return 0.0;
+    };
+    let mut ticks = 0u64;
+    for entry in dir.flatten() {
+        let name = entry.file_name();
+        if !name.to_string_lossy().bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        if let Ok((flags, t)) = parse_stat_flags_and_ticks(&stat)
+            && flags & PF_KTHREAD != 0
+        {
+            ticks += t;
+        }
+    }
+    ticks as f64 / ticks_per_sec
+}
+
 /// A `Key:   1234 kB` value from the text of `/proc/PID/status`.
 pub fn parse_status_kib(status: &str, key: &str) -> Option<u64> {
     status.lines().find_map(|line| {
@@ -187,8 +229,11 @@ pub fn clock_ticks_per_sec() -> f64 {
 /// Machine-wide CPU time from the first line of `/proc/stat`, seconds summed over all CPUs.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct SystemCpu {
-    /// Time spent running anything (user, nice, system, irq, softirq).
+    /// Time spent in processes and kernel threads (user, nice, system).
     pub busy_secs: f64,
+    /// Time spent in interrupt and softirq handlers (on loopback, mostly the benchmark's own
+    /// TCP traffic), which no process is charged for.
+    pub irq_secs: f64,
     /// Time the hypervisor gave to someone else (`steal`).
     pub steal_secs: f64,
     /// Idle and I/O wait.
@@ -216,7 +261,8 @@ pub fn parse_system_cpu(text: &str, ticks_per_sec: f64) -> anyhow::Result<System
     let get = |i: usize| v.get(i).copied().unwrap_or(0) as f64 / ticks_per_sec;
     // user nice system idle iowait irq softirq steal (guest time is already in user).
     Ok(SystemCpu {
-        busy_secs: get(0) + get(1) + get(2) + get(5) + get(6),
+        busy_secs: get(0) + get(1) + get(2),
+        irq_secs: get(5) + get(6),
         steal_secs: get(7),
         idle_secs: get(3) + get(4),
     })
@@ -304,6 +350,8 @@ mod tests {
     fn proc_parsing() {
         let stat = "1234 (my (odd) cmd) S 1 1234 1234 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 4";
         assert_eq!(parse_stat_cpu_ticks(stat).unwrap(), 300);
+        assert_eq!(parse_stat_flags_and_ticks(stat).unwrap(), (4_194_560, 300));
+        assert!(kernel_threads_cpu_secs(100.0) >= 0.0);
         let status = "Name:\tbroker\nVmHWM:\t   20480 kB\nVmRSS:\t   10240 kB\n";
         assert_eq!(parse_status_kib(status, "VmHWM"), Some(20480));
         assert_eq!(parse_status_kib(status, "VmRSS"), Some(10240));
@@ -316,7 +364,8 @@ mod tests {
     fn system_cpu_parsing() {
         let text = "cpu  100 5 50 1000 20 3 2 7 0 0\ncpu0 50 2 25 500 10 1 1 3 0 0\n";
         let c = parse_system_cpu(text, 100.0).unwrap();
-        assert!((c.busy_secs - 1.60).abs() < 1e-9);
+        assert!((c.busy_secs - 1.55).abs() < 1e-9);
+        assert!((c.irq_secs - 0.05).abs() < 1e-9);
         assert!((c.steal_secs - 0.07).abs() < 1e-9);
         assert!((c.idle_secs - 10.20).abs() < 1e-9);
         assert!(system_cpu(clock_ticks_per_sec()).is_ok());

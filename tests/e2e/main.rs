@@ -25,6 +25,7 @@ mod break_glass;
 mod concurrency;
 mod denials;
 mod dev;
+mod governance;
 mod issuance;
 mod lint;
 mod mtls;

@@ -170,7 +170,13 @@ pub fn governance_policies_with(tasks: &str) -> Vec<(String, String)> {
     p.push((format!("{GUARDED}.toml"), guarded_policy(tasks)));
     p.push((
         format!("{ALERTING}.toml"),
-        governed_policy(ALERTING, ALERTING_SUBJECT, Some("alert"), "2099-01-01", tasks),
+        governed_policy(
+            ALERTING,
+            ALERTING_SUBJECT,
+            Some("alert"),
+            "2099-01-01",
+            tasks,
+        ),
     ));
     p.push((
         format!("{EXPIRING}.toml"),
@@ -356,7 +362,11 @@ pub fn strings(v: &Value) -> Vec<String> {
     v.as_array()
         .unwrap_or_else(|| panic!("an array: {v}"))
         .iter()
-        .map(|s| s.as_str().unwrap_or_else(|| panic!("a string: {s}")).to_owned())
+        .map(|s| {
+            s.as_str()
+                .unwrap_or_else(|| panic!("a string: {s}"))
+                .to_owned()
+        })
         .collect()
 }
 
@@ -572,7 +582,8 @@ mod tests {
         assert_eq!(today.len(), 10, "{today}");
         assert!(today.as_str() > "2024-01-01", "{today}");
         assert!(date_in_days(366).as_str() > today.as_str());
-        let page = "# TYPE broker_anomalies_total counter\nbroker_anomalies_total{kind=\"new_task\"} 2\n";
+        let page =
+            "# TYPE broker_anomalies_total counter\nbroker_anomalies_total{kind=\"new_task\"} 2\n";
         assert_eq!(anomaly_metric_in(page, "new_task"), 2);
         assert_eq!(anomaly_metric_in(page, "new_scope"), 0);
     }

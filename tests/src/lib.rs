@@ -43,6 +43,7 @@ use tempfile::TempDir;
 pub mod admin;
 pub mod break_glass;
 pub mod curl;
+pub mod governance;
 pub mod mtls;
 pub mod pki;
 pub mod sdk_support;

@@ -173,3 +173,24 @@ pub async fn authenticate(
         None,
     ))
 }
+
+/// Authenticates the caller; on failure records a `denied` event (built from `ev`) and
+/// returns the answer to send. On success `ev` carries the evidence and the actor.
+pub async fn require(
+    st: &AppState,
+    ev: &mut crate::audit::event::AuditEvent,
+    headers: &HeaderMap,
+    client_cert: Option<&ClientCert>,
+) -> Result<Caller, axum::response::Response> {
+    match authenticate(st, headers, client_cert).await {
+        Ok((caller, evidence)) => {
+            ev.evidence = Some(evidence);
+            ev.actor = Some(caller.actor());
+            Ok(caller)
+        }
+        Err(r) => {
+            ev.evidence = r.evidence;
+            Err(crate::api::record::deny(st, ev.clone(), r.rule, r.error).await)
+        }
+    }
+}

@@ -175,6 +175,93 @@ impl Grants {
         Ok(map.get(&id).cloned())
     }
 
+    /// Approves grant `id` atomically: the checks (pending, not the requester, not twice)
+    /// and the durable append happen under one lock, so racing approvals count once.
+    /// When this approval completes the quorum the grant is activated in the same step;
+    /// the returned flag says so.
+    pub fn approve(
+        &self,
+        id: &str,
+        approver: &str,
+        now: u64,
+    ) -> Result<(Grant, bool), ApproveError> {
+        let mut map = self.lock();
+        let g = map
+            .get(id)
+            .ok_or_else(|| refusal("unknown_grant", 404, format!("no break-glass grant {id}")))?;
+        check_approval(g, approver, now)?;
+        let approved = GrantChange::Approved {
+            id: id.to_owned(),
+            approver: approver.to_owned(),
+            at: now,
+        };
+        self.store.append(&StateChange::Grant(approved.clone()))?;
+        apply(&mut map, &approved);
+        let ready = map.get(id).is_some_and(|g| {
+            g.status == GrantStatus::Pending && g.approvals.len() as u32 >= g.approvals_needed
+        });
+        if ready {
+            let duration = map.get(id).map_or(0, |g| g.duration);
+            let activated = GrantChange::Activated {
+                id: id.to_owned(),
+                at: now,
+                ends_at: now + duration,
+            };
+            self.store.append(&StateChange::Grant(activated.clone()))?;
+            apply(&mut map, &activated);
+        }
+        let g = map
+            .get(id)
+            .cloned()
+            .ok_or_else(|| refusal("unknown_grant", 404, id.to_owned()))?;
+        Ok((g, ready))
+    }
+
+    /// Closes grant `id` atomically; `Ok(None)` if it was already closed (so racing
+    /// closes close once).
+    pub fn close_once(
+        &self,
+        id: &str,
+        at: u64,
+        by: &str,
+        reason: &str,
+        expired: bool,
+    ) -> Result<Option<Grant>, StoreError> {
+        let mut map = self.lock();
+        if map.get(id).is_none_or(|g| g.status == GrantStatus::Closed) {
+            return Ok(None);
+        }
+        let closed = GrantChange::Closed {
+            id: id.to_owned(),
+            at,
+            by: by.to_owned(),
+            reason: reason.to_owned(),
+            expired,
+        };
+        self.store.append(&StateChange::Grant(closed.clone()))?;
+        apply(&mut map, &closed);
+        Ok(map.get(id).cloned())
+    }
+
+    /// Activates a pending grant whose quorum is already met (0 approvals needed).
+    pub fn activate_if_ready(&self, id: &str, now: u64) -> Result<Option<Grant>, StoreError> {
+        let mut map = self.lock();
+        let Some(g) = map.get(id) else {
+            return Ok(None);
+        };
+        if g.status != GrantStatus::Pending || (g.approvals.len() as u32) < g.approvals_needed {
+            return Ok(None);
+        }
+        let activated = GrantChange::Activated {
+            id: id.to_owned(),
+            at: now,
+            ends_at: now + g.duration,
+        };
+        self.store.append(&StateChange::Grant(activated.clone()))?;
+        apply(&mut map, &activated);
+        Ok(map.get(id).cloned())
+    }
+
     /// A grant by id.
     pub fn get(&self, id: &str) -> Option<Grant> {
         self.lock().get(id).cloned()
@@ -206,42 +293,53 @@ impl Grants {
             .cloned()
             .collect()
     }
+}
 
-    /// Checks that `approver` may approve grant `id` now.
-    pub fn check_approval(
-        &self,
-        id: &str,
-        approver: &str,
-        now: u64,
-    ) -> Result<Grant, GrantRefusal> {
-        let g = self
-            .get(id)
-            .ok_or_else(|| refusal("unknown_grant", 404, format!("no break-glass grant {id}")))?;
-        if g.status != GrantStatus::Pending || now >= g.pending_until {
-            return Err(refusal(
-                "grant_not_pending",
-                409,
-                format!("grant {id} is not waiting for approval"),
-            ));
-        }
-        if g.requester == approver {
-            return Err(refusal(
-                "self_approval",
-                403,
-                format!(
-                    "{approver} requested grant {id} and cannot approve it: a second person must"
-                ),
-            ));
-        }
-        if g.approvals.iter().any(|a| a.approver == approver) {
-            return Err(refusal(
-                "duplicate_approval",
-                409,
-                format!("{approver} already approved grant {id}"),
-            ));
-        }
-        Ok(g)
+/// Why an approval failed.
+#[derive(Debug)]
+pub enum ApproveError {
+    /// Refused by a rule.
+    Refused(GrantRefusal),
+    /// The journal could not be written.
+    Store(StoreError),
+}
+
+impl From<GrantRefusal> for ApproveError {
+    fn from(r: GrantRefusal) -> Self {
+        ApproveError::Refused(r)
     }
+}
+
+impl From<StoreError> for ApproveError {
+    fn from(e: StoreError) -> Self {
+        ApproveError::Store(e)
+    }
+}
+
+fn check_approval(g: &Grant, approver: &str, now: u64) -> Result<(), GrantRefusal> {
+    let id = &g.id;
+    if g.status != GrantStatus::Pending || now >= g.pending_until {
+        return Err(refusal(
+            "grant_not_pending",
+            409,
+            format!("grant {id} is not waiting for approval"),
+        ));
+    }
+    if g.requester == approver {
+        return Err(refusal(
+            "self_approval",
+            403,
+            format!("{approver} requested grant {id} and cannot approve it: a second person must"),
+        ));
+    }
+    if g.approvals.iter().any(|a| a.approver == approver) {
+        return Err(refusal(
+            "duplicate_approval",
+            409,
+            format!("{approver} already approved grant {id}"),
+        ));
+    }
+    Ok(())
 }
 
 fn grant_id(c: &GrantChange) -> &str {
@@ -370,25 +468,20 @@ mod tests {
         let g = Grants::open(Arc::new(store.clone())).unwrap();
         g.commit(request("bg-1", 1)).unwrap();
         assert!(g.active("payments-api", "ledger-admin", 150).is_none());
-        assert_eq!(
-            g.check_approval("bg-1", "admin:alice", 150)
-                .unwrap_err()
-                .rule,
-            "self_approval"
+        assert!(matches!(
+            g.approve("bg-1", "admin:alice", 150),
+            Err(ApproveError::Refused(GrantRefusal {
+                rule: "self_approval",
+                ..
+            }))
+        ));
+        let (_, activated) = g.approve("bg-1", "admin:bob", 150).unwrap();
+        assert!(activated, "one approval completes the quorum");
+        assert!(
+            g.approve("bg-1", "admin:carol", 150).is_err(),
+            "no longer pending"
         );
-        g.check_approval("bg-1", "admin:bob", 150).unwrap();
-        g.commit(GrantChange::Approved {
-            id: "bg-1".into(),
-            approver: "admin:bob".into(),
-            at: 150,
-        })
-        .unwrap();
-        g.commit(GrantChange::Activated {
-            id: "bg-1".into(),
-            at: 150,
-            ends_at: 750,
-        })
-        .unwrap();
+        assert_eq!(g.get("bg-1").unwrap().ends_at, Some(750));
         assert!(g.active("payments-api", "ledger-admin", 200).is_some());
         assert!(g.due(749).is_empty());
         assert_eq!(g.due(750).len(), 1);

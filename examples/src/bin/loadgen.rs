@@ -23,8 +23,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use broker_examples::{
-    Percentiles, ProcSample, SystemCpu, Target, clock_ticks_per_sec, form_body, parse_duration,
-    percentiles, proc_sample, system_cpu,
+    Percentiles, ProcSample, SystemCpu, Target, clock_ticks_per_sec, form_body,
+    kernel_threads_cpu_secs, parse_duration, percentiles, proc_sample, system_cpu,
 };
 use clap::Parser;
 use http_body_util::{BodyExt, Full};
@@ -374,6 +374,8 @@ struct Monitor {
     self_end: Option<ProcSample>,
     system_start: Option<SystemCpu>,
     system_end: Option<SystemCpu>,
+    kthreads_start: f64,
+    kthreads_end: f64,
 }
 
 async fn monitor(pid: Option<u32>, plan: Arc<Plan>, hz: f64) -> Monitor {
@@ -384,10 +386,12 @@ async fn monitor(pid: Option<u32>, plan: Arc<Plan>, hz: f64) -> Monitor {
     m.broker_start = sample(broker.clone());
     m.self_start = sample(Some("self".to_owned()));
     m.system_start = system_cpu(hz).ok();
+    m.kthreads_start = kernel_threads_cpu_secs(hz);
     tokio::time::sleep_until(plan.stop_at.into()).await;
     m.broker_end = sample(broker);
     m.self_end = sample(Some("self".to_owned()));
     m.system_end = system_cpu(hz).ok();
+    m.kthreads_end = kernel_threads_cpu_secs(hz);
     m
 }
 
@@ -502,6 +506,20 @@ async fn run(args: &Args) -> anyhow::Result<ExitCode> {
     })
 }
 
+/// Where the machine's CPU went during the window, in cores.
+struct Machine {
+    /// All processes and kernel threads (user + system time).
+    busy: f64,
+    broker: f64,
+    loadgen: f64,
+    kthreads: f64,
+    /// Everything else: processes that are neither the broker nor the generator.
+    other: f64,
+    /// Interrupt and softirq time (loopback TCP, block I/O completions).
+    irq: f64,
+    steal: f64,
+}
+
 struct Report<'a> {
     args: &'a Args,
     tokens: usize,
@@ -548,13 +566,22 @@ impl Report<'_> {
 
     /// Busy CPU of the whole machine in the window, and the part of it that was neither the
     /// broker nor this generator, in cores; and steal, in cores.
-    fn machine_cores(&self) -> Option<(f64, f64, f64)> {
+    fn machine(&self) -> Option<Machine> {
         let (a, b) = (self.mon.system_start?, self.mon.system_end?);
-        let busy = (b.busy_secs - a.busy_secs) / self.window;
-        let steal = (b.steal_secs - a.steal_secs) / self.window;
-        let ours = self.broker_cpu_window().unwrap_or(0.0) + self.self_cpu_window().unwrap_or(0.0);
-        let foreign = (busy - ours / self.window).max(0.0);
-        Some((busy, foreign, steal))
+        let w = self.window;
+        let busy = (b.busy_secs - a.busy_secs) / w;
+        let broker = self.broker_cpu_window().unwrap_or(0.0) / w;
+        let loadgen = self.self_cpu_window().unwrap_or(0.0) / w;
+        let kthreads = (self.mon.kthreads_end - self.mon.kthreads_start).max(0.0) / w;
+        Some(Machine {
+            busy,
+            broker,
+            loadgen,
+            kthreads,
+            other: (busy - broker - loadgen - kthreads).max(0.0),
+            irq: (b.irq_secs - a.irq_secs) / w,
+            steal: (b.steal_secs - a.steal_secs) / w,
+        })
     }
 
     fn alarms(&self) -> Vec<String> {
@@ -562,7 +589,8 @@ impl Report<'_> {
         if let Some(a) = self.error_alarm() {
             out.push(a);
         }
-        if let Some((_, foreign, _)) = self.machine_cores() {
+        if let Some(m) = self.machine() {
+            let foreign = m.other;
             // Only meaningful when the broker's own CPU is known (--pid).
             if self.args.pid.is_some() && foreign > FOREIGN_CPU_ALARM {
                 out.push(format!(
@@ -675,9 +703,10 @@ impl Report<'_> {
             let list: Vec<String> = t.per_second.iter().map(u32::to_string).collect();
             out.push_str(&format!("200s per second  {}\n", list.join(" ")));
         }
-        if let Some((busy, foreign, steal)) = self.machine_cores() {
+        if let Some(m) = self.machine() {
             out.push_str(&format!(
-                "machine          {busy:.2} cores busy in window ({foreign:.2} by other processes), steal {steal:.2}\n"
+                "machine          cores busy in window: {:.2} processes (broker {:.2}, loadgen {:.2}, kernel threads {:.2}, OTHER {:.2}) + {:.2} irq/softirq; steal {:.2}\n",
+                m.busy, m.broker, m.loadgen, m.kthreads, m.other, m.irq, m.steal
             ));
         }
         if a.pid.is_none() {
@@ -733,8 +762,10 @@ impl Report<'_> {
                 "cpu_us_per_issuance": self.broker_cpu_window().map(|c| per_issuance_us(c, t.ok)),
             })),
             "loadgen_cpu_secs_window": self.self_cpu_window(),
-            "machine": self.machine_cores().map(|(busy, foreign, steal)| serde_json::json!({
-                "busy_cores": busy, "other_processes_cores": foreign, "steal_cores": steal,
+            "machine_cores": self.machine().map(|m| serde_json::json!({
+                "processes_busy": m.busy, "broker": m.broker, "loadgen": m.loadgen,
+                "kernel_threads": m.kthreads, "other_processes": m.other,
+                "irq_softirq": m.irq, "steal": m.steal,
             })),
             "alarms": self.alarms(),
         })

@@ -50,15 +50,7 @@ async fn admin_caller(
     client_cert: Option<&ClientCert>,
     role: Role,
 ) -> Result<Caller, Response> {
-    let (caller, evidence) = match caller::authenticate(st, headers, client_cert).await {
-        Ok(c) => c,
-        Err(r) => {
-            ev.evidence = r.evidence;
-            return Err(record::deny(st, ev.clone(), r.rule, r.error).await);
-        }
-    };
-    ev.evidence = Some(evidence);
-    ev.actor = Some(caller.actor());
+    let caller = caller::require(st, ev, headers, client_cert).await?;
     if caller.has_role(role) {
         return Ok(caller);
     }

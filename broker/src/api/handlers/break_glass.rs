@@ -61,25 +61,6 @@ fn store_unavailable() -> Response {
     .into_response()
 }
 
-async fn authenticate(
-    st: &AppState,
-    ev: &mut AuditEvent,
-    headers: &HeaderMap,
-    cert: Option<&ClientCert>,
-) -> Result<Caller, Response> {
-    match caller::authenticate(st, headers, cert).await {
-        Ok((c, evidence)) => {
-            ev.evidence = Some(evidence);
-            ev.actor = Some(c.actor());
-            Ok(c)
-        }
-        Err(r) => {
-            ev.evidence = r.evidence;
-            Err(record::deny(st, ev.clone(), r.rule, r.error).await)
-        }
-    }
-}
-
 fn bad(rule: &'static str, status: StatusCode, msg: String) -> (&'static str, ApiError) {
     let code = if status == StatusCode::FORBIDDEN {
         "access_denied"
@@ -89,24 +70,20 @@ fn bad(rule: &'static str, status: StatusCode, msg: String) -> (&'static str, Ap
     (rule, ApiError::new(status, code, msg))
 }
 
-/// Activates `g` if it has its approvals; audits and notifies.
+/// Activates `g` if it needs no (more) approvals; audits and notifies.
 async fn activate_if_ready(st: &AppState, g: Grant, ev: &AuditEvent) -> Result<Grant, Response> {
-    if g.status != GrantStatus::Pending || (g.approvals.len() as u32) < g.approvals_needed {
-        return Ok(g);
-    }
     let now = st.clock.unix_secs();
-    let Ok(Some(g)) = st.grants.commit(GrantChange::Activated {
-        id: g.id.clone(),
-        at: now,
-        ends_at: now + g.duration,
-    }) else {
-        return Err(store_unavailable());
-    };
-    record::allow(st, grant_event(EventKind::BreakGlassActivated, &g, ev))
-        .await
-        .map_err(IntoResponse::into_response)?;
-    notify(st, "break_glass_activated", &g);
-    Ok(g)
+    match st.grants.activate_if_ready(&g.id, now) {
+        Ok(None) => Ok(g),
+        Ok(Some(g)) => {
+            record::allow(st, grant_event(EventKind::BreakGlassActivated, &g, ev))
+                .await
+                .map_err(IntoResponse::into_response)?;
+            notify(st, "break_glass_activated", &g);
+            Ok(g)
+        }
+        Err(_) => Err(store_unavailable()),
+    }
 }
 
 /// Requests a grant.
@@ -119,7 +96,7 @@ pub async fn request(
 ) -> Response {
     let mut ev = record::event(EventKind::BreakGlassRequested, peer);
     let caller =
-        match authenticate(&st, &mut ev, &headers, client_cert.as_ref().map(|e| &e.0)).await {
+        match caller::require(&st, &mut ev, &headers, client_cert.as_ref().map(|e| &e.0)).await {
             Ok(c) => c,
             Err(r) => return r,
         };
@@ -243,7 +220,7 @@ pub async fn approve(
 ) -> Response {
     let mut ev = record::event(EventKind::BreakGlassApproved, peer);
     let caller =
-        match authenticate(&st, &mut ev, &headers, client_cert.as_ref().map(|e| &e.0)).await {
+        match caller::require(&st, &mut ev, &headers, client_cert.as_ref().map(|e| &e.0)).await {
             Ok(c) => c,
             Err(r) => return r,
         };
@@ -257,21 +234,18 @@ pub async fn approve(
         return record::deny(&st, ev, rule, e).await;
     }
     let now = st.clock.unix_secs();
-    if let Err(r) = st.grants.check_approval(&id, &caller.actor(), now) {
-        let status = StatusCode::from_u16(r.status).unwrap_or(StatusCode::FORBIDDEN);
-        let code = if r.status == 403 {
-            "access_denied"
-        } else {
-            "invalid_request"
-        };
-        return record::deny(&st, ev, r.rule, ApiError::new(status, code, r.reason)).await;
-    }
-    let Ok(Some(g)) = st.grants.commit(GrantChange::Approved {
-        id,
-        approver: caller.actor(),
-        at: now,
-    }) else {
-        return store_unavailable();
+    let (g, activated) = match st.grants.approve(&id, &caller.actor(), now) {
+        Ok(x) => x,
+        Err(crate::breakglass::ApproveError::Refused(r)) => {
+            let status = StatusCode::from_u16(r.status).unwrap_or(StatusCode::FORBIDDEN);
+            let code = if r.status == 403 {
+                "access_denied"
+            } else {
+                "invalid_request"
+            };
+            return record::deny(&st, ev, r.rule, ApiError::new(status, code, r.reason)).await;
+        }
+        Err(crate::breakglass::ApproveError::Store(_)) => return store_unavailable(),
     };
     let mut approved = grant_event(EventKind::BreakGlassApproved, &g, &ev);
     approved.approved_by = Some(caller.actor());
@@ -279,10 +253,15 @@ pub async fn approve(
         return e.into_response();
     }
     notify(&st, "break_glass_approved", &g);
-    match activate_if_ready(&st, g, &ev).await {
-        Ok(g) => Json(g).into_response(),
-        Err(r) => r,
+    if activated {
+        if let Err(e) =
+            record::allow(&st, grant_event(EventKind::BreakGlassActivated, &g, &ev)).await
+        {
+            return e.into_response();
+        }
+        notify(&st, "break_glass_activated", &g);
     }
+    Json(g).into_response()
 }
 
 /// Ends a grant now: closes it and revokes every token issued under it. Used by the
@@ -313,14 +292,11 @@ pub async fn close_grant(
     if st.revocations.commit(&rule).is_err() {
         return Err(store_unavailable());
     }
-    let Ok(Some(closed)) = st.grants.commit(GrantChange::Closed {
-        id: g.id.clone(),
-        at: now,
-        by: by.to_owned(),
-        reason: reason.to_owned(),
-        expired,
-    }) else {
-        return Err(store_unavailable());
+    let closed = match st.grants.close_once(&g.id, now, by, reason, expired) {
+        Ok(Some(c)) => c,
+        // Someone else closed it first: their close did the audit and the webhook.
+        Ok(None) => return Ok(st.grants.get(&g.id).unwrap_or_else(|| g.clone())),
+        Err(_) => return Err(store_unavailable()),
     };
     let kind = if expired {
         EventKind::BreakGlassExpired
@@ -378,7 +354,7 @@ pub async fn close(
 ) -> Response {
     let mut ev = record::event(EventKind::BreakGlassClosed, peer);
     let caller =
-        match authenticate(&st, &mut ev, &headers, client_cert.as_ref().map(|e| &e.0)).await {
+        match caller::require(&st, &mut ev, &headers, client_cert.as_ref().map(|e| &e.0)).await {
             Ok(c) => c,
             Err(r) => return r,
         };
@@ -425,7 +401,7 @@ pub async fn report(
 ) -> Response {
     let mut ev = record::event(EventKind::Denied, peer);
     let caller =
-        match authenticate(&st, &mut ev, &headers, client_cert.as_ref().map(|e| &e.0)).await {
+        match caller::require(&st, &mut ev, &headers, client_cert.as_ref().map(|e| &e.0)).await {
             Ok(c) => c,
             Err(r) => return r,
         };

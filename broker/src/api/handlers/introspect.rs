@@ -44,17 +44,12 @@ pub async fn introspect(
     body: Bytes,
 ) -> Response {
     let mut ev = record::event(EventKind::Denied, peer);
-    let (caller, evidence) =
-        match caller::authenticate(&st, &headers, client_cert.as_ref().map(|e| &e.0)).await {
+    let caller =
+        match caller::require(&st, &mut ev, &headers, client_cert.as_ref().map(|e| &e.0)).await {
             Ok(c) => c,
-            Err(r) => {
-                ev.evidence = r.evidence;
-                return record::deny(&st, ev, r.rule, r.error).await;
-            }
+            Err(res) => return res,
         };
     if !caller.may_introspect() {
-        ev.evidence = Some(evidence);
-        ev.actor = Some(caller.actor());
         return record::deny(
             &st,
             ev,

@@ -38,18 +38,11 @@ pub async fn inventory(
     query: Result<Query<InventoryQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
     let mut ev = record::event(EventKind::Denied, peer);
-    let caller = match caller::authenticate(&st, &headers, client_cert.as_ref().map(|e| &e.0)).await
-    {
-        Ok((c, evidence)) => {
-            ev.evidence = Some(evidence);
-            ev.actor = Some(c.actor());
-            c
-        }
-        Err(r) => {
-            ev.evidence = r.evidence;
-            return record::deny(&st, ev, r.rule, r.error).await;
-        }
-    };
+    let caller =
+        match caller::require(&st, &mut ev, &headers, client_cert.as_ref().map(|e| &e.0)).await {
+            Ok(c) => c,
+            Err(res) => return res,
+        };
     if !caller.has_role(Role::ReadAudit) {
         let rule = if matches!(caller, Caller::Workload { .. }) {
             "admin_required"

@@ -36,16 +36,11 @@ pub async fn revoke(
     body: Bytes,
 ) -> Response {
     let mut ev = record::event(EventKind::Revoked, peer);
-    let (caller, evidence) =
-        match caller::authenticate(&st, &headers, client_cert.as_ref().map(|e| &e.0)).await {
+    let caller =
+        match caller::require(&st, &mut ev, &headers, client_cert.as_ref().map(|e| &e.0)).await {
             Ok(c) => c,
-            Err(r) => {
-                ev.evidence = r.evidence;
-                return record::deny(&st, ev, r.rule, r.error).await;
-            }
+            Err(res) => return res,
         };
-    ev.evidence = Some(evidence);
-    ev.actor = Some(caller.actor());
     let form: RevokeForm = match serde_urlencoded::from_bytes(&body) {
         Ok(f) => f,
         Err(e) => {
