@@ -169,7 +169,15 @@ pub async fn request(
         );
         return record::deny(&st, ev, rule, e).await;
     }
-    if duration > policy.max_duration || duration.is_zero() {
+    if duration.is_zero() {
+        let (rule, e) = bad(
+            "duration_invalid",
+            StatusCode::BAD_REQUEST,
+            "duration must be greater than zero".into(),
+        );
+        return record::deny(&st, ev, rule, e).await;
+    }
+    if duration > policy.max_duration {
         let (rule, e) = bad(
             "duration_exceeds_max",
             StatusCode::BAD_REQUEST,
@@ -304,6 +312,10 @@ pub async fn close_grant(
         EventKind::BreakGlassClosed
     };
     let mut e = grant_event(kind, &closed, ev);
+    e.reason = Some(format!(
+        "{reason} (justification was: {})",
+        closed.justification
+    ));
     e.detail = e.detail.map(|mut d| {
         d["tokens_revoked"] = json!(closed.tokens.len());
         d["close_reason"] = json!(reason);
