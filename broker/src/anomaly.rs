@@ -19,6 +19,9 @@ use ring::rand::{SecureRandom, SystemRandom};
 use serde::Serialize;
 use serde_json::{Value, json};
 
+use std::sync::Arc;
+
+use crate::store::{AnomalyChange, StateChange, StateStore, StoreError};
 use crate::usage::Observation;
 
 /// What to do about an identity's anomalies.
@@ -98,12 +101,28 @@ struct Inner {
 }
 
 /// The monitor.
-#[derive(Debug)]
 pub struct Monitor {
     inner: Mutex<Inner>,
     volume: VolumeSettings,
     dormant_after_secs: u64,
+    store: Arc<dyn StateStore>,
 }
+
+impl std::fmt::Debug for Monitor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Monitor").finish_non_exhaustive()
+    }
+}
+
+/// Anomaly kinds, for replaying the journal into `&'static str`s.
+const KINDS: &[&str] = &[
+    "volume_spike",
+    "new_source_network",
+    "new_task",
+    "new_scope",
+    "policy_widened",
+    "dormant_reactivated",
+];
 
 fn new_id() -> String {
     let mut b = [0u8; 8];
@@ -113,13 +132,50 @@ fn new_id() -> String {
 }
 
 impl Monitor {
-    /// A monitor with these settings.
-    pub fn new(volume: VolumeSettings, dormant_after_secs: u64) -> Self {
-        Self {
-            inner: Mutex::new(Inner::default()),
+    /// A monitor with these settings, replaying anomalies from `store`.
+    pub fn open(
+        store: Arc<dyn StateStore>,
+        volume: VolumeSettings,
+        dormant_after_secs: u64,
+    ) -> Result<Self, StoreError> {
+        let mut inner = Inner::default();
+        for c in store.load()? {
+            match c {
+                StateChange::Anomaly(AnomalyChange::Raised {
+                    id,
+                    identity,
+                    kind,
+                    evidence,
+                    at,
+                    action,
+                }) => inner.anomalies.push(Anomaly {
+                    id,
+                    identity,
+                    kind: KINDS
+                        .iter()
+                        .find(|k| **k == kind)
+                        .copied()
+                        .unwrap_or("unknown"),
+                    evidence,
+                    at,
+                    action: AnomalyAction::parse(&action).unwrap_or(AnomalyAction::Deny),
+                    acknowledged_by: None,
+                }),
+                StateChange::Anomaly(AnomalyChange::Acknowledged { id, by, .. }) => {
+                    if let Some(a) = inner.anomalies.iter_mut().find(|a| a.id == id) {
+                        a.acknowledged_by = Some(by);
+                    }
+                }
+                _ => {}
+            }
+        }
+        // Acknowledged anomalies stay: they mark behaviour an admin accepted.
+        Ok(Self {
+            inner: Mutex::new(inner),
             volume,
             dormant_after_secs,
-        }
+            store,
+        })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -140,7 +196,7 @@ impl Monitor {
     }
 
     /// Open (unacknowledged) anomalies of `identity`.
-    pub fn open(&self, identity: &str) -> Vec<Anomaly> {
+    pub fn open_for(&self, identity: &str) -> Vec<Anomaly> {
         self.lock()
             .anomalies
             .iter()
@@ -149,14 +205,22 @@ impl Monitor {
             .collect()
     }
 
-    /// Acknowledges anomaly `id`; returns it, or `None` if unknown.
-    pub fn acknowledge(&self, id: &str, by: &str) -> Option<Anomaly> {
+    /// Acknowledges anomaly `id` durably; returns it, or `None` if unknown.
+    pub fn acknowledge(&self, id: &str, by: &str, now: u64) -> Result<Option<Anomaly>, StoreError> {
         let mut inner = self.lock();
-        let a = inner.anomalies.iter_mut().find(|a| a.id == id)?;
+        let Some(a) = inner.anomalies.iter_mut().find(|a| a.id == id) else {
+            return Ok(None);
+        };
         if a.acknowledged_by.is_none() {
+            self.store
+                .append(&StateChange::Anomaly(AnomalyChange::Acknowledged {
+                    id: id.to_owned(),
+                    by: by.to_owned(),
+                    at: now,
+                }))?;
             a.acknowledged_by = Some(by.to_owned());
         }
-        Some(a.clone())
+        Ok(Some(a.clone()))
     }
 
     /// Adds an anomaly found elsewhere (a widening policy reload).
@@ -177,6 +241,23 @@ impl Monitor {
             action,
             acknowledged_by: None,
         };
+        // Kept in memory even if the journal write fails: a `deny` hold fails closed.
+        if let Err(e) = self
+            .store
+            .append(&StateChange::Anomaly(AnomalyChange::Raised {
+                id: a.id.clone(),
+                identity: a.identity.clone(),
+                kind: a.kind.to_owned(),
+                evidence: a.evidence.clone(),
+                at,
+                action: match action {
+                    AnomalyAction::Alert => "alert".into(),
+                    AnomalyAction::Deny => "deny".into(),
+                },
+            }))
+        {
+            tracing::error!(error = %e, anomaly = %a.id, "could not persist an anomaly");
+        }
         self.lock().anomalies.push(a.clone());
         a
     }
@@ -213,6 +294,18 @@ impl Monitor {
         }
         {
             let mut inner = self.lock();
+            // Behaviour an admin acknowledged is accepted: the same identity, kind and
+            // evidence is not raised again (dormancy: not again before the next issuance).
+            let last_issued = obs.idle_secs.map(|i| now.saturating_sub(i)).unwrap_or(0);
+            found.retain(|(kind, evidence)| {
+                !inner.anomalies.iter().any(|a| {
+                    a.identity == identity
+                        && a.kind == *kind
+                        && a.acknowledged_by.is_some()
+                        && (a.evidence == *evidence
+                            || (*kind == "dormant_reactivated" && a.at >= last_issued))
+                })
+            });
             let v = match inner.volume.get_mut(identity) {
                 Some(v) => v,
                 None => inner.volume.entry(identity.to_owned()).or_default(),
@@ -259,6 +352,11 @@ impl Monitor {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::memory::MemoryStore;
+
+    fn monitor(volume: VolumeSettings, dormant: u64) -> Monitor {
+        Monitor::open(Arc::new(MemoryStore::default()), volume, dormant).unwrap()
+    }
 
     fn obs() -> Observation {
         Observation {
@@ -270,7 +368,7 @@ mod tests {
 
     #[test]
     fn volume_spike_against_the_identitys_own_baseline() {
-        let m = Monitor::new(
+        let m = monitor(
             VolumeSettings {
                 window_secs: 10,
                 factor: 5.0,
@@ -305,20 +403,32 @@ mod tests {
 
     #[test]
     fn deny_blocks_until_acknowledged() {
-        let m = Monitor::new(VolumeSettings::default(), 100);
+        let store = MemoryStore::default();
+        let m = Monitor::open(Arc::new(store.clone()), VolumeSettings::default(), 100).unwrap();
         let mut o = obs();
         o.new_source = Some("10.1.2.0/24".into());
         let a = m.observe("a", "t", &o, 5, AnomalyAction::Deny);
         assert_eq!(a[0].kind, "new_source_network");
         assert!(m.blocking("a").is_some());
-        m.acknowledge(&a[0].id, "admin:x").unwrap();
+        let reopened =
+            Monitor::open(Arc::new(store.clone()), VolumeSettings::default(), 100).unwrap();
+        assert!(
+            reopened.blocking("a").is_some(),
+            "a hold survives a restart"
+        );
+        m.acknowledge(&a[0].id, "admin:x", 6).unwrap().unwrap();
         assert!(m.blocking("a").is_none());
-        assert!(m.open("a").is_empty());
+        let reopened = Monitor::open(Arc::new(store), VolumeSettings::default(), 100).unwrap();
+        assert!(
+            reopened.blocking("a").is_none(),
+            "so does its acknowledgement"
+        );
+        assert!(m.open_for("a").is_empty());
     }
 
     #[test]
     fn dormancy_and_privilege_expansion() {
-        let m = Monitor::new(VolumeSettings::default(), 100);
+        let m = monitor(VolumeSettings::default(), 100);
         let o = Observation {
             has_history: true,
             idle_secs: Some(500),

@@ -322,7 +322,7 @@ impl Inner {
             StateChange::Enable { identity, .. } => {
                 self.disabled.remove(identity);
             }
-            StateChange::Grant(_) => {}
+            StateChange::Grant(_) | StateChange::Anomaly(_) => {}
         }
     }
 }

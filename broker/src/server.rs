@@ -109,7 +109,10 @@ pub async fn start_with_clock(
     .map_err(StartError::Policies)?;
     let store = Arc::new(crate::store::file::FileStore::open(&config.state_dir)?);
     let revocations = Revocations::open(Arc::clone(&store) as Arc<dyn crate::store::StateStore>)?;
-    let grants = crate::breakglass::Grants::open(store)?;
+    let grants =
+        crate::breakglass::Grants::open(Arc::clone(&store) as Arc<dyn crate::store::StateStore>)?;
+    let monitor =
+        crate::anomaly::Monitor::open(store, config.volume, config.dormant_after.as_secs())?;
     let authn = Authenticator::new(&config.trusted_issuers, Arc::clone(&clock))?;
     for (issuer, e) in authn.preload().await {
         tracing::warn!(%issuer, error = %e, "issuer keys not loaded yet; tokens from it are refused until they load");
@@ -161,10 +164,7 @@ pub async fn start_with_clock(
             expiring_window_secs: config.expiring_window.as_secs(),
             dormant_after_secs: config.dormant_after.as_secs(),
             usage: Arc::new(crate::usage::Usage::load(&config.state_dir)),
-            monitor: Arc::new(crate::anomaly::Monitor::new(
-                config.volume,
-                config.dormant_after.as_secs(),
-            )),
+            monitor: Arc::new(monitor),
             anomaly_action: config.anomaly_action,
         },
         limits: Limits {

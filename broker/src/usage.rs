@@ -95,11 +95,11 @@ impl Usage {
 
     /// Records one issuance (from an unknown source network).
     pub fn record(&self, identity: &str, task: &str, scopes: &[String], now: u64) {
-        self.observe_and_record(identity, task, scopes, None, now);
+        self.record_issued(identity, task, scopes, None, now);
     }
 
-    /// Compares an issuance with the identity's history, then records it.
-    pub fn observe_and_record(
+    /// Compares an issuance with the identity's history (nothing is recorded).
+    pub fn observe(
         &self,
         identity: &str,
         task: &str,
@@ -107,13 +107,12 @@ impl Usage {
         source: Option<&str>,
         now: u64,
     ) -> Observation {
-        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
-        let u = match map.get_mut(identity) {
-            Some(u) => u,
-            None => map.entry(identity.to_owned()).or_default(),
+        let map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(u) = map.get(identity) else {
+            return Observation::default();
         };
         let has_history = u.last_issued.is_some();
-        let obs = Observation {
+        Observation {
             has_history,
             idle_secs: u.last_issued.map(|t| now.saturating_sub(t)),
             new_task: has_history && !u.tasks.contains_key(task),
@@ -129,6 +128,22 @@ impl Usage {
             new_source: source
                 .filter(|s| has_history && !u.sources.contains_key(*s))
                 .map(str::to_owned),
+        }
+    }
+
+    /// Records one issued token (call once its `issued` record is durable).
+    pub fn record_issued(
+        &self,
+        identity: &str,
+        task: &str,
+        scopes: &[String],
+        source: Option<&str>,
+        now: u64,
+    ) {
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        let u = match map.get_mut(identity) {
+            Some(u) => u,
+            None => map.entry(identity.to_owned()).or_default(),
         };
         if let Some(src) = source {
             match u.sources.get_mut(src) {
@@ -163,7 +178,6 @@ impl Usage {
                 }
             }
         }
-        obs
     }
 
     /// One identity's usage.

@@ -500,10 +500,7 @@ async fn the_warning_window_is_configurable() {
     let e = b.inventory_entry(EXPIRING).await;
     assert_eq!(e["status"], "active", "{e}");
     let due = b.inventory("?due=30d").await;
-    assert_eq!(
-        listed_ids(&due),
-        due_ids()
-    );
+    assert_eq!(listed_ids(&due), due_ids());
     let due = b.inventory("?due=5d").await;
     assert_eq!(listed_ids(&due), vec![EXPIRED_IDENTITY.to_owned()]);
 }
@@ -602,7 +599,7 @@ async fn the_inventory_shows_every_status_and_the_usage() {
     ] {
         assert_eq!(e[k], v, "{IDENTITY}.{k}: {e:#}");
     }
-    assert_eq!(e["tokens_24h"], 4, "TEMP: {e:#}");
+    assert_eq!(e["tokens_24h"], 2, "two tokens issued: {e:#}");
     assert!(e.get("unused_tasks").is_none(), "only with ?unused: {e}");
 
     let e = entry(&inv, EXPIRING).unwrap();
@@ -667,11 +664,7 @@ async fn the_due_and_unused_filters() {
         .unwrap();
 
     let due = b.inventory("?due=30d").await;
-    assert_eq!(
-        listed_ids(&due),
-        due_ids(),
-        "{due:#}"
-    );
+    assert_eq!(listed_ids(&due), due_ids(), "{due:#}");
     assert_eq!(status_of(&due, EXPIRED_IDENTITY), "expired");
     assert_eq!(status_of(&due, EXPIRING), "expiring");
     let due = b.inventory("?due=5d").await;
@@ -701,10 +694,7 @@ async fn the_due_and_unused_filters() {
     );
 
     let both = b.inventory("?due=30d&unused=30d").await;
-    assert_eq!(
-        listed_ids(&both),
-        due_ids()
-    );
+    assert_eq!(listed_ids(&both), due_ids());
     assert_eq!(
         strings(&entry(&both, EXPIRING).unwrap()["unused_tasks"]),
         vec![SYNC_READ]
@@ -812,7 +802,11 @@ async fn a_refused_request_is_not_usage() {
     let r = b.ask(GUARDED_SUBJECT, SYNC_READ, None).await;
     assert_held(&b, &r, GUARDED, "new_task");
     let e = b.inventory_entry(GUARDED).await;
-
+    assert_eq!(
+        e["tasks_used"],
+        json!([SYNC_WRITE]),
+        "a refused task is not used: {e:#}"
+    );
     assert_eq!(
         e["last_issued"], iat,
         "the last issuance is the last token: {e:#}"
@@ -917,11 +911,7 @@ async fn the_inventory_cli_prints_a_table_and_json() {
     let rows = table_rows(&out);
     let mut ids: Vec<String> = rows.iter().map(|r| r[0].clone()).collect();
     ids.sort();
-    assert_eq!(
-        ids,
-        due_ids(),
-        "{out}"
-    );
+    assert_eq!(ids, due_ids(), "{out}");
     assert_eq!(row(&rows, EXPIRING)[4], date_in_days(EXPIRING_IN_DAYS));
 
     // --unused 30d: the least-privilege report.
@@ -1343,6 +1333,10 @@ async fn a_held_identity_stays_held_across_a_restart() {
     assert!(st.success(), "graceful stop: {st}");
     b.launch().unwrap_or_else(|e| panic!("{e}"));
 
+    let r = b
+        .ask(GUARDED_SUBJECT, SYNC_WRITE, Some("ledger:read"))
+        .await;
+    assert_refused_by(&b, &r, GUARDED, &id);
     let e = b.inventory_entry(GUARDED).await;
     assert!(
         e["anomalies"]
@@ -1350,8 +1344,4 @@ async fn a_held_identity_stays_held_across_a_restart() {
             .is_some_and(|a| a.iter().any(|a| a["id"] == id.as_str())),
         "the open anomaly {id} is still listed after the restart: {e:#}"
     );
-    let r = b
-        .ask(GUARDED_SUBJECT, SYNC_WRITE, Some("ledger:read"))
-        .await;
-    assert_refused_by(&b, &r, GUARDED, &id);
 }

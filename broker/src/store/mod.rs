@@ -120,6 +120,38 @@ pub enum StateChange {
     },
     /// A break-glass grant change.
     Grant(GrantChange),
+    /// A behavioural-monitoring change.
+    Anomaly(AnomalyChange),
+}
+
+/// An anomaly change (so that `deny` holds survive restarts).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "anomaly_change", rename_all = "snake_case")]
+pub enum AnomalyChange {
+    /// An anomaly was detected.
+    Raised {
+        /// Anomaly id.
+        id: String,
+        /// The identity.
+        identity: String,
+        /// Kind.
+        kind: String,
+        /// Evidence.
+        evidence: serde_json::Value,
+        /// When.
+        at: u64,
+        /// `alert` or `deny`.
+        action: String,
+    },
+    /// An admin acknowledged it.
+    Acknowledged {
+        /// Anomaly id.
+        id: String,
+        /// Who.
+        by: String,
+        /// When.
+        at: u64,
+    },
 }
 
 /// A break-glass change (grants live in the same journal as revocations).

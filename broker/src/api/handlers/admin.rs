@@ -396,7 +396,14 @@ pub async fn ack_anomaly(
         Ok(c) => c,
         Err(res) => return res,
     };
-    let Some(a) = st.monitor.acknowledge(&id, &caller.actor()) else {
+    let acked = match st
+        .monitor
+        .acknowledge(&id, &caller.actor(), st.clock.unix_secs())
+    {
+        Ok(a) => a,
+        Err(e) => return store_unavailable(&e),
+    };
+    let Some(a) = acked else {
         return record::deny(
             &st,
             ev,

@@ -118,7 +118,7 @@ pub async fn inventory(
             "environment": id.environment, "third_party": id.third_party, "ticket": id.ticket,
             "expires": id.expires.to_string(), "status": status,
             "last_issued": usage.last_issued, "tokens_24h": usage.tokens_24h(now),
-            "tasks_used": used, "tasks_never_used": never, "anomalies": st.monitor.open(&id.id),
+            "tasks_used": used, "tasks_never_used": never, "anomalies": st.monitor.open_for(&id.id),
         });
         if let Some(w) = unused {
             let since = now.saturating_sub(w);

@@ -447,10 +447,11 @@ async fn issue(
     }
     st.metrics.issued();
     st.revocations.record_issued(&minted.claims);
-    st.usage.record(
+    st.usage.record_issued(
         &grant.identity,
         &grant.task,
         &grant.scopes,
+        Some(&crate::usage::source_network(peer.ip())),
         minted.claims.nbf,
     );
     if let Some(bg) = &break_glass {
@@ -517,7 +518,7 @@ async fn monitor(
     }
     let now = st.clock.unix_secs();
     let network = crate::usage::source_network(peer.ip());
-    let obs = st.usage.observe_and_record(
+    let obs = st.usage.observe(
         &identity.id,
         &grant.task,
         &grant.scopes,
