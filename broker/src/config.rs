@@ -96,6 +96,10 @@ pub struct GovernanceFile {
     /// Default anomaly action: `alert` (default) or `deny`.
     #[serde(default)]
     pub anomaly_action: Option<String>,
+    /// Third-party identities may be registered at most this far ahead (e.g. `90d`);
+    /// enforced when policies are loaded and by `broker policy lint`.
+    #[serde(default)]
+    pub third_party_max_registration: Option<String>,
     /// Volume-spike window (default `60s`).
     #[serde(default)]
     pub volume_window: Option<String>,
@@ -376,6 +380,8 @@ pub struct Config {
     pub anomaly_action: crate::anomaly::AnomalyAction,
     /// Volume-spike settings.
     pub volume: crate::anomaly::VolumeSettings,
+    /// Longest registration of a third-party identity.
+    pub third_party_max_registration: Option<Duration>,
 }
 
 impl Config {
@@ -758,7 +764,18 @@ impl FileConfig {
             factor: gov.as_ref().and_then(|g| g.volume_factor).unwrap_or(10.0),
             floor: gov.as_ref().and_then(|g| g.volume_floor).unwrap_or(100),
         };
+        let third_party_max_registration =
+            match gov
+                .as_ref()
+                .and_then(|g| g.third_party_max_registration.as_deref())
+            {
+                None => None,
+                Some(d) => Some(parse_duration(d).map_err(|e| {
+                    invalid(format!("governance.third_party_max_registration: {e}"))
+                })?),
+            };
         Ok(Config {
+            third_party_max_registration,
             anomaly_action,
             volume,
             dormant_after,

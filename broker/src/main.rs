@@ -558,7 +558,21 @@ fn lint(dir: &Path, config: Option<&Path>) -> anyhow::Result<ExitCode> {
         }
     };
     let config = Config::load(&config)?;
-    let registry = policy::load_dir(dir, &config.audiences, &config.trust_domains());
+    let registry =
+        policy::load_dir(dir, &config.audiences, &config.trust_domains()).and_then(|set| {
+            match config.third_party_max_registration {
+                None => Ok(set),
+                Some(max) => {
+                    let errors =
+                        policy::check_third_party_registration(&set, max, SystemClock.now());
+                    if errors.is_empty() {
+                        Ok(set)
+                    } else {
+                        Err(errors)
+                    }
+                }
+            }
+        });
     let break_glass = broker::breakglass::policy::load(dir, &config.audiences);
     match (registry, break_glass) {
         (Ok(set), Ok(bg)) => {

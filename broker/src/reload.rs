@@ -25,6 +25,7 @@ pub type Widenings = Vec<(String, Vec<String>)>;
 /// The live policy set.
 #[derive(Debug)]
 pub struct PolicyStore {
+    third_party_max: Option<Duration>,
     current: RwLock<Arc<PolicySet>>,
     break_glass: RwLock<Arc<BreakGlassPolicies>>,
     dir: PathBuf,
@@ -66,11 +67,14 @@ impl PolicyStore {
         dir: &Path,
         audiences: &[AudienceEntry],
         trust_domains: &[String],
+        third_party_max: Option<Duration>,
     ) -> Result<Self, Vec<LintError>> {
         let seen = fingerprint(dir);
         let set = policy::load_dir(dir, audiences, trust_domains)?;
+        check_third_party(&set, third_party_max)?;
         let bg = crate::breakglass::policy::load(dir, audiences)?;
         Ok(Self {
+            third_party_max,
             current: RwLock::new(Arc::new(set)),
             break_glass: RwLock::new(Arc::new(bg)),
             dir: dir.to_path_buf(),
@@ -83,6 +87,7 @@ impl PolicyStore {
     /// A store over an already-built set (tests, `policy explain`).
     pub fn from_set(set: PolicySet) -> Self {
         Self {
+            third_party_max: None,
             current: RwLock::new(Arc::new(set)),
             break_glass: RwLock::new(Arc::new(BreakGlassPolicies::default())),
             dir: PathBuf::new(),
@@ -118,12 +123,27 @@ impl PolicyStore {
     /// per identity, what the new set grants that the old one did not.
     pub fn reload(&self) -> Result<(usize, Widenings), Vec<LintError>> {
         let set = policy::load_dir(&self.dir, &self.audiences, &self.trust_domains)?;
+        check_third_party(&set, self.third_party_max)?;
         let bg = crate::breakglass::policy::load(&self.dir, &self.audiences)?;
         let n = set.len();
         let widened = widenings(&self.current(), &set);
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(set);
         *self.break_glass.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(bg);
         Ok((n, widened))
+    }
+}
+
+fn check_third_party(set: &PolicySet, max: Option<Duration>) -> Result<(), Vec<LintError>> {
+    let Some(max) = max else { return Ok(()) };
+    let errors = policy::check_third_party_registration(
+        set,
+        max,
+        crate::clock::Clock::now(&crate::clock::SystemClock),
+    );
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors)
     }
 }
 

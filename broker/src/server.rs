@@ -105,6 +105,7 @@ pub async fn start_with_clock(
         &config.policy_dir,
         &config.audiences,
         &config.trust_domains(),
+        config.third_party_max_registration,
     )
     .map_err(StartError::Policies)?;
     let store = Arc::new(crate::store::file::FileStore::open(&config.state_dir)?);

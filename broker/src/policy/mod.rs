@@ -29,6 +29,28 @@ use ipnet::IpNet;
 pub use self::evaluate::{Decision, Denial, Evaluation, Grant, Request, Rule, RuleCheck};
 pub use self::load::{LintError, MAX_TTL_CEILING, from_sources, load_dir};
 
+/// Third-party identities may be registered for at most `max` from `now`: each one whose
+/// `expires` lies further out is a lint error naming its file.
+pub fn check_third_party_registration(
+    set: &PolicySet,
+    max: Duration,
+    now: SystemTime,
+) -> Vec<LintError> {
+    let limit = now + max;
+    set.identities()
+        .filter(|i| i.third_party && i.expires_at() > limit)
+        .map(|i| LintError {
+            file: i.file.clone(),
+            message: format!(
+                "identity {} is third-party: its registration may run at most {} days, but expires is {}; recertify sooner",
+                i.id,
+                max.as_secs() / 86_400,
+                i.expires
+            ),
+        })
+        .collect()
+}
+
 /// A compiled, immutable registry: every identity with its tasks, and lookup tables from
 /// workload evidence to identity. Cheap to share (`Arc<PolicySet>`); a reload builds a new
 /// set and swaps it in.

@@ -1177,3 +1177,22 @@ fn evaluate_is_fast() {
         assert!(per < Duration::from_micros(5), "{per:?}");
     }
 }
+
+#[test]
+fn third_party_registrations_are_capped_at_lint_time() {
+    // PAYMENTS expires on 2027-02-01; as a third party that is over a 30-day cap.
+    let third = PAYMENTS.replace("third_party = false", "third_party = true");
+    let set = load(&[("pay.toml", &third)]).unwrap();
+    let now = at("2026-11-23T00:00:00Z");
+    let errs =
+        crate::policy::check_third_party_registration(&set, Duration::from_secs(30 * 86_400), now);
+    assert_eq!(errs.len(), 1);
+    assert!(errs[0].to_string().contains("pay.toml"), "{}", errs[0]);
+    assert!(errs[0].to_string().contains("third-party"), "{}", errs[0]);
+    // First-party identities are not capped.
+    let set = load(&[("pay.toml", PAYMENTS)]).unwrap();
+    assert!(
+        crate::policy::check_third_party_registration(&set, Duration::from_secs(86_400), now)
+            .is_empty()
+    );
+}
