@@ -268,22 +268,25 @@ pub fn parse_system_cpu(text: &str, ticks_per_sec: f64) -> anyhow::Result<System
     })
 }
 
-/// Where to send requests: parsed from `http://host:port[/base]`.
+/// Where to send requests: parsed from `http[s]://host:port[/base]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target {
     /// `host:port` to connect to and to send as the `Host` header.
     pub authority: String,
     /// Path prefix (no trailing slash), usually empty.
     pub base_path: String,
+    /// Whether to speak TLS.
+    pub tls: bool,
 }
 
 impl Target {
-    /// Parses a plain-HTTP base URL. TLS is not supported: the generator measures the
-    /// broker over loopback (`serve --dev`).
+    /// Parses an `http://` or `https://` base URL.
     pub fn parse(url: &str) -> anyhow::Result<Self> {
-        let rest = url
-            .strip_prefix("http://")
-            .with_context(|| format!("--url {url:?}: only http:// URLs are supported"))?;
+        let (tls, rest) = match (url.strip_prefix("https://"), url.strip_prefix("http://")) {
+            (Some(r), _) => (true, r),
+            (None, Some(r)) => (false, r),
+            _ => bail!("--url {url:?}: use an http:// or https:// URL"),
+        };
         let (authority, path) = match rest.find('/') {
             Some(i) => rest.split_at(i),
             None => (rest, ""),
@@ -297,11 +300,12 @@ impl Target {
         {
             authority.to_owned()
         } else {
-            format!("{authority}:80")
+            format!("{authority}:{}", if tls { 443 } else { 80 })
         };
         Ok(Self {
             authority,
             base_path: path.trim_end_matches('/').to_owned(),
+            tls,
         })
     }
 }
@@ -383,7 +387,10 @@ mod tests {
             (t.authority.as_str(), t.base_path.as_str()),
             ("localhost:80", "/prefix")
         );
-        assert!(Target::parse("https://x:1").is_err());
+        let t = Target::parse("https://127.0.0.1:8443").unwrap();
+        assert!(t.tls);
+        assert_eq!(t.authority, "127.0.0.1:8443");
+        assert!(Target::parse("ftp://x:1").is_err());
         assert!(Target::parse("http:///x").is_err());
     }
 }

@@ -16,7 +16,7 @@
 //! allocation beyond what hyper needs) because it shares the machine with the broker.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -33,6 +33,8 @@ use hyper::client::conn::http1::{self, SendRequest};
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, StatusCode, Uri};
 use hyper_util::rt::TokioIo;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio::net::TcpStream;
 
 const GRANT_TYPE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
@@ -65,8 +67,24 @@ struct Args {
     /// File holding the workload JWT (read once, never printed). Several JWTs, one per
     /// line, are used in turn (each connection starts at a different one), so that a broker
     /// that caches verified JWTs has to verify each distinct one at least once.
+    #[arg(long, required_unless_present = "client_credentials")]
+    subject_token_file: Option<PathBuf>,
+    /// Use `grant_type=client_credentials` (mTLS: the client certificate is the credential)
+    /// instead of the token exchange.
+    #[arg(long, requires = "cert")]
+    client_credentials: bool,
+    /// CA bundle (PEM) that signed the broker's certificate (https:// URLs).
     #[arg(long)]
-    subject_token_file: PathBuf,
+    cacert: Option<PathBuf>,
+    /// Client certificate (PEM) to present (mTLS).
+    #[arg(long, requires = "key")]
+    cert: Option<PathBuf>,
+    /// Client private key (PEM).
+    #[arg(long, requires = "cert")]
+    key: Option<PathBuf>,
+    /// Open a new connection for every request (measures full TLS handshakes).
+    #[arg(long)]
+    new_connections: bool,
     /// Task name to request.
     #[arg(long, default_value = "demo")]
     task: String,
@@ -124,6 +142,9 @@ fn main() -> ExitCode {
 /// What every worker needs, shared read-only.
 struct Plan {
     authority: String,
+    tls: Tls,
+    /// Reconnect after every request (full handshakes).
+    new_connections: bool,
     uri: Uri,
     host: HeaderValue,
     /// One request body per workload JWT.
@@ -199,19 +220,79 @@ impl Tally {
     }
 }
 
-async fn connect(authority: &str) -> anyhow::Result<SendRequest<Full<Bytes>>> {
+/// TLS settings of the connections: the connector and the server name to verify.
+type Tls = Option<Arc<(tokio_rustls::TlsConnector, ServerName<'static>)>>;
+
+async fn connect(authority: &str, tls: &Tls) -> anyhow::Result<SendRequest<Full<Bytes>>> {
     let stream = TcpStream::connect(authority)
         .await
         .with_context(|| format!("connecting to {authority}"))?;
     stream.set_nodelay(true).context("setting TCP_NODELAY")?;
+    let Some(tls) = tls else {
+        let (sender, connection) = http1::handshake(TokioIo::new(stream))
+            .await
+            .context("HTTP/1.1 handshake")?;
+        // Drive the connection; its errors surface through `send_request`.
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        return Ok(sender);
+    };
+    let stream = tls
+        .0
+        .connect(tls.1.clone(), stream)
+        .await
+        .context("TLS handshake")?;
     let (sender, connection) = http1::handshake(TokioIo::new(stream))
         .await
         .context("HTTP/1.1 handshake")?;
-    // Drive the connection; its errors surface through `send_request`.
     tokio::spawn(async move {
         let _ = connection.await;
     });
     Ok(sender)
+}
+
+fn pem_certs(path: &Path) -> anyhow::Result<Vec<CertificateDer<'static>>> {
+    CertificateDer::pem_file_iter(path)
+        .with_context(|| format!("reading {}", path.display()))?
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("parsing {}", path.display()))
+}
+
+/// rustls on ring, trusting `--cacert`, presenting `--cert/--key` when given.
+fn tls_settings(args: &Args, target: &Target) -> anyhow::Result<Tls> {
+    if !target.tls {
+        return Ok(None);
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    let ca = args.cacert.as_ref().context("https:// needs --cacert")?;
+    for c in pem_certs(ca)? {
+        roots.add(c).context("adding the CA")?;
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(roots);
+    let config = match (&args.cert, &args.key) {
+        (Some(c), Some(k)) => {
+            let key = PrivateKeyDer::from_pem_file(k)
+                .with_context(|| format!("reading {}", k.display()))?;
+            builder.with_client_auth_cert(pem_certs(c)?, key)?
+        }
+        _ => builder.with_no_client_auth(),
+    };
+    let host = target
+        .authority
+        .rsplit_once(':')
+        .map_or(target.authority.as_str(), |(h, _)| h)
+        .trim_matches(|c| c == '[' || c == ']')
+        .to_owned();
+    let name = ServerName::try_from(host).context("server name")?;
+    Ok(Some(Arc::new((
+        tokio_rustls::TlsConnector::from(Arc::new(config)),
+        name,
+    ))))
 }
 
 /// The OAuth error of a failed response, without anything else from the body.
@@ -260,7 +341,7 @@ async fn worker(plan: Arc<Plan>, first: SendRequest<Full<Bytes>>, index: usize) 
         let in_window = now >= plan.measure_from;
         let s = match sender.as_mut() {
             Some(s) => s,
-            None => match connect(&plan.authority).await {
+            None => match connect(&plan.authority, &plan.tls).await {
                 Ok(s) => {
                     tally.reconnects += 1;
                     sender.insert(s)
@@ -321,6 +402,9 @@ async fn worker(plan: Arc<Plan>, first: SendRequest<Full<Bytes>>, index: usize) 
         }
         match outcome {
             Ok(Ok((status, body))) if status == StatusCode::OK => {
+                if plan.new_connections {
+                    sender = None;
+                }
                 if looks_like_token_response(&body, !checked_body) {
                     checked_body = true;
                     tally.ok += 1;
@@ -403,20 +487,33 @@ async fn run(args: &Args) -> anyhow::Result<ExitCode> {
         bail!("--duration must be positive");
     }
     let target = Target::parse(&args.url)?;
-    let tokens = std::fs::read_to_string(&args.subject_token_file)
-        .with_context(|| format!("reading {}", args.subject_token_file.display()))?;
+    let tls = tls_settings(args, &target)?;
+    let tokens = match &args.subject_token_file {
+        Some(f) if !args.client_credentials => {
+            std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?
+        }
+        // client_credentials: one body, no subject token.
+        _ => "-".to_owned(),
+    };
     let ttl = args.requested_ttl.map(|t| t.to_string());
     let bodies: Vec<Bytes> = tokens
         .lines()
         .map(str::trim)
         .filter(|t| !t.is_empty())
         .map(|token| {
-            let mut pairs = vec![
-                ("grant_type", GRANT_TYPE),
-                ("subject_token", token),
-                ("subject_token_type", JWT_TOKEN_TYPE),
-                ("task", args.task.as_str()),
-            ];
+            let mut pairs = if args.client_credentials {
+                vec![
+                    ("grant_type", "client_credentials"),
+                    ("task", args.task.as_str()),
+                ]
+            } else {
+                vec![
+                    ("grant_type", GRANT_TYPE),
+                    ("subject_token", token),
+                    ("subject_token_type", JWT_TOKEN_TYPE),
+                    ("task", args.task.as_str()),
+                ]
+            };
             if let Some(scope) = &args.scope {
                 pairs.push(("scope", scope));
             }
@@ -430,7 +527,7 @@ async fn run(args: &Args) -> anyhow::Result<ExitCode> {
         })
         .collect();
     if bodies.is_empty() {
-        bail!("{} holds no token", args.subject_token_file.display());
+        bail!("--subject-token-file holds no token");
     }
     let path = format!("{}{}", target.base_path, args.path);
     let uri: Uri = path
@@ -446,11 +543,13 @@ async fn run(args: &Args) -> anyhow::Result<ExitCode> {
     // Open every connection before the clock starts.
     let mut senders = Vec::with_capacity(args.connections);
     for _ in 0..args.connections {
-        senders.push(connect(&target.authority).await?);
+        senders.push(connect(&target.authority, &tls).await?);
     }
     let start = Instant::now();
     let plan = Arc::new(Plan {
         authority: target.authority.clone(),
+        tls: tls.clone(),
+        new_connections: args.new_connections,
         uri,
         host,
         bodies,
@@ -588,6 +687,15 @@ impl Report<'_> {
         let mut out = Vec::new();
         if let Some(a) = self.error_alarm() {
             out.push(a);
+        }
+        if let Some(m) = self.machine()
+            && m.steal > FOREIGN_CPU_ALARM
+        {
+            out.push(format!(
+                "\n!!! THE HYPERVISOR TOOK {:.2} CORES (steal) DURING THE WINDOW: the host was busy, the\n\
+                 !!! figures understate the broker. Re-run when steal is near zero.",
+                m.steal
+            ));
         }
         if let Some(m) = self.machine() {
             let foreign = m.other;
