@@ -61,7 +61,7 @@ trap 'exit 143' TERM
 
 if [[ "${NO_BUILD:-0}" != 1 ]]; then
     echo "== building release binaries" >&2
-    cargo build --release --locked -p broker -p broker-examples >&2
+    cargo build --release -p broker -p broker-examples >&2
 fi
 
 echo "== machine"

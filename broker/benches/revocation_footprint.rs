@@ -155,12 +155,11 @@ fn record_100k(spread: u64, label: &str) {
 fn revoked_jtis_100k() {
     let base = SystemClock.unix_secs();
     let rng = SystemRandom::new();
-    let jtis: Vec<String> = (0..100_000).map(|_| random_jti(&rng)).collect();
     let r = Revocations::open(Arc::new(NullStore)).unwrap();
     let m0 = mem();
-    for jti in jtis {
+    for _ in 0..100_000 {
         r.commit(&StateChange::RevokeJti {
-            jti,
+            jti: random_jti(&rng),
             exp: base + 600,
             at: base,
             actor: "admin:bench".into(),
@@ -170,7 +169,7 @@ fn revoked_jtis_100k() {
     }
     let m1 = mem();
     report_mem(
-        "revoked_jtis_100k: memory of 100000 revoked jtis (jti strings allocated before)",
+        "revoked_jtis_100k: memory of 100000 revoked jtis (strings and table)",
         m0,
         m1,
     );
