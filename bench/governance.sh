@@ -5,9 +5,9 @@
 #   bench/governance.sh                       # 3 rounds of OFF then ON, 32 connections, 2 s + 10 s
 #   NO_BUILD=1 ROUNDS=5 bench/governance.sh
 #
-# Behavioural monitoring (usage history and anomaly checks) is always on in the token path,
-# so it is in both figures; what differs is the rate limiting:
-#   OFF: the config `broker serve --dev` writes, as is.
+# OFF has behavioural monitoring switched off and no rate limits; ON has monitoring on
+# (the default) and rate limits engaged on both levels:
+#   OFF: the config `broker serve --dev` writes, plus `[governance] monitoring = false`.
 #   ON:  the same plus `[governance] identity_rate_limit = "1000000/s"` in broker.toml and
 #        `rate_limit = "1000000/s"` in the demo task, so that every request takes a token from
 #        both buckets (identity, identity+task) without ever being limited.
@@ -123,6 +123,9 @@ make_run_dir() {
     rm -rf "$1"
     cp -a "$WORK/template" "$1"
     case "$2" in
+    OFF)
+        printf '\n[governance]\nmonitoring = false\n' >>"$1/broker.toml"
+        ;;
     ON)
         printf '\n[governance]\nidentity_rate_limit = "1000000/s"\n' >>"$1/broker.toml"
         # The demo task is the last table of the sample policy.

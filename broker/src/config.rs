@@ -93,6 +93,9 @@ pub struct GovernanceFile {
     /// An identity with no issuance for this long is `dormant` (default `30d`).
     #[serde(default)]
     pub dormant_after: Option<String>,
+    /// Behavioural monitoring on (default) or off.
+    #[serde(default)]
+    pub monitoring: Option<bool>,
     /// Default anomaly action: `alert` (default) or `deny`.
     #[serde(default)]
     pub anomaly_action: Option<String>,
@@ -380,6 +383,8 @@ pub struct Config {
     pub anomaly_action: crate::anomaly::AnomalyAction,
     /// Volume-spike settings.
     pub volume: crate::anomaly::VolumeSettings,
+    /// Whether behavioural monitoring runs.
+    pub monitoring: bool,
     /// Longest registration of a third-party identity.
     pub third_party_max_registration: Option<Duration>,
 }
@@ -775,6 +780,7 @@ impl FileConfig {
                 })?),
             };
         Ok(Config {
+            monitoring: gov.as_ref().and_then(|g| g.monitoring).unwrap_or(true),
             third_party_max_registration,
             anomaly_action,
             volume,

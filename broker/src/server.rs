@@ -167,6 +167,7 @@ pub async fn start_with_clock(
             usage: Arc::new(crate::usage::Usage::load(&config.state_dir)),
             monitor: Arc::new(monitor),
             anomaly_action: config.anomaly_action,
+            monitoring: config.monitoring,
         },
         limits: Limits {
             max_body_bytes: config.max_body_bytes,

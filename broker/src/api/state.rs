@@ -53,4 +53,6 @@ pub struct AppState {
     pub monitor: Arc<crate::anomaly::Monitor>,
     /// Default anomaly action.
     pub anomaly_action: crate::anomaly::AnomalyAction,
+    /// Whether behavioural monitoring runs.
+    pub monitoring: bool,
 }

@@ -513,6 +513,9 @@ async fn monitor(
             ),
         )
     };
+    if !st.monitoring {
+        return Ok(());
+    }
     if let Some(a) = st.monitor.blocking(&identity.id) {
         return Err(blocked(&a));
     }
