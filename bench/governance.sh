@@ -246,7 +246,7 @@ jq -s -r '
     (m("OFF"; .broker_cpu_us_per_issuance)) as $coff | (m("ON"; .broker_cpu_us_per_issuance)) as $con |
     "OFF: \($off | r1) issuances/s, p99 \(m("OFF"; .p99_ms) | r3) ms, broker CPU \($coff | r1) us/issuance (\(n("OFF")) clean runs)",
     "ON:  \($on | r1) issuances/s, p99 \(m("ON"; .p99_ms) | r3) ms, broker CPU \($con | r1) us/issuance (\(n("ON")) clean runs)",
-    (if $off and $on then "ON/OFF throughput ratio: \($on / $off * 1000 | round / 1000) (\((1 - $on / $off) * 1000 | round / 10)% lower with monitoring and rate limits on; target: within 10%)" else "ON/OFF throughput ratio: n/a" end),
+    (if $off and $on then "ON/OFF throughput ratio: \($on / $off * 1000 | round / 1000) (\((1 - $on / $off) * 100 | fabs | . * 10 | round / 10)% \(if $on <= $off then "lower" else "higher" end) with monitoring and rate limits on; target: at most 10% lower)" else "ON/OFF throughput ratio: n/a" end),
     (if $coff and $con then "ON/OFF broker CPU per issuance: \($con / $coff * 1000 | round / 1000)" else empty end),
     "clean runs (issuances/s): OFF \([$clean[] | select(.mode == "OFF") | .issuances_per_sec | floor]), ON \([$clean[] | select(.mode == "ON") | .issuances_per_sec | floor])",
     "left out (contaminated): \([.[] | select(.contaminated) | "\(.mode) \(.issuances_per_sec | floor)/s (other \(.other_cores * 100 | round / 100) cores)"])"
