@@ -162,7 +162,16 @@ impl Revocations {
         inner
             .rules
             .iter()
-            .find(|r| claims.iat <= r.issued_before && covers(&r.selector, claims, owner_of))
+            .find(|r| {
+                claims.iat <= r.issued_before
+                    && covers(
+                        &r.selector,
+                        &claims.sub,
+                        &claims.task,
+                        claims.bg.as_deref(),
+                        owner_of,
+                    )
+            })
             .map(|r| format!("revoked by rule {}", r.id))
     }
 
@@ -180,27 +189,11 @@ impl Revocations {
     /// The latest second at which a rule covering tokens of `identity`/`task` was made:
     /// a token minted in that same second must carry a later `iat` to stay outside it.
     pub fn latest_rule_second(&self, identity: &str, task: &str, owner: &str) -> Option<u64> {
-        let probe = AccessTokenClaims {
-            iss: String::new(),
-            sub: identity.to_owned(),
-            client_id: identity.to_owned(),
-            aud: String::new(),
-            scope: String::new(),
-            jti: String::new(),
-            iat: 0,
-            nbf: 0,
-            exp: 0,
-            task: task.to_owned(),
-            env: String::new(),
-            cnf: None,
-            bg: None,
-        };
-        let owner = owner.to_owned();
-        let owner_of = move |_: &str| Some(owner.clone());
+        let owner_of = |_: &str| Some(owner.to_owned());
         self.lock()
             .rules
             .iter()
-            .filter(|r| covers(&r.selector, &probe, &owner_of))
+            .filter(|r| covers(&r.selector, identity, task, None, &owner_of))
             .map(|r| r.issued_before)
             .max()
     }
@@ -280,14 +273,21 @@ impl Revocations {
     }
 }
 
-fn covers(selector: &Selector, claims: &AccessTokenClaims, owner_of: OwnerOf<'_>) -> bool {
+/// Whether `selector` covers a token of identity `sub`, task `task`, grant `bg`.
+fn covers(
+    selector: &Selector,
+    sub: &str,
+    task: &str,
+    bg: Option<&str>,
+    owner_of: OwnerOf<'_>,
+) -> bool {
     match selector {
-        Selector::Identity { identity } => &claims.sub == identity,
-        Selector::Task { task, identity } => {
-            &claims.task == task && identity.as_ref().is_none_or(|i| i == &claims.sub)
+        Selector::Identity { identity } => sub == identity,
+        Selector::Task { task: t, identity } => {
+            t == task && identity.as_deref().is_none_or(|i| i == sub)
         }
-        Selector::Owner { owner } => owner_of(&claims.sub).is_some_and(|o| &o == owner),
-        Selector::Grant { grant } => claims.bg.as_ref() == Some(grant),
+        Selector::Owner { owner } => owner_of(sub).is_some_and(|o| &o == owner),
+        Selector::Grant { grant } => bg == Some(grant.as_str()),
     }
 }
 

@@ -49,6 +49,18 @@ impl ApiError {
         e
     }
 
+    /// 503: a state change (revocation, kill switch, grant) could not be made durable,
+    /// so nothing changed.
+    pub fn store_unavailable() -> Self {
+        let mut e = Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "temporarily_unavailable",
+            "the change could not be stored; nothing was changed; retry",
+        );
+        e.retry_after = Some(1);
+        e
+    }
+
     /// 500 without detail (the detail is logged by the caller).
     pub fn internal() -> Self {
         Self::new(

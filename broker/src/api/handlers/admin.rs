@@ -82,12 +82,7 @@ fn new_id(prefix: &str) -> String {
 
 fn store_unavailable(e: &crate::store::StoreError) -> Response {
     tracing::error!(error = %e, "state store append failed");
-    ApiError::new(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "temporarily_unavailable",
-        "the change could not be stored; nothing was changed; retry",
-    )
-    .into_response()
+    ApiError::store_unavailable().into_response()
 }
 
 /// Revokes by selector.

@@ -53,12 +53,7 @@ fn notify(st: &AppState, kind: &str, g: &Grant) {
 }
 
 fn store_unavailable() -> Response {
-    ApiError::new(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "temporarily_unavailable",
-        "the grant change could not be stored; nothing changed; retry",
-    )
-    .into_response()
+    ApiError::store_unavailable().into_response()
 }
 
 fn bad(rule: &'static str, status: StatusCode, msg: String) -> (&'static str, ApiError) {

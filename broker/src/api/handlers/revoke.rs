@@ -110,12 +110,7 @@ pub async fn revoke(
         };
         if let Err(e) = st.revocations.commit(&change) {
             tracing::error!(error = %e, "state store append failed");
-            return ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "temporarily_unavailable",
-                "the revocation could not be stored; retry",
-            )
-            .into_response();
+            return ApiError::store_unavailable().into_response();
         }
         ev.reason = Some("revoked through /oauth2/revoke".into());
         ev.detail = Some(serde_json::json!({ "outcome": "revoked" }));
