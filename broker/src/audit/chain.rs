@@ -226,13 +226,14 @@ pub(crate) struct SegmentScan {
     pub(crate) good_len: u64,
     /// The first bad line (1-based) and what is wrong; the scan stops there.
     pub(crate) bad: Option<(u64, RecordProblem)>,
-    /// The record with the wanted seq, if met: its line (1-based) and link.
-    pub(crate) found: Option<(u64, Link)>,
+    /// For each wanted seq, the record with it, if met: its line (1-based) and link.
+    pub(crate) found: [Option<(u64, Link)>; 2],
 }
 
 /// Walks `bytes` line by line, chaining from `expect` (or from the first line when `None`),
-/// stopping at the first bad line. Notes the record whose seq is `want`.
-pub(crate) fn scan_segment(bytes: &[u8], mut expect: Option<Link>, want: u64) -> SegmentScan {
+/// stopping at the first bad line. Notes the records whose seqs are in `wants` (the head
+/// anchor's end and durable point).
+pub(crate) fn scan_segment(bytes: &[u8], mut expect: Option<Link>, wants: [u64; 2]) -> SegmentScan {
     let mut scan = SegmentScan::default();
     let mut rest = bytes;
     while !rest.is_empty() {
@@ -243,8 +244,10 @@ pub(crate) fn scan_segment(bytes: &[u8], mut expect: Option<Link>, want: u64) ->
         };
         match check_line(&rest[..nl], expect.as_ref()) {
             Ok(link) => {
-                if link.seq == want {
-                    scan.found = Some((line_no, link));
+                for (want, found) in wants.iter().zip(&mut scan.found) {
+                    if link.seq == *want {
+                        *found = Some((line_no, link));
+                    }
                 }
                 scan.records += 1;
                 scan.lines = line_no;

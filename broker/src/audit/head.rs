@@ -1,8 +1,19 @@
-//! The signed head anchor, `head.json`: the last durable record's `(seq, hash)`, signed.
+//! The signed head anchor, `head.json`: where the log ends, signed.
 //!
 //! Without it, removing the final complete records of the log would leave a shorter,
-//! perfectly chained log. The anchor is written after every batch, always after the
-//! batch's log `fdatasync`, so it is never ahead of the log.
+//! perfectly chained log. The anchor names two points of the chain:
+//!
+//! - `seq`/`hash`/`segment`, the **end**: the last record of the batch being committed;
+//! - `durable_seq`/`durable_hash`/`durable_segment`, the **durable point**: the last record
+//!   that was already durable in the log when the anchor was written.
+//!
+//! Each group commit writes its batch to the log and its anchor to `head.json`, then syncs
+//! both files at the same time, and answers the batch's callers only when both syncs are
+//! done. So every acknowledged record is at or before a durable anchor's end, and a crash
+//! between the two syncs can leave the anchor ahead of the log only by records that were
+//! never acknowledged: the log still reaches the durable point. Start-up records that case
+//! with a `log_repaired` record; `verify` reports it as a failure (from the files alone it
+//! looks the same as the batch having been cut off).
 //!
 //! The file is a 512-byte slot (the JSON object padded with spaces and a final newline)
 //! rewritten in place with one `pwrite` + `fdatasync`: a single-sector overwrite, the same
@@ -26,16 +37,33 @@ use crate::mint::keys::{KeyError, Signer, VerifyingKey};
 /// Size of the in-place slot.
 const SLOT: usize = 512;
 
+/// One point of the chain: a record's seq, its hash and the segment holding it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Point<'a> {
+    /// The record's seq (0: before the first record).
+    pub(crate) seq: u64,
+    /// Its hash ([`chain::GENESIS`] for seq 0).
+    pub(crate) hash: &'a Hash,
+    /// The segment holding it (the first segment for seq 0).
+    pub(crate) segment: &'a str,
+}
+
 /// The anchor as stored.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct Head {
-    /// Seq of the last anchored record (0: the log is empty).
+    /// Seq of the anchored end (0: the log is empty).
     pub(crate) seq: u64,
     /// Its hash, hex (64 zeros when `seq` is 0).
     pub(crate) hash: String,
     /// The segment holding it.
     pub(crate) segment: String,
+    /// Seq of the last record already durable when the anchor was written (≤ `seq`).
+    pub(crate) durable_seq: u64,
+    /// Its hash, hex.
+    pub(crate) durable_hash: String,
+    /// The segment holding it.
+    pub(crate) durable_segment: String,
     /// The signing key's id.
     pub(crate) kid: String,
     /// The signing algorithm.
@@ -45,24 +73,38 @@ pub(crate) struct Head {
 }
 
 /// The exact bytes the anchor's signature covers.
-pub(crate) fn message(seq: u64, hash_hex: &str, segment: &str) -> String {
-    format!("jit-broker-audit-head:v1:{seq}:{hash_hex}:{segment}")
+pub(crate) fn message(
+    (seq, hash_hex, segment): (u64, &str, &str),
+    (durable_seq, durable_hex, durable_segment): (u64, &str, &str),
+) -> String {
+    format!(
+        "jit-broker-audit-head:v2:{seq}:{hash_hex}:{segment}:{durable_seq}:{durable_hex}:{durable_segment}"
+    )
 }
 
 impl Head {
-    /// Signs an anchor for `(seq, hash)` in `segment`.
+    /// Signs an anchor whose end is `end` and whose durable point is `durable`.
     pub(crate) fn sign(
         signer: &dyn Signer,
-        seq: u64,
-        hash: &Hash,
-        segment: &str,
+        end: Point<'_>,
+        durable: Point<'_>,
     ) -> Result<Self, KeyError> {
-        let hash = chain::to_hex(hash);
-        let sig = signer.sign(message(seq, &hash, segment).as_bytes())?;
+        let hash = chain::to_hex(end.hash);
+        let durable_hash = chain::to_hex(durable.hash);
+        let sig = signer.sign(
+            message(
+                (end.seq, &hash, end.segment),
+                (durable.seq, &durable_hash, durable.segment),
+            )
+            .as_bytes(),
+        )?;
         Ok(Self {
-            seq,
+            seq: end.seq,
             hash,
-            segment: segment.to_owned(),
+            segment: end.segment.to_owned(),
+            durable_seq: durable.seq,
+            durable_hash,
+            durable_segment: durable.segment.to_owned(),
             kid: signer.kid().to_owned(),
             alg: signer.algorithm().as_str().to_owned(),
             sig: URL_SAFE_NO_PAD.encode(sig),
@@ -72,24 +114,42 @@ impl Head {
     /// Parses `head.json`, checking field shapes (not the signature).
     pub(crate) fn parse(bytes: &[u8]) -> Result<Self, String> {
         let head: Self = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
-        if chain::parse_hex(head.hash.as_bytes()).is_none() {
-            return Err("`hash` is not 64 lowercase hex digits".into());
+        for (name, seq, hash, segment) in [
+            ("", head.seq, &head.hash, &head.segment),
+            (
+                "durable_",
+                head.durable_seq,
+                &head.durable_hash,
+                &head.durable_segment,
+            ),
+        ] {
+            if chain::parse_hex(hash.as_bytes()).is_none() {
+                return Err(format!("`{name}hash` is not 64 lowercase hex digits"));
+            }
+            if segment::parse_segment_name(segment).is_none() {
+                return Err(format!("`{name}segment` {segment:?} is not a segment name"));
+            }
+            if seq == 0 && *hash != chain::to_hex(&chain::GENESIS) {
+                return Err(format!("`{name}seq` 0 with a non-zero hash"));
+            }
         }
-        if segment::parse_segment_name(&head.segment).is_none() {
+        if head.durable_seq > head.seq {
             return Err(format!(
-                "`segment` {:?} is not a segment name",
-                head.segment
+                "`durable_seq` {} is after `seq` {}",
+                head.durable_seq, head.seq
             ));
-        }
-        if head.seq == 0 && head.hash != chain::to_hex(&chain::GENESIS) {
-            return Err("seq 0 with a non-zero hash".into());
         }
         Ok(head)
     }
 
-    /// The anchored hash.
+    /// The anchored end's hash.
     pub(crate) fn hash_bytes(&self) -> Hash {
         chain::parse_hex(self.hash.as_bytes()).unwrap_or_default()
+    }
+
+    /// The durable point's hash.
+    pub(crate) fn durable_hash_bytes(&self) -> Hash {
+        chain::parse_hex(self.durable_hash.as_bytes()).unwrap_or_default()
     }
 
     /// True when `sig` is `key`'s signature over this anchor and `alg` is `key`'s.
@@ -101,7 +161,11 @@ impl Head {
             return false;
         };
         key.verify(
-            message(self.seq, &self.hash, &self.segment).as_bytes(),
+            message(
+                (self.seq, &self.hash, &self.segment),
+                (self.durable_seq, &self.durable_hash, &self.durable_segment),
+            )
+            .as_bytes(),
             &sig,
         )
     }
@@ -199,7 +263,17 @@ mod tests {
             } else {
                 [seq as u8; 32]
             };
-            let head = Head::sign(signer.as_ref(), seq, &hash, "audit-000001.log").unwrap();
+            let end = Point {
+                seq,
+                hash: &hash,
+                segment: "audit-000001.log",
+            };
+            let durable = Point {
+                seq: seq.saturating_sub(1),
+                hash: if seq <= 1 { &chain::GENESIS } else { &hash },
+                segment: "audit-000001.log",
+            };
+            let head = Head::sign(signer.as_ref(), end, durable).unwrap();
             w.write(&head).unwrap();
             let bytes = read(dir.path()).unwrap().unwrap();
             assert_eq!(bytes.len(), SLOT);
@@ -209,6 +283,11 @@ mod tests {
             assert!(back.signature_valid(&vk));
             let forged = Head {
                 seq: seq + 1,
+                ..back.clone()
+            };
+            assert!(!forged.signature_valid(&vk));
+            let forged = Head {
+                durable_seq: back.durable_seq + 1,
                 ..back
             };
             assert!(!forged.signature_valid(&vk));

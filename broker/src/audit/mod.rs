@@ -2,8 +2,8 @@
 //!
 //! Every record carries `seq`, `ts`, `prev` (the previous record's hash) and its own
 //! `hash`, so [`verify`] finds any edit, deletion, reordering or truncation; a signed head
-//! anchor (`head.json`) vouches for the last durable record, so removing records from the
-//! end is found too. [`AuditLog::append`] returns only once the record is durable: the
+//! anchor (`head.json`) vouches for where the log ends, so removing records from the end is
+//! found too. [`AuditLog::append`] returns only once the record and its anchor are durable: the
 //! broker answers a request only after its record is, and fails closed when the log cannot
 //! be written. Format, fields and the hash rule: `docs/audit-log.md`.
 //!
@@ -16,12 +16,14 @@
 //! - `head`: the signed head anchor.
 //! - `writer`: [`AuditLog`], opening with torn-tail repair, the group-commit writer.
 //! - `verify`: [`verify`].
+//! - `stats`: [`AuditStats`], the writer's counters for `/metrics`.
 
 pub mod event;
 
 mod chain;
 mod head;
 mod segment;
+mod stats;
 mod verify;
 mod writer;
 
@@ -33,6 +35,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 pub use chain::RecordProblem;
+pub use stats::AuditStats;
 pub use verify::{VerifyError, VerifyReport, verify};
 pub use writer::AuditLog;
 

@@ -396,6 +396,8 @@ async fn tampering_is_found_at_the_right_line() {
             let prev = json(&l[l.len() - 2]);
             head["seq"] = prev["seq"].clone();
             head["hash"] = prev["hash"].clone();
+            head["durable_seq"] = prev["seq"].clone();
+            head["durable_hash"] = prev["hash"].clone();
             fs::write(&p, serde_json::to_vec(&head).unwrap()).unwrap();
         },
         &["bad head anchor signature"],
@@ -485,6 +487,161 @@ async fn damage_before_the_anchor_is_not_repaired() {
     );
     // Nothing was cut.
     assert_eq!(fs::read(fx.segment(1)).unwrap().len(), before.len());
+}
+
+/// The anchor of a live log: written with the last batch, before that batch's log sync
+/// completed, so its durable point is the record before the batch.
+fn live_head(fx: &Fixture) -> serde_json::Value {
+    serde_json::from_slice(&fs::read(fx.path().join("head.json")).unwrap()).unwrap()
+}
+
+#[tokio::test]
+async fn the_anchor_names_the_batch_end_and_the_durable_point_before_it() {
+    let fx = fixture(1 << 20);
+    let log = fx.open().unwrap();
+    fx.fill(&log, 1, 5).await;
+    let head = live_head(&fx);
+    assert_eq!(
+        (head["seq"].as_u64(), head["durable_seq"].as_u64()),
+        (Some(5), Some(4))
+    );
+    let l = lines(&fx.segment(1));
+    assert_eq!(head["hash"], json(&l[4])["hash"]);
+    assert_eq!(head["durable_hash"], json(&l[3])["hash"]);
+    // A clean stop re-anchors with the durable point at the end.
+    log.close().await;
+    let head = live_head(&fx);
+    assert_eq!(
+        (head["seq"].as_u64(), head["durable_seq"].as_u64()),
+        (Some(5), Some(5))
+    );
+    fx.verify().unwrap();
+}
+
+#[tokio::test]
+async fn a_commit_interrupted_between_its_syncs_is_recorded_at_start() {
+    // A crash after the anchor's sync but before the log's: the log holds the records
+    // only up to the anchor's durable point (here: batch 5's record is missing entirely).
+    let fx = fixture(1 << 20);
+    let log = fx.open().unwrap();
+    fx.fill(&log, 1, 5).await;
+    let crashed = copy_dir(fx.path());
+    log.close().await;
+    let seg = crashed.path().join(segment_name(1));
+    let mut l = lines(&seg);
+    l.pop();
+    write_lines(&seg, &l);
+    // verify cannot tell this from the batch being cut off, so it fails, saying both.
+    expect_err(
+        verify(crashed.path(), &fx.jwks),
+        &[
+            "head anchor says seq 5",
+            "log ends at 4",
+            "records 5 to 5",
+            "stopped while committing",
+        ],
+    );
+    // Start-up records it and carries on; the repaired log verifies.
+    let log = fx.open_at(crashed.path()).unwrap();
+    assert_eq!(log.append(event(6)).await.unwrap(), 6);
+    log.close().await;
+    let l = lines(&seg);
+    let repaired = json(&l[4]);
+    assert_eq!(repaired["seq"], 5);
+    assert_eq!(repaired["event"], "log_repaired");
+    assert_eq!(repaired["detail"]["unacknowledged"]["first"], 5);
+    assert_eq!(repaired["detail"]["unacknowledged"]["last"], 5);
+    assert!(repaired["detail"].get("bytes_cut").is_none(), "{repaired}");
+    assert!(
+        repaired["reason"]
+            .as_str()
+            .unwrap()
+            .contains("never acknowledged"),
+        "{repaired}"
+    );
+    let report = verify(crashed.path(), &fx.jwks).unwrap();
+    assert_eq!((report.records, report.anchor_seq), (6, 6));
+}
+
+#[tokio::test]
+async fn an_interrupted_commit_with_a_torn_record_is_cut_and_recorded_once() {
+    let fx = fixture(1 << 20);
+    let log = fx.open().unwrap();
+    fx.fill(&log, 1, 5).await;
+    let crashed = copy_dir(fx.path());
+    log.close().await;
+    // The last record half-written: torn, after the durable point.
+    let seg = crashed.path().join(segment_name(1));
+    let mut bytes = fs::read(&seg).unwrap();
+    let last_line = bytes[..bytes.len() - 1]
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .unwrap()
+        + 1;
+    let keep = last_line + (bytes.len() - last_line) / 2;
+    bytes.truncate(keep);
+    fs::write(&seg, &bytes).unwrap();
+    let log = fx.open_at(crashed.path()).unwrap();
+    log.close().await;
+    let l = lines(&seg);
+    assert_eq!(l.len(), 5);
+    let repaired = json(&l[4]);
+    assert_eq!(repaired["event"], "log_repaired");
+    assert_eq!(repaired["detail"]["line"], 5);
+    assert_eq!(repaired["detail"]["bytes_cut"], (keep - last_line) as u64);
+    assert_eq!(repaired["detail"]["unacknowledged"]["first"], 5);
+    verify(crashed.path(), &fx.jwks).unwrap();
+}
+
+#[tokio::test]
+async fn records_before_the_durable_point_missing_stop_start_up() {
+    // Two records gone from a live copy: past the durable point, so not a crash.
+    let fx = fixture(1 << 20);
+    let log = fx.open().unwrap();
+    fx.fill(&log, 1, 5).await;
+    let copy = copy_dir(fx.path());
+    log.close().await;
+    let seg = copy.path().join(segment_name(1));
+    let mut l = lines(&seg);
+    l.truncate(3);
+    write_lines(&seg, &l);
+    let needles = [
+        "head anchor says seq 5",
+        "but log ends at 3",
+        "records were removed",
+    ];
+    expect_err(verify(copy.path(), &fx.jwks), &needles);
+    let err = fx.open_at(copy.path()).unwrap_err().to_string();
+    for n in needles {
+        assert!(err.contains(n), "{err}");
+    }
+    // After a clean stop the durable point is the end: even the last record is vouched for.
+    let copy = copy_dir(fx.path());
+    let seg = copy.path().join(segment_name(1));
+    let mut l = lines(&seg);
+    l.pop();
+    write_lines(&seg, &l);
+    assert!(fx.open_at(copy.path()).is_err());
+}
+
+#[tokio::test]
+async fn a_failed_log_sync_takes_the_anchor_back_too() {
+    let fx = fixture(1 << 20);
+    let log = fx.open().unwrap();
+    fx.fill(&log, 1, 3).await;
+    log.hooks().fail_syncs.store(1, Ordering::SeqCst);
+    assert!(log.append(event(4)).await.is_err());
+    // The anchor no longer vouches for the record taken back, and a live copy verifies.
+    let head = live_head(&fx);
+    assert_eq!(
+        (head["seq"].as_u64(), head["durable_seq"].as_u64()),
+        (Some(3), Some(3))
+    );
+    let report = fx.verify().unwrap();
+    assert_eq!((report.records, report.anchor_seq), (3, 3));
+    assert_eq!(log.append(event(4)).await.unwrap(), 4);
+    log.close().await;
+    assert_eq!(fx.verify().unwrap().records, 4);
 }
 
 #[tokio::test]

@@ -1,6 +1,6 @@
 //! `broker audit verify`: checks a whole audit directory against the chain and the signed
 //! head anchor. Read-only; safe to run against a live log (the anchor is read first, and
-//! the writer never lets the anchor get ahead of the log).
+//! the writer writes each batch to the log before it writes the batch's anchor).
 
 use std::fmt;
 use std::fs;
@@ -28,8 +28,8 @@ pub struct VerifyReport {
     pub anchor_seq: u64,
     /// The key id that signed the anchor.
     pub anchor_kid: String,
-    /// Records after the anchor (non-zero only after a crash between a batch's log sync and
-    /// its anchor write, or while the log is being written).
+    /// Records after the anchor's end (non-zero only after a failed anchor write, or while
+    /// the log is being written).
     pub unanchored: u64,
 }
 
@@ -48,7 +48,7 @@ impl fmt::Display for VerifyReport {
         if self.unanchored > 0 {
             write!(
                 f,
-                " ({} records after the anchor: a crash between log sync and anchor write, or a live log)",
+                " ({} records after the anchor: an anchor write that failed, or a live log)",
                 self.unanchored
             )?;
         }
@@ -118,6 +118,22 @@ pub enum VerifyError {
         /// Segment and line of the log's last record, if any.
         last: Option<(String, u64)>,
     },
+    /// The log ends after the anchor's durable point but before its end: the anchored
+    /// batch's records were removed, or the broker stopped while committing them.
+    #[error(
+        "head anchor says seq {seq} hash {hash} but log ends at {last_seq} ({}): records {} to {seq} were removed from the end, or the broker stopped while committing them (then they were never acknowledged, and the broker's next start records a log_repaired)",
+        describe_end(.last), .last_seq + 1
+    )]
+    CommitInterrupted {
+        /// Anchored seq.
+        seq: u64,
+        /// Anchored hash.
+        hash: String,
+        /// Seq of the log's last record (at or after the anchor's durable point).
+        last_seq: u64,
+        /// Segment and line of the log's last record, if any.
+        last: Option<(String, u64)>,
+    },
     /// The record at the anchored seq has another hash.
     #[error("head anchor says seq {seq} hash {hash} but {segment} line {line} has hash {found}")]
     AnchorMismatch {
@@ -177,6 +193,35 @@ fn describe_end(last: &Option<(String, u64)>) -> String {
     }
 }
 
+/// Checks that the record found at an anchored seq has the anchored hash and is in the
+/// anchored segment.
+fn check_point(
+    (segment, line, link): (String, u64, Link),
+    seq: u64,
+    hash_hex: &str,
+    hash: chain::Hash,
+    anchor_segment: &str,
+) -> Result<(), VerifyError> {
+    if link.hash != hash {
+        return Err(VerifyError::AnchorMismatch {
+            seq,
+            hash: hash_hex.to_owned(),
+            segment,
+            line,
+            found: chain::to_hex(&link.hash),
+        });
+    }
+    if segment != anchor_segment {
+        return Err(VerifyError::AnchorSegment {
+            seq,
+            anchor_segment: anchor_segment.to_owned(),
+            segment,
+            line,
+        });
+    }
+    Ok(())
+}
+
 /// Reads and parses `dir/head.json`.
 pub(crate) fn read_head(dir: &Path) -> Result<Option<Head>, VerifyError> {
     let path = dir.join(HEAD_FILE);
@@ -214,9 +259,11 @@ pub(crate) fn read_segment(path: &Path) -> Result<Vec<u8>, VerifyError> {
 ///
 /// Checks, in order: the anchor parses; segments run from `audit-000001.log` with no gap;
 /// every line is a well-formed record, seqs run from 1 with no gap, each `prev` is the
-/// previous record's hash and each `hash` is right; the anchored `(seq, hash)` is in the
-/// log, in the segment it names; the anchor's signature verifies with the JWKS key of its
-/// `kid`. Records after the anchored seq are accepted (they must still chain).
+/// previous record's hash and each `hash` is right; the anchor's signature verifies with
+/// the JWKS key of its `kid`; the anchored `(seq, hash)` is in the log, in the segment it
+/// names. Records after the anchored seq are accepted (they must still chain). A log that
+/// ends between the anchor's durable point and its end fails with
+/// [`VerifyError::CommitInterrupted`].
 pub fn verify(dir: &Path, keys: &Jwks) -> Result<VerifyReport, VerifyError> {
     // The anchor first: on a live log the segments read later are at least as long.
     let head_path = dir.join(HEAD_FILE);
@@ -230,12 +277,16 @@ pub fn verify(dir: &Path, keys: &Jwks) -> Result<VerifyReport, VerifyError> {
     let mut records = 0u64;
     let mut last_at: Option<(String, u64)> = None;
     let mut anchored: Option<(String, u64, Link)> = None;
+    let mut durable: Option<(String, u64, Link)> = None;
     for (index, path) in &segs {
         let name = segment::segment_name(*index);
         let bytes = read_segment(path)?;
-        let scan = chain::scan_segment(&bytes, Some(prev), head.seq);
-        if let Some((line, link)) = scan.found {
+        let scan = chain::scan_segment(&bytes, Some(prev), [head.seq, head.durable_seq]);
+        if let Some((line, link)) = scan.found[0] {
             anchored = Some((name.clone(), line, link));
+        }
+        if let Some((line, link)) = scan.found[1] {
+            durable = Some((name.clone(), line, link));
         }
         if let Some((line, problem)) = scan.bad {
             return Err(VerifyError::BadRecord {
@@ -251,33 +302,7 @@ pub fn verify(dir: &Path, keys: &Jwks) -> Result<VerifyReport, VerifyError> {
         records += scan.records;
     }
 
-    if head.seq > 0 {
-        let Some((segment, line, link)) = anchored else {
-            return Err(VerifyError::AnchorBeyondLog {
-                seq: head.seq,
-                hash: head.hash,
-                last_seq: prev.seq,
-                last: last_at,
-            });
-        };
-        if link.hash != head.hash_bytes() {
-            return Err(VerifyError::AnchorMismatch {
-                seq: head.seq,
-                hash: head.hash,
-                segment,
-                line,
-                found: chain::to_hex(&link.hash),
-            });
-        }
-        if segment != head.segment {
-            return Err(VerifyError::AnchorSegment {
-                seq: head.seq,
-                anchor_segment: head.segment,
-                segment,
-                line,
-            });
-        }
-    }
+    // The signature before the positions: only a genuine anchor's positions mean anything.
     let key = keys
         .verifying_key(&head.kid)
         .ok_or_else(|| VerifyError::UnknownKid {
@@ -285,10 +310,39 @@ pub fn verify(dir: &Path, keys: &Jwks) -> Result<VerifyReport, VerifyError> {
         })?;
     if !head.signature_valid(&key) {
         return Err(VerifyError::BadSignature {
-            kid: head.kid,
+            kid: head.kid.clone(),
             seq: head.seq,
-            hash: head.hash,
+            hash: head.hash.clone(),
         });
+    }
+    if head.seq > 0 {
+        let Some(at) = anchored else {
+            // The log ends before the anchored end. Where it ends decides the message.
+            if head.durable_seq > 0 {
+                let Some(at) = durable else {
+                    return Err(VerifyError::AnchorBeyondLog {
+                        seq: head.seq,
+                        hash: head.hash,
+                        last_seq: prev.seq,
+                        last: last_at,
+                    });
+                };
+                check_point(
+                    at,
+                    head.durable_seq,
+                    &head.durable_hash,
+                    head.durable_hash_bytes(),
+                    &head.durable_segment,
+                )?;
+            }
+            return Err(VerifyError::CommitInterrupted {
+                seq: head.seq,
+                hash: head.hash,
+                last_seq: prev.seq,
+                last: last_at,
+            });
+        };
+        check_point(at, head.seq, &head.hash, head.hash_bytes(), &head.segment)?;
     }
     Ok(VerifyReport {
         records,

@@ -22,7 +22,9 @@ pub async fn readyz(State(st): State<AppState>) -> Response {
 
 /// Prometheus text exposition.
 pub async fn metrics(State(st): State<AppState>) -> Response {
-    let mut res = st.metrics.render().into_response();
+    let mut text = st.metrics.render();
+    text.push_str(&st.audit.stats().render());
+    let mut res = text.into_response();
     res.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; version=0.0.4"),
