@@ -242,14 +242,18 @@ impl Broker {
                 loop {
                     tokio::select! {
                         _ = rx.wait_for(|v| *v) => return,
-                        _ = tick.tick() => {
-                            if let Err(e) = usage.save() {
-                                tracing::warn!(error = %e, "could not snapshot usage");
-                            }
-                            revocations.sweep(clock.unix_secs());
-                            limiter.sweep(std::time::Instant::now(), Duration::from_secs(3600));
-                        }
+                        _ = tick.tick() => {}
                     }
+                    // File write + fsync + rename: off the request workers, so that a slow
+                    // disk never stalls the connections scheduled on one of them.
+                    let u = Arc::clone(&usage);
+                    match tokio::task::spawn_blocking(move || u.save()).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => tracing::warn!(error = %e, "could not snapshot usage"),
+                        Err(e) => tracing::warn!(error = %e, "usage snapshot task failed"),
+                    }
+                    revocations.sweep(clock.unix_secs());
+                    limiter.sweep(std::time::Instant::now(), Duration::from_secs(3600));
                 }
             })
         };
