@@ -13,7 +13,7 @@ use super::chain::{self, GENESIS};
 use super::event::{AuditEvent, Decision, EventKind, Evidence};
 use super::segment::segment_name;
 use super::{AuditError, AuditLog, AuditOptions, VerifyError, verify};
-use crate::clock::{Clock, ManualClock, SystemClock};
+use crate::clock::{Clock, ManualClock};
 use crate::mint::keys::{Jwks, KeyRing, Signer, SigningAlgorithm, generate};
 
 struct Fixture {
@@ -953,57 +953,6 @@ fn events_never_shadow_record_fields() {
             "{reserved} in {keys:?}"
         );
     }
-}
-
-/// `cargo test -p broker --release --lib audit::tests::throughput -- --ignored --nocapture`
-#[test]
-#[ignore = "measurement, not a check"]
-fn throughput() {
-    let (signer, jwks) = keys(SigningAlgorithm::EdDSA);
-    let dir = tempfile::tempdir().unwrap();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let (tasks, per_task) = (32u64, 2_000u64);
-    let (elapsed, batches) = rt.block_on(async {
-        let log = AuditLog::open(
-            AuditOptions {
-                dir: dir.path().to_path_buf(),
-                segment_max_bytes: 64 << 20,
-            },
-            signer,
-            Arc::new(SystemClock),
-        )
-        .unwrap();
-        #[allow(clippy::disallowed_methods)]
-        let start = std::time::Instant::now();
-        let mut handles = Vec::new();
-        for t in 0..tasks {
-            let log = log.clone();
-            handles.push(tokio::spawn(async move {
-                for i in 0..per_task {
-                    log.append(event(t * 1_000_000 + i)).await.unwrap();
-                }
-            }));
-        }
-        for h in handles {
-            h.await.unwrap();
-        }
-        let elapsed = start.elapsed();
-        let batches = log.hooks().batches.load(Ordering::Relaxed);
-        log.close().await;
-        (elapsed, batches)
-    });
-    let n = tasks * per_task;
-    println!(
-        "{n} appends from {tasks} tasks in {elapsed:?}: {:.0}/s, {batches} batches (avg {:.1} records, {:.0} us each)",
-        n as f64 / elapsed.as_secs_f64(),
-        n as f64 / batches as f64,
-        elapsed.as_micros() as f64 / batches as f64
-    );
-    assert_eq!(verify(dir.path(), &jwks).unwrap().records, n);
 }
 
 #[test]
