@@ -74,8 +74,12 @@ echo "date:    $(date -u +%Y-%m-%dT%H:%M:%SZ)"
 echo "tmp fs:  $(df -T "$WORK" | awk 'NR==2 {print $2 " on " $1}')"
 
 echo "== starting broker (serve --dev, durable audit log in $TMP/audit)"
+# The files exist before the broker starts: the background redirection may happen after
+# the first look below, and `sed` on a missing file would end the script (set -e).
+: >"$WORK/broker.stdout"
+: >"$WORK/broker.stderr"
 "${PRIO[@]}" "$BROKER" serve --dev --dev-dir "$TMP" --dev-addr 127.0.0.1:0 \
-    >"$WORK/broker.stdout" 2>"$WORK/broker.stderr" &
+    >>"$WORK/broker.stdout" 2>>"$WORK/broker.stderr" &
 BROKER_PID=$!
 
 URL=""

@@ -1,6 +1,7 @@
 //! Concurrency: 1,000 issuances from 32 concurrent keep-alive clients; afterwards every
 //! `jti` a client received is in the log exactly once, the log has no `issued` record
-//! that no client received, and the chain verifies.
+//! that no client received, the chain verifies, and the records were group-committed
+//! (fewer audit batches than records).
 
 use std::collections::{HashMap, HashSet};
 
@@ -75,6 +76,23 @@ async fn thousand_issuances_from_32_clients_are_each_logged_once() {
         logged.len(),
         ISSUANCES,
         "no issued record without a token that a client received"
+    );
+
+    // Group commit: concurrent issuances shared syncs (fewer batches than records).
+    let page = b.metrics_page().await;
+    let counter = |name: &str| -> u64 {
+        page.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("{name} in /metrics:\n{page}"))
+    };
+    let (batches, records) = (
+        counter("broker_audit_batches_total"),
+        counter("broker_audit_records_total"),
+    );
+    assert!(records >= ISSUANCES as u64, "{records} audit records");
+    assert!(
+        batches < records,
+        "32 concurrent clients share syncs: {batches} batches for {records} records"
     );
 
     assert!(b.stop().success(), "graceful stop: {}", b.stderr());
