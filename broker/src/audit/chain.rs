@@ -151,7 +151,6 @@ struct RecordFields<'a> {
     #[allow(dead_code)] // required to be present; not otherwise checked here
     #[serde(borrow)]
     ts: Cow<'a, str>,
-    #[allow(dead_code)]
     #[serde(borrow)]
     event: Cow<'a, str>,
     #[allow(dead_code)]
@@ -161,7 +160,13 @@ struct RecordFields<'a> {
 
 /// Checks one line (without its `\n`). With `expect = Some(prev link)` the line must be the
 /// record right after it; with `None` only the line's own consistency is checked.
+#[cfg(test)]
 pub(crate) fn check_line(line: &[u8], expect: Option<&Link>) -> Result<Link, RecordProblem> {
+    check_record(line, expect).map(|(link, _)| link)
+}
+
+/// [`check_line`], also saying whether the record is a `log_repaired` one.
+fn check_record(line: &[u8], expect: Option<&Link>) -> Result<(Link, bool), RecordProblem> {
     let fields: RecordFields<'_> =
         serde_json::from_slice(line).map_err(|e| RecordProblem::BadJson(e.to_string()))?;
     if line.len() < HASH_SUFFIX_LEN + 2 {
@@ -207,10 +212,13 @@ pub(crate) fn check_line(line: &[u8], expect: Option<&Link>) -> Result<Link, Rec
             computed: to_hex(&computed),
         });
     }
-    Ok(Link {
-        seq: fields.seq,
-        hash: stored,
-    })
+    Ok((
+        Link {
+            seq: fields.seq,
+            hash: stored,
+        },
+        fields.event == "log_repaired",
+    ))
 }
 
 /// The result of walking one segment's bytes.
@@ -226,6 +234,8 @@ pub(crate) struct SegmentScan {
     pub(crate) good_len: u64,
     /// The first bad line (1-based) and what is wrong; the scan stops there.
     pub(crate) bad: Option<(u64, RecordProblem)>,
+    /// Number of valid `log_repaired` records.
+    pub(crate) repairs: u64,
     /// For each wanted seq, the record with it, if met: its line (1-based) and link.
     pub(crate) found: [Option<(u64, Link)>; 2],
 }
@@ -242,8 +252,9 @@ pub(crate) fn scan_segment(bytes: &[u8], mut expect: Option<Link>, wants: [u64; 
             scan.bad = Some((line_no, RecordProblem::Incomplete));
             break;
         };
-        match check_line(&rest[..nl], expect.as_ref()) {
-            Ok(link) => {
+        match check_record(&rest[..nl], expect.as_ref()) {
+            Ok((link, repair)) => {
+                scan.repairs += u64::from(repair);
                 for (want, found) in wants.iter().zip(&mut scan.found) {
                     if link.seq == *want {
                         *found = Some((line_no, link));

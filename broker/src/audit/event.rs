@@ -23,7 +23,8 @@ pub enum EventKind {
     BrokerStarted,
     /// The broker stopped serving.
     BrokerStopped,
-    /// A torn tail of the log was cut off at start.
+    /// Start-up repaired the log after an unclean stop: a torn tail cut off, and/or a batch
+    /// whose commit was interrupted (its anchor durable, its records not all in the log).
     LogRepaired,
     /// The policy set was (re)loaded.
     PolicyReloaded,

@@ -70,6 +70,31 @@ pub(crate) struct Head {
     pub(crate) alg: String,
     /// base64url signature over [`message`].
     pub(crate) sig: String,
+    /// Format version: 2, or 1 for an anchor written before the durable point existed
+    /// (read only; its durable point is its end and it signs [`message_v1`]).
+    #[serde(skip, default = "current_version")]
+    pub(crate) version: u8,
+}
+
+fn current_version() -> u8 {
+    2
+}
+
+/// A version-1 anchor as stored (no durable point).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HeadV1 {
+    seq: u64,
+    hash: String,
+    segment: String,
+    kid: String,
+    alg: String,
+    sig: String,
+}
+
+/// The bytes a version-1 anchor's signature covers.
+fn message_v1(seq: u64, hash_hex: &str, segment: &str) -> String {
+    format!("jit-broker-audit-head:v1:{seq}:{hash_hex}:{segment}")
 }
 
 /// The exact bytes the anchor's signature covers.
@@ -108,12 +133,31 @@ impl Head {
             kid: signer.kid().to_owned(),
             alg: signer.algorithm().as_str().to_owned(),
             sig: URL_SAFE_NO_PAD.encode(sig),
+            version: current_version(),
         })
     }
 
-    /// Parses `head.json`, checking field shapes (not the signature).
+    /// Parses `head.json` (version 2, or version 1 from an older broker), checking field
+    /// shapes (not the signature).
     pub(crate) fn parse(bytes: &[u8]) -> Result<Self, String> {
-        let head: Self = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+        let head: Self = match serde_json::from_slice(bytes) {
+            Ok(head) => head,
+            Err(e) => match serde_json::from_slice::<HeadV1>(bytes) {
+                Ok(v1) => Self {
+                    durable_seq: v1.seq,
+                    durable_hash: v1.hash.clone(),
+                    durable_segment: v1.segment.clone(),
+                    seq: v1.seq,
+                    hash: v1.hash,
+                    segment: v1.segment,
+                    kid: v1.kid,
+                    alg: v1.alg,
+                    sig: v1.sig,
+                    version: 1,
+                },
+                Err(_) => return Err(e.to_string()),
+            },
+        };
         for (name, seq, hash, segment) in [
             ("", head.seq, &head.hash, &head.segment),
             (
@@ -160,6 +204,12 @@ impl Head {
         let Ok(sig) = URL_SAFE_NO_PAD.decode(&self.sig) else {
             return false;
         };
+        if self.version == 1 {
+            return key.verify(
+                message_v1(self.seq, &self.hash, &self.segment).as_bytes(),
+                &sig,
+            );
+        }
         key.verify(
             message(
                 (self.seq, &self.hash, &self.segment),
@@ -294,5 +344,48 @@ mod tests {
         }
         assert!(w.slot.is_some(), "later writes go in place");
         assert!(!dir.path().join(HEAD_TMP_FILE).exists());
+
+        // An anchor written by a version-1 broker still parses and verifies; its durable
+        // point is its end.
+        let hash = [7u8; 32];
+        let hex = chain::to_hex(&hash);
+        let sig = signer
+            .sign(message_v1(9, &hex, "audit-000002.log").as_bytes())
+            .unwrap();
+        let v1 = serde_json::json!({
+            "seq": 9, "hash": hex, "segment": "audit-000002.log",
+            "kid": signer.kid(), "alg": signer.algorithm().as_str(),
+            "sig": URL_SAFE_NO_PAD.encode(&sig),
+        });
+        let back = Head::parse(&serde_json::to_vec(&v1).unwrap()).unwrap();
+        assert_eq!((back.version, back.durable_seq), (1, 9));
+        assert_eq!(back.durable_segment, "audit-000002.log");
+        let vk = ring.jwks().verifying_key(&back.kid).unwrap();
+        assert!(back.signature_valid(&vk));
+        assert!(!Head { seq: 10, ..back }.signature_valid(&vk));
+    }
+
+    #[test]
+    fn malformed_durable_points_are_refused() {
+        let keys = tempfile::tempdir().unwrap();
+        generate(keys.path(), SigningAlgorithm::EdDSA, 1).unwrap();
+        let signer = KeyRing::load_dir(keys.path()).unwrap().current();
+        let hash = [3u8; 32];
+        let seg = "audit-000001.log";
+        let end = Point {
+            seq: 5,
+            hash: &hash,
+            segment: seg,
+        };
+        let good = serde_json::to_value(Head::sign(signer.as_ref(), end, end).unwrap()).unwrap();
+        let mutate = |field: &str, value: serde_json::Value| {
+            let mut v = good.clone();
+            v[field] = value;
+            Head::parse(&serde_json::to_vec(&v).unwrap()).unwrap_err()
+        };
+        assert!(mutate("durable_seq", 6.into()).contains("after `seq`"));
+        assert!(mutate("durable_hash", "xyz".into()).contains("`durable_hash`"));
+        assert!(mutate("durable_segment", "nope".into()).contains("`durable_segment`"));
+        assert!(mutate("durable_seq", 0.into()).contains("`durable_seq` 0"));
     }
 }

@@ -62,6 +62,23 @@ impl Fixture {
         )
     }
 
+    /// A log whose writer never re-anchors while idle, so that its anchor stays as a busy
+    /// broker's is: durable point before the last batch.
+    fn open_busy(&self) -> AuditLog {
+        let hooks = Arc::new(super::writer::Hooks::default());
+        hooks.never_idle.store(true, Ordering::SeqCst);
+        AuditLog::open_with_hooks(
+            AuditOptions {
+                dir: self.path().to_path_buf(),
+                segment_max_bytes: self.max,
+            },
+            Arc::clone(&self.signer),
+            Arc::clone(&self.clock) as Arc<dyn Clock>,
+            hooks,
+        )
+        .unwrap()
+    }
+
     fn verify(&self) -> Result<super::VerifyReport, VerifyError> {
         verify(self.path(), &self.jwks)
     }
@@ -498,7 +515,7 @@ fn live_head(fx: &Fixture) -> serde_json::Value {
 #[tokio::test]
 async fn the_anchor_names_the_batch_end_and_the_durable_point_before_it() {
     let fx = fixture(1 << 20);
-    let log = fx.open().unwrap();
+    let log = fx.open_busy();
     fx.fill(&log, 1, 5).await;
     let head = live_head(&fx);
     assert_eq!(
@@ -520,10 +537,11 @@ async fn the_anchor_names_the_batch_end_and_the_durable_point_before_it() {
 
 #[tokio::test]
 async fn a_commit_interrupted_between_its_syncs_is_recorded_at_start() {
-    // A crash after the anchor's sync but before the log's: the log holds the records
-    // only up to the anchor's durable point (here: batch 5's record is missing entirely).
+    // The state a crash after the anchor's sync but before the log's leaves: the log holds
+    // the records only up to the anchor's durable point. (Made here from a live copy by
+    // cutting batch 5's record, which is also what cutting the last batch looks like.)
     let fx = fixture(1 << 20);
-    let log = fx.open().unwrap();
+    let log = fx.open_busy();
     fx.fill(&log, 1, 5).await;
     let crashed = copy_dir(fx.path());
     log.close().await;
@@ -556,17 +574,20 @@ async fn a_commit_interrupted_between_its_syncs_is_recorded_at_start() {
         repaired["reason"]
             .as_str()
             .unwrap()
-            .contains("never acknowledged"),
+            .contains("none of it was acknowledged, or the log was cut"),
         "{repaired}"
     );
     let report = verify(crashed.path(), &fx.jwks).unwrap();
     assert_eq!((report.records, report.anchor_seq), (6, 6));
+    // verify passes but points at the repair: it cannot tell a crash from a cut.
+    assert_eq!(report.repairs, 1);
+    assert!(report.to_string().contains("1 log_repaired"), "{report}");
 }
 
 #[tokio::test]
 async fn an_interrupted_commit_with_a_torn_record_is_cut_and_recorded_once() {
     let fx = fixture(1 << 20);
-    let log = fx.open().unwrap();
+    let log = fx.open_busy();
     fx.fill(&log, 1, 5).await;
     let crashed = copy_dir(fx.path());
     log.close().await;
@@ -591,6 +612,161 @@ async fn an_interrupted_commit_with_a_torn_record_is_cut_and_recorded_once() {
     assert_eq!(repaired["detail"]["bytes_cut"], (keep - last_line) as u64);
     assert_eq!(repaired["detail"]["unacknowledged"]["first"], 5);
     verify(crashed.path(), &fx.jwks).unwrap();
+}
+
+/// Rewrites `head.json` in `dir` as `fx`'s key would sign it: end `end_seq`, durable point
+/// `durable_seq` (hashes taken from the records in segment 1 unless overridden).
+fn forge_head(
+    fx: &Fixture,
+    dir: &Path,
+    end_seq: u64,
+    durable_seq: u64,
+    durable_hash: Option<[u8; 32]>,
+) {
+    use super::head::{Head, HeadWriter, Point};
+    let hash_of = |seq: u64| -> [u8; 32] {
+        let l = lines(&dir.join(segment_name(1)));
+        let v = json(&l[seq as usize - 1]);
+        chain::parse_hex(v["hash"].as_str().unwrap().as_bytes()).unwrap()
+    };
+    let end_hash = hash_of(end_seq);
+    let durable_hash = durable_hash.unwrap_or_else(|| hash_of(durable_seq));
+    let seg = segment_name(1);
+    let head = Head::sign(
+        fx.signer.as_ref(),
+        Point {
+            seq: end_seq,
+            hash: &end_hash,
+            segment: &seg,
+        },
+        Point {
+            seq: durable_seq,
+            hash: &durable_hash,
+            segment: &seg,
+        },
+    )
+    .unwrap();
+    HeadWriter::new(dir).write(&head).unwrap();
+}
+
+#[tokio::test]
+async fn an_interrupted_batch_of_several_records_keeps_those_in_the_log() {
+    // A batch of seq 6..=8 whose anchor (durable point 5) reached the disk while only
+    // record 6 of the batch did.
+    let fx = fixture(1 << 20);
+    fx.log_of(8).await;
+    forge_head(&fx, fx.path(), 8, 5, None);
+    let seg = fx.segment(1);
+    let mut l = lines(&seg);
+    l.truncate(6);
+    write_lines(&seg, &l);
+    expect_err(
+        fx.verify(),
+        &["records 7 to 8 were removed", "stopped while committing"],
+    );
+    let log = fx.open().unwrap();
+    log.close().await;
+    let l = lines(&seg);
+    assert_eq!(l.len(), 7, "record 6 kept, the repair record after it");
+    let repaired = json(&l[6]);
+    assert_eq!(repaired["event"], "log_repaired");
+    let u = &repaired["detail"]["unacknowledged"];
+    assert_eq!(
+        (
+            u["first"].as_u64(),
+            u["last"].as_u64(),
+            u["in_log"].as_u64()
+        ),
+        (Some(6), Some(8), Some(6))
+    );
+    assert!(
+        repaired["reason"]
+            .as_str()
+            .unwrap()
+            .contains("seq 6 to 6 are in the log"),
+        "{repaired}"
+    );
+    assert_eq!(fx.verify().unwrap().records, 7);
+}
+
+#[tokio::test]
+async fn a_durable_point_with_another_hash_is_not_a_crash() {
+    let fx = fixture(1 << 20);
+    fx.log_of(8).await;
+    forge_head(&fx, fx.path(), 8, 5, Some([9; 32]));
+    let mut l = lines(&fx.segment(1));
+    l.truncate(6);
+    write_lines(&fx.segment(1), &l);
+    let needles = ["head anchor says seq 5", "audit-000001.log line 5 has hash"];
+    expect_err(fx.verify(), &needles);
+    let err = fx.open().unwrap_err().to_string();
+    for n in needles {
+        assert!(err.contains(n), "{err}");
+    }
+}
+
+#[tokio::test]
+async fn a_failed_anchor_during_start_up_repair_leaves_a_log_the_next_start_repairs() {
+    // The repair record takes the seq the stale anchor names; start-up moves the anchor
+    // back to the log's end first, so a failure (or a crash) there cannot leave the
+    // anchor naming a seq whose record has changed.
+    let fx = fixture(1 << 20);
+    let log = fx.open_busy();
+    fx.fill(&log, 1, 5).await;
+    let crashed = copy_dir(fx.path());
+    log.close().await;
+    let seg = crashed.path().join(segment_name(1));
+    let mut l = lines(&seg);
+    l.pop();
+    write_lines(&seg, &l);
+    let hooks = Arc::new(super::writer::Hooks::default());
+    hooks.fail_heads.store(1, Ordering::SeqCst);
+    let opts = AuditOptions {
+        dir: crashed.path().to_path_buf(),
+        segment_max_bytes: fx.max,
+    };
+    let err = AuditLog::open_with_hooks(
+        opts,
+        Arc::clone(&fx.signer),
+        Arc::clone(&fx.clock) as Arc<dyn Clock>,
+        hooks,
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("head anchor"), "{err}");
+    assert_eq!(lines(&seg).len(), 4, "nothing appended");
+    let log = fx.open_at(crashed.path()).unwrap();
+    log.close().await;
+    assert_eq!(json(&lines(&seg)[4])["event"], "log_repaired");
+    verify(crashed.path(), &fx.jwks).unwrap();
+}
+
+#[tokio::test]
+async fn an_idle_writer_re_anchors_with_the_durable_point_at_the_end() {
+    let fx = fixture(1 << 20);
+    let log = fx.open().unwrap();
+    fx.fill(&log, 1, 3).await;
+    // Right after the batch the durable point is before it; once the writer has been idle
+    // for a moment it is at the end.
+    let mut head = live_head(&fx);
+    for _ in 0..100 {
+        if head["durable_seq"] == head["seq"] {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        head = live_head(&fx);
+    }
+    assert_eq!(
+        (head["seq"].as_u64(), head["durable_seq"].as_u64()),
+        (Some(3), Some(3))
+    );
+    // So cutting the last record of an idle broker's log is refused at start-up.
+    let copy = copy_dir(fx.path());
+    let seg = copy.path().join(segment_name(1));
+    let mut l = lines(&seg);
+    l.pop();
+    write_lines(&seg, &l);
+    assert!(fx.open_at(copy.path()).is_err());
+    log.close().await;
 }
 
 #[tokio::test]

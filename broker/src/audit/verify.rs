@@ -28,9 +28,14 @@ pub struct VerifyReport {
     pub anchor_seq: u64,
     /// The key id that signed the anchor.
     pub anchor_kid: String,
-    /// Records after the anchor's end (non-zero only after a failed anchor write, or while
-    /// the log is being written).
+    /// Records after the anchor's end (after a crash that made a batch durable but not
+    /// its anchor, after a failed anchor write, or while the log is being written).
     pub unanchored: u64,
+    /// `log_repaired` records: each says what start-up repaired after an unclean stop (a
+    /// torn tail cut off, a batch whose commit was interrupted). Read them: an interrupted
+    /// commit cannot be told apart from the log's last batch cut off while the broker was
+    /// stopped.
+    pub repairs: u64,
 }
 
 impl fmt::Display for VerifyReport {
@@ -48,8 +53,15 @@ impl fmt::Display for VerifyReport {
         if self.unanchored > 0 {
             write!(
                 f,
-                " ({} records after the anchor: an anchor write that failed, or a live log)",
+                " ({} records after the anchor: a crash or failed write before the anchor was durable, or a live log)",
                 self.unanchored
+            )?;
+        }
+        if self.repairs > 0 {
+            write!(
+                f,
+                "; note: {} log_repaired record(s): start-up repairs after unclean stops, read them",
+                self.repairs
             )?;
         }
         Ok(())
@@ -275,6 +287,7 @@ pub fn verify(dir: &Path, keys: &Jwks) -> Result<VerifyReport, VerifyError> {
         hash: GENESIS,
     };
     let mut records = 0u64;
+    let mut repairs = 0u64;
     let mut last_at: Option<(String, u64)> = None;
     let mut anchored: Option<(String, u64, Link)> = None;
     let mut durable: Option<(String, u64, Link)> = None;
@@ -300,6 +313,7 @@ pub fn verify(dir: &Path, keys: &Jwks) -> Result<VerifyReport, VerifyError> {
             last_at = Some((name, scan.lines));
         }
         records += scan.records;
+        repairs += scan.repairs;
     }
 
     // The signature before the positions: only a genuine anchor's positions mean anything.
@@ -352,5 +366,6 @@ pub fn verify(dir: &Path, keys: &Jwks) -> Result<VerifyReport, VerifyError> {
         anchor_seq: head.seq,
         anchor_kid: head.kid,
         unanchored: prev.seq - head.seq,
+        repairs,
     })
 }

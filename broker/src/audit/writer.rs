@@ -76,8 +76,32 @@ impl AuditLog {
         signer: Arc<dyn Signer>,
         clock: Arc<dyn Clock>,
     ) -> Result<AuditLog, AuditError> {
-        #[cfg(test)]
-        let hooks = Arc::new(Hooks::default());
+        Self::open_inner(
+            opts,
+            signer,
+            clock,
+            #[cfg(test)]
+            Arc::default(),
+        )
+    }
+
+    /// [`AuditLog::open`] with faults armed before start-up runs.
+    #[cfg(test)]
+    pub(crate) fn open_with_hooks(
+        opts: AuditOptions,
+        signer: Arc<dyn Signer>,
+        clock: Arc<dyn Clock>,
+        hooks: Arc<Hooks>,
+    ) -> Result<AuditLog, AuditError> {
+        Self::open_inner(opts, signer, clock, hooks)
+    }
+
+    fn open_inner(
+        opts: AuditOptions,
+        signer: Arc<dyn Signer>,
+        clock: Arc<dyn Clock>,
+        #[cfg(test)] hooks: Arc<Hooks>,
+    ) -> Result<AuditLog, AuditError> {
         let (mut writer, repair) = Writer::recover(
             opts,
             signer,
@@ -195,21 +219,40 @@ impl Queue {
         Ok(())
     }
 
-    /// Moves everything pending into the (empty) vectors; false when the writer should stop.
-    fn take(&self, events: &mut Vec<Vec<u8>>, waiters: &mut Vec<Waiter>) -> bool {
+    /// Moves everything pending into the (empty) vectors. With `idle_after`, gives up
+    /// waiting after that long with nothing queued and says so.
+    fn take(
+        &self,
+        events: &mut Vec<Vec<u8>>,
+        waiters: &mut Vec<Waiter>,
+        idle_after: Option<Duration>,
+    ) -> Taken {
         let mut st = self.lock();
+        let deadline = idle_after.map(|d| Instant::now() + d);
         loop {
             if !st.events.is_empty() {
                 st.idle = false;
                 mem::swap(&mut st.events, events);
                 mem::swap(&mut st.waiters, waiters);
-                return true;
+                return Taken::Batch;
             }
             if st.closing || st.failed.is_some() {
-                return false;
+                return Taken::Stop;
             }
             st.idle = true;
-            st = self.wake.wait(st).unwrap_or_else(|e| e.into_inner());
+            st = match deadline {
+                None => self.wake.wait(st).unwrap_or_else(|e| e.into_inner()),
+                Some(deadline) => {
+                    let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+                        st.idle = false;
+                        return Taken::Idle;
+                    };
+                    self.wake
+                        .wait_timeout(st, left)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0
+                }
+            };
         }
     }
 
@@ -234,6 +277,21 @@ impl Queue {
         }
     }
 }
+
+/// What [`Queue::take`] found.
+enum Taken {
+    /// A batch to commit.
+    Batch,
+    /// Nothing queued for the idle time asked for.
+    Idle,
+    /// The log is closing (or failed): the writer stops.
+    Stop,
+}
+
+/// How long the writer waits with nothing queued before it re-anchors with the durable
+/// point at the end (closing the window in which the last batch, cut off after a crash,
+/// would look like an interrupted commit). Under steady load it never waits this long.
+const IDLE_REANCHOR: Duration = Duration::from_millis(50);
 
 /// Runs when the writer thread ends, normally or by panic: no caller is left waiting.
 struct ExitGuard {
@@ -273,6 +331,8 @@ pub(crate) struct Hooks {
     pub(crate) fail_syncs: std::sync::atomic::AtomicU32,
     pub(crate) fail_truncates: std::sync::atomic::AtomicU32,
     pub(crate) fail_heads: std::sync::atomic::AtomicU32,
+    /// The writer never re-anchors while idle (so a test can see a live anchor).
+    pub(crate) never_idle: std::sync::atomic::AtomicBool,
     pub(crate) batches: std::sync::atomic::AtomicU64,
 }
 
@@ -304,10 +364,13 @@ struct TornTail {
 }
 
 /// The anchor's end is past the log's end, but the log reaches the anchor's durable point:
-/// the broker stopped while committing `first..=last`, which were never acknowledged.
+/// the broker stopped while committing `first..=last` (of which `first..=in_log` are in the
+/// log), and none of them was acknowledged — unless the log was cut afterwards, which the
+/// files alone cannot tell apart.
 struct Interrupted {
     first: u64,
     last: u64,
+    in_log: u64,
     hash: String,
 }
 
@@ -328,13 +391,26 @@ impl Repair {
             detail.insert("line".into(), t.line.into());
         }
         if let Some(i) = &self.interrupted {
+            let present = if i.in_log >= i.first {
+                format!(
+                    "seq {} to {} are in the log, the rest are not",
+                    i.first, i.in_log
+                )
+            } else {
+                "none of them is in the log".to_owned()
+            };
             reasons.push(format!(
-                "the broker stopped while committing seq {} to {}: the head anchor was written but those records are not all in the log; they were never acknowledged",
-                i.first, i.last
+                "the head anchor names seq {} to {} as the batch being committed but the log ends at seq {} ({present}): the broker stopped before that batch was durable, so none of it was acknowledged, or the log was cut",
+                i.first, i.last, i.in_log
             ));
             detail.insert(
                 "unacknowledged".into(),
-                serde_json::json!({ "first": i.first, "last": i.last, "anchored_hash": i.hash }),
+                serde_json::json!({
+                    "first": i.first,
+                    "last": i.last,
+                    "in_log": i.in_log,
+                    "anchored_hash": i.hash,
+                }),
             );
         }
         event.reason = Some(reasons.join("; "));
@@ -394,6 +470,8 @@ struct Writer {
     buf: Vec<u8>,
     /// Set when a failed write could not be undone.
     poisoned: Option<String>,
+    /// Set (and logged) once when the sync thread is found gone.
+    sync_thread_gone: bool,
     #[cfg(test)]
     hooks: Arc<Hooks>,
 }
@@ -456,10 +534,14 @@ impl Writer {
                 // new segment before the old one is synced.
                 for (index, path) in older.iter().rev() {
                     let last_seq = last.map(|(_, _, l)| l.seq);
-                    let needed = wants.iter().zip(&found).any(|(want, f)| {
-                        *want > 0 && f.is_none() && last_seq.is_none_or(|s| s >= *want)
-                    });
-                    if last.is_some() && !needed {
+                    let [end, durable] = wants;
+                    // The end's record if the log reaches it; otherwise the durable point's.
+                    let need_end =
+                        end > 0 && found[0].is_none() && last_seq.is_none_or(|s| s >= end);
+                    let need_durable = durable > 0
+                        && found[1].is_none()
+                        && last_seq.is_some_and(|s| s < end && s >= durable);
+                    if last.is_some() && !need_end && !need_durable {
                         break;
                     }
                     let name = segment_name(*index);
@@ -516,8 +598,9 @@ impl Writer {
                     check_anchored(h.durable_seq, &h.durable_hash, &h.durable_segment, found[1])?;
                 }
                 interrupted = Some(Interrupted {
-                    first: last_seq + 1,
+                    first: h.durable_seq + 1,
                     last: h.seq,
+                    in_log: last_seq,
                     hash: h.hash.clone(),
                 });
             }
@@ -535,6 +618,10 @@ impl Writer {
             .map_err(io_err("open segment", &path))?;
         if segs.is_empty() {
             segment::sync_dir(&dir).map_err(io_err("sync directory", &dir))?;
+        } else {
+            // After a process kill (no power loss) the tail just read may still be only in
+            // the page cache; it is about to become the durable point of the next anchor.
+            file.sync_data().map_err(io_err("sync segment", &path))?;
         }
         if let Some(t) = &torn {
             tracing::warn!(
@@ -593,7 +680,7 @@ impl Writer {
             path: PathBuf::new(),
             source,
         })?;
-        let writer = Writer {
+        let mut writer = Writer {
             dir,
             max: opts.segment_max_bytes,
             signer,
@@ -610,9 +697,16 @@ impl Writer {
             head: head_writer,
             buf: Vec::new(),
             poisoned: None,
+            sync_thread_gone: false,
             #[cfg(test)]
             hooks,
         };
+        if repair.as_ref().is_some_and(|r| r.interrupted.is_some()) {
+            // The anchor names records the log does not have (or has with other content
+            // once the repair record takes the next seq): move it back to the log's end
+            // before anything is appended, so no crash can leave it naming a reused seq.
+            writer.write_head().map_err(|e| e.to_error())?;
+        }
         Ok((writer, repair))
     }
 
@@ -621,7 +715,36 @@ impl Writer {
         let queue = &guard.queue;
         let mut events = Vec::new();
         let mut waiters = Vec::new();
-        while queue.take(&mut events, &mut waiters) {
+        // Whether the anchor on disk has its durable point at its end.
+        let mut settled = true;
+        loop {
+            let idle_after = (!settled).then_some(IDLE_REANCHOR);
+            #[cfg(test)]
+            let idle_after = idle_after.filter(|_| {
+                !self
+                    .hooks
+                    .never_idle
+                    .load(std::sync::atomic::Ordering::Relaxed)
+            });
+            match queue.take(&mut events, &mut waiters, idle_after) {
+                Taken::Stop => break,
+                Taken::Batch => {}
+                Taken::Idle => {
+                    // Settled either way: a failure here is logged once, not retried in a
+                    // loop; the next batch writes a new anchor anyway.
+                    settled = true;
+                    if let Err(e) = self.write_head() {
+                        tracing::warn!(
+                            op = e.op,
+                            path = %e.path.display(),
+                            error = %e.source,
+                            "audit log: could not re-anchor while idle"
+                        );
+                    }
+                    continue;
+                }
+            }
+            settled = false;
             let first = self.last.seq + 1;
             let started = Instant::now();
             let (ok, err) = self.commit(&events);
@@ -845,14 +968,21 @@ impl Writer {
 
     /// Hands the segment's `fdatasync` to the sync thread (or, if that is gone, leaves it
     /// to [`Writer::finish_sync`]).
-    fn start_sync(&self) -> PendingSync {
+    fn start_sync(&mut self) -> PendingSync {
         #[cfg(test)]
         if Hooks::take(&self.hooks.fail_syncs) {
             return PendingSync::Failed(io::Error::from_raw_os_error(libc::EIO));
         }
         match self.log_sync.jobs.send(Arc::clone(&self.file)) {
             Ok(()) => PendingSync::OnSyncThread,
-            Err(mpsc::SendError(file)) => PendingSync::Here(file),
+            Err(mpsc::SendError(file)) => {
+                if !mem::replace(&mut self.sync_thread_gone, true) {
+                    tracing::error!(
+                        "audit log sync thread is gone: syncing on the writer thread (each batch now costs both syncs in series)"
+                    );
+                }
+                PendingSync::Here(file)
+            }
         }
     }
 
@@ -1020,7 +1150,7 @@ fn note_found(found: &mut [Option<(u32, u64, Link)>; 2], index: u32, scan: &chai
     }
 }
 
-/// Checks that the anchored `(seq, hash)` was found with that hash.
+/// Checks that the anchored `(seq, hash)` was found with that hash, in the named segment.
 fn check_anchored(
     seq: u64,
     hash_hex: &str,
@@ -1038,6 +1168,13 @@ fn check_anchored(
             }
             .into())
         }
+        Some((s, line, _)) if segment_name(s) != segment => Err(VerifyError::AnchorSegment {
+            seq,
+            anchor_segment: segment.to_owned(),
+            segment: segment_name(s),
+            line,
+        }
+        .into()),
         Some(_) => Ok(()),
         None => Err(VerifyError::AnchorNotFound {
             seq,
