@@ -99,3 +99,78 @@ async fn thousand_issuances_from_32_clients_are_each_logged_once() {
     let out = verify_audit(&b.audit_dir(), &b.key_dir());
     assert!(out.success(), "the chain verifies: {out}");
 }
+
+/// kill -9 under load: after the restart, every token a client received has its `issued`
+/// record in the log, and the log (with a `log_repaired` record if a commit was cut short)
+/// verifies.
+#[tokio::test(flavor = "multi_thread")]
+async fn sigkill_under_load_loses_no_record_of_a_returned_token() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    let mut b = TestBroker::start(Options::default());
+    let url = format!("{}/oauth2/token", b.base_url());
+    let token = sign(IssuerKey::Rsa, &workload_claims(SUBJECT));
+    let form = TokenRequest::exchange(&token, TASK).params;
+    let received = Arc::new(AtomicUsize::new(0));
+
+    let mut set = JoinSet::new();
+    for _ in 0..16 {
+        let (url, form, received) = (url.clone(), form.clone(), Arc::clone(&received));
+        set.spawn(async move {
+            let client = http_client();
+            let mut jtis = Vec::new();
+            // Until the broker is gone: a transport error or a body cut short.
+            loop {
+                let Ok(res) = client.post(&url).form(&form).send().await else {
+                    break;
+                };
+                let status = res.status().as_u16();
+                let Ok(body) = res.json::<serde_json::Value>().await else {
+                    break;
+                };
+                assert_eq!(status, 200, "{body}");
+                let t = body["access_token"].as_str().expect("access_token");
+                jtis.push(insecure_claims(t)["jti"].as_str().unwrap().to_owned());
+                received.fetch_add(1, Ordering::Relaxed);
+            }
+            jtis
+        });
+    }
+    // Kill it mid-stream, once a few hundred tokens have gone out.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while received.load(Ordering::Relaxed) < 300 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no load reached the broker"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let status = b.sigkill();
+    assert!(!status.success(), "killed: {status}");
+    let mut jtis = Vec::new();
+    while let Some(r) = set.join_next().await {
+        jtis.extend(r.expect("a client task panicked"));
+    }
+    assert!(jtis.len() >= 300, "{} tokens received", jtis.len());
+
+    // It starts again on the same log, and every returned token is in it exactly once.
+    b.launch()
+        .unwrap_or_else(|e| panic!("restart after SIGKILL: {e}"));
+    let mut logged: HashMap<String, usize> = HashMap::new();
+    for r in b.records_of("issued") {
+        *logged
+            .entry(r["jti"].as_str().expect("jti").to_owned())
+            .or_default() += 1;
+    }
+    for jti in &jtis {
+        assert_eq!(
+            logged.get(jti),
+            Some(&1),
+            "returned token {jti} is logged once"
+        );
+    }
+    assert!(b.stop().success(), "graceful stop: {}", b.stderr());
+    let out = verify_audit(&b.audit_dir(), &b.key_dir());
+    assert!(out.success(), "the chain verifies after the restart: {out}");
+}
