@@ -535,12 +535,10 @@ async fn the_anchor_names_the_batch_end_and_the_durable_point_before_it() {
     fx.verify().unwrap();
 }
 
-#[tokio::test]
-async fn a_commit_interrupted_between_its_syncs_is_recorded_at_start() {
-    // The state a crash after the anchor's sync but before the log's leaves: the log holds
-    // the records only up to the anchor's durable point. (Made here from a live copy by
-    // cutting batch 5's record, which is also what cutting the last batch looks like.)
-    let fx = fixture(1 << 20);
+/// A copy of a busy log of 5 records (one a batch) taken live, with the last record cut:
+/// what a crash between batch 5's anchor sync and its log sync leaves (and also what
+/// cutting the last batch looks like). Returns the copy and its segment.
+async fn interrupted_copy(fx: &Fixture) -> (tempfile::TempDir, PathBuf) {
     let log = fx.open_busy();
     fx.fill(&log, 1, 5).await;
     let crashed = copy_dir(fx.path());
@@ -549,6 +547,16 @@ async fn a_commit_interrupted_between_its_syncs_is_recorded_at_start() {
     let mut l = lines(&seg);
     l.pop();
     write_lines(&seg, &l);
+    (crashed, seg)
+}
+
+#[tokio::test]
+async fn a_commit_interrupted_between_its_syncs_is_recorded_at_start() {
+    // The state a crash after the anchor's sync but before the log's leaves: the log holds
+    // the records only up to the anchor's durable point. (Made here from a live copy by
+    // cutting batch 5's record, which is also what cutting the last batch looks like.)
+    let fx = fixture(1 << 20);
+    let (crashed, seg) = interrupted_copy(&fx).await;
     // verify cannot tell this from the batch being cut off, so it fails, saying both.
     expect_err(
         verify(crashed.path(), &fx.jwks),
@@ -711,14 +719,7 @@ async fn a_failed_anchor_during_start_up_repair_leaves_a_log_the_next_start_repa
     // back to the log's end first, so a failure (or a crash) there cannot leave the
     // anchor naming a seq whose record has changed.
     let fx = fixture(1 << 20);
-    let log = fx.open_busy();
-    fx.fill(&log, 1, 5).await;
-    let crashed = copy_dir(fx.path());
-    log.close().await;
-    let seg = crashed.path().join(segment_name(1));
-    let mut l = lines(&seg);
-    l.pop();
-    write_lines(&seg, &l);
+    let (crashed, seg) = interrupted_copy(&fx).await;
     let hooks = Arc::new(super::writer::Hooks::default());
     hooks.fail_heads.store(1, Ordering::SeqCst);
     let opts = AuditOptions {
