@@ -155,8 +155,12 @@ if command -v curl >/dev/null; then
         /^broker_audit_commit_seconds_total / { c = $2 }
         /^broker_audit_log_sync_seconds_total / { l = $2 }
         /^broker_audit_head_seconds_total /   { h = $2 }
+        /^broker_audit_queue_seconds_total /  { q = $2 }
+        /^broker_audit_appends_total /        { n = $2 }
+        /^broker_audit_append_seconds_total / { a = $2 }
         END {
             if (b > 0) printf "batches: %d, %.1f records each; per batch: commit %.0f µs, log fdatasync %.0f µs, anchor %.0f µs (overlapping)\n", b, r / b, 1e6 * c / b, 1e6 * l / b, 1e6 * h / b
+            if (n > 0 && r > 0) printf "per record: %.0f µs queued before its batch, answered %.0f µs after queueing (queue + commit + the caller scheduled again)\n", 1e6 * q / r, 1e6 * a / n
         }'
 else
     echo "(curl not installed)"

@@ -1,6 +1,6 @@
-//! Counters of the group-commit writer: how many batches, how many records, and where a
-//! batch's time goes. Read by `GET /metrics`; the writer thread is the only one that
-//! updates them (relaxed atomics, a few per batch).
+//! Counters of the group-commit writer: how many batches, how many records, where a
+//! batch's time goes, and how long records wait. Read by `GET /metrics`; relaxed atomics,
+//! a few per batch and one per append.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -13,6 +13,9 @@ pub(crate) struct CommitCounters {
     commit_nanos: AtomicU64,
     log_sync_nanos: AtomicU64,
     head_nanos: AtomicU64,
+    queue_nanos: AtomicU64,
+    acknowledged: AtomicU64,
+    append_nanos: AtomicU64,
 }
 
 impl CommitCounters {
@@ -26,7 +29,6 @@ impl CommitCounters {
         log_sync: Duration,
         head: Duration,
     ) {
-        let nanos = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
         self.batches.fetch_add(1, Ordering::Relaxed);
         self.records.fetch_add(records as u64, Ordering::Relaxed);
         self.commit_nanos
@@ -36,6 +38,17 @@ impl CommitCounters {
         self.head_nanos.fetch_add(nanos(head), Ordering::Relaxed);
     }
 
+    /// The records of one batch waited `waited` in the queue, together.
+    pub(crate) fn queued(&self, waited: Duration) {
+        self.queue_nanos.fetch_add(nanos(waited), Ordering::Relaxed);
+    }
+
+    /// One append answered (acknowledged or failed) `took` after it was queued.
+    pub(crate) fn acknowledged(&self, took: Duration) {
+        self.acknowledged.fetch_add(1, Ordering::Relaxed);
+        self.append_nanos.fetch_add(nanos(took), Ordering::Relaxed);
+    }
+
     pub(crate) fn snapshot(&self) -> AuditStats {
         AuditStats {
             batches: self.batches.load(Ordering::Relaxed),
@@ -43,8 +56,15 @@ impl CommitCounters {
             commit_time: Duration::from_nanos(self.commit_nanos.load(Ordering::Relaxed)),
             log_sync_time: Duration::from_nanos(self.log_sync_nanos.load(Ordering::Relaxed)),
             head_time: Duration::from_nanos(self.head_nanos.load(Ordering::Relaxed)),
+            queue_time: Duration::from_nanos(self.queue_nanos.load(Ordering::Relaxed)),
+            appends: self.acknowledged.load(Ordering::Relaxed),
+            append_time: Duration::from_nanos(self.append_nanos.load(Ordering::Relaxed)),
         }
     }
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
 /// What the audit writer has done since the log was opened.
@@ -61,6 +81,13 @@ pub struct AuditStats {
     pub log_sync_time: Duration,
     /// Of which signing, writing and syncing the head anchor (overlapping the log sync).
     pub head_time: Duration,
+    /// Time records spent queued before their batch started, summed over records.
+    pub queue_time: Duration,
+    /// Appends answered (acknowledged or failed).
+    pub appends: u64,
+    /// Time from queueing to the caller having its answer, summed over those appends:
+    /// queue wait + commit + the caller being scheduled again.
+    pub append_time: Duration,
 }
 
 impl AuditStats {
@@ -97,6 +124,21 @@ impl AuditStats {
             "Time spent signing, writing and syncing the audit head anchor (overlaps the log sync).",
             self.head_time.as_secs_f64().to_string(),
         );
+        counter(
+            "broker_audit_queue_seconds_total",
+            "Time audit records waited in the queue before their batch started, summed over records.",
+            self.queue_time.as_secs_f64().to_string(),
+        );
+        counter(
+            "broker_audit_appends_total",
+            "Audit appends answered (acknowledged or failed).",
+            self.appends.to_string(),
+        );
+        counter(
+            "broker_audit_append_seconds_total",
+            "Time from queueing an audit record to the caller resuming with the answer, summed over appends.",
+            self.append_time.as_secs_f64().to_string(),
+        );
         s
     }
 }
@@ -120,8 +162,12 @@ mod tests {
             Duration::from_micros(500),
             Duration::from_micros(250),
         );
+        c.queued(Duration::from_micros(300));
+        c.acknowledged(Duration::from_millis(1));
+        c.acknowledged(Duration::from_millis(3));
         let s = c.snapshot();
-        assert_eq!((s.batches, s.records), (2, 8));
+        assert_eq!((s.batches, s.records, s.appends), (2, 8, 2));
+        assert_eq!(s.append_time, Duration::from_millis(4));
         assert_eq!(s.commit_time, Duration::from_millis(3));
         let text = s.render();
         assert!(text.contains("broker_audit_batches_total 2\n"), "{text}");
@@ -138,5 +184,12 @@ mod tests {
             text.contains("broker_audit_head_seconds_total 0.00075\n"),
             "{text}"
         );
+        for line in [
+            "broker_audit_queue_seconds_total 0.0003\n",
+            "broker_audit_appends_total 2\n",
+            "broker_audit_append_seconds_total 0.004\n",
+        ] {
+            assert!(text.contains(line), "{line} in {text}");
+        }
     }
 }

@@ -149,8 +149,11 @@ impl AuditLog {
     pub async fn append(&self, event: AuditEvent) -> Result<u64, AuditError> {
         let json = serde_json::to_vec(&event)?;
         let (tx, rx) = oneshot::channel();
-        self.inner.queue.push(json, tx)?;
-        rx.await.unwrap_or(Err(AuditError::Closed))
+        let queued = Instant::now();
+        self.inner.queue.push(json, queued, tx)?;
+        let result = rx.await.unwrap_or(Err(AuditError::Closed));
+        self.inner.stats.acknowledged(queued.elapsed());
+        result
     }
 
     /// Flushes and stops the writer (idempotent). Appends queued before the call are
@@ -187,6 +190,8 @@ struct Queue {
 #[derive(Default)]
 struct QueueState {
     events: Vec<Vec<u8>>,
+    /// When each event was queued.
+    queued: Vec<Instant>,
     waiters: Vec<Waiter>,
     /// The writer is (about to be) asleep on `wake`.
     idle: bool,
@@ -199,7 +204,7 @@ impl Queue {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn push(&self, json: Vec<u8>, tx: Waiter) -> Result<(), AuditError> {
+    fn push(&self, json: Vec<u8>, queued: Instant, tx: Waiter) -> Result<(), AuditError> {
         let mut st = self.lock();
         if let Some(reason) = &st.failed {
             return Err(AuditError::Failed {
@@ -210,6 +215,7 @@ impl Queue {
             return Err(AuditError::Closed);
         }
         st.events.push(json);
+        st.queued.push(queued);
         st.waiters.push(tx);
         let wake = mem::take(&mut st.idle);
         drop(st);
@@ -220,7 +226,8 @@ impl Queue {
     }
 
     /// Moves everything pending into the (empty) vectors. With `idle_after`, gives up
-    /// waiting after that long with nothing queued and says so.
+    /// waiting after that long with nothing queued and says so. A batch comes with the
+    /// total time its events waited in the queue.
     fn take(
         &self,
         events: &mut Vec<Vec<u8>>,
@@ -232,9 +239,15 @@ impl Queue {
         loop {
             if !st.events.is_empty() {
                 st.idle = false;
+                let now = Instant::now();
+                let waited = st
+                    .queued
+                    .drain(..)
+                    .map(|q| now.saturating_duration_since(q))
+                    .sum();
                 mem::swap(&mut st.events, events);
                 mem::swap(&mut st.waiters, waiters);
-                return Taken::Batch;
+                return Taken::Batch { waited };
             }
             if st.closing || st.failed.is_some() {
                 return Taken::Stop;
@@ -267,6 +280,7 @@ impl Queue {
             let mut st = self.lock();
             let reason = st.failed.get_or_insert(reason).clone();
             st.events.clear();
+            st.queued.clear();
             mem::take(&mut st.waiters)
                 .into_iter()
                 .map(|w| (w, reason.clone()))
@@ -280,8 +294,8 @@ impl Queue {
 
 /// What [`Queue::take`] found.
 enum Taken {
-    /// A batch to commit.
-    Batch,
+    /// A batch to commit; its events waited this long in the queue, together.
+    Batch { waited: Duration },
     /// Nothing queued for the idle time asked for.
     Idle,
     /// The log is closing (or failed): the writer stops.
@@ -308,6 +322,7 @@ impl Drop for ExitGuard {
                 let mut st = self.queue.lock();
                 st.closing = true;
                 st.events.clear();
+                st.queued.clear();
                 mem::take(&mut st.waiters)
             };
             for w in waiters {
@@ -728,7 +743,7 @@ impl Writer {
             });
             match queue.take(&mut events, &mut waiters, idle_after) {
                 Taken::Stop => break,
-                Taken::Batch => {}
+                Taken::Batch { waited } => self.stats.queued(waited),
                 Taken::Idle => {
                     // Settled either way: a failure here is logged once, not retried in a
                     // loop; the next batch writes a new anchor anyway.
