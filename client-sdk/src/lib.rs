@@ -69,4 +69,4 @@ pub use http::RequestError;
 #[cfg(feature = "client")]
 pub use source::{Credential, JwtProvider, Token, TokenSource, TokenSourceBuilder};
 #[cfg(feature = "client")]
-pub use verifier::{FeedCredential, Verifier, VerifierBuilder};
+pub use verifier::{DEFAULT_JWKS_MAX_AGE, FeedCredential, Verifier, VerifierBuilder};

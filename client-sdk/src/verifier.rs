@@ -19,6 +19,9 @@ pub type FeedCredential = Credential;
 /// Least time between two JWKS refetches triggered by unknown `kid`s.
 const MIN_JWKS_REFRESH: Duration = Duration::from_secs(5);
 
+/// Default [`VerifierBuilder::jwks_max_age`].
+pub const DEFAULT_JWKS_MAX_AGE: Duration = Duration::from_secs(300);
+
 /// Builds a [`Verifier`].
 #[derive(Debug)]
 pub struct VerifierBuilder {
@@ -30,6 +33,7 @@ pub struct VerifierBuilder {
     scopes: Vec<String>,
     feed: Option<(FeedCredential, Duration)>,
     timeout: Duration,
+    jwks_max_age: Duration,
 }
 
 impl VerifierBuilder {
@@ -53,6 +57,15 @@ impl VerifierBuilder {
         self.scopes.push(s.into());
         self
     }
+    /// How long a fetched JWKS is trusted before the next verification refetches it
+    /// (default [`DEFAULT_JWKS_MAX_AGE`], 5 minutes). A key the broker stops publishing
+    /// (retired, or withdrawn after a compromise) stops verifying within this time even if
+    /// no token with a new `kid` ever arrives. If the refetch fails, the cached keys stay
+    /// in use and a warning is logged (at most one attempt per 5 s).
+    pub fn jwks_max_age(mut self, age: Duration) -> Self {
+        self.jwks_max_age = age;
+        self
+    }
     /// Poll the revocation feed every `every` with `credential`.
     pub fn revocation_feed(mut self, credential: FeedCredential, every: Duration) -> Self {
         self.feed = Some((credential, every));
@@ -74,6 +87,7 @@ impl VerifierBuilder {
         let inner = Arc::new(VInner {
             keys: RwLock::new(Arc::new(HashMap::new())),
             last_fetch: Mutex::new(None),
+            fetched_at: Mutex::new(None),
             fetch_lock: tokio::sync::Mutex::new(()),
             revoked: RwLock::new(Revoked::default()),
             http,
@@ -153,7 +167,10 @@ impl FeedRule {
 struct VInner {
     cfg: VerifierBuilder,
     keys: RwLock<Arc<HashMap<String, PublicKey>>>,
+    /// The last JWKS fetch attempt (for the rate limit).
     last_fetch: Mutex<Option<Instant>>,
+    /// The last successful JWKS fetch (for the max age).
+    fetched_at: Mutex<Option<Instant>>,
     fetch_lock: tokio::sync::Mutex<()>,
     revoked: RwLock<Revoked>,
     http: reqwest::Client,
@@ -186,6 +203,7 @@ impl Verifier {
             scopes: Vec::new(),
             feed: None,
             timeout: Duration::from_secs(10),
+            jwks_max_age: DEFAULT_JWKS_MAX_AGE,
         }
     }
 
@@ -197,6 +215,15 @@ impl Verifier {
         client_cert_der: Option<&[u8]>,
     ) -> Result<AccessTokenClaims, VerifyError> {
         let (kid, alg, msg, sig, claims) = jose::split(token)?;
+        if self.keys_expired()
+            && let Err(e) = self.refetch_keys(false).await
+        {
+            tracing::warn!(
+                target: "broker_client",
+                error = %e,
+                "broker JWKS past its max age and could not be refetched; using the cached keys"
+            );
+        }
         let key = match self.key(&kid) {
             Some(k) => k,
             None => {
@@ -236,6 +263,15 @@ impl Verifier {
             return Err(VerifyError::Revoked);
         }
         Ok(claims)
+    }
+
+    /// True when the cached JWKS is older than the max age.
+    fn keys_expired(&self) -> bool {
+        self.inner
+            .fetched_at
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some_and(|t| t.elapsed() >= self.inner.cfg.jwks_max_age)
     }
 
     fn key(&self, kid: &str) -> Option<PublicKey> {
@@ -289,6 +325,11 @@ impl Verifier {
         let keys = jose::parse_jwks(&bytes).map_err(VerifyError::KeysUnavailable)?;
         tracing::debug!(target: "broker_client", keys = keys.len(), "fetched broker JWKS");
         *self.inner.keys.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(keys);
+        *self
+            .inner
+            .fetched_at
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
         Ok(())
     }
 

@@ -789,6 +789,45 @@ async fn verifier_drops_a_key_the_broker_no_longer_publishes() {
     }
 }
 
+/// A verifier that only ever sees tokens of a key the broker has since retired (say,
+/// presented by someone holding the withdrawn key) stops accepting them once its JWKS is
+/// older than its max age, without any token with a new `kid` arriving.
+#[tokio::test(flavor = "multi_thread")]
+async fn verifier_drops_a_retired_key_after_the_jwks_max_age() {
+    let mut b = start_on_fixed_port(Options::default());
+    let old = b.issue(SUBJECT, TASK, None).await;
+    let cached = verifier(&b)
+        .jwks_max_age(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    cached.verify(&old, None).await.unwrap();
+    let fetched = Instant::now();
+
+    rotate_signing_key(&mut b, true);
+    if fetched.elapsed() < Duration::from_secs(2) {
+        // Within the max age the cached key still verifies (no refetch yet).
+        cached.verify(&old, None).await.unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        match cached.verify(&old, None).await {
+            Err(VerifyError::UnknownKey(k)) => {
+                assert_eq!(k, kid(&old));
+                break;
+            }
+            other => assert!(
+                Instant::now() < deadline,
+                "the retired key still verifies ({other:?}) 15 s after the rotation"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(
+        fetched.elapsed() >= Duration::from_secs(2),
+        "dropped only once the max age had passed"
+    );
+}
+
 /// The broker's revocation state is reset (its state dir is lost; or a fresh instance
 /// takes over the URL): feed cursors start again from 1. A verifier that had read up to a
 /// higher cursor must still see the new revocations.
