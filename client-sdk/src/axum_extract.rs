@@ -2,7 +2,9 @@
 //!
 //! Bad tokens are rejected with RFC 6750 answers: 401 with
 //! `WWW-Authenticate: Bearer error="invalid_token"` (or no `error` when no token was
-//! sent), and 403 `insufficient_scope` for a missing scope. If the resource server
+//! sent), and 403 `insufficient_scope` for a missing scope. When the broker's keys cannot
+//! be fetched, the token cannot be judged at all: 503 with `Retry-After`, not a 401 that
+//! would send a well-behaved client off to fetch a new token. If the resource server
 //! terminates mTLS, it inserts the caller's DER certificate as a [`ClientCertificateDer`]
 //! request extension so bound tokens can be checked.
 
@@ -60,6 +62,12 @@ where
             .map(|c| c.0.clone());
         match verifier.verify(token.trim(), cert.as_deref()).await {
             Ok(claims) => Ok(Authenticated(claims)),
+            Err(VerifyError::KeysUnavailable(_)) => {
+                let mut res = StatusCode::SERVICE_UNAVAILABLE.into_response();
+                res.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+                Err(res)
+            }
             Err(VerifyError::MissingScope(s)) => Err(reject(
                 StatusCode::FORBIDDEN,
                 &format!(

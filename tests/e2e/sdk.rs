@@ -955,6 +955,32 @@ async fn axum_extractor_answers_with_rfc6750_challenges() {
     }
 }
 
+/// When the broker's JWKS cannot be fetched the extractor cannot judge the token: 503
+/// with `Retry-After`, not a 401 (which would tell the client its token is bad).
+#[tokio::test(flavor = "multi_thread")]
+async fn axum_extractor_answers_503_when_the_keys_are_unavailable() {
+    let mut b = TestBroker::start(Options::default());
+    let good = b.issue(SUBJECT, TASK, None).await;
+    let v = verifier(&b).build().unwrap();
+    assert!(b.stop().success(), "graceful stop: {}", b.stderr());
+    let app = Router::new().route("/ledger", get(ledger)).with_state(v);
+    let url = format!("{}/ledger", serve(app).await);
+    let res = http_client()
+        .get(&url)
+        .header("authorization", format!("Bearer {good}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 503);
+    assert_eq!(
+        res.headers()
+            .get("retry-after")
+            .map(|h| h.to_str().unwrap()),
+        Some("5")
+    );
+    assert!(res.headers().get("www-authenticate").is_none());
+}
+
 /// A resource server that records the bearer token of every request and refuses the
 /// first `refuse` requests (or every request bearing a token in `refused`).
 #[derive(Clone, Default)]
