@@ -278,6 +278,14 @@ impl std::fmt::Debug for TokenSource {
     }
 }
 
+/// When to renew a token of `expires_in` seconds: after `fraction` of its lifetime moved by
+/// `jitter` (a signed fraction), kept within 5 %–95 % of the lifetime (never after expiry,
+/// whatever the configured fraction and jitter add up to) and at least 0.5 s.
+fn renew_delay(expires_in: u64, fraction: f64, jitter: f64) -> Duration {
+    let factor = (fraction + jitter).clamp(0.05, 0.95);
+    Duration::from_secs_f64((expires_in as f64 * factor).max(0.5))
+}
+
 fn jitter_unit() -> f64 {
     let mut b = [0u8; 4];
     let _ = SystemRandom::new().fill(&mut b);
@@ -438,6 +446,9 @@ async fn fetch(inner: &Inner) -> Result<Token, Error> {
     drop(form);
     inner.broker_requests.fetch_add(1, Ordering::Relaxed);
     let url = format!("{}/oauth2/token", cfg.url.trim_end_matches('/'));
+    // Before the request: the broker's `exp` is its own now (at or after this) plus
+    // `expires_in`, so counting from here never puts `expires_at` after the real `exp`.
+    let sent_at = unix_now();
     let resp = client
         .post(&url)
         .header(
@@ -472,15 +483,16 @@ async fn fetch(inner: &Inner) -> Result<Token, Error> {
             serde_json::from_slice(&bytes).map_err(|e| Error::BrokerUnavailable {
                 reason: format!("unexpected token response: {e}"),
             })?;
-        let now = unix_now();
         let token = Token {
             secret: Arc::new(Zeroizing::new(tr.access_token)),
-            expires_at: now + tr.expires_in,
+            expires_at: sent_at + tr.expires_in,
             scope: tr.scope,
         };
-        let lifetime = tr.expires_in as f64;
-        let jitter = (jitter_unit() * 2.0 - 1.0) * cfg.jitter;
-        let renew_in = Duration::from_secs_f64((lifetime * (cfg.renew_fraction + jitter)).max(0.5));
+        let renew_in = renew_delay(
+            tr.expires_in,
+            cfg.renew_fraction,
+            (jitter_unit() * 2.0 - 1.0) * cfg.jitter,
+        );
         {
             let mut st = inner.state.lock().unwrap_or_else(|e| e.into_inner());
             st.token = Some(token.clone());
@@ -597,6 +609,25 @@ async fn renewer(weak: Weak<Inner>) {
                 drop(inner);
                 tokio::time::sleep(wait).await;
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renewal_is_before_expiry_whatever_fraction_and_jitter_add_up_to() {
+        // The largest settings the builder allows: 0.95 + 0.5 jitter.
+        assert_eq!(renew_delay(600, 0.95, 0.5), Duration::from_secs(570));
+        assert_eq!(renew_delay(600, 0.1, -0.5), Duration::from_secs(30));
+        assert_eq!(renew_delay(600, 0.75, 0.1), Duration::from_secs(510));
+        assert_eq!(renew_delay(600, 0.75, -0.1), Duration::from_secs(390));
+        // Very short lifetimes still wait a moment.
+        assert_eq!(renew_delay(0, 0.75, 0.0), Duration::from_millis(500));
+        for draw in [-0.5, -0.25, 0.0, 0.25, 0.5] {
+            assert!(renew_delay(60, 0.95, draw) < Duration::from_secs(60));
         }
     }
 }
