@@ -390,6 +390,11 @@ pub struct Config {
 }
 
 impl Config {
+    /// The names of the configured client CAs.
+    pub fn client_ca_names(&self) -> Vec<String> {
+        self.client_cas.iter().map(|c| c.name.clone()).collect()
+    }
+
     /// The SPIFFE trust domains of the configured client CAs.
     pub fn trust_domains(&self) -> Vec<String> {
         self.client_cas

@@ -560,17 +560,18 @@ fn lint(dir: &Path, config: Option<&Path>) -> anyhow::Result<ExitCode> {
     let config = Config::load(&config)?;
     let registry =
         policy::load_dir(dir, &config.audiences, &config.trust_domains()).and_then(|set| {
-            match config.third_party_max_registration {
-                None => Ok(set),
-                Some(max) => {
-                    let errors =
-                        policy::check_third_party_registration(&set, max, SystemClock.now());
-                    if errors.is_empty() {
-                        Ok(set)
-                    } else {
-                        Err(errors)
-                    }
-                }
+            let mut errors = policy::check_client_ca_names(&set, &config.client_ca_names());
+            if let Some(max) = config.third_party_max_registration {
+                errors.extend(policy::check_third_party_registration(
+                    &set,
+                    max,
+                    SystemClock.now(),
+                ));
+            }
+            if errors.is_empty() {
+                Ok(set)
+            } else {
+                Err(errors)
             }
         });
     let break_glass = broker::breakglass::policy::load(dir, &config.audiences);

@@ -31,6 +31,7 @@ pub struct PolicyStore {
     dir: PathBuf,
     audiences: Vec<AudienceEntry>,
     trust_domains: Vec<String>,
+    client_cas: Vec<String>,
     seen: Mutex<Fingerprint>,
 }
 
@@ -67,11 +68,12 @@ impl PolicyStore {
         dir: &Path,
         audiences: &[AudienceEntry],
         trust_domains: &[String],
+        client_cas: &[String],
         third_party_max: Option<Duration>,
     ) -> Result<Self, Vec<LintError>> {
         let seen = fingerprint(dir);
         let set = policy::load_dir(dir, audiences, trust_domains)?;
-        check_third_party(&set, third_party_max)?;
+        check_against_config(&set, third_party_max, client_cas)?;
         let bg = crate::breakglass::policy::load(dir, audiences)?;
         Ok(Self {
             third_party_max,
@@ -80,6 +82,7 @@ impl PolicyStore {
             dir: dir.to_path_buf(),
             audiences: audiences.to_vec(),
             trust_domains: trust_domains.to_vec(),
+            client_cas: client_cas.to_vec(),
             seen: Mutex::new(seen),
         })
     }
@@ -93,6 +96,7 @@ impl PolicyStore {
             dir: PathBuf::new(),
             audiences: Vec::new(),
             trust_domains: Vec::new(),
+            client_cas: Vec::new(),
             seen: Mutex::new(Vec::new()),
         }
     }
@@ -123,7 +127,7 @@ impl PolicyStore {
     /// per identity, what the new set grants that the old one did not.
     pub fn reload(&self) -> Result<(usize, Widenings), Vec<LintError>> {
         let set = policy::load_dir(&self.dir, &self.audiences, &self.trust_domains)?;
-        check_third_party(&set, self.third_party_max)?;
+        check_against_config(&set, self.third_party_max, &self.client_cas)?;
         let bg = crate::breakglass::policy::load(&self.dir, &self.audiences)?;
         let n = set.len();
         let widened = widenings(&self.current(), &set);
@@ -133,13 +137,21 @@ impl PolicyStore {
     }
 }
 
-fn check_third_party(set: &PolicySet, max: Option<Duration>) -> Result<(), Vec<LintError>> {
-    let Some(max) = max else { return Ok(()) };
-    let errors = policy::check_third_party_registration(
-        set,
-        max,
-        crate::clock::Clock::now(&crate::clock::SystemClock),
-    );
+/// The checks that need the config: third-party registration periods and the client CAs
+/// that certificate matchers name.
+fn check_against_config(
+    set: &PolicySet,
+    third_party_max: Option<Duration>,
+    client_cas: &[String],
+) -> Result<(), Vec<LintError>> {
+    let mut errors = policy::check_client_ca_names(set, client_cas);
+    if let Some(max) = third_party_max {
+        errors.extend(policy::check_third_party_registration(
+            set,
+            max,
+            crate::clock::Clock::now(&crate::clock::SystemClock),
+        ));
+    }
     if errors.is_empty() {
         Ok(())
     } else {

@@ -105,6 +105,7 @@ pub async fn start_with_clock(
         &config.policy_dir,
         &config.audiences,
         &config.trust_domains(),
+        &config.client_ca_names(),
         config.third_party_max_registration,
     )
     .map_err(StartError::Policies)?;

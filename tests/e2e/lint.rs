@@ -234,3 +234,40 @@ fn spiffe_id_outside_every_configured_trust_domain_is_reported() {
         .expect_err("the broker must not start with a SPIFFE ID outside every trust domain");
     assert!(err.stderr.contains("outsider.toml"), "{err}");
 }
+
+#[test]
+fn certificate_matcher_naming_an_unconfigured_ca_is_reported() {
+    if !tools_present(
+        "certificate_matcher_naming_an_unconfigured_ca_is_reported",
+        &["openssl"],
+    ) {
+        return;
+    }
+    let m = Mtls::new();
+    let mut opts = m.options();
+    for (name, text) in &mut opts.policies {
+        if name == "reports-batch.toml" {
+            *text = text.replace(
+                "[[identity.match]]\ncert_subject",
+                "[[identity.match]]\nca = \"no-such-ca\"\ncert_subject",
+            );
+            assert!(text.contains("no-such-ca"), "test setup");
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &opts);
+    let out = lint(&dir.path().join("policies"), Some(&config));
+    let line = assert_lint_error(
+        &out,
+        "reports-batch.toml",
+        &["ca = \"no-such-ca\"", "names no [[client_ca]]"],
+    );
+    assert!(line.contains("corp"), "names the configured CAs: {line}");
+
+    // The broker will not serve such a registry either.
+    let mut b = TestBroker::prepare(opts);
+    let err = b
+        .launch()
+        .expect_err("the broker must not start with a matcher naming an unknown CA");
+    assert!(err.stderr.contains("reports-batch.toml"), "{err}");
+}

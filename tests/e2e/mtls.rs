@@ -416,3 +416,60 @@ async fn metadata_advertises_certificate_bound_tokens() {
     assert!(grants.contains(&json!("client_credentials")), "{md}");
     assert_eq!(md["issuer"], BROKER_ISSUER, "{md}");
 }
+
+/// A `cert_subject` matcher bound to a CA (`ca = "corp-ca"`) is proved only by a
+/// certificate of that CA: the same subject CN from the other configured CA is refused
+/// (without `ca`, any configured CA could vouch for the name).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_certificate_matcher_bound_to_a_ca_refuses_the_same_name_from_another_ca() {
+    use broker_tests::pki::LeafSpec;
+    if !broker_tests::pki::tools_present(
+        "a_certificate_matcher_bound_to_a_ca_refuses_the_same_name_from_another_ca",
+        &["openssl", "curl"],
+    ) {
+        return;
+    }
+    let m = broker_tests::mtls::Mtls::new();
+    let mut options = m.options();
+    for (name, text) in &mut options.policies {
+        if name == "reports-batch.toml" {
+            let bound = text.replace(
+                &format!("cert_subject = \"{REPORTS_CN}\""),
+                &format!("cert_subject = \"{REPORTS_CN}\"\nca = \"{CORP_CA}\""),
+            );
+            assert_ne!(&bound, text, "test setup: the matcher is in the policy");
+            *text = bound;
+        }
+    }
+    let b = TestBroker::start(options);
+
+    // The genuine company certificate proves the identity.
+    let reports = m.reports_client();
+    let r = curl_token(
+        &b,
+        Some(&reports),
+        &TokenRequest::client_credentials(REPORTS_TASK),
+    );
+    assert_eq!(r.status, 200, "{}", r.text);
+    let v = b.verify_access_token(&token_of(&r), REPORTS_AUDIENCE).await;
+    assert_eq!(v.claims["sub"], REPORTS_IDENTITY);
+
+    // The same CN from the SPIFFE CA (trusted by the broker, but not named) does not.
+    let impostor = m
+        .prod_ca
+        .issue(&LeafSpec::client("reports-impostor", REPORTS_CN));
+    let r = curl_token(
+        &b,
+        Some(&impostor),
+        &TokenRequest::client_credentials(REPORTS_TASK),
+    );
+    assert_eq!(r.status, 403, "{}", r.text);
+    assert_eq!(r.body["error"], "unauthorized_client", "{}", r.text);
+    let denied = b.records_of("denied");
+    let last = denied.last().expect("a denied record");
+    assert_eq!(last["rule"], "unknown_identity", "{last}");
+    assert!(
+        last["reason"].as_str().unwrap().contains(PROD_CA),
+        "the reason names the CA: {last}"
+    );
+}

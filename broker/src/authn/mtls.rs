@@ -137,13 +137,18 @@ impl PeerCert {
             });
         }
         policies
-            .match_cert(self.subject_cn.as_deref(), &self.dns_names)
+            .match_cert(
+                self.subject_cn.as_deref(),
+                &self.dns_names,
+                self.ca_name.as_deref(),
+            )
             .ok_or_else(|| CertRefusal {
                 rule: "unknown_identity",
                 reason: format!(
-                    "no registered identity matches certificate subject CN {:?} / DNS names {:?} (SHA-256 {})",
+                    "no registered identity matches certificate subject CN {:?} / DNS names {:?} from CA {} (SHA-256 {})",
                     self.subject_cn.as_deref().unwrap_or(""),
                     self.dns_names,
+                    self.ca_name.as_deref().unwrap_or("?"),
                     self.sha256_hex
                 ),
             })

@@ -302,7 +302,21 @@ impl Ctx<'_> {
             claims,
             cert_subject,
             dns_name,
+            ca,
         } = m;
+        let cert_matcher = cert_subject.is_some() || dns_name.is_some();
+        if let Some(c) = &ca {
+            if !cert_matcher {
+                problems.push(format!(
+                    "{at}: ca applies only to cert_subject and dns_name matchers (a SPIFFE ID is tied to its CA by the trust domain)"
+                ));
+                return None;
+            }
+            if c.trim().is_empty() {
+                problems.push(format!("{at}: ca must not be empty"));
+                return None;
+            }
+        }
         let jwt = issuer.is_some() || subject.is_some() || claims.is_some();
         let kinds: Vec<&str> = [
             (spiffe_id.is_some(), "spiffe_id"),
@@ -397,7 +411,7 @@ impl Ctx<'_> {
                 problems.push(format!("{at}: cert_subject must not be empty"));
                 return None;
             }
-            Some(Matcher::CertSubject(cn))
+            Some(Matcher::CertSubject { cn, ca })
         } else if let Some(name) = dns_name {
             let norm = name.strip_suffix('.').unwrap_or(&name).to_ascii_lowercase();
             let valid = !norm.is_empty()
@@ -410,7 +424,7 @@ impl Ctx<'_> {
                 ));
                 return None;
             }
-            Some(Matcher::DnsName(norm))
+            Some(Matcher::DnsName { name: norm, ca })
         } else {
             None
         }
@@ -730,24 +744,24 @@ fn index(
                         rules.push((claims.clone(), idx));
                     }
                 }
-                Matcher::CertSubject(cn) => match set.by_cert_subject.get(cn) {
-                    Some(&o) if o != idx => err(
+                Matcher::CertSubject { cn, ca } => match set.by_cert_subject.get(cn) {
+                    Some(&(o, _)) if o != idx => err(
                         &ident.file,
                         conflict(format!("cert_subject {cn:?}"), &identities[o]),
                     ),
                     Some(_) => {}
                     None => {
-                        set.by_cert_subject.insert(cn.clone(), idx);
+                        set.by_cert_subject.insert(cn.clone(), (idx, ca.clone()));
                     }
                 },
-                Matcher::DnsName(name) => match set.by_dns.get(name) {
-                    Some(&o) if o != idx => err(
+                Matcher::DnsName { name, ca } => match set.by_dns.get(name) {
+                    Some(&(o, _)) if o != idx => err(
                         &ident.file,
                         conflict(format!("dns_name {name:?}"), &identities[o]),
                     ),
                     Some(_) => {}
                     None => {
-                        set.by_dns.insert(name.clone(), idx);
+                        set.by_dns.insert(name.clone(), (idx, ca.clone()));
                     }
                 },
             }
@@ -767,8 +781,8 @@ fn index(
             }
         }
     }
-    for (cn, &idx) in &set.by_cert_subject {
-        if let Some(&o) = set.by_dns.get(&cn.to_ascii_lowercase())
+    for (cn, &(idx, _)) in &set.by_cert_subject {
+        if let Some(&(o, _)) = set.by_dns.get(&cn.to_ascii_lowercase())
             && o != idx
         {
             err(

@@ -29,6 +29,31 @@ use ipnet::IpNet;
 pub use self::evaluate::{Decision, Denial, Evaluation, Grant, Request, Rule, RuleCheck};
 pub use self::load::{LintError, MAX_TTL_CEILING, from_sources, load_dir};
 
+/// Every certificate matcher bound to a CA (`ca = "..."`) must name a configured
+/// `[[client_ca]]`: each one that does not is a lint error naming its file.
+pub fn check_client_ca_names(set: &PolicySet, client_cas: &[String]) -> Vec<LintError> {
+    let mut errors = Vec::new();
+    for i in set.identities() {
+        for ca in i.matchers.iter().filter_map(Matcher::ca) {
+            if !client_cas.iter().any(|c| c == ca) {
+                errors.push(LintError {
+                    file: i.file.clone(),
+                    message: format!(
+                        "identity {}: [[identity.match]] ca = {ca:?} names no [[client_ca]] of the config ({})",
+                        i.id,
+                        if client_cas.is_empty() {
+                            "none configured".to_owned()
+                        } else {
+                            client_cas.join(", ")
+                        }
+                    ),
+                });
+            }
+        }
+    }
+    errors
+}
+
 /// Third-party identities may be registered for at most `max` from `now`: each one whose
 /// `expires` lies further out is a lint error naming its file.
 pub fn check_third_party_registration(
@@ -61,9 +86,11 @@ pub struct PolicySet {
     by_spiffe: HashMap<String, usize>,
     /// issuer → subject → (required extra claims, identity).
     by_jwt: HashMap<String, HashMap<String, Vec<JwtRule>>>,
-    by_cert_subject: HashMap<String, usize>,
-    /// Lower-case DNS name without a trailing dot → identity.
-    by_dns: HashMap<String, usize>,
+    /// Subject CN → identity, and the CA its matcher requires.
+    by_cert_subject: HashMap<String, (usize, Option<String>)>,
+    /// Lower-case DNS name without a trailing dot → identity, and the CA its matcher
+    /// requires.
+    by_dns: HashMap<String, (usize, Option<String>)>,
     /// The audience catalogue the set was checked against: URI → environment.
     audience_env: HashMap<String, String>,
 }
@@ -123,10 +150,30 @@ pub enum Matcher {
         claims: BTreeMap<String, String>,
     },
     /// The common name (CN) of a client certificate's subject, exactly.
-    CertSubject(String),
+    CertSubject {
+        /// The CN.
+        cn: String,
+        /// The `[[client_ca]]` the certificate must chain to (`None`: any configured CA).
+        ca: Option<String>,
+    },
     /// A DNS name among a client certificate's SANs (ASCII case-insensitive; stored
     /// lower-case without a trailing dot).
-    DnsName(String),
+    DnsName {
+        /// The DNS name.
+        name: String,
+        /// The `[[client_ca]]` the certificate must chain to (`None`: any configured CA).
+        ca: Option<String>,
+    },
+}
+
+impl Matcher {
+    /// The `[[client_ca]]` a certificate matcher is bound to.
+    pub fn ca(&self) -> Option<&str> {
+        match self {
+            Self::CertSubject { ca, .. } | Self::DnsName { ca, .. } => ca.as_deref(),
+            _ => None,
+        }
+    }
 }
 
 /// One `[[task]]`: what an identity may ask a token for.
@@ -220,19 +267,30 @@ impl PolicySet {
     }
 
     /// Which identity a verified client certificate proves, from its subject CN
-    /// (`cert_subject` matchers) and its DNS SANs (`dns_name` matchers). When the
-    /// certificate's names point at two different identities the answer is `None`
-    /// (ambiguous evidence proves nothing) and a warning is logged.
-    pub fn match_cert(&self, subject_cn: Option<&str>, dns_names: &[String]) -> Option<&Identity> {
+    /// (`cert_subject` matchers) and its DNS SANs (`dns_name` matchers); `ca` is the
+    /// configured CA that verified its chain, which a matcher bound to a CA must equal.
+    /// When the certificate's names point at two different identities the answer is
+    /// `None` (ambiguous evidence proves nothing) and a warning is logged.
+    pub fn match_cert(
+        &self,
+        subject_cn: Option<&str>,
+        dns_names: &[String],
+        ca: Option<&str>,
+    ) -> Option<&Identity> {
         let mut found: Option<usize> = None;
         let mut ambiguous = false;
-        let mut consider = |idx: usize| match found {
-            None => found = Some(idx),
-            Some(f) if f == idx => {}
-            Some(_) => ambiguous = true,
+        let mut consider = |&(idx, ref required): &(usize, Option<String>)| {
+            if required.as_deref().is_some_and(|r| Some(r) != ca) {
+                return;
+            }
+            match found {
+                None => found = Some(idx),
+                Some(f) if f == idx => {}
+                Some(_) => ambiguous = true,
+            }
         };
-        if let Some(&idx) = subject_cn.and_then(|cn| self.by_cert_subject.get(cn)) {
-            consider(idx);
+        if let Some(m) = subject_cn.and_then(|cn| self.by_cert_subject.get(cn)) {
+            consider(m);
         }
         for name in dns_names {
             let name = name.strip_suffix('.').unwrap_or(name);
@@ -241,8 +299,8 @@ impl PolicySet {
             } else {
                 self.by_dns.get(name)
             };
-            if let Some(&idx) = idx {
-                consider(idx);
+            if let Some(m) = idx {
+                consider(m);
             }
         }
         if ambiguous {

@@ -65,6 +65,10 @@ pub(crate) struct MatchFile {
     pub(crate) cert_subject: Option<String>,
     #[serde(default)]
     pub(crate) dns_name: Option<String>,
+    /// For `cert_subject` / `dns_name`: the `[[client_ca]]` (by name) the certificate must
+    /// chain to.
+    #[serde(default)]
+    pub(crate) ca: Option<String>,
 }
 
 /// `[[task]]`.

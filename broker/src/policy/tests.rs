@@ -768,35 +768,97 @@ fn match_cert_by_cn_or_dns_name_and_never_ambiguously() {
     let b = other("[[identity.match]]\ndns_name = \"other.prod.example.org\"");
     let set = load(&[("a.toml", &a), ("b.toml", &b)]).unwrap();
     assert_eq!(
-        set.match_cert(Some("payments.prod"), &[]).unwrap().id,
+        set.match_cert(Some("payments.prod"), &[], None).unwrap().id,
         "payments-api"
     );
     let dns = |names: &[&str]| names.iter().map(|s| s.to_string()).collect::<Vec<_>>();
     assert_eq!(
-        set.match_cert(None, &dns(&["PAYMENTS.prod.example.org."]))
+        set.match_cert(None, &dns(&["PAYMENTS.prod.example.org."]), None)
             .unwrap()
             .id,
         "payments-api"
     );
     assert_eq!(
-        set.match_cert(Some("x"), &dns(&["nope", "other.prod.example.org"]))
+        set.match_cert(Some("x"), &dns(&["nope", "other.prod.example.org"]), None)
             .unwrap()
             .id,
         "other"
     );
     // Both of one identity's names: fine.
     assert_eq!(
-        set.match_cert(Some("payments.prod"), &dns(&["payments.prod.example.org"]))
-            .unwrap()
-            .id,
+        set.match_cert(
+            Some("payments.prod"),
+            &dns(&["payments.prod.example.org"]),
+            None
+        )
+        .unwrap()
+        .id,
         "payments-api"
     );
     // Names of two identities: proves nothing.
     assert!(
-        set.match_cert(Some("payments.prod"), &dns(&["other.prod.example.org"]))
+        set.match_cert(
+            Some("payments.prod"),
+            &dns(&["other.prod.example.org"]),
+            None
+        )
+        .is_none()
+    );
+    assert!(set.match_cert(None, &[], None).is_none());
+}
+
+#[test]
+fn certificate_matchers_bound_to_a_ca_match_only_certificates_of_that_ca() {
+    let a = PAYMENTS.replace(
+        "[[task]]\nname        = \"ledger-write\"",
+        "[[identity.match]]\ncert_subject = \"payments.prod\"\nca = \"prod-ca\"\n\n[[identity.match]]\ndns_name = \"payments.prod.example.org\"\nca = \"prod-ca\"\n\n[[task]]\nname        = \"ledger-write\"",
+    );
+    let set = load(&[("a.toml", &a)]).unwrap();
+    let dns = vec!["payments.prod.example.org".to_string()];
+    assert_eq!(
+        set.match_cert(Some("payments.prod"), &[], Some("prod-ca"))
+            .unwrap()
+            .id,
+        "payments-api"
+    );
+    assert_eq!(
+        set.match_cert(None, &dns, Some("prod-ca")).unwrap().id,
+        "payments-api"
+    );
+    // The same names from another configured CA prove nothing.
+    assert!(
+        set.match_cert(Some("payments.prod"), &[], Some("partner-ca"))
             .is_none()
     );
-    assert!(set.match_cert(None, &[]).is_none());
+    assert!(set.match_cert(None, &dns, Some("partner-ca")).is_none());
+    assert!(set.match_cert(Some("payments.prod"), &dns, None).is_none());
+
+    // The config must have that CA.
+    let errs = crate::policy::check_client_ca_names(&set, &["partner-ca".to_string()]);
+    assert_eq!(errs.len(), 2, "{errs:?}");
+    assert!(errs[0].to_string().contains("a.toml"), "{}", errs[0]);
+    assert!(
+        errs[0]
+            .message
+            .contains("ca = \"prod-ca\" names no [[client_ca]]"),
+        "{}",
+        errs[0]
+    );
+    assert!(crate::policy::check_client_ca_names(&set, &["prod-ca".to_string()]).is_empty());
+
+    // `ca` only on certificate matchers, and not empty.
+    lint_one(
+        "spiffe_id = \"spiffe://prod.example.org/ns/payments/sa/api\"",
+        "spiffe_id = \"spiffe://prod.example.org/ns/payments/sa/api\"\nca = \"prod-ca\"",
+        &["ca applies only to cert_subject and dns_name"],
+    );
+    let empty = a.replacen("ca = \"prod-ca\"", "ca = \" \"", 1);
+    let errs = load(&[("a.toml", &empty)]).unwrap_err();
+    assert!(
+        errs.iter()
+            .any(|e| e.message.contains("ca must not be empty")),
+        "{errs:#?}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------
