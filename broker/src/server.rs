@@ -329,15 +329,20 @@ impl Broker {
                     let router = router.clone();
                     let audit = self.state.audit.clone();
                     tokio::spawn(async move {
-                        let handshake = tokio::time::timeout(
-                            TLS_HANDSHAKE_TIMEOUT,
-                            material.acceptor().accept(tcp),
-                        )
-                        .await;
+                        let (handshake, presented) = crate::tls::PRESENTED_CERT
+                            .scope(std::cell::RefCell::new(None), async {
+                                let r = tokio::time::timeout(
+                                    TLS_HANDSHAKE_TIMEOUT,
+                                    material.acceptor().accept(tcp),
+                                )
+                                .await;
+                                (r, crate::tls::PRESENTED_CERT.with(|c| c.take()))
+                            })
+                            .await;
                         let stream = match handshake {
                             Ok(Ok(s)) => s,
                             Ok(Err(e)) => {
-                                audit_handshake_failure(&audit, peer, &e).await;
+                                audit_handshake_failure(&audit, peer, presented, &e).await;
                                 return;
                             }
                             Err(_) => {
@@ -415,7 +420,12 @@ impl hyper::service::Service<hyper::Request<Incoming>> for ConnService {
 /// not yet valid, wrong usage, bad signature) as a `denied` audit record. Other handshake
 /// failures (port scans, plain HTTP on the TLS port) are only logged, so that noise
 /// cannot flood the audit log.
-async fn audit_handshake_failure(audit: &AuditLog, peer: SocketAddr, e: &std::io::Error) {
+async fn audit_handshake_failure(
+    audit: &AuditLog,
+    peer: SocketAddr,
+    cert_sha256: Option<String>,
+    e: &std::io::Error,
+) {
     let rustls_err = e
         .get_ref()
         .and_then(|inner| inner.downcast_ref::<rustls::Error>());
@@ -436,7 +446,12 @@ async fn audit_handshake_failure(audit: &AuditLog, peer: SocketAddr, e: &std::io
         }
         other => format!("the client certificate was refused: {other}"),
     };
-    tracing::info!(%peer, reason = %what, "client certificate refused at TLS handshake");
+    tracing::info!(
+        %peer,
+        reason = %what,
+        cert_sha256 = cert_sha256.as_deref().unwrap_or(""),
+        "client certificate refused at TLS handshake"
+    );
     let mut ev = AuditEvent::new(EventKind::Denied);
     ev.decision = Some(crate::audit::event::Decision::Deny);
     ev.rule = Some("client_certificate_rejected".into());
@@ -444,6 +459,7 @@ async fn audit_handshake_failure(audit: &AuditLog, peer: SocketAddr, e: &std::io
     ev.source = Some(peer.ip().to_string());
     ev.evidence = Some(crate::audit::event::Evidence {
         kind: "mtls",
+        cert_sha256,
         ..Default::default()
     });
     if let Err(e) = audit.append(ev).await {

@@ -10,14 +10,21 @@
 //!
 //! [`TlsReloader`] rebuilds the whole material when any of its files change; a broken
 //! file keeps the previous material live. New connections use the new material at once.
+//!
+//! A refused certificate never reaches the application, so the verifier notes the
+//! presented leaf's SHA-256 in [`PRESENTED_CERT`], a task-local the accept task scopes
+//! around its handshake; the refusal's audit record then names the certificate.
 
+use std::cell::RefCell;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::SystemTime;
 
 use rustls::RootCertStore;
+use rustls::client::danger::HandshakeSignatureValid;
 use rustls::server::WebPkiClientVerifier;
-use rustls::server::danger::ClientCertVerifier;
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
 
@@ -40,6 +47,60 @@ impl TlsSpec {
         let mut v = vec![self.cert.as_path(), self.key.as_path()];
         v.extend(self.client_cas.iter().map(|c| c.bundle.as_path()));
         v
+    }
+}
+
+tokio::task_local! {
+    /// The SHA-256 (hex) of the client certificate presented in the handshake being run
+    /// by this task, set by the verifier whether it accepts the certificate or not.
+    pub static PRESENTED_CERT: RefCell<Option<String>>;
+}
+
+/// Delegates to the real client-certificate verifier, noting the presented leaf's
+/// fingerprint in [`PRESENTED_CERT`] first (when the accept task has scoped it).
+#[derive(Debug)]
+struct NotingVerifier(Arc<dyn ClientCertVerifier>);
+
+impl ClientCertVerifier for NotingVerifier {
+    fn offer_client_auth(&self) -> bool {
+        self.0.offer_client_auth()
+    }
+    fn client_auth_mandatory(&self) -> bool {
+        self.0.client_auth_mandatory()
+    }
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.0.root_hint_subjects()
+    }
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let _ = PRESENTED_CERT.try_with(|c| {
+            let digest = ring::digest::digest(&ring::digest::SHA256, end_entity.as_ref());
+            *c.borrow_mut() = Some(digest.as_ref().iter().map(|b| format!("{b:02x}")).collect());
+        });
+        self.0.verify_client_cert(end_entity, intermediates, now)
+    }
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.supported_verify_schemes()
     }
 }
 
@@ -115,7 +176,7 @@ impl TlsMaterial {
                 .allow_unauthenticated()
                 .build()
                 .map_err(|e| format!("client CAs: {e}"))?;
-            builder.with_client_cert_verifier(verifier)
+            builder.with_client_cert_verifier(Arc::new(NotingVerifier(verifier)))
         };
         let mut cfg = builder
             .with_single_cert(certs, key)

@@ -57,9 +57,10 @@ fn assert_http_denial(
 }
 
 /// The checks every handshake refusal shares: no HTTP answer, then (asynchronously) one
-/// `denied` record, rule `client_certificate_rejected`, whose reason mentions `gist`.
-/// Afterwards the listener still serves a connection without a certificate.
-async fn assert_handshake_refused(b: &TestBroker, r: &CurlReply, gist: &str) -> Value {
+/// `denied` record, rule `client_certificate_rejected`, whose reason mentions `gist` and
+/// whose evidence names the presented certificate `leaf` by its SHA-256 (as openssl
+/// computes it). Afterwards the listener still serves a connection without a certificate.
+async fn assert_handshake_refused(b: &TestBroker, r: &CurlReply, leaf: &Leaf, gist: &str) -> Value {
     assert!(
         r.no_http_answer(),
         "the TLS handshake should fail (curl exit 35/56, http 000): {r}"
@@ -78,6 +79,11 @@ async fn assert_handshake_refused(b: &TestBroker, r: &CurlReply, gist: &str) -> 
     assert_eq!(rec["rule"], "client_certificate_rejected", "{rec}");
     assert_eq!(rec["source"], "127.0.0.1", "audit source: {rec}");
     assert_eq!(rec["evidence"]["kind"], "mtls", "{rec}");
+    assert_eq!(
+        rec["evidence"]["cert_sha256"].as_str(),
+        Some(leaf.sha256_hex().as_str()),
+        "the refused certificate's fingerprint: {rec}"
+    );
     let reason = rec["reason"].as_str().unwrap_or_default();
     assert!(
         reason.to_lowercase().contains(&gist.to_lowercase()),
@@ -110,7 +116,7 @@ async fn certificate_from_an_unknown_ca_fails_the_handshake() {
     let rogue = m.pki.ca("rogue-ca", "E2E Rogue CA");
     let leaf = rogue.issue(&LeafSpec::client("impostor", PAYMENTS_CN).uri(PAYMENTS_SPIFFE_ID));
     let r = curl_token(&b, Some(&leaf), &TokenRequest::client_credentials(TASK));
-    assert_handshake_refused(&b, &r, "does not chain to a configured client_ca").await;
+    assert_handshake_refused(&b, &r, &leaf, "does not chain to a configured client_ca").await;
     assert_no_key_material(&b, &[&leaf]);
 }
 
@@ -126,7 +132,7 @@ async fn expired_certificate_fails_the_handshake() {
             .valid(now - 2 * DAY, now - DAY),
     );
     let r = curl_token(&b, Some(&leaf), &TokenRequest::client_credentials(TASK));
-    assert_handshake_refused(&b, &r, "expired").await;
+    assert_handshake_refused(&b, &r, &leaf, "expired").await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -141,7 +147,7 @@ async fn not_yet_valid_certificate_fails_the_handshake() {
             .valid(now + DAY, now + 2 * DAY),
     );
     let r = curl_token(&b, Some(&leaf), &TokenRequest::client_credentials(TASK));
-    assert_handshake_refused(&b, &r, "not valid yet").await;
+    assert_handshake_refused(&b, &r, &leaf, "not valid yet").await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -157,7 +163,7 @@ async fn certificate_without_client_auth_usage_fails_the_handshake() {
             .eku(Some("serverAuth")),
     );
     let r = curl_token(&b, Some(&leaf), &TokenRequest::client_credentials(TASK));
-    assert_handshake_refused(&b, &r, "client authentication").await;
+    assert_handshake_refused(&b, &r, &leaf, "client authentication").await;
 }
 
 // --- refused with an HTTP answer --------------------------------------------------------
