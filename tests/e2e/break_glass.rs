@@ -343,6 +343,15 @@ async fn a_grant_needs_a_second_person_and_its_tokens_die_with_it() {
         hooked, issued,
         "one token_issued event per token, with its jti"
     );
+    // Every event carries the grant object, token_issued included.
+    for e in &events {
+        assert_eq!(
+            e["grant"]["id"],
+            id.as_str(),
+            "the grant object in {}: {e}",
+            e["event"]
+        );
+    }
 }
 
 /// Closing early through the endpoint revokes every token of the grant at once (no

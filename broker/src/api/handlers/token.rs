@@ -466,8 +466,13 @@ async fn issue(
         if let Err(e) = st.grants.commit(change) {
             tracing::error!(error = %e, grant = %bg.id, "could not add the token to the grant report");
         }
+        // Like every other grant event, the grant itself (as it stands with this token).
+        let grant_now = st.grants.get(&bg.id).map_or_else(
+            || serde_json::json!({ "id": bg.id }),
+            |g| serde_json::json!(g),
+        );
         st.webhook.send(serde_json::json!({
-            "event": "break_glass_token_issued", "grant": bg.id, "jti": minted.claims.jti,
+            "event": "break_glass_token_issued", "grant": grant_now, "jti": minted.claims.jti,
             "audience": minted.claims.aud, "scopes": grant.scopes, "exp": minted.claims.exp,
         }));
     }
