@@ -89,7 +89,7 @@ pub struct Grant {
     pub pending_until: u64,
     /// When it became active.
     pub activated_at: Option<u64>,
-    /// When it ends (or ended).
+    /// When its access ends (or ended); `None` for a grant that never became active.
     pub ends_at: Option<u64>,
     /// When it was closed.
     pub closed_at: Option<u64>,
@@ -433,7 +433,9 @@ fn apply(map: &mut HashMap<String, Grant>, c: &GrantChange) {
                 g.closed_at = Some(*at);
                 g.closed_by = Some(by.clone());
                 g.close_reason = Some(reason.clone());
-                if g.ends_at.is_none_or(|e| e > *at) {
+                // Access ends early at the close; a grant closed (or expired) while still
+                // pending never gave access, so it has no end.
+                if g.activated_at.is_some() && g.ends_at.is_none_or(|e| e > *at) {
                     g.ends_at = Some(*at);
                 }
             }
@@ -499,5 +501,13 @@ mod tests {
         g.commit(request("bg-2", 1)).unwrap();
         assert!(g.due(399).is_empty());
         assert_eq!(g.due(400)[0].id, "bg-2");
+        // Expired while pending: closed, and it never had an end of access.
+        let closed = g
+            .close_once("bg-2", 400, "broker", "not approved in time", true)
+            .unwrap()
+            .unwrap();
+        assert_eq!(closed.status, GrantStatus::Closed);
+        assert_eq!(closed.closed_at, Some(400));
+        assert_eq!(closed.ends_at, None, "{closed:?}");
     }
 }
