@@ -14,7 +14,7 @@
 # NICE (unset; e.g. -20 runs the broker and the generator at that nice level, so that
 #   background jobs on a shared machine take CPU from them as little as possible),
 # JSON_OUT (unset), KEEP_TMP=1 (keep the dev directory and broker logs for inspection),
-# NO_BUILD=1 (use the existing target/release binaries).
+# NO_BUILD=1 (use the existing binaries), BIN_DIR (target/release).
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -31,8 +31,11 @@ if [[ -n "${NICE:-}" ]]; then
     PRIO=(nice -n "$NICE")
 fi
 
-BROKER="$ROOT/target/release/broker"
-LOADGEN="$ROOT/target/release/loadgen"
+# BIN_DIR: where the broker and loadgen binaries are (default target/release), e.g. for an
+# A/B run of two builds with NO_BUILD=1.
+BIN_DIR=${BIN_DIR:-$ROOT/target/release}
+BROKER="$BIN_DIR/broker"
+LOADGEN="$BIN_DIR/loadgen"
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/broker-bench.XXXXXX")
 TMP="$WORK/dev"
