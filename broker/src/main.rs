@@ -151,6 +151,10 @@ enum PolicyCommand {
         /// JWT subject.
         #[arg(long, requires = "issuer")]
         subject: Option<String>,
+        /// A claim of the workload JWT, `NAME=VALUE` (repeat for several), for identities
+        /// whose `[[identity.match]]` requires exact claims (e.g. CI tokens).
+        #[arg(long = "claim", value_name = "NAME=VALUE", requires = "issuer", value_parser = parse_claim)]
+        claims: Vec<(String, String)>,
         /// The task.
         #[arg(long)]
         task: String,
@@ -328,6 +332,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 identity,
                 issuer,
                 subject,
+                claims,
                 task,
                 audience,
                 scope,
@@ -340,6 +345,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                     identity,
                     issuer,
                     subject,
+                    claims,
                     task,
                     audience,
                     scope,
@@ -605,12 +611,21 @@ struct ExplainArgs {
     identity: Option<String>,
     issuer: Option<String>,
     subject: Option<String>,
+    claims: Vec<(String, String)>,
     task: String,
     audience: Option<String>,
     scope: Option<String>,
     ttl: Option<u64>,
     source: IpAddr,
     cert_bound: bool,
+}
+
+/// `--claim NAME=VALUE`.
+fn parse_claim(arg: &str) -> Result<(String, String), String> {
+    match arg.split_once('=') {
+        Some((name, value)) if !name.is_empty() => Ok((name.to_owned(), value.to_owned())),
+        _ => Err(format!("expected NAME=VALUE, got {arg:?}")),
+    }
 }
 
 fn explain(config: &Path, a: &ExplainArgs) -> anyhow::Result<ExitCode> {
@@ -631,18 +646,33 @@ fn explain(config: &Path, a: &ExplainArgs) -> anyhow::Result<ExitCode> {
     })?;
     let identity = match (&a.identity, &a.issuer, &a.subject) {
         (Some(id), _, _) => id.clone(),
-        (None, Some(iss), Some(sub)) => match set.match_jwt(iss, sub, &serde_json::Map::new()) {
-            Some(i) => {
-                println!("caller issuer={iss} subject={sub} is identity {}", i.id);
-                i.id.clone()
+        (None, Some(iss), Some(sub)) => {
+            let claims: serde_json::Map<String, serde_json::Value> = a
+                .claims
+                .iter()
+                .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+                .collect();
+            let shown = a
+                .claims
+                .iter()
+                .map(|(k, v)| format!(" {k}={v}"))
+                .collect::<String>();
+            match set.match_jwt(iss, sub, &claims) {
+                Some(i) => {
+                    println!(
+                        "caller issuer={iss} subject={sub}{shown} is identity {}",
+                        i.id
+                    );
+                    i.id.clone()
+                }
+                None => {
+                    println!(
+                        "DENY  unknown_identity: no registered identity matches issuer {iss} subject {sub}{shown}"
+                    );
+                    return Ok(ExitCode::from(1));
+                }
             }
-            None => {
-                println!(
-                    "DENY  unknown_identity: no registered identity matches issuer {iss} subject {sub}"
-                );
-                return Ok(ExitCode::from(1));
-            }
-        },
+        }
         _ => bail!("give --identity, or --issuer and --subject"),
     };
     let scopes: Option<Vec<&str>> = a.scope.as_deref().map(|s| s.split_whitespace().collect());

@@ -85,6 +85,10 @@ async fn check_token(b: &TestBroker, v: &Verified, scope: &str, ttl: u64, before
     );
     assert!(nbf <= iat, "nbf {nbf} <= iat {iat}");
     assert!(
+        nbf + 5 >= iat,
+        "nbf {nbf} is at issuance, not back-dated (iat {iat})"
+    );
+    assert!(
         exp <= iat + TASK_MAX_TTL,
         "exp {exp} within max_ttl of iat {iat}"
     );
@@ -211,4 +215,111 @@ async fn narrowing_gets_exactly_the_subset_asked_for() {
     let v = b.verify_access_token(&token, PROD_LEDGER).await;
     assert_eq!(v.claims["scope"], "ledger:write");
     assert_eq!(v.claims["aud"], PROD_LEDGER);
+}
+
+/// A CI identity that only a workload JWT with these exact claims proves.
+fn ci_policy() -> String {
+    format!(
+        r#"[identity]
+id          = "payments-ci"
+owner       = "team-payments"
+steward     = "alice@example.com"
+purpose     = "Deploy the payments service from CI"
+environment = "prod"
+ticket      = "CHG-77"
+expires     = "2099-01-01"
+
+[[identity.match]]
+issuer  = "{ISSUER}"
+subject = "repo:acme/payments"
+claims  = {{ repository = "acme/payments", ref = "refs/heads/main" }}
+
+[[task]]
+name     = "deploy"
+audience = "{PROD_LEDGER}"
+scopes   = ["ledger:read"]
+max_ttl  = "5m"
+"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ci_token_proves_an_identity_only_with_its_exact_claims() {
+    let mut opts = Options::default();
+    opts.policies.push(("payments-ci.toml".into(), ci_policy()));
+    let b = TestBroker::start(opts);
+    let ci_claims = |r#ref: &str| {
+        let mut c = workload_claims("repo:acme/payments");
+        c["repository"] = "acme/payments".into();
+        c["ref"] = r#ref.into();
+        c
+    };
+
+    let good = sign(IssuerKey::Rsa, &ci_claims("refs/heads/main"));
+    let reply = b.token(&TokenRequest::exchange(&good, "deploy")).await;
+    let token = token_of(&reply).to_owned();
+    let v = b.verify_access_token(&token, PROD_LEDGER).await;
+    assert_eq!(v.claims["sub"], "payments-ci");
+    assert_eq!(v.claims["task"], "deploy");
+    let rec = issued_record(&b, v.claims["jti"].as_str().unwrap());
+    assert_eq!(rec["identity"], "payments-ci");
+
+    // Another branch, or no claims at all: the same issuer and subject prove nothing.
+    let other = ci_claims("refs/heads/feature");
+    let bare = workload_claims("repo:acme/payments");
+    for jwt in [sign(IssuerKey::Rsa, &other), sign(IssuerKey::Rsa, &bare)] {
+        let reply = b.token(&TokenRequest::exchange(&jwt, "deploy")).await;
+        assert_eq!(reply.status, 403, "{}", reply.text);
+        assert_eq!(reply.error(), Some("unauthorized_client"), "{}", reply.text);
+        assert!(reply.access_token().is_none());
+    }
+    let denied = b.records_of("denied");
+    assert_eq!(denied.len(), 2, "{denied:?}");
+    assert!(
+        denied.iter().all(|r| r["rule"] == "unknown_identity"),
+        "{denied:?}"
+    );
+    assert_eq!(b.records_of("issued").len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn es256_signing_key_mints_es256_tokens_that_verify_from_the_jwks() {
+    let mut b = TestBroker::prepare(Options::default());
+    // Replace the EdDSA key `prepare` made with an ES256 one.
+    let keys = b.key_dir();
+    for f in std::fs::read_dir(&keys).unwrap() {
+        std::fs::remove_file(f.unwrap().path()).unwrap();
+    }
+    let out = broker_tests::run_broker([
+        "keygen".as_ref(),
+        "--dir".as_ref(),
+        keys.as_os_str(),
+        "--alg".as_ref(),
+        "ES256".as_ref(),
+    ]);
+    assert!(out.success(), "{out}");
+    b.launch().unwrap();
+
+    let subject_token = sign(IssuerKey::Rsa, &workload_claims(SUBJECT));
+    let reply = b.token(&TokenRequest::exchange(&subject_token, TASK)).await;
+    let token = token_of(&reply).to_owned();
+
+    // Verify with jsonwebtoken, from the published JWKS alone.
+    let header = jsonwebtoken::decode_header(&token).unwrap();
+    assert_eq!(header.alg, Algorithm::ES256);
+    assert_eq!(header.typ.as_deref(), Some("at+jwt"));
+    let jwks = b.jwks().await;
+    let kid = header.kid.expect("kid");
+    let jwk = jwks.find(&kid).expect("the token's kid is published");
+    let key = jsonwebtoken::DecodingKey::from_jwk(jwk).unwrap();
+    let mut v = jsonwebtoken::Validation::new(Algorithm::ES256);
+    v.set_audience(&[PROD_LEDGER]);
+    v.set_issuer(&[BROKER_ISSUER]);
+    v.set_required_spec_claims(&["iss", "sub", "aud", "exp", "nbf", "iat"]);
+    let data = jsonwebtoken::decode::<Value>(&token, &key, &v).expect("verifies");
+    assert_eq!(data.claims["sub"], IDENTITY);
+    assert!(u64_claim(&data.claims, "exp") <= u64_claim(&data.claims, "iat") + TASK_MAX_TTL);
+    // An EdDSA-only verifier refuses it: the algorithm is the key's, not the token's say.
+    let ed = jsonwebtoken::Validation::new(Algorithm::EdDSA);
+    assert!(jsonwebtoken::decode::<Value>(&token, &key, &ed).is_err());
 }

@@ -10,6 +10,7 @@
 //! - `audit`: `broker audit verify`, tampering, torn-tail repair, fail-closed issuance.
 //! - `concurrency`: 1,000 issuances from 32 clients, every `jti` logged exactly once.
 //! - `dev`: `broker serve --dev` smoke test.
+//! - `explain`: `broker policy explain`, the dry run: decision and every rule's outcome.
 //! - `mtls`: client certificate → certificate-bound token (`cnf.x5t#S256`), CN / DNS SAN
 //!   identities, token exchange over mTLS, `require_binding`, RFC 8705 metadata.
 //! - `mtls_denials`: each mTLS refusal, at the TLS handshake or as an OAuth error, with its
@@ -25,6 +26,7 @@ mod break_glass;
 mod concurrency;
 mod denials;
 mod dev;
+mod explain;
 mod governance;
 mod issuance;
 mod lint;
