@@ -2,8 +2,11 @@
 //!
 //! Key sets are cached with moka; concurrent loads of one issuer share a single fetch.
 //! An unknown `kid` forces a refresh at most once per [`MIN_REFRESH_INTERVAL`] per issuer,
-//! so a flood of tokens with random `kid`s cannot turn the broker into a fetch amplifier.
-//! A failed refresh keeps the last good key set.
+//! so a flood of tokens with random `kid`s cannot turn the broker into a fetch amplifier;
+//! lookups that arrive while that refresh runs wait for it and then see its result. A
+//! failed refresh keeps the last good key set; an issuer that has never loaded is retried
+//! at most once per [`MIN_REFRESH_INTERVAL`] too (the last error is answered meanwhile).
+//! OIDC discovery requires the document's `issuer` to be the configured issuer.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -33,7 +36,12 @@ pub struct IssuerKeys {
     pub algorithms: Vec<JwsAlgorithm>,
     cache: Cache<(), Arc<KeySet>>,
     last_good: Mutex<Option<Arc<KeySet>>>,
-    last_forced: Mutex<Option<Instant>>,
+    /// When a load failed with no good key set to fall back on, and why.
+    last_failure: Mutex<Option<(Instant, AuthnError)>>,
+    /// When the last forced refresh started. An async lock held across that refresh, so
+    /// concurrent unknown-`kid` lookups wait for it rather than read the old set.
+    last_forced: tokio::sync::Mutex<Option<Instant>>,
+    min_refresh_interval: Duration,
     http: Option<reqwest::Client>,
 }
 
@@ -47,12 +55,22 @@ impl std::fmt::Debug for IssuerKeys {
 
 #[derive(Deserialize)]
 struct Discovery {
+    issuer: String,
     jwks_uri: String,
 }
 
 impl IssuerKeys {
     /// Builds the key source of `config` (no fetch yet).
     pub fn new(config: TrustedIssuer) -> Result<Self, AuthnError> {
+        Self::with_limits(config, MIN_REFRESH_INTERVAL, FETCH_TIMEOUT)
+    }
+
+    /// [`IssuerKeys::new`] with another refresh interval and fetch timeout (for tests).
+    fn with_limits(
+        config: TrustedIssuer,
+        min_refresh_interval: Duration,
+        fetch_timeout: Duration,
+    ) -> Result<Self, AuthnError> {
         let algorithms = config
             .algorithms
             .iter()
@@ -60,7 +78,10 @@ impl IssuerKeys {
             .collect();
         let http = match &config.jwks {
             JwksSource::File(_) => None,
-            _ => Some(http_client(config.ca_file.as_deref())?),
+            _ => Some(client_with_timeout(
+                config.ca_file.as_deref(),
+                fetch_timeout,
+            )?),
         };
         Ok(Self {
             config,
@@ -70,7 +91,9 @@ impl IssuerKeys {
                 .time_to_live(KEY_SET_TTL)
                 .build(),
             last_good: Mutex::new(None),
-            last_forced: Mutex::new(None),
+            last_failure: Mutex::new(None),
+            last_forced: tokio::sync::Mutex::new(None),
+            min_refresh_interval,
             http,
         })
     }
@@ -80,28 +103,36 @@ impl IssuerKeys {
         self.cache
             .try_get_with((), self.load())
             .await
-            .map_err(|e: Arc<AuthnError>| AuthnError::KeysUnavailable(e.to_string()))
+            .map_err(Arc::unwrap_or_clone)
     }
 
     /// Forces a reload after an unknown `kid`, unless one happened within
-    /// [`MIN_REFRESH_INTERVAL`]. Returns whether a refresh ran.
+    /// [`MIN_REFRESH_INTERVAL`]. Returns whether a refresh ran (and yielded keys, possibly
+    /// the last good ones). A call made while another caller's refresh runs waits for it.
     pub async fn refresh_for_unknown_kid(&self, now: Instant) -> bool {
-        {
-            let mut last = self.last_forced.lock().unwrap_or_else(|e| e.into_inner());
-            if last.is_some_and(|t| now.duration_since(t) < MIN_REFRESH_INTERVAL) {
-                return false;
-            }
-            *last = Some(now);
+        let mut last = self.last_forced.lock().await;
+        if last.is_some_and(|t| now.saturating_duration_since(t) < self.min_refresh_interval) {
+            return false;
         }
+        *last = Some(now);
         self.cache.invalidate(&()).await;
         self.keys().await.is_ok()
     }
 
     async fn load(&self) -> Result<Arc<KeySet>, AuthnError> {
+        {
+            let failure = self.last_failure.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some((at, e)) = &*failure
+                && at.elapsed() < self.min_refresh_interval
+            {
+                return Err(e.clone());
+            }
+        }
         match self.fetch().await {
             Ok(set) => {
                 let set = Arc::new(set);
                 *self.last_good.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::clone(&set));
+                *self.last_failure.lock().unwrap_or_else(|e| e.into_inner()) = None;
                 Ok(set)
             }
             Err(e) => {
@@ -115,7 +146,11 @@ impl IssuerKeys {
                         tracing::warn!(issuer = %self.config.issuer, error = %e, "key refresh failed; keeping the last good key set");
                         Ok(set)
                     }
-                    None => Err(e),
+                    None => {
+                        *self.last_failure.lock().unwrap_or_else(|e| e.into_inner()) =
+                            Some((Instant::now(), e.clone()));
+                        Err(e)
+                    }
                 }
             }
         }
@@ -134,6 +169,12 @@ impl IssuerKeys {
                     serde_json::from_slice(&self.get(&url).await?).map_err(|e| {
                         AuthnError::KeysUnavailable(format!("discovery document {url}: {e}"))
                     })?;
+                if doc.issuer != self.config.issuer {
+                    return Err(AuthnError::KeysUnavailable(format!(
+                        "discovery document {url} is for issuer {:?}, not {:?}",
+                        doc.issuer, self.config.issuer
+                    )));
+                }
                 self.get(&doc.jwks_uri).await?
             }
         };
@@ -178,6 +219,13 @@ async fn read_file(path: &Path) -> Result<Vec<u8>, AuthnError> {
 
 /// The outbound HTTP client: rustls on ring, trusting `ca_file` if given.
 pub fn http_client(ca_file: Option<&Path>) -> Result<reqwest::Client, AuthnError> {
+    client_with_timeout(ca_file, FETCH_TIMEOUT)
+}
+
+fn client_with_timeout(
+    ca_file: Option<&Path>,
+    timeout: Duration,
+) -> Result<reqwest::Client, AuthnError> {
     let mut roots = rustls::RootCertStore::empty();
     if let Some(ca) = ca_file {
         use rustls_pki_types::CertificateDer;
@@ -200,8 +248,8 @@ pub fn http_client(ca_file: Option<&Path>) -> Result<reqwest::Client, AuthnError
         .with_no_client_auth();
     reqwest::Client::builder()
         .use_preconfigured_tls(tls)
-        .timeout(FETCH_TIMEOUT)
-        .connect_timeout(FETCH_TIMEOUT)
+        .timeout(timeout)
+        .connect_timeout(timeout)
         .redirect(reqwest::redirect::Policy::limited(3))
         .build()
         .map_err(|e| AuthnError::KeysUnavailable(e.to_string()))
