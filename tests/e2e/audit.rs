@@ -288,3 +288,94 @@ async fn unwritable_audit_log_fails_closed_with_503() {
     let _ = b.stop();
     assert_verifies(&b.audit_dir(), &b.key_dir());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unwritable_audit_directory_fails_closed_with_503_and_recovers() {
+    use std::os::unix::fs::PermissionsExt as _;
+
+    // Small segments, so that the log soon needs a new file in the directory; no
+    // capabilities, so that the directory's mode binds the broker even when tests run as
+    // root.
+    let mut b = TestBroker::start(Options {
+        segment_max_bytes: Some(4096),
+        without_capabilities: true,
+        ..Options::default()
+    });
+    let token = sign(IssuerKey::Rsa, &workload_claims(SUBJECT));
+    let mut issued_jtis = Vec::new();
+    let mut take = |r: &broker_tests::Reply| {
+        let t = r.access_token().expect("200 carries a token");
+        issued_jtis.push(insecure_claims(t)["jti"].as_str().unwrap().to_owned());
+    };
+    for _ in 0..3 {
+        let r = b.token(&TokenRequest::exchange(&token, TASK)).await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        take(&r);
+    }
+
+    let audit = b.audit_dir();
+    let mode = |m| std::fs::set_permissions(&audit, std::fs::Permissions::from_mode(m)).unwrap();
+    mode(0o555);
+    let mut unavailable = 0;
+    for i in 0..200 {
+        let r = b.token(&TokenRequest::exchange(&token, TASK)).await;
+        match r.status {
+            200 => take(&r),
+            503 => {
+                assert_eq!(r.error(), Some("temporarily_unavailable"), "{}", r.text);
+                assert!(
+                    r.access_token().is_none(),
+                    "a 503 carries no token: {}",
+                    r.text
+                );
+                assert!(
+                    r.body["error_description"]
+                        .as_str()
+                        .is_some_and(|d| d.contains("audit")),
+                    "the description says the audit log is the cause: {}",
+                    r.text
+                );
+                unavailable += 1;
+                if unavailable >= 3 {
+                    break;
+                }
+            }
+            s => panic!("request {i}: unexpected status {s}: {}", r.text),
+        }
+    }
+    assert_eq!(
+        unavailable, 3,
+        "issuance kept succeeding with a read-only audit directory"
+    );
+    assert!(
+        b.stderr().contains("create segment"),
+        "the broker's log names the failed operation: {}",
+        b.stderr()
+    );
+
+    // Writable again: issuance recovers without a restart.
+    mode(0o755);
+    let r = b.token(&TokenRequest::exchange(&token, TASK)).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    take(&r);
+
+    let _ = b.stop();
+    let logged: Vec<String> = b
+        .records_of("issued")
+        .iter()
+        .map(|r| r["jti"].as_str().unwrap().to_owned())
+        .collect();
+    for jti in &issued_jtis {
+        assert_eq!(
+            logged.iter().filter(|l| *l == jti).count(),
+            1,
+            "jti {jti} was handed out but is not in the log exactly once"
+        );
+    }
+    assert_eq!(
+        logged.len(),
+        issued_jtis.len(),
+        "no issued record without a token"
+    );
+    assert_verifies(&b.audit_dir(), &b.key_dir());
+}

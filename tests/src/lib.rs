@@ -430,10 +430,29 @@ pub struct Options {
     pub audit_dir: String,
     /// Run the broker under `ulimit -f N` (RLIMIT_FSIZE in 512-byte blocks).
     pub file_size_limit_blocks: Option<u64>,
+    /// Run the broker with every capability dropped (`setpriv --bounding-set=-all`), so
+    /// that file permissions bind it even when the tests run as root.
+    pub without_capabilities: bool,
     /// Serve TLS (and mTLS with `client_cas`) instead of loopback plain HTTP.
     pub tls: Option<TlsOptions>,
     /// TOML appended verbatim to the generated config (e.g. `[state]`, `[[admin]]`).
     pub extra_toml: String,
+    /// Where the broker gets the test issuer's keys (default: the fixture `jwks_file`).
+    pub issuer_keys: IssuerKeySource,
+}
+
+/// Where the broker gets the trusted test issuer's keys.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum IssuerKeySource {
+    /// `jwks_file = "issuer-jwks.json"`: the fixture JWKS ([`issuer_jwks`]) in the temp dir.
+    #[default]
+    File,
+    /// `jwks_uri = URL`, for [`ISSUER`].
+    Uri(String),
+    /// `discovery = true` for the issuer URL given here instead of [`ISSUER`] (the broker
+    /// fetches `{url}/.well-known/openid-configuration`), so the test's policies and
+    /// workload JWTs must name this issuer.
+    Discovery(String),
 }
 
 /// The TLS listener of a test broker. The files are copied into the broker's dir
@@ -477,8 +496,10 @@ impl Default for Options {
             segment_max_bytes: None,
             audit_dir: "audit".to_owned(),
             file_size_limit_blocks: None,
+            without_capabilities: false,
             tls: None,
             extra_toml: String::new(),
+            issuer_keys: IssuerKeySource::File,
         }
     }
 }
@@ -514,6 +535,22 @@ pub fn config_toml(opts: &Options) -> String {
     if let Some(n) = opts.segment_max_bytes {
         audit.push_str(&format!("segment_max_bytes = {n}\n"));
     }
+    let trusted_issuer = match &opts.issuer_keys {
+        IssuerKeySource::File => {
+            format!("issuer     = \"{ISSUER}\"\n{{audiences}}jwks_file  = \"issuer-jwks.json\"\n")
+        }
+        IssuerKeySource::Uri(uri) => format!(
+            "issuer     = \"{ISSUER}\"\n{{audiences}}jwks_uri   = {}\n",
+            toml_str(uri)
+        ),
+        IssuerKeySource::Discovery(issuer) => {
+            format!("issuer     = {}\n{{audiences}}discovery  = true\n", toml_str(issuer))
+        }
+    }
+    .replace(
+        "{audiences}",
+        &format!("audiences  = [\"{ISSUER_AUDIENCE}\"]\nalgorithms = [\"RS256\", \"ES256\"]\n"),
+    );
     format!(
         r#"issuer = "{BROKER_ISSUER}"
 
@@ -529,11 +566,7 @@ dir = "policies"
 reload_interval = "1s"
 
 [[trusted_issuer]]
-issuer     = "{ISSUER}"
-audiences  = ["{ISSUER_AUDIENCE}"]
-algorithms = ["RS256", "ES256"]
-jwks_file  = "issuer-jwks.json"
-leeway     = "5s"
+{trusted_issuer}leeway     = "5s"
 
 [[audience]]
 uri         = "{PROD_LEDGER}"
@@ -818,6 +851,7 @@ pub struct TestBroker {
     config: PathBuf,
     serve_args: Vec<std::ffi::OsString>,
     file_size_limit_blocks: Option<u64>,
+    without_capabilities: bool,
     running: Option<Running>,
     last_stderr: Option<String>,
     base_url: String,
@@ -867,6 +901,7 @@ impl TestBroker {
             config,
             serve_args,
             file_size_limit_blocks: opts.file_size_limit_blocks,
+            without_capabilities: opts.without_capabilities,
             running: None,
             last_stderr: None,
             base_url: String::new(),
@@ -898,6 +933,7 @@ impl TestBroker {
             dir,
             serve_args,
             file_size_limit_blocks: None,
+            without_capabilities: false,
             running: None,
             last_stderr: None,
             base_url: String::new(),
@@ -921,6 +957,20 @@ impl TestBroker {
                     .arg(format!("ulimit -f {blocks}; exec \"$0\" \"$@\""))
                     .arg(&bin)
                     .args(&self.serve_args);
+                c
+            }
+            None if self.without_capabilities => {
+                // util-linux `setpriv`: no capability survives the exec, so root is bound by
+                // file permissions like any other user.
+                let mut c = Command::new("setpriv");
+                c.args([
+                    "--inh-caps=-all",
+                    "--ambient-caps=-all",
+                    "--bounding-set=-all",
+                    "--",
+                ])
+                .arg(&bin)
+                .args(&self.serve_args);
                 c
             }
             None => {
