@@ -29,6 +29,7 @@ mod dev;
 mod explain;
 mod governance;
 mod issuance;
+mod issuer_keys;
 mod lint;
 mod mtls;
 mod mtls_denials;

@@ -535,22 +535,14 @@ pub fn config_toml(opts: &Options) -> String {
     if let Some(n) = opts.segment_max_bytes {
         audit.push_str(&format!("segment_max_bytes = {n}\n"));
     }
-    let trusted_issuer = match &opts.issuer_keys {
-        IssuerKeySource::File => {
-            format!("issuer     = \"{ISSUER}\"\n{{audiences}}jwks_file  = \"issuer-jwks.json\"\n")
-        }
-        IssuerKeySource::Uri(uri) => format!(
-            "issuer     = \"{ISSUER}\"\n{{audiences}}jwks_uri   = {}\n",
-            toml_str(uri)
+    let (trusted_issuer, issuer_keys) = match &opts.issuer_keys {
+        IssuerKeySource::File => (
+            toml_str(ISSUER),
+            "jwks_file  = \"issuer-jwks.json\"".to_owned(),
         ),
-        IssuerKeySource::Discovery(issuer) => {
-            format!("issuer     = {}\n{{audiences}}discovery  = true\n", toml_str(issuer))
-        }
-    }
-    .replace(
-        "{audiences}",
-        &format!("audiences  = [\"{ISSUER_AUDIENCE}\"]\nalgorithms = [\"RS256\", \"ES256\"]\n"),
-    );
+        IssuerKeySource::Uri(uri) => (toml_str(ISSUER), format!("jwks_uri   = {}", toml_str(uri))),
+        IssuerKeySource::Discovery(issuer) => (toml_str(issuer), "discovery  = true".to_owned()),
+    };
     format!(
         r#"issuer = "{BROKER_ISSUER}"
 
@@ -566,7 +558,11 @@ dir = "policies"
 reload_interval = "1s"
 
 [[trusted_issuer]]
-{trusted_issuer}leeway     = "5s"
+issuer     = {trusted_issuer}
+audiences  = ["{ISSUER_AUDIENCE}"]
+algorithms = ["RS256", "ES256"]
+{issuer_keys}
+leeway     = "5s"
 
 [[audience]]
 uri         = "{PROD_LEDGER}"
