@@ -446,6 +446,32 @@ pub const ACCEPTABLE_ISSUER_ALGORITHMS: &[&str] = &[
     "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA",
 ];
 
+/// Whether the broker may fetch a trusted issuer's keys (or discovery document) from
+/// `url`: `https`, or plain `http` only to a loopback host (`127.0.0.0/8`, `::1`,
+/// `localhost`), the same rule as `listen.insecure_http`. Anything else would let whoever
+/// sits on the network path hand the broker signing keys. Checked at config load, for every
+/// discovered `jwks_uri`, and for every redirect.
+pub fn key_fetch_url_allowed(url: &str) -> Result<(), String> {
+    let parsed = reqwest::Url::parse(url).map_err(|e| format!("{url:?} is not a URL: {e}"))?;
+    let host = parsed
+        .host_str()
+        .unwrap_or_default()
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    let loopback = host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    match parsed.scheme() {
+        "https" => Ok(()),
+        "http" if loopback => Ok(()),
+        "http" => Err(format!(
+            "{url:?} is plain http: signing keys are fetched over https only (plain http only from a loopback address), or load them from a jwks_file"
+        )),
+        other => Err(format!("{url:?}: scheme {other:?} is not https")),
+    }
+}
+
 /// Parses `"500ms"`, `"30s"`, `"10m"`, `"1h"`, `"2d"` or combinations such as `"1h30m"`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
@@ -620,8 +646,12 @@ impl FileConfig {
             let jwks = if let Some(f) = &t.jwks_file {
                 JwksSource::File(resolve(f))
             } else if let Some(u) = &t.jwks_uri {
+                key_fetch_url_allowed(u).map_err(|e| invalid(format!("{at}.jwks_uri: {e}")))?;
                 JwksSource::Uri(u.clone())
             } else {
+                key_fetch_url_allowed(&t.issuer).map_err(|e| {
+                    invalid(format!("{at}: discovery from issuer {:?}: {e}", t.issuer))
+                })?;
                 JwksSource::Discovery
             };
             let leeway = dur(&format!("{at}.leeway"), &t.leeway, Duration::from_secs(30))?;
@@ -875,6 +905,48 @@ environment = "prod"
     fn unknown_keys_are_rejected_with_their_name() {
         let err = load(&SAMPLE.replace("[audit]", "[audit]\ncolour = \"red\"")).unwrap_err();
         assert!(err.to_string().contains("colour"), "{err}");
+    }
+
+    #[test]
+    fn key_fetch_urls_are_https_or_loopback_http() {
+        for ok in [
+            "https://issuer.example.org/keys",
+            "http://127.0.0.1:8080/jwks.json",
+            "http://127.1.2.3/jwks.json",
+            "http://[::1]:9000/keys",
+            "http://localhost/keys",
+        ] {
+            assert!(key_fetch_url_allowed(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "http://issuer.example.org/keys",
+            "http://10.0.0.1/keys",
+            "http://127.0.0.1.evil.example/keys",
+            "ftp://issuer.example.org/keys",
+            "file:///etc/jwks.json",
+            "not a url",
+        ] {
+            assert!(key_fetch_url_allowed(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn plain_http_key_sources_are_refused_at_load() {
+        let base = |issuer: &str, source: &str| {
+            format!(
+                "issuer = \"https://b\"\n[listen]\naddr = \"127.0.0.1:0\"\ninsecure_http = true\n[signing]\nkey_dir = \"k\"\n[audit]\ndir = \"a\"\n[policies]\ndir = \"p\"\n[[trusted_issuer]]\nissuer = \"{issuer}\"\naudiences = [\"x\"]\nalgorithms = [\"RS256\"]\n{source}\n"
+            )
+        };
+        let err = load(&base("https://i", "jwks_uri = \"http://i.example/keys\""))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("jwks_uri") && err.contains("https"), "{err}");
+        let err = load(&base("http://i.example", "discovery = true"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("discovery") && err.contains("https"), "{err}");
+        assert!(load(&base("https://i", "jwks_uri = \"https://i/keys\"")).is_ok());
+        assert!(load(&base("http://127.0.0.1:1", "discovery = true")).is_ok());
     }
 
     #[test]

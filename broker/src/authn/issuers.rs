@@ -191,11 +191,13 @@ impl IssuerKeys {
         let Some(http) = &self.http else {
             return Err(unavailable("no HTTP client".into()));
         };
+        // The config checked its own URLs; a discovered `jwks_uri` is checked here.
+        crate::config::key_fetch_url_allowed(url).map_err(unavailable)?;
         let mut resp = http
             .get(url)
             .send()
             .await
-            .map_err(|e| unavailable(e.to_string()))?;
+            .map_err(|e| unavailable(error_chain(&e)))?;
         if !resp.status().is_success() {
             return Err(unavailable(format!("HTTP {}", resp.status())));
         }
@@ -251,9 +253,34 @@ fn client_with_timeout(
         .use_preconfigured_tls(tls)
         .timeout(timeout)
         .connect_timeout(timeout)
-        .redirect(reqwest::redirect::Policy::limited(3))
+        // At most three redirects, and none to a URL the config could not name (plain http
+        // off loopback): a redirect must not downgrade where keys come from.
+        .redirect(reqwest::redirect::Policy::custom(|attempt| {
+            if attempt.previous().len() > 3 {
+                attempt.error("more than 3 redirects")
+            } else if let Err(e) = crate::config::key_fetch_url_allowed(attempt.url().as_str()) {
+                attempt.error(format!("redirect refused: {e}"))
+            } else {
+                attempt.follow()
+            }
+        }))
         .build()
         .map_err(|e| AuthnError::KeysUnavailable(e.to_string()))
+}
+
+/// `e` and its sources, `: `-separated (reqwest's own message omits why a redirect failed).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let more = s.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        source = s.source();
+    }
+    text
 }
 
 /// Path of a JWKS file source, for diagnostics.
@@ -632,6 +659,33 @@ mod tests {
             1,
             "the fourth redirect is not followed"
         );
+    }
+
+    #[tokio::test]
+    async fn keys_are_never_fetched_over_plain_http_off_loopback() {
+        // A redirect that downgrades to plain http on another host is not followed.
+        let srv = TestIssuer::start().await;
+        srv.set("/down", 302, "http://keys.example.invalid/jwks.json");
+        let keys = IssuerKeys::new(trusted(
+            "https://issuer.test",
+            JwksSource::Uri(srv.url("/down")),
+        ))
+        .unwrap();
+        let err = keys.keys().await.unwrap_err().to_string();
+        assert!(err.contains("redirect refused"), "{err}");
+
+        // Nor is a discovered jwks_uri that is plain http off loopback.
+        let srv = TestIssuer::start().await;
+        let issuer = srv.url("");
+        srv.set(
+            "/.well-known/openid-configuration",
+            200,
+            &serde_json::json!({"issuer": issuer, "jwks_uri": "http://keys.example.invalid/jwks.json"})
+                .to_string(),
+        );
+        let keys = IssuerKeys::new(trusted(&issuer, JwksSource::Discovery)).unwrap();
+        let err = keys.keys().await.unwrap_err().to_string();
+        assert!(err.contains("plain http"), "{err}");
     }
 
     #[tokio::test]
