@@ -7,7 +7,9 @@
 //!
 //! Successful verifications are cached by the token's SHA-256 until the token expires,
 //! so a workload that presents the same projected token again costs one hash, not one
-//! RSA verification. The cache is bounded and never holds the token itself.
+//! RSA verification. A cached verification is used only while the issuer's current key
+//! set still has the key that made it. The cache is bounded and never holds the token
+//! itself.
 
 pub mod issuers;
 pub mod jws;
@@ -195,21 +197,31 @@ impl Authenticator {
             out
         };
         if let Some(hit) = self.verified.get(&digest) {
-            // Time-dependent checks are repeated on every use.
-            let leeway = self
-                .issuers
-                .get(&hit.issuer)
-                .map(|i| i.config.leeway.as_secs())
-                .unwrap_or(0);
-            if now <= hit.exp.saturating_add(leeway) {
-                return Ok(hit);
+            // A verification holds only while the issuer still publishes the key that made
+            // it: once a (compromised, retired) key leaves the issuer's JWKS, the token
+            // goes through the full check again, which refuses it.
+            let issuer = self.issuers.get(&hit.issuer);
+            let key_still_published = match issuer {
+                Some(i) => i
+                    .keys()
+                    .await
+                    .is_ok_and(|k| k.keys.contains_key(hit.kid.as_deref().unwrap_or_default())),
+                None => false,
+            };
+            if key_still_published {
+                // Time-dependent checks are repeated on every use.
+                let leeway = issuer.map(|i| i.config.leeway.as_secs()).unwrap_or(0);
+                if now <= hit.exp.saturating_add(leeway) {
+                    return Ok(hit);
+                }
+                self.verified.invalidate(&digest);
+                return Err(AuthnError::Expired {
+                    exp: hit.exp,
+                    now,
+                    leeway,
+                });
             }
             self.verified.invalidate(&digest);
-            return Err(AuthnError::Expired {
-                exp: hit.exp,
-                now,
-                leeway,
-            });
         }
 
         let parsed = jws::parse(token)?;
@@ -310,5 +322,93 @@ fn truncate(s: &str, max: usize) -> String {
             end -= 1;
         }
         format!("{}…", &s[..end])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use base64::Engine as _;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use ring::rand::SystemRandom;
+    use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair as _};
+
+    use super::*;
+    use crate::clock::SystemClock;
+    use crate::config::JwksSource;
+
+    const ISS: &str = "https://issuer.test";
+
+    fn p256() -> EcdsaKeyPair {
+        let rng = SystemRandom::new();
+        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
+        EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng).unwrap()
+    }
+
+    fn write_jwks(path: &Path, keys: &[(&str, &EcdsaKeyPair)]) {
+        let keys: Vec<serde_json::Value> = keys
+            .iter()
+            .map(|(kid, k)| {
+                let point = k.public_key().as_ref();
+                serde_json::json!({
+                    "kty": "EC", "crv": "P-256", "alg": "ES256", "use": "sig", "kid": kid,
+                    "x": URL_SAFE_NO_PAD.encode(&point[1..33]),
+                    "y": URL_SAFE_NO_PAD.encode(&point[33..65]),
+                })
+            })
+            .collect();
+        std::fs::write(path, serde_json::json!({ "keys": keys }).to_string()).unwrap();
+    }
+
+    fn es256_jwt(kid: &str, key: &EcdsaKeyPair, now: u64) -> String {
+        let header = serde_json::json!({"alg": "ES256", "typ": "JWT", "kid": kid});
+        let claims = serde_json::json!({
+            "iss": ISS, "sub": "system:serviceaccount:a:b", "aud": "jit-broker",
+            "iat": now, "nbf": now, "exp": now + 600,
+        });
+        let input = format!(
+            "{}.{}",
+            URL_SAFE_NO_PAD.encode(header.to_string()),
+            URL_SAFE_NO_PAD.encode(claims.to_string())
+        );
+        let sig = key.sign(&SystemRandom::new(), input.as_bytes()).unwrap();
+        format!("{input}.{}", URL_SAFE_NO_PAD.encode(sig.as_ref()))
+    }
+
+    #[tokio::test]
+    async fn a_cached_verification_ends_when_its_key_leaves_the_jwks() {
+        let dir = tempfile::tempdir().unwrap();
+        let jwks = dir.path().join("jwks.json");
+        let (old, new) = (p256(), p256());
+        write_jwks(&jwks, &[("old", &old)]);
+        let issuer = TrustedIssuer {
+            issuer: ISS.into(),
+            audiences: vec!["jit-broker".into()],
+            algorithms: vec!["ES256".into()],
+            jwks: JwksSource::File(jwks.clone()),
+            leeway: Duration::from_secs(5),
+            ca_file: None,
+        };
+        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+        let authn = Authenticator::new(&[issuer], Arc::clone(&clock)).unwrap();
+        let token = es256_jwt("old", &old, clock.unix_secs());
+        for _ in 0..2 {
+            let v = authn.authenticate_jwt(&token).await.unwrap();
+            assert_eq!(v.kid.as_deref(), Some("old"));
+        }
+
+        // The issuer rotates the old key out; the broker's key set catches up.
+        write_jwks(&jwks, &[("new", &new)]);
+        assert!(
+            authn.issuers[ISS]
+                .refresh_for_unknown_kid(Instant::now())
+                .await
+        );
+        let err = authn.authenticate_jwt(&token).await.unwrap_err();
+        assert!(matches!(err, AuthnError::UnknownKid { .. }), "{err}");
+        // And tokens under the new key verify.
+        let fresh = es256_jwt("new", &new, clock.unix_secs());
+        authn.authenticate_jwt(&fresh).await.unwrap();
     }
 }
