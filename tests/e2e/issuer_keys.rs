@@ -230,6 +230,11 @@ async fn unreachable_jwks_is_503_and_not_refetched_per_request() {
             reply.text
         );
         assert!(reply.access_token().is_none());
+        assert_eq!(
+            reply.retry_after.as_deref(),
+            Some("10"),
+            "Retry-After is when the keys are fetched again"
+        );
     }
     assert!(b.records_of("issued").is_empty());
     let denied = b.records_of("denied");

@@ -214,10 +214,7 @@ pub fn write_file(dir: &Path, name: &str, contents: &str) -> PathBuf {
 }
 
 async fn reply_of(res: reqwest::Response) -> Reply {
-    let status = res.status().as_u16();
-    let text = res.text().await.expect("reading the body");
-    let body = serde_json::from_str(&text).unwrap_or(Value::Null);
-    Reply { status, body, text }
+    Reply::from(res).await
 }
 
 impl TestBroker {

@@ -300,10 +300,7 @@ impl Deref for Answer {
 }
 
 async fn reply_of(res: reqwest::Response) -> Reply {
-    let status = res.status().as_u16();
-    let text = res.text().await.expect("reading the body");
-    let body = serde_json::from_str(&text).unwrap_or(Value::Null);
-    Reply { status, body, text }
+    Reply::from(res).await
 }
 
 /// A plain-HTTP client whose connections come from `local` (e.g. [`ALT_SOURCE`]).

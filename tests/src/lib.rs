@@ -774,14 +774,27 @@ pub struct Reply {
     pub body: Value,
     /// The raw body.
     pub text: String,
+    /// The `Retry-After` header, if any.
+    pub retry_after: Option<String>,
 }
 
 impl Reply {
-    async fn from(res: reqwest::Response) -> Self {
+    /// Reads a response: status, `Retry-After`, and the body (as JSON where it is).
+    pub async fn from(res: reqwest::Response) -> Self {
         let status = res.status().as_u16();
+        let retry_after = res
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
         let text = res.text().await.expect("reading the body");
         let body = serde_json::from_str(&text).unwrap_or(Value::Null);
-        Self { status, body, text }
+        Self {
+            status,
+            body,
+            text,
+            retry_after,
+        }
     }
 
     /// The OAuth `error` code, if any.

@@ -91,7 +91,8 @@ fn authn_refusal(e: &AuthnError) -> Refusal {
                 "temporarily_unavailable",
                 format!("cannot check the subject_token: {e}"),
             );
-            err.retry_after = Some(5);
+            // Keys that failed to load are fetched again at most this often.
+            err.retry_after = Some(crate::authn::issuers::MIN_REFRESH_INTERVAL.as_secs());
             err
         }
         _ => ApiError::new(
