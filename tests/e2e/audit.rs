@@ -230,6 +230,41 @@ async fn uncreatable_audit_dir_stops_the_start() {
     );
 }
 
+/// A 503 when the audit record cannot be made durable: `temporarily_unavailable`, no
+/// token, and a description that names the audit log as the cause.
+fn assert_fails_closed(r: &broker_tests::Reply) {
+    assert_eq!(r.status, 503, "{}", r.text);
+    assert_eq!(r.error(), Some("temporarily_unavailable"), "{}", r.text);
+    assert!(
+        r.access_token().is_none(),
+        "a 503 carries no token: {}",
+        r.text
+    );
+    assert!(
+        r.body["error_description"]
+            .as_str()
+            .is_some_and(|d| d.contains("audit")),
+        "the description says the audit log is the cause: {}",
+        r.text
+    );
+}
+
+/// Every `jti` handed out has exactly one `issued` record on disk.
+fn assert_logged_once(b: &TestBroker, jtis: &[String]) {
+    let logged: Vec<String> = b
+        .records_of("issued")
+        .iter()
+        .map(|r| r["jti"].as_str().unwrap().to_owned())
+        .collect();
+    for jti in jtis {
+        assert_eq!(
+            logged.iter().filter(|l| *l == jti).count(),
+            1,
+            "jti {jti} was handed out but is not in the log exactly once"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn unwritable_audit_log_fails_closed_with_503() {
     // RLIMIT_FSIZE of 64 blocks (32 KiB): the segment soon cannot grow (EFBIG).
@@ -248,12 +283,7 @@ async fn unwritable_audit_log_fails_closed_with_503() {
                 issued_jtis.push(insecure_claims(t)["jti"].as_str().unwrap().to_owned());
             }
             503 => {
-                assert_eq!(r.error(), Some("temporarily_unavailable"), "{}", r.text);
-                assert!(
-                    r.access_token().is_none(),
-                    "a 503 carries no token: {}",
-                    r.text
-                );
+                assert_fails_closed(&r);
                 unavailable += 1;
                 if unavailable >= 5 {
                     break;
@@ -273,17 +303,7 @@ async fn unwritable_audit_log_fails_closed_with_503() {
     );
 
     // Every token that left the broker has its issued record on disk.
-    let logged: Vec<String> = b
-        .records_of("issued")
-        .iter()
-        .map(|r| r["jti"].as_str().unwrap().to_owned())
-        .collect();
-    for jti in &issued_jtis {
-        assert!(
-            logged.iter().filter(|l| *l == jti).count() == 1,
-            "jti {jti} was handed out but is not in the log exactly once"
-        );
-    }
+    assert_logged_once(&b, &issued_jtis);
     // A failed batch leaves no partial record behind: what is on disk still verifies.
     let _ = b.stop();
     assert_verifies(&b.audit_dir(), &b.key_dir());
@@ -322,19 +342,7 @@ async fn unwritable_audit_directory_fails_closed_with_503_and_recovers() {
         match r.status {
             200 => take(&r),
             503 => {
-                assert_eq!(r.error(), Some("temporarily_unavailable"), "{}", r.text);
-                assert!(
-                    r.access_token().is_none(),
-                    "a 503 carries no token: {}",
-                    r.text
-                );
-                assert!(
-                    r.body["error_description"]
-                        .as_str()
-                        .is_some_and(|d| d.contains("audit")),
-                    "the description says the audit log is the cause: {}",
-                    r.text
-                );
+                assert_fails_closed(&r);
                 unavailable += 1;
                 if unavailable >= 3 {
                     break;
@@ -360,20 +368,9 @@ async fn unwritable_audit_directory_fails_closed_with_503_and_recovers() {
     take(&r);
 
     let _ = b.stop();
-    let logged: Vec<String> = b
-        .records_of("issued")
-        .iter()
-        .map(|r| r["jti"].as_str().unwrap().to_owned())
-        .collect();
-    for jti in &issued_jtis {
-        assert_eq!(
-            logged.iter().filter(|l| *l == jti).count(),
-            1,
-            "jti {jti} was handed out but is not in the log exactly once"
-        );
-    }
+    assert_logged_once(&b, &issued_jtis);
     assert_eq!(
-        logged.len(),
+        b.records_of("issued").len(),
         issued_jtis.len(),
         "no issued record without a token"
     );

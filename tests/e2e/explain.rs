@@ -6,38 +6,10 @@
 use std::path::{Path, PathBuf};
 
 use broker_tests::{
-    CmdOutput, EXPIRED_IDENTITY, IDENTITY, ISSUER, Options, PROD_LEDGER, SUBJECT, TASK,
-    TASK_MAX_TTL, run_broker, write_config,
+    CI_IDENTITY, CI_SUBJECT, CmdOutput, EXPIRED_IDENTITY, IDENTITY, ISSUER, Options, PROD_LEDGER,
+    SUBJECT, TASK, TASK_MAX_TTL, ci_policy, run_broker, write_config,
 };
 use tempfile::TempDir;
-
-/// A CI identity that only a token with these exact claims proves.
-const CI_SUBJECT: &str = "repo:acme/payments:ref:refs/heads/main";
-
-fn ci_policy() -> String {
-    format!(
-        r#"[identity]
-id          = "payments-ci"
-owner       = "team-payments"
-steward     = "alice@example.com"
-purpose     = "Deploy the payments service from CI"
-environment = "prod"
-ticket      = "CHG-77"
-expires     = "2099-01-01"
-
-[[identity.match]]
-issuer  = "{ISSUER}"
-subject = "{CI_SUBJECT}"
-claims  = {{ repository = "acme/payments", ref = "refs/heads/main" }}
-
-[[task]]
-name     = "deploy"
-audience = "{PROD_LEDGER}"
-scopes   = ["ledger:read"]
-max_ttl  = "5m"
-"#
-    )
-}
 
 /// A config with the default policies plus the CI identity.
 fn setup() -> (TempDir, PathBuf) {
@@ -238,8 +210,15 @@ fn claim_matched_identities_need_their_claims() {
     ]);
     let out = explain(&config, &with);
     assert_eq!(out.code, Some(0), "{out}");
-    assert!(out.stdout.contains("is identity payments-ci"), "{out}");
-    assert!(out.stdout.contains("ALLOW identity=payments-ci"), "{out}");
+    assert!(
+        out.stdout.contains(&format!("is identity {CI_IDENTITY}")),
+        "{out}"
+    );
+    assert!(
+        out.stdout
+            .contains(&format!("ALLOW identity={CI_IDENTITY}")),
+        "{out}"
+    );
 
     let mut wrong: Vec<&str> = base.to_vec();
     wrong.extend([

@@ -5,9 +5,10 @@
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use broker_tests::{
-    BROKER_ISSUER, EC_KID, IDENTITY, ISSUER, IssuerKey, Options, PROD_LEDGER, RSA_KID, Reply,
-    SUBJECT, TASK, TASK_MAX_TTL, TASK_SCOPES, TOKEN_TYPE_ACCESS_TOKEN, TestBroker, TokenRequest,
-    Verified, audit_bytes, contains_bytes, now_secs, sign, workload_claims,
+    BROKER_ISSUER, CI_IDENTITY, CI_SUBJECT, EC_KID, IDENTITY, ISSUER, IssuerKey, Options,
+    PROD_LEDGER, RSA_KID, Reply, SUBJECT, TASK, TASK_MAX_TTL, TASK_SCOPES, TOKEN_TYPE_ACCESS_TOKEN,
+    TestBroker, TokenRequest, Verified, audit_bytes, ci_policy, contains_bytes, now_secs, sign,
+    workload_claims,
 };
 use jsonwebtoken::Algorithm;
 use serde_json::Value;
@@ -217,39 +218,13 @@ async fn narrowing_gets_exactly_the_subset_asked_for() {
     assert_eq!(v.claims["aud"], PROD_LEDGER);
 }
 
-/// A CI identity that only a workload JWT with these exact claims proves.
-fn ci_policy() -> String {
-    format!(
-        r#"[identity]
-id          = "payments-ci"
-owner       = "team-payments"
-steward     = "alice@example.com"
-purpose     = "Deploy the payments service from CI"
-environment = "prod"
-ticket      = "CHG-77"
-expires     = "2099-01-01"
-
-[[identity.match]]
-issuer  = "{ISSUER}"
-subject = "repo:acme/payments"
-claims  = {{ repository = "acme/payments", ref = "refs/heads/main" }}
-
-[[task]]
-name     = "deploy"
-audience = "{PROD_LEDGER}"
-scopes   = ["ledger:read"]
-max_ttl  = "5m"
-"#
-    )
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn ci_token_proves_an_identity_only_with_its_exact_claims() {
     let mut opts = Options::default();
     opts.policies.push(("payments-ci.toml".into(), ci_policy()));
     let b = TestBroker::start(opts);
     let ci_claims = |r#ref: &str| {
-        let mut c = workload_claims("repo:acme/payments");
+        let mut c = workload_claims(CI_SUBJECT);
         c["repository"] = "acme/payments".into();
         c["ref"] = r#ref.into();
         c
@@ -259,14 +234,14 @@ async fn ci_token_proves_an_identity_only_with_its_exact_claims() {
     let reply = b.token(&TokenRequest::exchange(&good, "deploy")).await;
     let token = token_of(&reply).to_owned();
     let v = b.verify_access_token(&token, PROD_LEDGER).await;
-    assert_eq!(v.claims["sub"], "payments-ci");
+    assert_eq!(v.claims["sub"], CI_IDENTITY);
     assert_eq!(v.claims["task"], "deploy");
     let rec = issued_record(&b, v.claims["jti"].as_str().unwrap());
-    assert_eq!(rec["identity"], "payments-ci");
+    assert_eq!(rec["identity"], CI_IDENTITY);
 
     // Another branch, or no claims at all: the same issuer and subject prove nothing.
     let other = ci_claims("refs/heads/feature");
-    let bare = workload_claims("repo:acme/payments");
+    let bare = workload_claims(CI_SUBJECT);
     for jwt in [sign(IssuerKey::Rsa, &other), sign(IssuerKey::Rsa, &bare)] {
         let reply = b.token(&TokenRequest::exchange(&jwt, "deploy")).await;
         assert_eq!(reply.status, 403, "{}", reply.text);

@@ -408,6 +408,39 @@ max_ttl  = "5m"
     )
 }
 
+/// The registry id of the CI identity of [`ci_policy`].
+pub const CI_IDENTITY: &str = "payments-ci";
+/// The subject of the CI identity's workload JWTs.
+pub const CI_SUBJECT: &str = "repo:acme/payments";
+
+/// A CI identity ([`CI_IDENTITY`], task `deploy`) that a workload JWT from [`ISSUER`] for
+/// [`CI_SUBJECT`] proves only with the exact claims `repository = "acme/payments"` and
+/// `ref = "refs/heads/main"`.
+pub fn ci_policy() -> String {
+    format!(
+        r#"[identity]
+id          = "{CI_IDENTITY}"
+owner       = "team-payments"
+steward     = "alice@example.com"
+purpose     = "Deploy the payments service from CI"
+environment = "prod"
+ticket      = "CHG-77"
+expires     = "2099-01-01"
+
+[[identity.match]]
+issuer  = "{ISSUER}"
+subject = "{CI_SUBJECT}"
+claims  = {{ repository = "acme/payments", ref = "refs/heads/main" }}
+
+[[task]]
+name     = "deploy"
+audience = "{PROD_LEDGER}"
+scopes   = ["ledger:read"]
+max_ttl  = "5m"
+"#
+    )
+}
+
 /// The default policy directory: `payments-api.toml` and `legacy-job.toml`.
 pub fn default_policies() -> Vec<(String, String)> {
     vec![
