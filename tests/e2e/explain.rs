@@ -194,21 +194,22 @@ fn claim_matched_identities_need_their_claims() {
         "deploy",
     ];
 
-    let without = explain(&config, &base);
+    let with_claims = |claims: &[&str]| {
+        let mut args: Vec<&str> = base.to_vec();
+        for c in claims {
+            args.extend(["--claim", c]);
+        }
+        explain(&config, &args)
+    };
+
+    let without = with_claims(&[]);
     assert_eq!(without.code, Some(1), "{without}");
     assert!(
         without.stdout.contains("DENY  unknown_identity"),
         "{without}"
     );
 
-    let mut with: Vec<&str> = base.to_vec();
-    with.extend([
-        "--claim",
-        "repository=acme/payments",
-        "--claim",
-        "ref=refs/heads/main",
-    ]);
-    let out = explain(&config, &with);
+    let out = with_claims(&["repository=acme/payments", "ref=refs/heads/main"]);
     assert_eq!(out.code, Some(0), "{out}");
     assert!(
         out.stdout.contains(&format!("is identity {CI_IDENTITY}")),
@@ -220,30 +221,11 @@ fn claim_matched_identities_need_their_claims() {
         "{out}"
     );
 
-    let mut wrong: Vec<&str> = base.to_vec();
-    wrong.extend([
-        "--claim",
-        "repository=acme/payments",
-        "--claim",
-        "ref=refs/heads/dev",
-    ]);
-    let out = explain(&config, &wrong);
+    let out = with_claims(&["repository=acme/payments", "ref=refs/heads/dev"]);
     assert_eq!(out.code, Some(1), "{out}");
     assert!(out.stdout.contains("DENY  unknown_identity"), "{out}");
 
-    let bad = explain(
-        &config,
-        &[
-            "--issuer",
-            ISSUER,
-            "--subject",
-            CI_SUBJECT,
-            "--task",
-            "deploy",
-            "--claim",
-            "no-equals",
-        ],
-    );
+    let bad = with_claims(&["no-equals"]);
     assert_eq!(
         bad.code,
         Some(2),

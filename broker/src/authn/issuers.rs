@@ -107,6 +107,11 @@ impl IssuerKeys {
             .map_err(Arc::unwrap_or_clone)
     }
 
+    /// Whether the current key set has `kid` (false if no key set can be had).
+    pub async fn publishes(&self, kid: &str) -> bool {
+        self.keys().await.is_ok_and(|k| k.keys.contains_key(kid))
+    }
+
     /// Forces a reload after an unknown `kid`, unless one happened within
     /// [`MIN_REFRESH_INTERVAL`]. Returns whether a refresh ran (and yielded keys, possibly
     /// the last good ones). A call made while another caller's refresh runs waits for it.

@@ -200,28 +200,26 @@ impl Authenticator {
             // A verification holds only while the issuer still publishes the key that made
             // it: once a (compromised, retired) key leaves the issuer's JWKS, the token
             // goes through the full check again, which refuses it.
-            let issuer = self.issuers.get(&hit.issuer);
-            let key_still_published = match issuer {
-                Some(i) => i
-                    .keys()
-                    .await
-                    .is_ok_and(|k| k.keys.contains_key(hit.kid.as_deref().unwrap_or_default())),
-                None => false,
-            };
-            if key_still_published {
-                // Time-dependent checks are repeated on every use.
-                let leeway = issuer.map(|i| i.config.leeway.as_secs()).unwrap_or(0);
-                if now <= hit.exp.saturating_add(leeway) {
-                    return Ok(hit);
+            match self.issuers.get(&hit.issuer) {
+                Some(issuer)
+                    if issuer
+                        .publishes(hit.kid.as_deref().unwrap_or_default())
+                        .await =>
+                {
+                    // Time-dependent checks are repeated on every use.
+                    let leeway = issuer.config.leeway.as_secs();
+                    if now <= hit.exp.saturating_add(leeway) {
+                        return Ok(hit);
+                    }
+                    self.verified.invalidate(&digest);
+                    return Err(AuthnError::Expired {
+                        exp: hit.exp,
+                        now,
+                        leeway,
+                    });
                 }
-                self.verified.invalidate(&digest);
-                return Err(AuthnError::Expired {
-                    exp: hit.exp,
-                    now,
-                    leeway,
-                });
+                _ => self.verified.invalidate(&digest),
             }
-            self.verified.invalidate(&digest);
         }
 
         let parsed = jws::parse(token)?;
