@@ -68,6 +68,9 @@ pub struct FileConfig {
     /// Where revocations and disabled identities are kept.
     #[serde(default)]
     pub state: Option<StateFile>,
+    /// Which state store: the embedded file journal (default) or PostgreSQL.
+    #[serde(default)]
+    pub store: Option<StoreFile>,
     /// Admin identities and their roles.
     #[serde(default)]
     pub admin: Vec<AdminFile>,
@@ -132,6 +135,127 @@ pub struct BreakGlassFile {
 pub struct StateFile {
     /// Directory of the embedded state store (default `state`).
     pub dir: PathBuf,
+}
+
+/// `[store]`: where shared state lives.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreFile {
+    /// `file` (default: the journal in `[state] dir`) or `postgres`.
+    pub kind: String,
+    /// PostgreSQL: a libpq URL or key/value string, without a password.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// PostgreSQL: a file holding the password (trailing newline ignored).
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// PostgreSQL: an environment variable holding the password.
+    #[serde(default)]
+    pub password_env: Option<String>,
+    /// PostgreSQL: `disable` (loopback or a socket directory only) or `verify-full`.
+    #[serde(default)]
+    pub sslmode: Option<String>,
+    /// PostgreSQL with `verify-full`: PEM bundle of the CAs of the database certificate.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+}
+
+/// The validated `[store]`.
+#[derive(Debug, Clone)]
+pub enum StoreKind {
+    /// The embedded journal in `state_dir`.
+    File,
+    /// PostgreSQL.
+    Postgres(crate::store::postgres::PostgresOptions),
+}
+
+impl StoreFile {
+    fn validate(
+        &self,
+        resolve: &dyn Fn(&Path) -> PathBuf,
+        invalid: &dyn Fn(String) -> ConfigError,
+    ) -> Result<StoreKind, ConfigError> {
+        use crate::store::postgres::{PgTls, PostgresOptions};
+        match self.kind.as_str() {
+            "file" => {
+                if self.url.is_some() || self.password_file.is_some() || self.password_env.is_some()
+                {
+                    return Err(invalid(
+                        "store: url and password settings are for kind = \"postgres\"".into(),
+                    ));
+                }
+                Ok(StoreKind::File)
+            }
+            "postgres" => {
+                let url = self.url.clone().ok_or_else(|| {
+                    invalid("store: kind = \"postgres\" needs url (e.g. \"postgres://broker@db.internal/broker\")".into())
+                })?;
+                let password = match (&self.password_file, &self.password_env) {
+                    (Some(_), Some(_)) => {
+                        return Err(invalid(
+                            "store: set password_file or password_env, not both".into(),
+                        ));
+                    }
+                    (Some(file), None) => {
+                        let file = resolve(file);
+                        let text = std::fs::read_to_string(&file).map_err(|e| {
+                            invalid(format!("store.password_file {}: {e}", file.display()))
+                        })?;
+                        Some(zeroize::Zeroizing::new(
+                            text.trim_end_matches(['\r', '\n']).to_owned(),
+                        ))
+                    }
+                    (None, Some(var)) => Some(zeroize::Zeroizing::new(
+                        std::env::var(var).map_err(|_| {
+                            invalid(format!(
+                                "store.password_env: environment variable {var} is not set"
+                            ))
+                        })?,
+                    )),
+                    (None, None) => None,
+                };
+                let tls = match (self.sslmode.as_deref().unwrap_or("verify-full"), &self.ca_file) {
+                    ("disable", None) => PgTls::Disable,
+                    ("disable", Some(_)) => {
+                        return Err(invalid("store: ca_file needs sslmode = \"verify-full\"".into()));
+                    }
+                    ("verify-full", Some(ca)) => PgTls::VerifyFull { ca_file: resolve(ca) },
+                    ("verify-full", None) => {
+                        return Err(invalid(
+                            "store: sslmode = \"verify-full\" (the default) needs ca_file, the CA bundle of the database certificate; use sslmode = \"disable\" only for a database on loopback or a unix socket".into(),
+                        ));
+                    }
+                    (other, _) => {
+                        return Err(invalid(format!(
+                            "store.sslmode = {other:?}: use \"verify-full\" or \"disable\" (an unverified TLS channel, libpq's \"require\", is not offered)"
+                        )));
+                    }
+                };
+                let opts = PostgresOptions { url, password, tls };
+                let cfg = opts.config().map_err(|e| invalid(format!("store: {e}")))?;
+                if opts.tls == PgTls::Disable {
+                    let local = cfg.get_hosts().iter().all(|h| match h {
+                        tokio_postgres::config::Host::Unix(_) => true,
+                        tokio_postgres::config::Host::Tcp(name) => {
+                            name == "localhost"
+                                || name
+                                    .parse::<std::net::IpAddr>()
+                                    .is_ok_and(|ip| ip.is_loopback())
+                        }
+                    });
+                    if !local {
+                        return Err(invalid(
+                            "store: sslmode = \"disable\" is only allowed for a database on loopback or a unix socket; use \"verify-full\" with ca_file".into(),
+                        ));
+                    }
+                }
+                Ok(StoreKind::Postgres(opts))
+            }
+            other => Err(invalid(format!(
+                "store.kind = {other:?}: use \"file\" or \"postgres\""
+            ))),
+        }
+    }
 }
 
 /// `[[admin]]`: an admin identity, proven like a workload (mTLS or a trusted JWT).
@@ -365,8 +489,10 @@ pub struct Config {
     pub audiences: Vec<AudienceEntry>,
     /// Trusted client-certificate authorities (empty: mTLS off).
     pub client_cas: Vec<ClientCa>,
-    /// State store directory.
+    /// State store directory (the file store's journal, and per-replica usage).
     pub state_dir: PathBuf,
+    /// Which state store.
+    pub store: StoreKind,
     /// Admin identities.
     pub admins: Vec<Admin>,
     /// Break-glass webhook.
@@ -831,6 +957,10 @@ impl FileConfig {
                     .as_ref()
                     .map_or_else(|| PathBuf::from("state"), |s| s.dir.clone()),
             ),
+            store: match &self.store {
+                Some(s) => s.validate(&resolve, &invalid)?,
+                None => StoreKind::File,
+            },
             admins,
             client_cas,
             issuer: self.issuer,

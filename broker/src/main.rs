@@ -29,6 +29,16 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+enum StoreCommand {
+    /// Create or migrate the PostgreSQL schema of `[store]` (also done at start).
+    Migrate {
+        /// The config file (TOML) whose `[store]` names the database.
+        #[arg(long)]
+        config: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
 enum Command {
     /// Run the broker.
     Serve {
@@ -119,6 +129,11 @@ enum Command {
     BreakGlass {
         #[command(subcommand)]
         command: BreakGlassCommand,
+    },
+    /// State store tools.
+    Store {
+        #[command(subcommand)]
+        command: StoreCommand,
     },
     /// Helpers for `serve --dev`.
     Dev {
@@ -364,6 +379,25 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                     config,
                 },
         } => audit_verify(&path, key_dir, jwks, config),
+        Command::Store {
+            command: StoreCommand::Migrate { config },
+        } => {
+            let config = Config::load(&config)?;
+            match &config.store {
+                broker::config::StoreKind::File => {
+                    println!("store.kind = \"file\": nothing to migrate");
+                }
+                broker::config::StoreKind::Postgres(opts) => {
+                    let (before, now) = broker::store::postgres::migrate(opts)?;
+                    if before == now {
+                        println!("state database schema is current (version {now})");
+                    } else {
+                        println!("state database schema migrated from version {before} to {now}");
+                    }
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Token {
             command: TokenCommand::Decode { token },
         } => {

@@ -25,13 +25,16 @@ use crate::audit::{AuditLog, AuditOptions};
 use crate::authn::Authenticator;
 use crate::authn::mtls::ClientCert;
 use crate::clock::{Clock, SystemClock};
-use crate::config::Config;
+use crate::config::{Config, StoreKind};
 use crate::metrics::Metrics;
 use crate::mint::Minter;
 use crate::mint::keys::KeyRing;
 use crate::policy::LintError;
 use crate::reload::{self, PolicyStore};
 use crate::revocation::Revocations;
+use crate::store::StateStore;
+use crate::store::file::FileStore;
+use crate::store::postgres::PostgresStore;
 use crate::tls::{TlsReloader, TlsSpec};
 
 /// Most simultaneous connections.
@@ -109,10 +112,9 @@ pub async fn start_with_clock(
         config.third_party_max_registration,
     )
     .map_err(StartError::Policies)?;
-    let store = Arc::new(crate::store::file::FileStore::open(&config.state_dir)?);
-    let revocations = Revocations::open(Arc::clone(&store) as Arc<dyn crate::store::StateStore>)?;
-    let grants =
-        crate::breakglass::Grants::open(Arc::clone(&store) as Arc<dyn crate::store::StateStore>)?;
+    let store = open_store(config)?;
+    let revocations = Revocations::open(Arc::clone(&store))?;
+    let grants = crate::breakglass::Grants::open(Arc::clone(&store))?;
     let monitor =
         crate::anomaly::Monitor::open(store, config.volume, config.dormant_after.as_secs())?;
     let authn = Authenticator::new(&config.trusted_issuers, Arc::clone(&clock))?;
@@ -184,6 +186,15 @@ pub async fn start_with_clock(
         tracing::warn!(closed, "closed overdue break-glass grants at start");
     }
     Ok(broker)
+}
+
+/// Opens the configured state store: the embedded journal, or PostgreSQL (connected and
+/// migrated; the broker does not start without it).
+pub fn open_store(config: &Config) -> Result<Arc<dyn StateStore>, StartError> {
+    Ok(match &config.store {
+        StoreKind::File => Arc::new(FileStore::open(&config.state_dir)?),
+        StoreKind::Postgres(opts) => Arc::new(PostgresStore::connect(opts.clone())?),
+    })
 }
 
 impl Broker {

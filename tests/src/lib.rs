@@ -46,6 +46,7 @@ pub mod curl;
 pub mod governance;
 pub mod mtls;
 pub mod pki;
+pub mod postgres;
 pub mod sdk_support;
 
 /// `iss` of the test workload issuer (the one the broker is configured to trust).

@@ -3,11 +3,16 @@
 //! [`StateStore`] is an append-only journal of [`StateChange`]s: the broker replays it at
 //! start and appends each change durably before acknowledging it. The embedded
 //! [`file::FileStore`] is the default (no database); [`memory::MemoryStore`] serves tests;
-//! a PostgreSQL store for several replicas implements the same trait and runs the same
-//! contract tests ([`contract`]).
+//! [`postgres::PostgresStore`] keeps the journal in PostgreSQL so that several replicas
+//! can share it. All three run the same contract tests ([`contract`]).
 
 pub mod file;
 pub mod memory;
+pub mod postgres;
+#[cfg(test)]
+#[allow(unreachable_pub, dead_code)]
+#[path = "../../../tests/src/postgres.rs"]
+mod testpg;
 
 use serde::{Deserialize, Serialize};
 
@@ -31,6 +36,12 @@ pub enum StoreError {
         /// 1-based line.
         line: usize,
         /// What is wrong.
+        message: String,
+    },
+    /// The state database failed or could not be reached (never carries a password).
+    #[error("state database: {message}")]
+    Database {
+        /// What failed, for the operator.
         message: String,
     },
 }

@@ -1,0 +1,544 @@
+//! The PostgreSQL [`StateStore`]: the journal as the `broker_events` table, so that
+//! several broker replicas can share one state.
+//!
+//! Each change is one row with a monotonic `id`. Appends take the table's write lock
+//! (`LOCK TABLE … IN EXCLUSIVE MODE`, readers are not blocked) and number the row
+//! `max(id) + 1` inside that transaction, so ids are gap-free and become visible in
+//! commit order: a reader that remembers "the last id I applied" can never skip one (a
+//! sequence would hand out ids that commit out of order). Every append also sends
+//! `NOTIFY broker_events, '<id>'`, the wake-up for replicas that follow the table.
+//!
+//! The schema is created and migrated by the broker itself ([`migrate`], also run on
+//! connect), versioned in `broker_schema_migrations`, under an advisory lock so that two
+//! replicas starting together migrate once.
+//!
+//! The store interface is synchronous (the embedded file store syncs inline too), so the
+//! database client runs on a thread of its own with a current-thread runtime; callers
+//! block for one round trip. The connection is re-established on the next call after it
+//! breaks, and a call that fails is an error for its caller (the change is not applied),
+//! never a silent loss.
+//!
+//! The password never appears in the URL, in errors or in logs: it comes from a file or
+//! an environment variable ([`PostgresOptions::password`]).
+
+use std::path::PathBuf;
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio_postgres::NoTls;
+use zeroize::Zeroizing;
+
+use super::{StateChange, StateStore, StoreError};
+
+/// How long a connection attempt may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long one statement may take before the call fails.
+pub const STATEMENT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Advisory-lock key held while migrating (any constant unique to the broker).
+const MIGRATION_LOCK: i64 = 0x6a69_745f_6272_6b72; // "jit_brkr"
+
+/// The schema, one step per version, applied in order and recorded.
+const MIGRATIONS: &[(i32, &str)] = &[(
+    1,
+    "CREATE TABLE broker_events (
+        id          bigint      PRIMARY KEY,
+        recorded_at timestamptz NOT NULL DEFAULT now(),
+        change      jsonb       NOT NULL
+    )",
+)];
+
+/// The newest schema version this build knows.
+pub const SCHEMA_VERSION: i32 = MIGRATIONS[MIGRATIONS.len() - 1].0;
+
+/// TLS to the database.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PgTls {
+    /// Plain TCP or a unix socket (only for loopback or a socket directory).
+    Disable,
+    /// TLS, with the server certificate verified against `ca_file` and its name against
+    /// the host (libpq's `verify-full`).
+    VerifyFull {
+        /// PEM bundle of the CAs that may sign the database's certificate.
+        ca_file: PathBuf,
+    },
+}
+
+/// Where the database is and how to reach it.
+#[derive(Clone)]
+pub struct PostgresOptions {
+    /// A libpq URL or key/value string without a password.
+    pub url: String,
+    /// The password (from `password_file` or `password_env`), if any.
+    pub password: Option<Zeroizing<String>>,
+    /// TLS mode.
+    pub tls: PgTls,
+}
+
+impl std::fmt::Debug for PostgresOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresOptions")
+            .field("url", &self.url)
+            .field("password", &self.password.as_ref().map(|_| "[redacted]"))
+            .field("tls", &self.tls)
+            .finish()
+    }
+}
+
+impl PostgresOptions {
+    /// Parses the URL; a password inside it is refused (it would end up in config files,
+    /// process listings and logs).
+    pub fn config(&self) -> Result<tokio_postgres::Config, StoreError> {
+        let mut cfg: tokio_postgres::Config = self
+            .url
+            .parse()
+            .map_err(|e| db_error(format!("store.url is not a PostgreSQL URL: {e}")))?;
+        if cfg.get_password().is_some() {
+            return Err(db_error(
+                "store.url must not contain a password: use store.password_file or store.password_env"
+                    .into(),
+            ));
+        }
+        if let Some(p) = &self.password {
+            cfg.password(p.as_bytes());
+        }
+        cfg.connect_timeout(CONNECT_TIMEOUT);
+        if cfg.get_application_name().is_none() {
+            cfg.application_name("jit-broker");
+        }
+        Ok(cfg)
+    }
+}
+
+fn db_error(message: String) -> StoreError {
+    StoreError::Database { message }
+}
+
+fn pg_error(what: &str, e: &tokio_postgres::Error) -> StoreError {
+    // tokio-postgres errors name the failing statement's cause, never the password.
+    let detail = e
+        .as_db_error()
+        .map_or_else(|| e.to_string(), |d| d.message().to_owned());
+    db_error(format!("{what}: {detail}"))
+}
+
+enum Command {
+    Append(StateChange, mpsc::SyncSender<Result<u64, StoreError>>),
+    Load(mpsc::SyncSender<Result<Vec<StateChange>, StoreError>>),
+}
+
+/// The PostgreSQL journal. Cheap to share (`Arc`); dropping the last handle stops its
+/// client thread.
+pub struct PostgresStore {
+    tx: Mutex<mpsc::Sender<Command>>,
+    worker: Option<std::thread::JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for PostgresStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresStore").finish_non_exhaustive()
+    }
+}
+
+impl PostgresStore {
+    /// Connects, migrates the schema to [`SCHEMA_VERSION`], and starts the client
+    /// thread. Fails if the database cannot be reached or migrated.
+    pub fn connect(opts: PostgresOptions) -> Result<Self, StoreError> {
+        let cfg = opts.config()?;
+        let connector = Connector::new(&opts.tls)?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| db_error(format!("could not start the database client: {e}")))?;
+        let mut client = rt.block_on(async {
+            let client = connector.connect(&cfg).await?;
+            migrate_client(&client).await?;
+            Ok::<_, StoreError>(client)
+        })?;
+        let (tx, rx) = mpsc::channel::<Command>();
+        let worker = std::thread::Builder::new()
+            .name("broker-pg-store".into())
+            .spawn(move || {
+                while let Ok(cmd) = rx.recv() {
+                    rt.block_on(async {
+                        if client.is_closed() {
+                            match connector.connect(&cfg).await {
+                                Ok(c) => client = c,
+                                Err(e) => {
+                                    tracing::warn!(error = %e, "state store: reconnect failed");
+                                }
+                            }
+                        }
+                        match cmd {
+                            Command::Append(change, reply) => {
+                                let _ = reply.send(append(&mut client, &change).await);
+                            }
+                            Command::Load(reply) => {
+                                let _ = reply.send(load(&client).await);
+                            }
+                        }
+                    });
+                }
+            })
+            .map_err(|e| db_error(format!("could not start the database client thread: {e}")))?;
+        Ok(Self {
+            tx: Mutex::new(tx),
+            worker: Some(worker),
+        })
+    }
+
+    fn call<T>(
+        &self,
+        make: impl FnOnce(mpsc::SyncSender<Result<T, StoreError>>) -> Command,
+    ) -> Result<T, StoreError> {
+        let (reply_tx, reply_rx) = mpsc::sync_channel(1);
+        self.tx
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .send(make(reply_tx))
+            .map_err(|_| db_error("the database client thread has stopped".into()))?;
+        reply_rx
+            .recv_timeout(CONNECT_TIMEOUT + STATEMENT_TIMEOUT + Duration::from_secs(1))
+            .map_err(|_| db_error("the database did not answer in time".into()))?
+    }
+
+    /// Appends `change` and returns its event id (1 for the first).
+    pub fn append_event(&self, change: &StateChange) -> Result<u64, StoreError> {
+        let change = change.clone();
+        self.call(|reply| Command::Append(change, reply))
+    }
+}
+
+impl Drop for PostgresStore {
+    fn drop(&mut self) {
+        // Closing the channel ends the thread's loop.
+        let (dead, _) = mpsc::channel();
+        *self.tx.lock().unwrap_or_else(|e| e.into_inner()) = dead;
+        if let Some(w) = self.worker.take() {
+            let _ = w.join();
+        }
+    }
+}
+
+impl StateStore for PostgresStore {
+    fn append(&self, change: &StateChange) -> Result<(), StoreError> {
+        self.append_event(change).map(|_| ())
+    }
+
+    fn load(&self) -> Result<Vec<StateChange>, StoreError> {
+        self.call(Command::Load)
+    }
+}
+
+/// Connects once and migrates the schema (`broker store migrate`); returns the version
+/// the database was at before and the one it is at now.
+pub fn migrate(opts: &PostgresOptions) -> Result<(i32, i32), StoreError> {
+    let cfg = opts.config()?;
+    let connector = Connector::new(&opts.tls)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| db_error(format!("could not start the database client: {e}")))?;
+    rt.block_on(async {
+        let client = connector.connect(&cfg).await?;
+        let before = migrate_client(&client).await?;
+        Ok((before, SCHEMA_VERSION))
+    })
+}
+
+/// How connections are made: plain, or rustls with the configured CAs.
+#[derive(Clone)]
+enum Connector {
+    Plain,
+    Tls(tokio_postgres_rustls::MakeRustlsConnect),
+}
+
+impl Connector {
+    fn new(tls: &PgTls) -> Result<Self, StoreError> {
+        match tls {
+            PgTls::Disable => Ok(Self::Plain),
+            PgTls::VerifyFull { ca_file } => {
+                use rustls_pki_types::CertificateDer;
+                use rustls_pki_types::pem::PemObject;
+                let bad = |e: String| db_error(format!("store.ca_file {}: {e}", ca_file.display()));
+                let mut roots = rustls::RootCertStore::empty();
+                for cert in CertificateDer::pem_file_iter(ca_file).map_err(|e| bad(e.to_string()))? {
+                    roots
+                        .add(cert.map_err(|e| bad(e.to_string()))?)
+                        .map_err(|e| bad(e.to_string()))?;
+                }
+                let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+                    rustls::crypto::ring::default_provider(),
+                ))
+                .with_safe_default_protocol_versions()
+                .map_err(|e| bad(e.to_string()))?
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+                Ok(Self::Tls(tokio_postgres_rustls::MakeRustlsConnect::new(
+                    config,
+                )))
+            }
+        }
+    }
+
+    async fn connect(
+        &self,
+        cfg: &tokio_postgres::Config,
+    ) -> Result<tokio_postgres::Client, StoreError> {
+        let client = match self {
+            Self::Plain => {
+                let (client, conn) = cfg
+                    .connect(NoTls)
+                    .await
+                    .map_err(|e| pg_error("could not connect to the state database", &e))?;
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::warn!(error = %e, "state database connection closed");
+                    }
+                });
+                client
+            }
+            Self::Tls(tls) => {
+                let (client, conn) = cfg
+                    .connect(tls.clone())
+                    .await
+                    .map_err(|e| pg_error("could not connect to the state database", &e))?;
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::warn!(error = %e, "state database connection closed");
+                    }
+                });
+                client
+            }
+        };
+        client
+            .batch_execute(&format!(
+                "SET statement_timeout = {}",
+                STATEMENT_TIMEOUT.as_millis()
+            ))
+            .await
+            .map_err(|e| pg_error("could not set the statement timeout", &e))?;
+        Ok(client)
+    }
+}
+
+/// Applies every migration newer than the database's version, in one transaction under
+/// an advisory lock; returns the version found.
+async fn migrate_client(client: &tokio_postgres::Client) -> Result<i32, StoreError> {
+    let e = |what: &'static str| move |err: tokio_postgres::Error| pg_error(what, &err);
+    client
+        .batch_execute(&format!(
+            "BEGIN;
+             SELECT pg_advisory_xact_lock({MIGRATION_LOCK});
+             CREATE TABLE IF NOT EXISTS broker_schema_migrations (
+                 version    integer     PRIMARY KEY,
+                 applied_at timestamptz NOT NULL DEFAULT now()
+             );"
+        ))
+        .await
+        .map_err(e("could not lock the schema for migration"))?;
+    let result = async {
+        let row = client
+            .query_one(
+                "SELECT coalesce(max(version), 0) FROM broker_schema_migrations",
+                &[],
+            )
+            .await
+            .map_err(e("could not read the schema version"))?;
+        let before: i32 = row.get(0);
+        if before > SCHEMA_VERSION {
+            return Err(db_error(format!(
+                "the state database is at schema version {before}, newer than this broker \
+                 ({SCHEMA_VERSION}): upgrade the broker"
+            )));
+        }
+        for (version, sql) in MIGRATIONS.iter().filter(|(v, _)| *v > before) {
+            client
+                .batch_execute(sql)
+                .await
+                .map_err(e("could not apply a schema migration"))?;
+            client
+                .execute(
+                    "INSERT INTO broker_schema_migrations (version) VALUES ($1)",
+                    &[version],
+                )
+                .await
+                .map_err(e("could not record a schema migration"))?;
+            tracing::info!(version, "state database migrated");
+        }
+        Ok(before)
+    }
+    .await;
+    let end = if result.is_ok() { "COMMIT" } else { "ROLLBACK" };
+    client
+        .batch_execute(end)
+        .await
+        .map_err(e("could not commit the schema migration"))?;
+    result
+}
+
+async fn append(client: &mut tokio_postgres::Client, change: &StateChange) -> Result<u64, StoreError> {
+    let json = serde_json::to_value(change)
+        .map_err(|err| db_error(format!("could not encode a state change: {err}")))?;
+    let e = |what: &'static str| move |err: tokio_postgres::Error| pg_error(what, &err);
+    let tx = client
+        .transaction()
+        .await
+        .map_err(e("could not begin a state transaction"))?;
+    // One writer at a time: ids are assigned and become visible in commit order.
+    tx.batch_execute("LOCK TABLE broker_events IN EXCLUSIVE MODE")
+        .await
+        .map_err(e("could not lock the event table"))?;
+    let row = tx
+        .query_one(
+            "INSERT INTO broker_events (id, change)
+             SELECT coalesce(max(id), 0) + 1, $1 FROM broker_events
+             RETURNING id",
+            &[&json],
+        )
+        .await
+        .map_err(e("could not append a state change"))?;
+    let id: i64 = row.get(0);
+    tx.execute("SELECT pg_notify('broker_events', $1)", &[&id.to_string()])
+        .await
+        .map_err(e("could not notify replicas"))?;
+    tx.commit()
+        .await
+        .map_err(e("could not commit a state change"))?;
+    Ok(u64::try_from(id).unwrap_or(0))
+}
+
+async fn load(client: &tokio_postgres::Client) -> Result<Vec<StateChange>, StoreError> {
+    let rows = client
+        .query("SELECT id, change FROM broker_events ORDER BY id", &[])
+        .await
+        .map_err(|e| pg_error("could not read the state journal", &e))?;
+    rows.into_iter()
+        .map(|row| {
+            let id: i64 = row.get(0);
+            let json: serde_json::Value = row.get(1);
+            serde_json::from_value(json).map_err(|err| {
+                db_error(format!("state event {id} is not a readable change: {err}"))
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::testpg::TestPostgres;
+
+    fn options(pg: &TestPostgres) -> PostgresOptions {
+        PostgresOptions {
+            url: pg.url(),
+            password: None,
+            tls: PgTls::Disable,
+        }
+    }
+
+    #[test]
+    fn meets_the_store_contract() {
+        let Some(pg) = TestPostgres::start() else {
+            return;
+        };
+        let opts = options(&pg);
+        super::super::contract::run(|| Box::new(PostgresStore::connect(opts.clone()).unwrap()));
+    }
+
+    #[test]
+    fn two_handles_see_one_journal_with_gap_free_ids() {
+        let Some(pg) = TestPostgres::start() else {
+            return;
+        };
+        let a = PostgresStore::connect(options(&pg)).unwrap();
+        let b = PostgresStore::connect(options(&pg)).unwrap();
+        let change = |i: u64| StateChange::Enable {
+            identity: format!("x{i}"),
+            at: i,
+            actor: "a".into(),
+        };
+        let ids: Vec<u64> = (0..10)
+            .map(|i| {
+                let store = if i % 2 == 0 { &a } else { &b };
+                store.append_event(&change(i)).unwrap()
+            })
+            .collect();
+        assert_eq!(ids, (1..=10).collect::<Vec<_>>());
+        assert_eq!(a.load().unwrap(), b.load().unwrap());
+        assert_eq!(a.load().unwrap().len(), 10);
+    }
+
+    #[test]
+    fn migration_is_versioned_and_idempotent() {
+        let Some(pg) = TestPostgres::start() else {
+            return;
+        };
+        assert_eq!(migrate(&options(&pg)).unwrap(), (0, SCHEMA_VERSION));
+        assert_eq!(
+            migrate(&options(&pg)).unwrap(),
+            (SCHEMA_VERSION, SCHEMA_VERSION)
+        );
+    }
+
+    #[test]
+    fn a_password_in_the_url_is_refused_and_never_echoed() {
+        let opts = PostgresOptions {
+            url: "postgres://broker:hunter2@127.0.0.1/broker".into(),
+            password: None,
+            tls: PgTls::Disable,
+        };
+        let err = PostgresStore::connect(opts).unwrap_err().to_string();
+        assert!(err.contains("password_file"), "{err}");
+        assert!(!err.contains("hunter2"), "{err}");
+        let opts = PostgresOptions {
+            url: "postgres://broker@127.0.0.1/broker".into(),
+            password: Some(Zeroizing::new("hunter2".into())),
+            tls: PgTls::Disable,
+        };
+        assert!(!format!("{opts:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn an_unreachable_database_is_an_error_not_a_hang() {
+        // A closed port on loopback: connection refused at once.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let opts = PostgresOptions {
+            url: format!("postgres://broker@127.0.0.1:{port}/broker"),
+            password: None,
+            tls: PgTls::Disable,
+        };
+        let err = PostgresStore::connect(opts).unwrap_err().to_string();
+        assert!(err.contains("could not connect"), "{err}");
+    }
+
+    #[test]
+    fn a_broken_connection_fails_the_call_then_recovers() {
+        let Some(mut pg) = TestPostgres::start() else {
+            return;
+        };
+        let store = PostgresStore::connect(options(&pg)).unwrap();
+        let c = StateChange::Enable {
+            identity: "x".into(),
+            at: 1,
+            actor: "a".into(),
+        };
+        store.append(&c).unwrap();
+        pg.restart();
+        // The first call after the restart may find the old connection dead: it fails
+        // (the caller is told), and a later call reconnects. Nothing acknowledged is lost.
+        let mut ok = false;
+        for _ in 0..3 {
+            if store.append(&c).is_ok() {
+                ok = true;
+                break;
+            }
+        }
+        assert!(ok, "the store reconnects after the database restarts");
+        assert_eq!(store.load().unwrap().len(), 2);
+    }
+}
