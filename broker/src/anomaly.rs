@@ -100,6 +100,39 @@ struct Inner {
     anomalies: Vec<Anomaly>,
 }
 
+impl Inner {
+    fn apply(&mut self, c: StateChange) {
+        match c {
+            StateChange::Anomaly(AnomalyChange::Raised {
+                id,
+                identity,
+                kind,
+                evidence,
+                at,
+                action,
+            }) => self.anomalies.push(Anomaly {
+                id,
+                identity,
+                kind: KINDS
+                    .iter()
+                    .find(|k| **k == kind)
+                    .copied()
+                    .unwrap_or("unknown"),
+                evidence,
+                at,
+                action: AnomalyAction::parse(&action).unwrap_or(AnomalyAction::Deny),
+                acknowledged_by: None,
+            }),
+            StateChange::Anomaly(AnomalyChange::Acknowledged { id, by, .. }) => {
+                if let Some(a) = self.anomalies.iter_mut().find(|a| a.id == id) {
+                    a.acknowledged_by = Some(by);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
 /// The monitor.
 pub struct Monitor {
     inner: Mutex<Inner>,
@@ -140,34 +173,7 @@ impl Monitor {
     ) -> Result<Self, StoreError> {
         let mut inner = Inner::default();
         for c in store.load()? {
-            match c {
-                StateChange::Anomaly(AnomalyChange::Raised {
-                    id,
-                    identity,
-                    kind,
-                    evidence,
-                    at,
-                    action,
-                }) => inner.anomalies.push(Anomaly {
-                    id,
-                    identity,
-                    kind: KINDS
-                        .iter()
-                        .find(|k| **k == kind)
-                        .copied()
-                        .unwrap_or("unknown"),
-                    evidence,
-                    at,
-                    action: AnomalyAction::parse(&action).unwrap_or(AnomalyAction::Deny),
-                    acknowledged_by: None,
-                }),
-                StateChange::Anomaly(AnomalyChange::Acknowledged { id, by, .. }) => {
-                    if let Some(a) = inner.anomalies.iter_mut().find(|a| a.id == id) {
-                        a.acknowledged_by = Some(by);
-                    }
-                }
-                _ => {}
-            }
+            inner.apply(c);
         }
         // Acknowledged anomalies stay: they mark behaviour an admin accepted.
         Ok(Self {
@@ -180,6 +186,12 @@ impl Monitor {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Applies an anomaly change another replica made (already durable in the shared
+    /// store).
+    pub fn apply_remote(&self, change: &StateChange) {
+        self.lock().apply(change.clone());
     }
 
     /// The unacknowledged `deny` anomaly blocking `identity`, if any.

@@ -158,6 +158,10 @@ pub struct StoreFile {
     /// PostgreSQL with `verify-full`: PEM bundle of the CAs of the database certificate.
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
+    /// PostgreSQL: a replica that has not confirmed its view of the shared state for this
+    /// long refuses to issue or introspect (503) until it has (default `1s`).
+    #[serde(default)]
+    pub max_staleness: Option<String>,
 }
 
 /// The validated `[store]`.
@@ -214,12 +218,19 @@ impl StoreFile {
                     )),
                     (None, None) => None,
                 };
-                let tls = match (self.sslmode.as_deref().unwrap_or("verify-full"), &self.ca_file) {
+                let tls = match (
+                    self.sslmode.as_deref().unwrap_or("verify-full"),
+                    &self.ca_file,
+                ) {
                     ("disable", None) => PgTls::Disable,
                     ("disable", Some(_)) => {
-                        return Err(invalid("store: ca_file needs sslmode = \"verify-full\"".into()));
+                        return Err(invalid(
+                            "store: ca_file needs sslmode = \"verify-full\"".into(),
+                        ));
                     }
-                    ("verify-full", Some(ca)) => PgTls::VerifyFull { ca_file: resolve(ca) },
+                    ("verify-full", Some(ca)) => PgTls::VerifyFull {
+                        ca_file: resolve(ca),
+                    },
                     ("verify-full", None) => {
                         return Err(invalid(
                             "store: sslmode = \"verify-full\" (the default) needs ca_file, the CA bundle of the database certificate; use sslmode = \"disable\" only for a database on loopback or a unix socket".into(),
@@ -493,6 +504,8 @@ pub struct Config {
     pub state_dir: PathBuf,
     /// Which state store.
     pub store: StoreKind,
+    /// Longest a replica serves on an unconfirmed view of a shared store.
+    pub store_max_staleness: Duration,
     /// Admin identities.
     pub admins: Vec<Admin>,
     /// Break-glass webhook.
@@ -957,6 +970,11 @@ impl FileConfig {
                     .as_ref()
                     .map_or_else(|| PathBuf::from("state"), |s| s.dir.clone()),
             ),
+            store_max_staleness: dur(
+                "store.max_staleness",
+                &self.store.as_ref().and_then(|s| s.max_staleness.clone()),
+                Duration::from_secs(1),
+            )?,
             store: match &self.store {
                 Some(s) => s.validate(&resolve, &invalid)?,
                 None => StoreKind::File,

@@ -91,6 +91,7 @@ struct Inner {
 pub struct Revocations {
     inner: Mutex<Inner>,
     store: Arc<dyn StateStore>,
+    stale: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Revocations {
@@ -108,6 +109,7 @@ impl Revocations {
         let me = Self {
             inner: Mutex::new(Inner::default()),
             store,
+            stale: std::sync::atomic::AtomicBool::new(false),
         };
         let changes = me.store.load()?;
         {
@@ -128,6 +130,24 @@ impl Revocations {
         self.store.append(change)?;
         self.lock().apply(change);
         Ok(())
+    }
+
+    /// Applies a change another replica made (already durable in the shared store).
+    pub fn apply_remote(&self, change: &StateChange) {
+        self.lock().apply(change);
+    }
+
+    /// Marks this replica's view of the shared state as stale (not confirmed current
+    /// within the allowed staleness) or current again.
+    pub fn set_stale(&self, stale: bool) {
+        self.stale
+            .store(stale, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Whether the view is stale: then no token is issued and none is said to be active,
+    /// since a revocation made on another replica might be missing.
+    pub fn is_stale(&self) -> bool {
+        self.stale.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Counts a token just issued (after its audit record is durable).

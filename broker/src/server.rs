@@ -73,6 +73,8 @@ pub enum StartError {
 /// A started broker, ready to serve.
 pub struct Broker {
     state: AppState,
+    store: Arc<dyn StateStore>,
+    max_staleness: Duration,
     limits: Limits,
     tls: Option<Arc<TlsReloader>>,
     policy_reload_interval: Duration,
@@ -115,8 +117,11 @@ pub async fn start_with_clock(
     let store = open_store(config)?;
     let revocations = Revocations::open(Arc::clone(&store))?;
     let grants = crate::breakglass::Grants::open(Arc::clone(&store))?;
-    let monitor =
-        crate::anomaly::Monitor::open(store, config.volume, config.dormant_after.as_secs())?;
+    let monitor = crate::anomaly::Monitor::open(
+        Arc::clone(&store),
+        config.volume,
+        config.dormant_after.as_secs(),
+    )?;
     let authn = Authenticator::new(&config.trusted_issuers, Arc::clone(&clock))?;
     for (issuer, e) in authn.preload().await {
         tracing::warn!(%issuer, error = %e, "issuer keys not loaded yet; tokens from it are refused until they load");
@@ -151,6 +156,8 @@ pub async fn start_with_clock(
     audit.append(ev).await?;
 
     let broker = Broker {
+        store: Arc::clone(&store),
+        max_staleness: config.store_max_staleness,
         state: AppState {
             authn: Arc::new(authn),
             policies: Arc::new(policies),
@@ -288,6 +295,18 @@ impl Broker {
             })
         };
 
+        let follower = self.store.shared().then(|| {
+            let mut rx = stop_rx.clone();
+            tokio::spawn(follow_store(
+                Arc::clone(&self.store),
+                self.state.clone(),
+                self.max_staleness,
+                async move {
+                    let _ = rx.wait_for(|v| *v).await;
+                },
+            ))
+        });
+
         let router = self.router();
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
         let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
@@ -383,6 +402,9 @@ impl Broker {
         let _ = watcher.await;
         let _ = sweeper.await;
         let _ = grant_closer.await;
+        if let Some(f) = follower {
+            let _ = f.await;
+        }
         if let Some(w) = tls_watcher {
             let _ = w.await;
         }
@@ -424,6 +446,78 @@ impl hyper::service::Service<hyper::Request<Incoming>> for ConnService {
             req.extensions_mut().insert(c.clone());
         }
         self.router.clone().oneshot(req.map(axum::body::Body::new))
+    }
+}
+
+/// How often a replica on a shared store reads the changes other replicas made.
+pub const STORE_POLL_INTERVAL: Duration = Duration::from_millis(10);
+
+/// Follows a shared store: applies every change other replicas append to revocations,
+/// grants and anomalies, in journal order, and marks the view stale (issuance and
+/// introspection refuse) while no read has succeeded within `max_staleness`. A read that
+/// hangs (database unreachable) is waited for, never duplicated; staleness is judged
+/// from the start of the last read that succeeded.
+async fn follow_store(
+    store: Arc<dyn StateStore>,
+    state: AppState,
+    max_staleness: Duration,
+    shutdown: impl Future<Output = ()>,
+) {
+    type Poll =
+        tokio::task::JoinHandle<Result<Vec<crate::store::StateChange>, crate::store::StoreError>>;
+    let mut tick = tokio::time::interval(STORE_POLL_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tokio::pin!(shutdown);
+    let mut confirmed = std::time::Instant::now();
+    let mut in_flight: Option<(std::time::Instant, Poll)> = None;
+    let mut last_error: Option<String> = None;
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => return,
+            _ = tick.tick() => {}
+        }
+        if in_flight.as_ref().is_some_and(|(_, h)| h.is_finished())
+            && let Some((started, handle)) = in_flight.take()
+        {
+            match handle.await {
+                Ok(Ok(changes)) => {
+                    for c in &changes {
+                        state.revocations.apply_remote(c);
+                        state.grants.apply_remote(c);
+                        state.monitor.apply_remote(c);
+                    }
+                    confirmed = started;
+                    last_error = None;
+                }
+                Ok(Err(e)) => {
+                    let e = e.to_string();
+                    if last_error.as_ref() != Some(&e) {
+                        tracing::warn!(error = %e, "could not read the shared state store");
+                        last_error = Some(e);
+                    }
+                }
+                Err(e) => tracing::error!(error = %e, "state store read task failed"),
+            }
+        }
+        if in_flight.is_none() {
+            let s = Arc::clone(&store);
+            in_flight = Some((
+                std::time::Instant::now(),
+                tokio::task::spawn_blocking(move || s.poll()),
+            ));
+        }
+        let stale = confirmed.elapsed() > max_staleness;
+        if stale != state.revocations.is_stale() {
+            state.revocations.set_stale(stale);
+            if stale {
+                tracing::error!(
+                    max_staleness_ms = max_staleness.as_millis() as u64,
+                    "state store view is stale: refusing to issue or introspect until it is current"
+                );
+            } else {
+                tracing::info!("state store view is current again: serving");
+            }
+        }
     }
 }
 

@@ -33,6 +33,7 @@ mod issuer_keys;
 mod lint;
 mod mtls;
 mod mtls_denials;
+mod replicas;
 mod revocation;
 mod sdk;
 mod tls_reload;

@@ -61,6 +61,19 @@ impl ApiError {
         e
     }
 
+    /// 503: this replica has not confirmed its view of the shared state recently, so it
+    /// might miss a revocation made on another replica; it answers nothing it cannot
+    /// stand behind.
+    pub fn state_stale() -> Self {
+        let mut e = Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "temporarily_unavailable",
+            "this broker replica cannot confirm its view of revocations in the state database (store.max_staleness passed); it issues and vouches for nothing until the database is reachable again; retry",
+        );
+        e.retry_after = Some(1);
+        e
+    }
+
     /// 500 without detail (the detail is logged by the caller).
     pub fn internal() -> Self {
         Self::new(

@@ -262,6 +262,13 @@ impl Grants {
         Ok(map.get(id).cloned())
     }
 
+    /// Applies a grant change another replica made (already durable in the shared store).
+    pub fn apply_remote(&self, change: &StateChange) {
+        if let StateChange::Grant(g) = change {
+            apply(&mut self.lock(), g);
+        }
+    }
+
     /// A grant by id.
     pub fn get(&self, id: &str) -> Option<Grant> {
         self.lock().get(id).cloned()

@@ -246,8 +246,19 @@ pub enum GrantChange {
 pub trait StateStore: Send + Sync {
     /// Appends `change` durably; returns only once it would survive a crash.
     fn append(&self, change: &StateChange) -> Result<(), StoreError>;
-    /// Every change, oldest first.
+    /// Every change, oldest first. Also where [`StateStore::poll`] starts from.
     fn load(&self) -> Result<Vec<StateChange>, StoreError>;
+    /// Whether other processes (replicas) append to the same journal, so that
+    /// [`StateStore::poll`] must be called to see their changes.
+    fn shared(&self) -> bool {
+        false
+    }
+    /// The changes other handles appended since the last `load` or `poll`, oldest
+    /// first; this handle's own appends are not returned (they were applied when made).
+    /// A successful call also confirms that this handle's view is current.
+    fn poll(&self) -> Result<Vec<StateChange>, StoreError> {
+        Ok(Vec::new())
+    }
 }
 
 /// The contract every [`StateStore`] must meet; run it against each implementation.

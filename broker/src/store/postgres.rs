@@ -125,6 +125,17 @@ fn pg_error(what: &str, e: &tokio_postgres::Error) -> StoreError {
 enum Command {
     Append(StateChange, mpsc::SyncSender<Result<u64, StoreError>>),
     Load(mpsc::SyncSender<Result<Vec<StateChange>, StoreError>>),
+    Poll(mpsc::SyncSender<Result<Vec<StateChange>, StoreError>>),
+}
+
+/// What the client thread remembers between calls: the newest event id this handle has
+/// seen (loaded, polled or appended), and the ids of its own appends not yet passed by a
+/// poll. Commands run one at a time on that thread, so an append is recorded before any
+/// later poll reads the table.
+#[derive(Default)]
+struct Cursor {
+    seen: u64,
+    own: std::collections::BTreeSet<u64>,
 }
 
 /// The PostgreSQL journal. Cheap to share (`Arc`); dropping the last handle stops its
@@ -146,19 +157,41 @@ impl PostgresStore {
     pub fn connect(opts: PostgresOptions) -> Result<Self, StoreError> {
         let cfg = opts.config()?;
         let connector = Connector::new(&opts.tls)?;
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| db_error(format!("could not start the database client: {e}")))?;
-        let mut client = rt.block_on(async {
-            let client = connector.connect(&cfg).await?;
-            migrate_client(&client).await?;
-            Ok::<_, StoreError>(client)
-        })?;
         let (tx, rx) = mpsc::channel::<Command>();
+        let (ready_tx, ready_rx) = mpsc::sync_channel::<Result<(), StoreError>>(1);
+        // The client runs on its own thread (with its own runtime), so that connecting
+        // works from inside or outside an async context.
         let worker = std::thread::Builder::new()
             .name("broker-pg-store".into())
             .spawn(move || {
+                let rt = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(db_error(format!(
+                            "could not start the database client: {e}"
+                        ))));
+                        return;
+                    }
+                };
+                let first = rt.block_on(async {
+                    let client = connector.connect(&cfg).await?;
+                    migrate_client(&client).await?;
+                    Ok::<_, StoreError>(client)
+                });
+                let mut client = match first {
+                    Ok(c) => {
+                        let _ = ready_tx.send(Ok(()));
+                        c
+                    }
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                        return;
+                    }
+                };
+                let mut cursor = Cursor::default();
                 while let Ok(cmd) = rx.recv() {
                     rt.block_on(async {
                         if client.is_closed() {
@@ -171,16 +204,41 @@ impl PostgresStore {
                         }
                         match cmd {
                             Command::Append(change, reply) => {
-                                let _ = reply.send(append(&mut client, &change).await);
+                                let r = append(&mut client, &change).await;
+                                if let Ok(id) = r {
+                                    cursor.own.insert(id);
+                                }
+                                let _ = reply.send(r);
                             }
                             Command::Load(reply) => {
-                                let _ = reply.send(load(&client).await);
+                                let r = load(&client, 0).await.map(|events| {
+                                    cursor.seen = events.last().map_or(0, |(id, _)| *id);
+                                    cursor.own.clear();
+                                    events.into_iter().map(|(_, c)| c).collect()
+                                });
+                                let _ = reply.send(r);
+                            }
+                            Command::Poll(reply) => {
+                                let r = load(&client, cursor.seen).await.map(|events| {
+                                    let mut out = Vec::new();
+                                    for (id, change) in events {
+                                        cursor.seen = id;
+                                        if !cursor.own.remove(&id) {
+                                            out.push(change);
+                                        }
+                                    }
+                                    out
+                                });
+                                let _ = reply.send(r);
                             }
                         }
                     });
                 }
             })
             .map_err(|e| db_error(format!("could not start the database client thread: {e}")))?;
+        ready_rx
+            .recv()
+            .map_err(|_| db_error("the database client thread stopped".into()))??;
         Ok(Self {
             tx: Mutex::new(tx),
             worker: Some(worker),
@@ -228,6 +286,14 @@ impl StateStore for PostgresStore {
     fn load(&self) -> Result<Vec<StateChange>, StoreError> {
         self.call(Command::Load)
     }
+
+    fn shared(&self) -> bool {
+        true
+    }
+
+    fn poll(&self) -> Result<Vec<StateChange>, StoreError> {
+        self.call(Command::Poll)
+    }
 }
 
 /// Connects once and migrates the schema (`broker store migrate`); returns the version
@@ -262,7 +328,9 @@ impl Connector {
                 use rustls_pki_types::pem::PemObject;
                 let bad = |e: String| db_error(format!("store.ca_file {}: {e}", ca_file.display()));
                 let mut roots = rustls::RootCertStore::empty();
-                for cert in CertificateDer::pem_file_iter(ca_file).map_err(|e| bad(e.to_string()))? {
+                for cert in
+                    CertificateDer::pem_file_iter(ca_file).map_err(|e| bad(e.to_string()))?
+                {
                     roots
                         .add(cert.map_err(|e| bad(e.to_string()))?)
                         .map_err(|e| bad(e.to_string()))?;
@@ -377,7 +445,10 @@ async fn migrate_client(client: &tokio_postgres::Client) -> Result<i32, StoreErr
     result
 }
 
-async fn append(client: &mut tokio_postgres::Client, change: &StateChange) -> Result<u64, StoreError> {
+async fn append(
+    client: &mut tokio_postgres::Client,
+    change: &StateChange,
+) -> Result<u64, StoreError> {
     let json = serde_json::to_value(change)
         .map_err(|err| db_error(format!("could not encode a state change: {err}")))?;
     let e = |what: &'static str| move |err: tokio_postgres::Error| pg_error(what, &err);
@@ -408,18 +479,26 @@ async fn append(client: &mut tokio_postgres::Client, change: &StateChange) -> Re
     Ok(u64::try_from(id).unwrap_or(0))
 }
 
-async fn load(client: &tokio_postgres::Client) -> Result<Vec<StateChange>, StoreError> {
+async fn load(
+    client: &tokio_postgres::Client,
+    after: u64,
+) -> Result<Vec<(u64, StateChange)>, StoreError> {
+    let after = i64::try_from(after).unwrap_or(i64::MAX);
     let rows = client
-        .query("SELECT id, change FROM broker_events ORDER BY id", &[])
+        .query(
+            "SELECT id, change FROM broker_events WHERE id > $1 ORDER BY id",
+            &[&after],
+        )
         .await
         .map_err(|e| pg_error("could not read the state journal", &e))?;
     rows.into_iter()
         .map(|row| {
             let id: i64 = row.get(0);
             let json: serde_json::Value = row.get(1);
-            serde_json::from_value(json).map_err(|err| {
+            let change = serde_json::from_value(json).map_err(|err| {
                 db_error(format!("state event {id} is not a readable change: {err}"))
-            })
+            })?;
+            Ok((u64::try_from(id).unwrap_or(0), change))
         })
         .collect()
 }
@@ -467,6 +546,31 @@ mod tests {
         assert_eq!(ids, (1..=10).collect::<Vec<_>>());
         assert_eq!(a.load().unwrap(), b.load().unwrap());
         assert_eq!(a.load().unwrap().len(), 10);
+    }
+
+    #[test]
+    fn poll_returns_what_other_handles_appended_once_and_never_our_own() {
+        let Some(pg) = TestPostgres::start() else {
+            return;
+        };
+        let a = PostgresStore::connect(options(&pg)).unwrap();
+        let b = PostgresStore::connect(options(&pg)).unwrap();
+        assert!(a.shared());
+        let change = |i: u64| StateChange::Enable {
+            identity: format!("x{i}"),
+            at: i,
+            actor: "a".into(),
+        };
+        a.append(&change(0)).unwrap();
+        assert_eq!(b.load().unwrap(), vec![change(0)]);
+        assert_eq!(a.load().unwrap(), vec![change(0)]);
+        b.append(&change(1)).unwrap();
+        a.append(&change(2)).unwrap();
+        b.append(&change(3)).unwrap();
+        assert_eq!(a.poll().unwrap(), vec![change(1), change(3)]);
+        assert_eq!(a.poll().unwrap(), vec![], "each change is returned once");
+        assert_eq!(b.poll().unwrap(), vec![change(2)]);
+        assert_eq!(b.poll().unwrap(), vec![]);
     }
 
     #[test]

@@ -11,9 +11,15 @@ pub async fn healthz() -> &'static str {
     "ok\n"
 }
 
-/// Readiness: policies loaded and the audit log writable.
+/// Readiness: policies loaded and, with a shared state store, the view of it current.
 pub async fn readyz(State(st): State<AppState>) -> Response {
-    if !st.policies.current().is_empty() {
+    if st.revocations.is_stale() {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: state store view is stale\n",
+        )
+            .into_response()
+    } else if !st.policies.current().is_empty() {
         (StatusCode::OK, "ready\n").into_response()
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "not ready\n").into_response()

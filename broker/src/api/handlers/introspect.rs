@@ -74,6 +74,9 @@ pub async fn introspect(
     let Some(token) = form.token.filter(|t| !t.is_empty()) else {
         return ApiError::invalid_request("token is required").into_response();
     };
+    if st.revocations.is_stale() {
+        return ApiError::state_stale().into_response();
+    }
     st.metrics.introspected();
     let inactive = || no_store(Json(json!({ "active": false })).into_response());
     let Ok(claims) = verify::verify_signature(&token, &st.minter.key_ring(), st.minter.issuer())

@@ -120,6 +120,9 @@ async fn issue(
     body: Result<Bytes, BytesRejection>,
     ev: &mut AuditEvent,
 ) -> Result<Response, Refusal> {
+    if st.revocations.is_stale() {
+        return Err(Refusal::new("state_stale", ApiError::state_stale()));
+    }
     let body = body.map_err(|rej| {
         if rej.status() == StatusCode::PAYLOAD_TOO_LARGE {
             Refusal::new(
