@@ -200,7 +200,7 @@ pub async fn start_with_clock(
 pub fn open_store(config: &Config) -> Result<Arc<dyn StateStore>, StartError> {
     Ok(match &config.store {
         StoreKind::File => Arc::new(FileStore::open(&config.state_dir)?),
-        StoreKind::Postgres(opts) => Arc::new(PostgresStore::connect(opts.clone())?),
+        StoreKind::Postgres(opts) => Arc::new(PostgresStore::connect(opts)?),
     })
 }
 

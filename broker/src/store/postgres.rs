@@ -154,7 +154,7 @@ impl std::fmt::Debug for PostgresStore {
 impl PostgresStore {
     /// Connects, migrates the schema to [`SCHEMA_VERSION`], and starts the client
     /// thread. Fails if the database cannot be reached or migrated.
-    pub fn connect(opts: PostgresOptions) -> Result<Self, StoreError> {
+    pub fn connect(opts: &PostgresOptions) -> Result<Self, StoreError> {
         let cfg = opts.config()?;
         let connector = Connector::new(&opts.tls)?;
         let (tx, rx) = mpsc::channel::<Command>();
@@ -522,7 +522,7 @@ mod tests {
             return;
         };
         let opts = options(&pg);
-        super::super::contract::run(|| Box::new(PostgresStore::connect(opts.clone()).unwrap()));
+        super::super::contract::run(|| Box::new(PostgresStore::connect(&opts).unwrap()));
     }
 
     #[test]
@@ -530,8 +530,8 @@ mod tests {
         let Some(pg) = TestPostgres::start() else {
             return;
         };
-        let a = PostgresStore::connect(options(&pg)).unwrap();
-        let b = PostgresStore::connect(options(&pg)).unwrap();
+        let a = PostgresStore::connect(&options(&pg)).unwrap();
+        let b = PostgresStore::connect(&options(&pg)).unwrap();
         let change = |i: u64| StateChange::Enable {
             identity: format!("x{i}"),
             at: i,
@@ -553,8 +553,8 @@ mod tests {
         let Some(pg) = TestPostgres::start() else {
             return;
         };
-        let a = PostgresStore::connect(options(&pg)).unwrap();
-        let b = PostgresStore::connect(options(&pg)).unwrap();
+        let a = PostgresStore::connect(&options(&pg)).unwrap();
+        let b = PostgresStore::connect(&options(&pg)).unwrap();
         assert!(a.shared());
         let change = |i: u64| StateChange::Enable {
             identity: format!("x{i}"),
@@ -592,7 +592,7 @@ mod tests {
             password: None,
             tls: PgTls::Disable,
         };
-        let err = PostgresStore::connect(opts).unwrap_err().to_string();
+        let err = PostgresStore::connect(&opts).unwrap_err().to_string();
         assert!(err.contains("password_file"), "{err}");
         assert!(!err.contains("hunter2"), "{err}");
         let opts = PostgresOptions {
@@ -616,7 +616,7 @@ mod tests {
             password: None,
             tls: PgTls::Disable,
         };
-        let err = PostgresStore::connect(opts).unwrap_err().to_string();
+        let err = PostgresStore::connect(&opts).unwrap_err().to_string();
         assert!(err.contains("could not connect"), "{err}");
     }
 
@@ -625,7 +625,7 @@ mod tests {
         let Some(mut pg) = TestPostgres::start() else {
             return;
         };
-        let store = PostgresStore::connect(options(&pg)).unwrap();
+        let store = PostgresStore::connect(&options(&pg)).unwrap();
         let c = StateChange::Enable {
             identity: "x".into(),
             at: 1,
