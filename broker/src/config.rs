@@ -1099,6 +1099,53 @@ environment = "prod"
     }
 
     #[test]
+    fn store_settings_are_checked_at_load() {
+        let with = |store: &str| load(&format!("{SAMPLE}\n[store]\n{store}\n"));
+        assert!(matches!(load(SAMPLE).unwrap().store, StoreKind::File));
+        assert!(matches!(
+            with("kind = \"file\"").unwrap().store,
+            StoreKind::File
+        ));
+        let pg =
+            with("kind = \"postgres\"\nurl = \"postgres://b@127.0.0.1/b\"\nsslmode = \"disable\"")
+                .unwrap();
+        assert!(matches!(pg.store, StoreKind::Postgres(_)));
+        assert_eq!(pg.store_max_staleness, Duration::from_secs(1));
+        let refused = |store: &str, needle: &str| {
+            let err = with(store).unwrap_err().to_string();
+            assert!(err.contains(needle), "{store}: {err}");
+            err
+        };
+        let err = refused(
+            "kind = \"postgres\"\nurl = \"postgres://b:hunter2@127.0.0.1/b\"\nsslmode = \"disable\"",
+            "password_file",
+        );
+        assert!(!err.contains("hunter2"), "{err}");
+        refused(
+            "kind = \"postgres\"\nurl = \"postgres://b@db.example.org/b\"\nsslmode = \"disable\"",
+            "loopback",
+        );
+        refused(
+            "kind = \"postgres\"\nurl = \"postgres://b@db.example.org/b\"",
+            "ca_file",
+        );
+        refused(
+            "kind = \"postgres\"\nurl = \"postgres://b@db.example.org/b\"\nsslmode = \"require\"",
+            "not offered",
+        );
+        refused(
+            "kind = \"postgres\"\nurl = \"postgres://b@127.0.0.1/b\"\nsslmode = \"disable\"\npassword_env = \"BROKER_TEST_SURELY_UNSET_VAR\"",
+            "is not set",
+        );
+        refused("kind = \"mysql\"", "\"file\" or \"postgres\"");
+        refused(
+            "kind = \"file\"\nurl = \"postgres://x\"",
+            "kind = \"postgres\"",
+        );
+        refused("kind = \"file\"\npool = 3", "unknown field");
+    }
+
+    #[test]
     fn insecure_http_only_on_loopback() {
         let t = SAMPLE.replace("insecure_http = false", "insecure_http = true");
         assert!(load(&t).unwrap().tls.is_none());

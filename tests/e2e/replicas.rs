@@ -170,3 +170,47 @@ async fn a_replica_refuses_while_the_database_is_away_and_recovers_by_itself() {
         "only stale-view refusals while the database was away"
     );
 }
+
+/// The propagation benchmark of `bench/replicas.sh` (not run in CI: `--ignored`): 1,000
+/// tokens issued on A, each revoked on B; the time from B's acknowledgement of the
+/// revocation until A's introspection says inactive, polled every 0.5 ms. Prints
+/// p50/p99/max; asserts only that every revocation arrived.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "benchmark: run by bench/replicas.sh"]
+async fn bench_revocation_propagation() {
+    let Some(pg) = TestPostgres::start() else {
+        return;
+    };
+    let a = replica(&pg);
+    let b = replica(&pg);
+    let n: usize = std::env::var("PROPAGATION_N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000);
+    let mut tokens = Vec::with_capacity(n);
+    for _ in 0..n {
+        tokens.push(a.issue_payments().await);
+    }
+    let mut delays = Vec::with_capacity(n);
+    for t in &tokens {
+        b.admin_revoke(&json!({"jti": jti_of(t), "reason": "bench"}))
+            .await;
+        let acked = Instant::now();
+        loop {
+            if !a.is_active(t).await {
+                delays.push(acked.elapsed());
+                break;
+            }
+            assert!(acked.elapsed() < Duration::from_secs(5), "not propagated");
+            tokio::time::sleep(Duration::from_micros(500)).await;
+        }
+    }
+    delays.sort();
+    let pct = |p: f64| delays[((delays.len() as f64 * p) as usize).min(delays.len() - 1)];
+    println!(
+        "revocation propagation B -> A over {n} revocations: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        pct(0.50).as_secs_f64() * 1e3,
+        pct(0.99).as_secs_f64() * 1e3,
+        delays[delays.len() - 1].as_secs_f64() * 1e3
+    );
+}

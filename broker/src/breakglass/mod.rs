@@ -400,7 +400,10 @@ fn apply(map: &mut HashMap<String, Grant>, c: &GrantChange) {
             );
         }
         GrantChange::Approved { id, approver, at } => {
-            if let Some(g) = map.get_mut(id) {
+            // One person counts once, even when two replicas both appended their approval.
+            if let Some(g) = map.get_mut(id)
+                && !g.approvals.iter().any(|a| a.approver == *approver)
+            {
                 g.approvals.push(Approval {
                     approver: approver.clone(),
                     at: *at,
@@ -408,7 +411,10 @@ fn apply(map: &mut HashMap<String, Grant>, c: &GrantChange) {
             }
         }
         GrantChange::Activated { id, at, ends_at } => {
-            if let Some(g) = map.get_mut(id) {
+            // The first activation counts (two replicas may both complete the quorum).
+            if let Some(g) = map.get_mut(id)
+                && g.status == GrantStatus::Pending
+            {
                 g.status = GrantStatus::Active;
                 g.activated_at = Some(*at);
                 g.ends_at = Some(*ends_at);
@@ -435,7 +441,10 @@ fn apply(map: &mut HashMap<String, Grant>, c: &GrantChange) {
         GrantChange::Closed {
             id, at, by, reason, ..
         } => {
-            if let Some(g) = map.get_mut(id) {
+            // The first close counts; a second one (another replica's) changes nothing.
+            if let Some(g) = map.get_mut(id)
+                && g.status != GrantStatus::Closed
+            {
                 g.status = GrantStatus::Closed;
                 g.closed_at = Some(*at);
                 g.closed_by = Some(by.clone());
@@ -500,6 +509,52 @@ mod tests {
             "admin:bob"
         );
         assert_eq!(again.get("bg-1").unwrap().status, GrantStatus::Active);
+    }
+
+    #[test]
+    fn changes_appended_twice_by_two_replicas_count_once() {
+        let store = MemoryStore::default();
+        let g = Grants::open(Arc::new(store.clone())).unwrap();
+        g.commit(request("bg-3", 2)).unwrap();
+        let approved = |by: &str| {
+            StateChange::Grant(GrantChange::Approved {
+                id: "bg-3".into(),
+                approver: by.into(),
+                at: 150,
+            })
+        };
+        // The same approver's approval arrives twice (appended on two replicas).
+        g.apply_remote(&approved("admin:bob"));
+        g.apply_remote(&approved("admin:bob"));
+        assert_eq!(g.get("bg-3").unwrap().approvals.len(), 1);
+        assert_eq!(g.get("bg-3").unwrap().status, GrantStatus::Pending);
+        let activated = |at: u64| {
+            StateChange::Grant(GrantChange::Activated {
+                id: "bg-3".into(),
+                at,
+                ends_at: at + 600,
+            })
+        };
+        g.apply_remote(&activated(160));
+        g.apply_remote(&activated(170));
+        assert_eq!(
+            g.get("bg-3").unwrap().ends_at,
+            Some(760),
+            "the first activation"
+        );
+        let closed = |at: u64| {
+            StateChange::Grant(GrantChange::Closed {
+                id: "bg-3".into(),
+                at,
+                by: "admin:carol".into(),
+                reason: "done".into(),
+                expired: false,
+            })
+        };
+        g.apply_remote(&closed(200));
+        g.apply_remote(&closed(300));
+        let after = g.get("bg-3").unwrap();
+        assert_eq!((after.closed_at, after.ends_at), (Some(200), Some(200)));
     }
 
     #[test]
