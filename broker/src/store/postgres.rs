@@ -353,29 +353,16 @@ impl Connector {
         &self,
         cfg: &tokio_postgres::Config,
     ) -> Result<tokio_postgres::Client, StoreError> {
+        let connect_failed = |e| pg_error("could not connect to the state database", &e);
         let client = match self {
             Self::Plain => {
-                let (client, conn) = cfg
-                    .connect(NoTls)
-                    .await
-                    .map_err(|e| pg_error("could not connect to the state database", &e))?;
-                tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        tracing::warn!(error = %e, "state database connection closed");
-                    }
-                });
+                let (client, conn) = cfg.connect(NoTls).await.map_err(connect_failed)?;
+                drive(conn);
                 client
             }
             Self::Tls(tls) => {
-                let (client, conn) = cfg
-                    .connect(tls.clone())
-                    .await
-                    .map_err(|e| pg_error("could not connect to the state database", &e))?;
-                tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        tracing::warn!(error = %e, "state database connection closed");
-                    }
-                });
+                let (client, conn) = cfg.connect(tls.clone()).await.map_err(connect_failed)?;
+                drive(conn);
                 client
             }
         };
@@ -388,6 +375,17 @@ impl Connector {
             .map_err(|e| pg_error("could not set the statement timeout", &e))?;
         Ok(client)
     }
+}
+
+/// Runs a connection's I/O until it closes (the `Client` talks to it).
+fn drive(
+    conn: impl std::future::Future<Output = Result<(), tokio_postgres::Error>> + Send + 'static,
+) {
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::warn!(error = %e, "state database connection closed");
+        }
+    });
 }
 
 /// Applies every migration newer than the database's version, in one transaction under
