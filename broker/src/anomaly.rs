@@ -101,8 +101,12 @@ struct Inner {
 }
 
 impl Inner {
+    /// Applies an anomaly change. Idempotent: a replica may see a change early (while
+    /// deciding an acknowledgement) and again from the journal.
     fn apply(&mut self, c: StateChange) {
         match c {
+            StateChange::Anomaly(AnomalyChange::Raised { id, .. })
+                if self.anomalies.iter().any(|a| a.id == id) => {}
             StateChange::Anomaly(AnomalyChange::Raised {
                 id,
                 identity,
@@ -124,7 +128,10 @@ impl Inner {
                 acknowledged_by: None,
             }),
             StateChange::Anomaly(AnomalyChange::Acknowledged { id, by, .. }) => {
-                if let Some(a) = self.anomalies.iter_mut().find(|a| a.id == id) {
+                // The first acknowledgement counts.
+                if let Some(a) = self.anomalies.iter_mut().find(|a| a.id == id)
+                    && a.acknowledged_by.is_none()
+                {
                     a.acknowledged_by = Some(by);
                 }
             }
@@ -172,8 +179,8 @@ impl Monitor {
         dormant_after_secs: u64,
     ) -> Result<Self, StoreError> {
         let mut inner = Inner::default();
-        for c in store.load()? {
-            inner.apply(c);
+        for e in store.load()? {
+            inner.apply(e.change);
         }
         // Acknowledged anomalies stay: they mark behaviour an admin accepted.
         Ok(Self {
@@ -217,22 +224,51 @@ impl Monitor {
             .collect()
     }
 
-    /// Acknowledges anomaly `id` durably; returns it, or `None` if unknown.
+    /// Acknowledges anomaly `id` durably; returns it, or `None` if unknown. Decided
+    /// against the newest shared state, so an anomaly another replica raised a moment
+    /// ago can be acknowledged here, and racing acknowledgements record one.
     pub fn acknowledge(&self, id: &str, by: &str, now: u64) -> Result<Option<Anomaly>, StoreError> {
         let mut inner = self.lock();
-        let Some(a) = inner.anomalies.iter_mut().find(|a| a.id == id) else {
-            return Ok(None);
-        };
-        if a.acknowledged_by.is_none() {
-            self.store
-                .append(&StateChange::Anomaly(AnomalyChange::Acknowledged {
-                    id: id.to_owned(),
-                    by: by.to_owned(),
-                    at: now,
-                }))?;
-            a.acknowledged_by = Some(by.to_owned());
-        }
-        Ok(Some(a.clone()))
+        let mut fresh_changes = Vec::new();
+        self.store
+            .append_decided(&mut |fresh| {
+                fresh_changes = fresh.to_vec();
+                let mut known = inner
+                    .anomalies
+                    .iter()
+                    .find(|a| a.id == id)
+                    .map(|a| a.acknowledged_by.is_some());
+                for c in fresh {
+                    match c {
+                        StateChange::Anomaly(AnomalyChange::Raised { id: r, .. }) if r == id => {
+                            known = known.or(Some(false));
+                        }
+                        StateChange::Anomaly(AnomalyChange::Acknowledged { id: r, .. })
+                            if r == id =>
+                        {
+                            known = Some(true);
+                        }
+                        _ => {}
+                    }
+                }
+                match known {
+                    Some(false) => vec![StateChange::Anomaly(AnomalyChange::Acknowledged {
+                        id: id.to_owned(),
+                        by: by.to_owned(),
+                        at: now,
+                    })],
+                    _ => Vec::new(),
+                }
+            })
+            .map(|appended| {
+                for c in fresh_changes
+                    .into_iter()
+                    .chain(appended.into_iter().map(|e| e.change))
+                {
+                    inner.apply(c);
+                }
+            })?;
+        Ok(inner.anomalies.iter().find(|a| a.id == id).cloned())
     }
 
     /// Adds an anomaly found elsewhere (a widening policy reload).

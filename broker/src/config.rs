@@ -162,6 +162,10 @@ pub struct StoreFile {
     /// long refuses to issue or introspect (503) until it has (default `1s`).
     #[serde(default)]
     pub max_staleness: Option<String>,
+    /// How far replicas' clocks may disagree (`"2s"`): a revocation rule's cut-off
+    /// reaches this far past its time (shared store only).
+    #[serde(default)]
+    pub max_clock_skew: Option<String>,
 }
 
 /// The validated `[store]`.
@@ -506,6 +510,8 @@ pub struct Config {
     pub store: StoreKind,
     /// Longest a replica serves on an unconfirmed view of a shared store.
     pub store_max_staleness: Duration,
+    /// How far replicas' clocks may disagree (shared store only).
+    pub store_max_clock_skew: Duration,
     /// Admin identities.
     pub admins: Vec<Admin>,
     /// Break-glass webhook.
@@ -975,6 +981,11 @@ impl FileConfig {
                 &self.store.as_ref().and_then(|s| s.max_staleness.clone()),
                 Duration::from_secs(1),
             )?,
+            store_max_clock_skew: dur(
+                "store.max_clock_skew",
+                &self.store.as_ref().and_then(|s| s.max_clock_skew.clone()),
+                Duration::from_secs(2),
+            )?,
             store: match &self.store {
                 Some(s) => s.validate(&resolve, &invalid)?,
                 None => StoreKind::File,
@@ -1111,6 +1122,7 @@ environment = "prod"
                 .unwrap();
         assert!(matches!(pg.store, StoreKind::Postgres(_)));
         assert_eq!(pg.store_max_staleness, Duration::from_secs(1));
+        assert_eq!(pg.store_max_clock_skew, Duration::from_secs(2));
         let refused = |store: &str, needle: &str| {
             let err = with(store).unwrap_err().to_string();
             assert!(err.contains(needle), "{store}: {err}");

@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use broker_client::types::AccessTokenClaims;
 use serde::Serialize;
 
-use crate::store::{Selector, StateChange, StateStore, StoreError};
+use crate::store::{Event, Selector, StateChange, StateStore, StoreError};
 
 /// Longest token lifetime the broker can mint (the policy ceiling), seconds: the upper
 /// bound of a token's `exp` when only its `jti` is known.
@@ -80,7 +80,8 @@ struct Inner {
     jtis: HashMap<String, (u64, u64)>, // jti -> (until, cursor)
     rules: Vec<RuleEntry>,
     disabled: HashMap<String, String>, // identity -> reason
-    next_cursor: u64,
+    /// The feed's cursor: every revocation with an event id up to this one is applied.
+    through: u64,
     by_identity: HashMap<String, Buckets>,
     by_task: HashMap<(String, String), Buckets>,
     by_grant: HashMap<String, Buckets>,
@@ -91,6 +92,14 @@ struct Inner {
 pub struct Revocations {
     inner: Mutex<Inner>,
     store: Arc<dyn StateStore>,
+    /// Whether other replicas append to the store (then the feed's cursor advances only
+    /// as far as the store confirms it has delivered everything).
+    shared: bool,
+    /// Serialises this process's revocation commits, so that with a store of its own the
+    /// newest applied id is also the feed's cursor. Issuance never takes it.
+    commit_lock: Mutex<()>,
+    /// Seconds added to a rule's cut-off when replicas share the store.
+    skew_margin: std::sync::atomic::AtomicU64,
     stale: std::sync::atomic::AtomicBool,
 }
 
@@ -108,15 +117,19 @@ impl Revocations {
     pub fn open(store: Arc<dyn StateStore>) -> Result<Self, StoreError> {
         let me = Self {
             inner: Mutex::new(Inner::default()),
+            shared: store.shared(),
             store,
+            commit_lock: Mutex::new(()),
+            skew_margin: std::sync::atomic::AtomicU64::new(0),
             stale: std::sync::atomic::AtomicBool::new(false),
         };
-        let changes = me.store.load()?;
+        let events = me.store.load()?;
         {
             let mut inner = me.lock();
-            for c in &changes {
-                inner.apply(c);
+            for e in &events {
+                inner.apply(e);
             }
+            inner.through = events.last().map_or(0, |e| e.id);
         }
         Ok(me)
     }
@@ -127,14 +140,56 @@ impl Revocations {
 
     /// Makes `change` durable, then applies it.
     pub fn commit(&self, change: &StateChange) -> Result<(), StoreError> {
-        self.store.append(change)?;
-        self.lock().apply(change);
-        Ok(())
+        self.commit_all(std::slice::from_ref(change))
+    }
+
+    /// Makes all of `changes` durable as one unit (one transaction in a shared store),
+    /// then applies them.
+    pub fn commit_all(&self, changes: &[StateChange]) -> Result<(), StoreError> {
+        self.commit_with(|| {
+            let ids = self.store.append_all(changes)?;
+            Ok(((), crate::store::zip_events(ids, changes.to_vec())))
+        })
+    }
+
+    /// Runs `append` (which makes changes durable, possibly with other modules' changes
+    /// in the same transaction) in this module's commit order, then applies the
+    /// revocations among the events it returns.
+    pub fn commit_with<T, E>(
+        &self,
+        append: impl FnOnce() -> Result<(T, Vec<Event>), E>,
+    ) -> Result<T, E> {
+        let _serial = self.commit_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let (out, events) = append()?;
+        let mut inner = self.lock();
+        for e in &events {
+            inner.apply(e);
+            if !self.shared {
+                inner.through = inner.through.max(e.id);
+            }
+        }
+        Ok(out)
     }
 
     /// Applies a change another replica made (already durable in the shared store).
-    pub fn apply_remote(&self, change: &StateChange) {
-        self.lock().apply(change);
+    pub fn apply_remote(&self, event: &Event) {
+        self.lock().apply(event);
+    }
+
+    /// Records that the shared store has delivered every change up to `id` (its
+    /// [`crate::store::Polled::through`]): the feed's cursor may advance to it.
+    pub fn confirm_through(&self, id: u64) {
+        let mut inner = self.lock();
+        inner.through = inner.through.max(id);
+    }
+
+    /// Sets how far past `now` a rule's cut-off reaches when replicas share the store: a
+    /// token another replica mints before it sees the rule, stamped by a clock up to
+    /// this far ahead, is still covered. Tokens minted after the rule is seen get an
+    /// `iat` past the cut-off (see [`Revocations::latest_rule_second`]).
+    pub fn set_clock_skew_margin(&self, secs: u64) {
+        self.skew_margin
+            .store(secs, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Marks this replica's view of the shared state as stale (not confirmed current
@@ -197,8 +252,15 @@ impl Revocations {
 
     /// The `issued_before` of a rule made at `now`: it must cover every token already
     /// minted, including ones whose `iat` was moved past an earlier rule's second.
+    /// With a shared store the cut-off also reaches the clock-skew margin past `now`,
+    /// since other replicas' recent tokens are not counted here.
     pub fn rule_cutoff(&self, now: u64) -> u64 {
-        now.max(self.lock().max_iat)
+        let margin = if self.shared {
+            self.skew_margin.load(std::sync::atomic::Ordering::Relaxed)
+        } else {
+            0
+        };
+        now.saturating_add(margin).max(self.lock().max_iat)
     }
 
     /// The reason an identity is disabled, if it is.
@@ -270,7 +332,7 @@ impl Revocations {
             )
             .collect();
         out.sort_by_key(|e| e.cursor);
-        (out, inner.next_cursor)
+        (out, inner.through)
     }
 
     /// Drops entries and counts that can no longer matter.
@@ -312,11 +374,12 @@ fn covers(
 }
 
 impl Inner {
-    fn apply(&mut self, change: &StateChange) {
-        match change {
+    /// Applies a revocation change; its event id is its feed cursor. Idempotent.
+    fn apply(&mut self, event: &Event) {
+        let cursor = event.id;
+        match &event.change {
             StateChange::RevokeJti { jti, exp, .. } => {
-                self.next_cursor += 1;
-                self.jtis.insert(jti.clone(), (*exp, self.next_cursor));
+                self.jtis.entry(jti.clone()).or_insert((*exp, cursor));
             }
             StateChange::RevokeRule {
                 id,
@@ -325,13 +388,15 @@ impl Inner {
                 until,
                 ..
             } => {
-                self.next_cursor += 1;
+                if self.rules.iter().any(|r| r.id == *id) {
+                    return;
+                }
                 self.rules.push(RuleEntry {
                     id: id.clone(),
                     selector: selector.clone(),
                     issued_before: *issued_before,
                     until: *until,
-                    cursor: self.next_cursor,
+                    cursor,
                 });
             }
             StateChange::Disable {
@@ -472,7 +537,7 @@ mod tests {
         assert_eq!(again.disabled("x").as_deref(), Some("incident"));
         let (all, cursor) = again.feed(0, 50);
         assert_eq!(all.len(), 2);
-        assert_eq!(cursor, 2);
+        assert_eq!(cursor, 3, "the cursor is the journal's newest event id");
         let (newer, _) = again.feed(1, 50);
         assert_eq!(newer.len(), 1);
         assert!(newer[0].rule.is_some());
@@ -503,5 +568,54 @@ mod tests {
         r.sweep(1299);
         assert_eq!(r.live_count(&sel, 1299, &[]), expected);
         assert_eq!(r.live_count(&sel, 1599, &[]), 0);
+    }
+
+    /// The feed's cursor is the journal's event id, the same on every replica, and it
+    /// advances on a replica only as far as it has applied everything.
+    #[test]
+    fn feed_cursors_are_shared_event_ids() {
+        use crate::store::postgres::{PgTls, PostgresOptions, PostgresStore};
+        let Some(pg) = crate::store::testpg::TestPostgres::start() else {
+            return;
+        };
+        let opts = PostgresOptions {
+            url: pg.url(),
+            password: None,
+            tls: PgTls::Disable,
+        };
+        let store_b = Arc::new(PostgresStore::connect(&opts).unwrap());
+        let a = Revocations::open(Arc::new(PostgresStore::connect(&opts).unwrap())).unwrap();
+        let b = Revocations::open(store_b.clone()).unwrap();
+        let jti = |j: &str| StateChange::RevokeJti {
+            jti: j.into(),
+            exp: 1000,
+            at: 1,
+            actor: "x".into(),
+            reason: "y".into(),
+        };
+        a.commit(&jti("one")).unwrap();
+        b.commit(&jti("two")).unwrap();
+        // B made event 2 but has not seen event 1: its cursor stays behind event 1, and
+        // its feed lists event 2 (a client will see it again later, never miss one).
+        let (entries, cursor) = b.feed(0, 10);
+        assert_eq!(cursor, 0);
+        assert_eq!(entries.len(), 1);
+        let polled = store_b.poll().unwrap();
+        for e in &polled.events {
+            b.apply_remote(e);
+        }
+        b.confirm_through(polled.through);
+        let (entries, cursor) = b.feed(0, 10);
+        assert_eq!(cursor, 2);
+        let ids: Vec<(u64, Option<String>)> =
+            entries.into_iter().map(|e| (e.cursor, e.jti)).collect();
+        assert_eq!(
+            ids,
+            vec![(1, Some("one".into())), (2, Some("two".into()))],
+            "each entry carries its event id"
+        );
+        // The rule cut-off reaches the skew margin past `now` on a shared store.
+        b.set_clock_skew_margin(2);
+        assert_eq!(b.rule_cutoff(100), 102);
     }
 }

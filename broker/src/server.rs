@@ -116,6 +116,7 @@ pub async fn start_with_clock(
     .map_err(StartError::Policies)?;
     let store = open_store(config)?;
     let revocations = Revocations::open(Arc::clone(&store))?;
+    revocations.set_clock_skew_margin(config.store_max_clock_skew.as_secs());
     let grants = crate::breakglass::Grants::open(Arc::clone(&store))?;
     let monitor = crate::anomaly::Monitor::open(
         Arc::clone(&store),
@@ -463,8 +464,7 @@ async fn follow_store(
     max_staleness: Duration,
     shutdown: impl Future<Output = ()>,
 ) {
-    type Poll =
-        tokio::task::JoinHandle<Result<Vec<crate::store::StateChange>, crate::store::StoreError>>;
+    type Poll = tokio::task::JoinHandle<Result<crate::store::Polled, crate::store::StoreError>>;
     let mut tick = tokio::time::interval(STORE_POLL_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tokio::pin!(shutdown);
@@ -480,12 +480,13 @@ async fn follow_store(
             && let Some((started, handle)) = in_flight.take()
         {
             match handle.await {
-                Ok(Ok(changes)) => {
-                    for c in &changes {
-                        state.revocations.apply_remote(c);
-                        state.grants.apply_remote(c);
-                        state.monitor.apply_remote(c);
+                Ok(Ok(polled)) => {
+                    for e in &polled.events {
+                        state.revocations.apply_remote(e);
+                        state.grants.apply_remote(&e.change);
+                        state.monitor.apply_remote(&e.change);
                     }
+                    state.revocations.confirm_through(polled.through);
                     confirmed = started;
                     last_error = None;
                 }

@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use ring::rand::{SecureRandom, SystemRandom};
 use serde::Serialize;
 
-use crate::store::{GrantChange, StateChange, StateStore, StoreError};
+use crate::store::{Event, GrantChange, StateChange, StateStore, StoreError};
 
 /// Where a grant is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -150,8 +150,8 @@ impl Grants {
         let changes = me.store.load()?;
         {
             let mut map = me.lock();
-            for c in changes {
-                if let StateChange::Grant(g) = c {
+            for e in changes {
+                if let StateChange::Grant(g) = e.change {
                     apply(&mut map, &g);
                 }
             }
@@ -175,50 +175,105 @@ impl Grants {
         Ok(map.get(&id).cloned())
     }
 
-    /// Approves grant `id` atomically: the checks (pending, not the requester, not twice)
-    /// and the durable append happen under one lock, so racing approvals count once.
-    /// When this approval completes the quorum the grant is activated in the same step;
-    /// the returned flag says so.
+    /// Decides a change to grant `id` against its newest state (this replica's view plus
+    /// what other replicas committed that it has not applied yet, read under the
+    /// journal's lock), appends what `rule` returns in one transaction, and applies it.
+    /// Returns `rule`'s verdict, the grant after, and the appended events.
+    fn decide<R>(
+        &self,
+        id: &str,
+        mut rule: impl FnMut(Option<&Grant>) -> Result<Vec<StateChange>, R>,
+    ) -> Result<Decided<R>, StoreError> {
+        let mut map = self.lock();
+        let mut verdict = None;
+        let mut fresh_grants = Vec::new();
+        let appended = self.store.append_decided(&mut |fresh| {
+            fresh_grants = fresh
+                .iter()
+                .filter_map(|c| match c {
+                    StateChange::Grant(g) if grant_id(g) == id => Some(g.clone()),
+                    _ => None,
+                })
+                .collect();
+            let mut scratch: HashMap<String, Grant> = map
+                .get(id)
+                .map(|g| (id.to_owned(), g.clone()))
+                .into_iter()
+                .collect();
+            for g in &fresh_grants {
+                apply(&mut scratch, g);
+            }
+            match rule(scratch.get(id)) {
+                Ok(changes) => {
+                    verdict = Some(Ok(()));
+                    changes
+                }
+                Err(r) => {
+                    verdict = Some(Err(r));
+                    Vec::new()
+                }
+            }
+        })?;
+        // Applying early is safe: every grant change applies idempotently, so the same
+        // changes arriving again from the poll change nothing.
+        for g in &fresh_grants {
+            apply(&mut map, g);
+        }
+        for e in &appended {
+            if let StateChange::Grant(g) = &e.change {
+                apply(&mut map, g);
+            }
+        }
+        Ok(Decided {
+            verdict: verdict.unwrap_or(Ok(())),
+            grant: map.get(id).cloned(),
+            appended,
+        })
+    }
+
+    /// Approves grant `id`: the checks (pending, not the requester, not twice) run
+    /// against the newest shared state inside the append's transaction, so racing
+    /// approvals on any replicas count once and the quorum is completed exactly once.
+    /// When this approval completes the quorum the grant is activated in the same
+    /// transaction; the returned flag says so.
     pub fn approve(
         &self,
         id: &str,
         approver: &str,
         now: u64,
     ) -> Result<(Grant, bool), ApproveError> {
-        let mut map = self.lock();
-        let g = map
-            .get(id)
-            .ok_or_else(|| refusal("unknown_grant", 404, format!("no break-glass grant {id}")))?;
-        check_approval(g, approver, now)?;
-        let approved = GrantChange::Approved {
-            id: id.to_owned(),
-            approver: approver.to_owned(),
-            at: now,
-        };
-        self.store.append(&StateChange::Grant(approved.clone()))?;
-        apply(&mut map, &approved);
-        let ready = map.get(id).is_some_and(|g| {
-            g.status == GrantStatus::Pending && g.approvals.len() as u32 >= g.approvals_needed
-        });
-        if ready {
-            let duration = map.get(id).map_or(0, |g| g.duration);
-            let activated = GrantChange::Activated {
+        let mut ready = false;
+        let d = self.decide(id, |g| {
+            ready = false;
+            let g = g.ok_or_else(|| {
+                refusal("unknown_grant", 404, format!("no break-glass grant {id}"))
+            })?;
+            check_approval(g, approver, now)?;
+            let mut out = vec![StateChange::Grant(GrantChange::Approved {
                 id: id.to_owned(),
+                approver: approver.to_owned(),
                 at: now,
-                ends_at: now + duration,
-            };
-            self.store.append(&StateChange::Grant(activated.clone()))?;
-            apply(&mut map, &activated);
-        }
-        let g = map
-            .get(id)
-            .cloned()
+            })];
+            if g.approvals.len() as u32 + 1 >= g.approvals_needed {
+                ready = true;
+                out.push(StateChange::Grant(GrantChange::Activated {
+                    id: id.to_owned(),
+                    at: now,
+                    ends_at: now + g.duration,
+                }));
+            }
+            Ok::<_, GrantRefusal>(out)
+        })?;
+        d.verdict?;
+        let g = d
+            .grant
             .ok_or_else(|| refusal("unknown_grant", 404, id.to_owned()))?;
         Ok((g, ready))
     }
 
-    /// Closes grant `id` atomically; `Ok(None)` if it was already closed (so racing
-    /// closes close once).
+    /// Closes grant `id` in one transaction with `also` (the revocation rule covering
+    /// its tokens); `Ok(None)` if it was already closed, on any replica (so racing closes
+    /// close once). Returns the grant and the appended events.
     pub fn close_once(
         &self,
         id: &str,
@@ -226,40 +281,44 @@ impl Grants {
         by: &str,
         reason: &str,
         expired: bool,
-    ) -> Result<Option<Grant>, StoreError> {
-        let mut map = self.lock();
-        if map.get(id).is_none_or(|g| g.status == GrantStatus::Closed) {
-            return Ok(None);
-        }
-        let closed = GrantChange::Closed {
-            id: id.to_owned(),
-            at,
-            by: by.to_owned(),
-            reason: reason.to_owned(),
-            expired,
-        };
-        self.store.append(&StateChange::Grant(closed.clone()))?;
-        apply(&mut map, &closed);
-        Ok(map.get(id).cloned())
+        also: &[StateChange],
+    ) -> Result<Option<(Grant, Vec<Event>)>, StoreError> {
+        let d = self.decide(id, |g| match g {
+            Some(g) if g.status != GrantStatus::Closed => {
+                let mut out = also.to_vec();
+                out.push(StateChange::Grant(GrantChange::Closed {
+                    id: id.to_owned(),
+                    at,
+                    by: by.to_owned(),
+                    reason: reason.to_owned(),
+                    expired,
+                }));
+                Ok(out)
+            }
+            _ => Err(()),
+        })?;
+        Ok(match (d.verdict, d.grant) {
+            (Ok(()), Some(g)) => Some((g, d.appended)),
+            _ => None,
+        })
     }
 
     /// Activates a pending grant whose quorum is already met (0 approvals needed).
     pub fn activate_if_ready(&self, id: &str, now: u64) -> Result<Option<Grant>, StoreError> {
-        let mut map = self.lock();
-        let Some(g) = map.get(id) else {
-            return Ok(None);
-        };
-        if g.status != GrantStatus::Pending || (g.approvals.len() as u32) < g.approvals_needed {
-            return Ok(None);
-        }
-        let activated = GrantChange::Activated {
-            id: id.to_owned(),
-            at: now,
-            ends_at: now + g.duration,
-        };
-        self.store.append(&StateChange::Grant(activated.clone()))?;
-        apply(&mut map, &activated);
-        Ok(map.get(id).cloned())
+        let d = self.decide(id, |g| match g {
+            Some(g)
+                if g.status == GrantStatus::Pending
+                    && g.approvals.len() as u32 >= g.approvals_needed =>
+            {
+                Ok(vec![StateChange::Grant(GrantChange::Activated {
+                    id: id.to_owned(),
+                    at: now,
+                    ends_at: now + g.duration,
+                })])
+            }
+            _ => Err(()),
+        })?;
+        Ok(d.verdict.ok().and(d.grant))
     }
 
     /// Applies a grant change another replica made (already durable in the shared store).
@@ -300,6 +359,13 @@ impl Grants {
             .cloned()
             .collect()
     }
+}
+
+/// The outcome of [`Grants::decide`].
+struct Decided<R> {
+    verdict: Result<(), R>,
+    grant: Option<Grant>,
+    appended: Vec<Event>,
 }
 
 /// Why an approval failed.
@@ -374,30 +440,28 @@ fn apply(map: &mut HashMap<String, Grant>, c: &GrantChange) {
             at,
             pending_until,
         } => {
-            map.insert(
-                id.clone(),
-                Grant {
-                    id: id.clone(),
-                    identity: identity.clone(),
-                    task: task.clone(),
-                    policy: policy.clone(),
-                    duration: *duration,
-                    justification: justification.clone(),
-                    ticket: ticket.clone(),
-                    requester: requester.clone(),
-                    requested_at: *at,
-                    approvals_needed: *approvals_needed,
-                    approvals: Vec::new(),
-                    status: GrantStatus::Pending,
-                    pending_until: *pending_until,
-                    activated_at: None,
-                    ends_at: None,
-                    closed_at: None,
-                    closed_by: None,
-                    close_reason: None,
-                    tokens: Vec::new(),
-                },
-            );
+            // A request applies once (a replica may see it early, then from the journal).
+            map.entry(id.clone()).or_insert_with(|| Grant {
+                id: id.clone(),
+                identity: identity.clone(),
+                task: task.clone(),
+                policy: policy.clone(),
+                duration: *duration,
+                justification: justification.clone(),
+                ticket: ticket.clone(),
+                requester: requester.clone(),
+                requested_at: *at,
+                approvals_needed: *approvals_needed,
+                approvals: Vec::new(),
+                status: GrantStatus::Pending,
+                pending_until: *pending_until,
+                activated_at: None,
+                ends_at: None,
+                closed_at: None,
+                closed_by: None,
+                close_reason: None,
+                tokens: Vec::new(),
+            });
         }
         GrantChange::Approved { id, approver, at } => {
             // One person counts once, even when two replicas both appended their approval.
@@ -428,7 +492,9 @@ fn apply(map: &mut HashMap<String, Grant>, c: &GrantChange) {
             exp,
             at,
         } => {
-            if let Some(g) = map.get_mut(id) {
+            if let Some(g) = map.get_mut(id)
+                && !g.tokens.iter().any(|t| t.jti == *jti)
+            {
                 g.tokens.push(GrantToken {
                     jti: jti.clone(),
                     audience: audience.clone(),
@@ -527,6 +593,10 @@ mod tests {
         g.apply_remote(&approved("admin:bob"));
         g.apply_remote(&approved("admin:bob"));
         assert_eq!(g.get("bg-3").unwrap().approvals.len(), 1);
+        // A request seen again (early while deciding, then from the journal) keeps
+        // what was applied since.
+        g.apply_remote(&StateChange::Grant(request("bg-3", 2)));
+        assert_eq!(g.get("bg-3").unwrap().approvals.len(), 1);
         assert_eq!(g.get("bg-3").unwrap().status, GrantStatus::Pending);
         let activated = |at: u64| {
             StateChange::Grant(GrantChange::Activated {
@@ -551,6 +621,17 @@ mod tests {
                 expired: false,
             })
         };
+        let token = StateChange::Grant(GrantChange::TokenIssued {
+            id: "bg-3".into(),
+            jti: "j1".into(),
+            audience: "a".into(),
+            scopes: vec![],
+            exp: 900,
+            at: 180,
+        });
+        g.apply_remote(&token);
+        g.apply_remote(&token);
+        assert_eq!(g.get("bg-3").unwrap().tokens.len(), 1);
         g.apply_remote(&closed(200));
         g.apply_remote(&closed(300));
         let after = g.get("bg-3").unwrap();
@@ -565,11 +646,72 @@ mod tests {
         assert_eq!(g.due(400)[0].id, "bg-2");
         // Expired while pending: closed, and it never had an end of access.
         let closed = g
-            .close_once("bg-2", 400, "broker", "not approved in time", true)
+            .close_once("bg-2", 400, "broker", "not approved in time", true, &[])
             .unwrap()
-            .unwrap();
+            .unwrap()
+            .0;
+        assert!(
+            g.close_once("bg-2", 401, "broker", "again", true, &[])
+                .unwrap()
+                .is_none(),
+            "a grant closes once"
+        );
         assert_eq!(closed.status, GrantStatus::Closed);
         assert_eq!(closed.closed_at, Some(400));
         assert_eq!(closed.ends_at, None, "{closed:?}");
+    }
+
+    /// Two replicas on one PostgreSQL, neither following the other's journal: each
+    /// decision still sees the other's committed changes.
+    #[test]
+    fn approvals_racing_on_two_replicas_are_decided_by_the_database() {
+        use crate::store::postgres::{PgTls, PostgresOptions, PostgresStore};
+        let Some(pg) = crate::store::testpg::TestPostgres::start() else {
+            return;
+        };
+        let opts = PostgresOptions {
+            url: pg.url(),
+            password: None,
+            tls: PgTls::Disable,
+        };
+        let a = Grants::open(Arc::new(PostgresStore::connect(&opts).unwrap())).unwrap();
+        let b = Grants::open(Arc::new(PostgresStore::connect(&opts).unwrap())).unwrap();
+        a.commit(request("bg-9", 2)).unwrap();
+        // B has never seen the request: its approval is decided against the database.
+        let (g, activated) = b.approve("bg-9", "admin:bob", 150).unwrap();
+        assert!(!activated);
+        assert_eq!(g.approvals.len(), 1);
+        // The same person again on A (which has not seen B's approval): refused.
+        assert!(matches!(
+            a.approve("bg-9", "admin:bob", 151),
+            Err(ApproveError::Refused(r)) if r.rule == "duplicate_approval"
+        ));
+        // A second person on A completes the quorum B's approval started.
+        let (g, activated) = a.approve("bg-9", "admin:carol", 152).unwrap();
+        assert!(activated, "{g:?}");
+        assert_eq!(g.status, GrantStatus::Active);
+        // Closing on B (which has not seen the activation) closes the active grant once.
+        let (closed, events) = b
+            .close_once("bg-9", 160, "admin:carol", "done", false, &[])
+            .unwrap()
+            .unwrap();
+        assert_eq!(closed.status, GrantStatus::Closed);
+        assert_eq!(closed.ends_at, Some(160), "access ended at the close");
+        assert_eq!(events.len(), 1);
+        assert!(
+            a.close_once("bg-9", 161, "admin:bob", "again", false, &[])
+                .unwrap()
+                .is_none()
+        );
+        let journal = PostgresStore::connect(&opts).unwrap().load().unwrap();
+        let count = |f: &dyn Fn(&GrantChange) -> bool| {
+            journal
+                .iter()
+                .filter(|e| matches!(&e.change, StateChange::Grant(g) if f(g)))
+                .count()
+        };
+        assert_eq!(count(&|g| matches!(g, GrantChange::Approved { .. })), 2);
+        assert_eq!(count(&|g| matches!(g, GrantChange::Activated { .. })), 1);
+        assert_eq!(count(&|g| matches!(g, GrantChange::Closed { .. })), 1);
     }
 }

@@ -10,13 +10,14 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use super::{StateChange, StateStore, StoreError};
+use super::{Event, StateChange, StateStore, StoreError};
 
 /// The journal file store.
 #[derive(Debug)]
 pub struct FileStore {
     path: PathBuf,
-    file: Mutex<File>,
+    /// The file and the id its next change gets.
+    file: Mutex<(File, u64)>,
 }
 
 impl FileStore {
@@ -36,9 +37,11 @@ impl FileStore {
             .map_err(io(&path))?;
         let store = Self {
             path,
-            file: Mutex::new(file),
+            file: Mutex::new((file, 1)),
         };
         store.cut_torn_tail()?;
+        let next = store.load()?.last().map_or(1, |e| e.id + 1);
+        store.file.lock().unwrap_or_else(|e| e.into_inner()).1 = next;
         Ok(store)
     }
 
@@ -51,7 +54,8 @@ impl FileStore {
             return Ok(());
         }
         let keep = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
-        let file = self.file.lock().unwrap_or_else(|e| e.into_inner());
+        let guard = self.file.lock().unwrap_or_else(|e| e.into_inner());
+        let file = &guard.0;
         file.set_len(keep as u64)
             .and_then(|()| file.sync_data())
             .map_err(|source| StoreError::Io {
@@ -62,23 +66,32 @@ impl FileStore {
 }
 
 impl StateStore for FileStore {
-    fn append(&self, change: &StateChange) -> Result<(), StoreError> {
-        let mut line = serde_json::to_vec(change).map_err(|e| StoreError::Corrupt {
-            path: self.path.clone(),
-            line: 0,
-            message: e.to_string(),
-        })?;
-        line.push(b'\n');
-        let mut file = self.file.lock().unwrap_or_else(|e| e.into_inner());
+    /// One `write` and one `fdatasync` for all of them.
+    fn append_all(&self, changes: &[StateChange]) -> Result<Vec<u64>, StoreError> {
+        let mut line = Vec::new();
+        for change in changes {
+            serde_json::to_writer(&mut line, change).map_err(|e| StoreError::Corrupt {
+                path: self.path.clone(),
+                line: 0,
+                message: e.to_string(),
+            })?;
+            line.push(b'\n');
+        }
+        let mut guard = self.file.lock().unwrap_or_else(|e| e.into_inner());
+        let (file, next) = &mut *guard;
         file.write_all(&line)
             .and_then(|()| file.sync_data())
             .map_err(|source| StoreError::Io {
                 path: self.path.clone(),
                 source,
-            })
+            })?;
+        let ids = (*next..*next + changes.len() as u64).collect();
+        *next += changes.len() as u64;
+        Ok(ids)
     }
 
-    fn load(&self) -> Result<Vec<StateChange>, StoreError> {
+    /// Ids count the complete, non-empty lines.
+    fn load(&self) -> Result<Vec<Event>, StoreError> {
         let text = std::fs::read_to_string(&self.path).map_err(|source| StoreError::Io {
             path: self.path.clone(),
             source,
@@ -92,11 +105,15 @@ impl StateStore for FileStore {
             if line.trim().is_empty() {
                 continue;
             }
-            out.push(serde_json::from_str(line).map_err(|e| StoreError::Corrupt {
+            let change = serde_json::from_str(line).map_err(|e| StoreError::Corrupt {
                 path: self.path.clone(),
                 line: i + 1,
                 message: e.to_string(),
-            })?);
+            })?;
+            out.push(Event {
+                id: out.len() as u64 + 1,
+                change,
+            });
         }
         Ok(out)
     }
@@ -128,8 +145,11 @@ mod tests {
         f.write_all(b"{\"change\":\"ena").unwrap();
         drop(f);
         let s = FileStore::open(dir.path()).unwrap();
-        assert_eq!(s.load().unwrap(), vec![c.clone()]);
-        s.append(&c).unwrap();
-        assert_eq!(s.load().unwrap(), vec![c.clone(), c]);
+        let changes = |s: &FileStore| -> Vec<StateChange> {
+            s.load().unwrap().into_iter().map(|e| e.change).collect()
+        };
+        assert_eq!(changes(&s), vec![c.clone()]);
+        assert_eq!(s.append(&c).unwrap(), 2);
+        assert_eq!(changes(&s), vec![c.clone(), c]);
     }
 }

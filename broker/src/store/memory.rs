@@ -3,7 +3,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use super::{StateChange, StateStore, StoreError};
+use super::{Event, StateChange, StateStore, StoreError};
 
 /// A journal in memory.
 #[derive(Debug, Default, Clone)]
@@ -12,20 +12,23 @@ pub struct MemoryStore {
 }
 
 impl StateStore for MemoryStore {
-    fn append(&self, change: &StateChange) -> Result<(), StoreError> {
-        self.changes
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(change.clone());
-        Ok(())
+    fn append_all(&self, changes: &[StateChange]) -> Result<Vec<u64>, StoreError> {
+        let mut journal = self.changes.lock().unwrap_or_else(|e| e.into_inner());
+        let first = journal.len() as u64 + 1;
+        journal.extend_from_slice(changes);
+        Ok((first..first + changes.len() as u64).collect())
     }
 
-    fn load(&self) -> Result<Vec<StateChange>, StoreError> {
-        Ok(self
-            .changes
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone())
+    fn load(&self) -> Result<Vec<Event>, StoreError> {
+        let journal = self.changes.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(journal
+            .iter()
+            .enumerate()
+            .map(|(i, change)| Event {
+                id: i as u64 + 1,
+                change: change.clone(),
+            })
+            .collect())
     }
 }
 

@@ -12,7 +12,7 @@ pub mod postgres;
 #[cfg(test)]
 #[allow(unreachable_pub, dead_code)]
 #[path = "../../../tests/src/postgres.rs"]
-mod testpg;
+pub(crate) mod testpg;
 
 use serde::{Deserialize, Serialize};
 
@@ -242,12 +242,61 @@ pub enum GrantChange {
     },
 }
 
+/// A change at its place in the journal: `id` is 1 for the first change and the same on
+/// every replica (the revocation feed's cursor).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    /// Position in the journal.
+    pub id: u64,
+    /// The change.
+    pub change: StateChange,
+}
+
+/// What a [`StateStore::poll`] found.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Polled {
+    /// Changes other handles made, oldest first.
+    pub events: Vec<Event>,
+    /// Every change with an id up to this one is now known to this handle: applied
+    /// when it was made here, at load, or returned by this or an earlier poll.
+    pub through: u64,
+}
+
 /// An append-only journal of state changes.
 pub trait StateStore: Send + Sync {
-    /// Appends `change` durably; returns only once it would survive a crash.
-    fn append(&self, change: &StateChange) -> Result<(), StoreError>;
+    /// Appends `changes` durably as one unit (in the PostgreSQL store one transaction,
+    /// so that no replica ever sees only part of them: the kill switch is a `Disable` and
+    /// a `RevokeRule`); returns only once they would survive a crash, with their ids.
+    fn append_all(&self, changes: &[StateChange]) -> Result<Vec<u64>, StoreError>;
+    /// Appends one change durably; returns its id.
+    fn append(&self, change: &StateChange) -> Result<u64, StoreError> {
+        self.append_all(std::slice::from_ref(change))?
+            .first()
+            .copied()
+            .ok_or_else(|| StoreError::Database {
+                message: "an append returned no event id".into(),
+            })
+    }
+    /// A check-then-append decided against the newest shared state: `decide` is called
+    /// once with the changes other handles made that this one has not yet returned from
+    /// [`StateStore::poll`] (in a shared store, read while holding the journal's lock),
+    /// and what it returns is appended as one unit before any other append. An empty
+    /// decision appends nothing. Returns what was appended. The callers keep their own
+    /// lock around this call, so within one process the check is atomic too; the
+    /// default (one process, nothing fresh) decides on an empty list and appends.
+    fn append_decided(
+        &self,
+        decide: &mut dyn FnMut(&[StateChange]) -> Vec<StateChange>,
+    ) -> Result<Vec<Event>, StoreError> {
+        let changes = decide(&[]);
+        if changes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids = self.append_all(&changes)?;
+        Ok(zip_events(ids, changes))
+    }
     /// Every change, oldest first. Also where [`StateStore::poll`] starts from.
-    fn load(&self) -> Result<Vec<StateChange>, StoreError>;
+    fn load(&self) -> Result<Vec<Event>, StoreError>;
     /// Whether other processes (replicas) append to the same journal, so that
     /// [`StateStore::poll`] must be called to see their changes.
     fn shared(&self) -> bool {
@@ -256,9 +305,17 @@ pub trait StateStore: Send + Sync {
     /// The changes other handles appended since the last `load` or `poll`, oldest
     /// first; this handle's own appends are not returned (they were applied when made).
     /// A successful call also confirms that this handle's view is current.
-    fn poll(&self) -> Result<Vec<StateChange>, StoreError> {
-        Ok(Vec::new())
+    fn poll(&self) -> Result<Polled, StoreError> {
+        Ok(Polled::default())
     }
+}
+
+/// Pairs appended changes with the ids the store gave them.
+pub(crate) fn zip_events(ids: Vec<u64>, changes: Vec<StateChange>) -> Vec<Event> {
+    ids.into_iter()
+        .zip(changes)
+        .map(|(id, change)| Event { id, change })
+        .collect()
 }
 
 /// The contract every [`StateStore`] must meet; run it against each implementation.
@@ -304,17 +361,50 @@ pub(crate) mod contract {
     /// Appended changes come back in order, across reopen (`reopen` builds a new handle
     /// on the same storage).
     pub(crate) fn run(make: impl Fn() -> Box<dyn StateStore>) {
+        let changes_of = |events: Vec<Event>| -> Vec<StateChange> {
+            events.into_iter().map(|e| e.change).collect()
+        };
         let store = make();
         assert_eq!(store.load().unwrap(), vec![]);
         let changes: Vec<StateChange> = (0..20).map(sample).collect();
-        for c in &changes {
-            store.append(c).unwrap();
+        for (i, c) in changes.iter().enumerate() {
+            assert_eq!(store.append(c).unwrap(), i as u64 + 1, "ids count from 1");
         }
-        assert_eq!(store.load().unwrap(), changes);
+        assert_eq!(changes_of(store.load().unwrap()), changes);
         drop(store);
         let again = make();
-        assert_eq!(again.load().unwrap(), changes, "changes survive reopening");
-        again.append(&sample(99)).unwrap();
+        let loaded = again.load().unwrap();
+        assert_eq!(
+            loaded.iter().map(|e| e.id).collect::<Vec<_>>(),
+            (1..=20).collect::<Vec<_>>(),
+            "ids survive reopening"
+        );
+        assert_eq!(changes_of(loaded), changes, "changes survive reopening");
+        assert_eq!(again.append(&sample(99)).unwrap(), 21);
         assert_eq!(again.load().unwrap().len(), 21);
+        let pair = [sample(100), sample(102)];
+        assert_eq!(again.append_all(&pair).unwrap(), vec![22, 23]);
+        let all = changes_of(again.load().unwrap());
+        assert_eq!(all.len(), 23);
+        assert_eq!(all[21..], pair, "append_all keeps the order");
+        let decided = again
+            .append_decided(&mut |fresh| {
+                assert!(fresh.is_empty(), "nothing else appended: {fresh:?}");
+                vec![sample(104)]
+            })
+            .unwrap();
+        assert_eq!(
+            decided,
+            vec![Event {
+                id: 24,
+                change: sample(104)
+            }]
+        );
+        assert_eq!(again.append_decided(&mut |_| Vec::new()).unwrap(), vec![]);
+        assert_eq!(
+            again.load().unwrap().len(),
+            24,
+            "an empty decision appends nothing"
+        );
     }
 }

@@ -29,7 +29,7 @@ use std::time::Duration;
 use tokio_postgres::NoTls;
 use zeroize::Zeroizing;
 
-use super::{StateChange, StateStore, StoreError};
+use super::{Event, Polled, StateChange, StateStore, StoreError, zip_events};
 
 /// How long a connection attempt may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -123,9 +123,19 @@ fn pg_error(what: &str, e: &tokio_postgres::Error) -> StoreError {
 }
 
 enum Command {
-    Append(StateChange, mpsc::SyncSender<Result<u64, StoreError>>),
-    Load(mpsc::SyncSender<Result<Vec<StateChange>, StoreError>>),
-    Poll(mpsc::SyncSender<Result<Vec<StateChange>, StoreError>>),
+    Append(
+        Vec<StateChange>,
+        mpsc::SyncSender<Result<Vec<u64>, StoreError>>,
+    ),
+    Load(mpsc::SyncSender<Result<Vec<Event>, StoreError>>),
+    Poll(mpsc::SyncSender<Result<Polled, StoreError>>),
+    /// A checked append: lock, send the caller what other handles appended since its
+    /// last poll, wait for its decision, append that, commit.
+    Decide {
+        fresh: mpsc::SyncSender<Result<Vec<StateChange>, StoreError>>,
+        decision: tokio::sync::oneshot::Receiver<Vec<StateChange>>,
+        done: mpsc::SyncSender<Result<Vec<u64>, StoreError>>,
+    },
 }
 
 /// What the client thread remembers between calls: the newest event id this handle has
@@ -203,31 +213,45 @@ impl PostgresStore {
                             }
                         }
                         match cmd {
-                            Command::Append(change, reply) => {
-                                let r = append(&mut client, &change).await;
-                                if let Ok(id) = r {
-                                    cursor.own.insert(id);
+                            Command::Append(changes, reply) => {
+                                let r = append(&mut client, &changes).await;
+                                if let Ok(ids) = &r {
+                                    cursor.own.extend(ids);
                                 }
                                 let _ = reply.send(r);
                             }
+                            Command::Decide {
+                                fresh,
+                                decision,
+                                done,
+                            } => {
+                                let r = decide(&mut client, &cursor, &fresh, decision).await;
+                                if let Ok(ids) = &r {
+                                    cursor.own.extend(ids);
+                                }
+                                let _ = done.send(r);
+                            }
                             Command::Load(reply) => {
                                 let r = load(&client, 0).await.map(|events| {
-                                    cursor.seen = events.last().map_or(0, |(id, _)| *id);
+                                    cursor.seen = events.last().map_or(0, |e| e.id);
                                     cursor.own.clear();
-                                    events.into_iter().map(|(_, c)| c).collect()
+                                    events
                                 });
                                 let _ = reply.send(r);
                             }
                             Command::Poll(reply) => {
                                 let r = load(&client, cursor.seen).await.map(|events| {
                                     let mut out = Vec::new();
-                                    for (id, change) in events {
-                                        cursor.seen = id;
-                                        if !cursor.own.remove(&id) {
-                                            out.push(change);
+                                    for e in events {
+                                        cursor.seen = e.id;
+                                        if !cursor.own.remove(&e.id) {
+                                            out.push(e);
                                         }
                                     }
-                                    out
+                                    Polled {
+                                        events: out,
+                                        through: cursor.seen,
+                                    }
                                 });
                                 let _ = reply.send(r);
                             }
@@ -259,12 +283,6 @@ impl PostgresStore {
             .recv_timeout(CONNECT_TIMEOUT + STATEMENT_TIMEOUT + Duration::from_secs(1))
             .map_err(|_| db_error("the database did not answer in time".into()))?
     }
-
-    /// Appends `change` and returns its event id (1 for the first).
-    pub fn append_event(&self, change: &StateChange) -> Result<u64, StoreError> {
-        let change = change.clone();
-        self.call(|reply| Command::Append(change, reply))
-    }
 }
 
 impl Drop for PostgresStore {
@@ -279,19 +297,52 @@ impl Drop for PostgresStore {
 }
 
 impl StateStore for PostgresStore {
-    fn append(&self, change: &StateChange) -> Result<(), StoreError> {
-        self.append_event(change).map(|_| ())
+    /// One transaction: every replica sees all of `changes` or none.
+    fn append_all(&self, changes: &[StateChange]) -> Result<Vec<u64>, StoreError> {
+        let changes = changes.to_vec();
+        self.call(|reply| Command::Append(changes, reply))
     }
 
-    fn load(&self) -> Result<Vec<StateChange>, StoreError> {
+    fn load(&self) -> Result<Vec<Event>, StoreError> {
         self.call(Command::Load)
+    }
+
+    /// The check runs while this transaction holds the journal's lock, against every
+    /// change other replicas committed before it: no append can come between them.
+    fn append_decided(
+        &self,
+        decide: &mut dyn FnMut(&[StateChange]) -> Vec<StateChange>,
+    ) -> Result<Vec<Event>, StoreError> {
+        let (fresh_tx, fresh_rx) = mpsc::sync_channel(1);
+        let (decision_tx, decision_rx) = tokio::sync::oneshot::channel();
+        let (done_tx, done_rx) = mpsc::sync_channel(1);
+        self.tx
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .send(Command::Decide {
+                fresh: fresh_tx,
+                decision: decision_rx,
+                done: done_tx,
+            })
+            .map_err(|_| db_error("the database client thread has stopped".into()))?;
+        let wait = CONNECT_TIMEOUT + STATEMENT_TIMEOUT + Duration::from_secs(1);
+        let fresh = fresh_rx
+            .recv_timeout(wait)
+            .map_err(|_| db_error("the database did not answer in time".into()))??;
+        let changes = decide(&fresh);
+        // If the thread gave up waiting, it rolled back and `done` says so.
+        let _ = decision_tx.send(changes.clone());
+        let ids = done_rx
+            .recv_timeout(wait)
+            .map_err(|_| db_error("the database did not answer in time".into()))??;
+        Ok(zip_events(ids, changes))
     }
 
     fn shared(&self) -> bool {
         true
     }
 
-    fn poll(&self) -> Result<Vec<StateChange>, StoreError> {
+    fn poll(&self) -> Result<Polled, StoreError> {
         self.call(Command::Poll)
     }
 }
@@ -445,42 +496,116 @@ async fn migrate_client(client: &tokio_postgres::Client) -> Result<i32, StoreErr
 
 async fn append(
     client: &mut tokio_postgres::Client,
-    change: &StateChange,
-) -> Result<u64, StoreError> {
-    let json = serde_json::to_value(change)
-        .map_err(|err| db_error(format!("could not encode a state change: {err}")))?;
-    let e = |what: &'static str| move |err: tokio_postgres::Error| pg_error(what, &err);
+    changes: &[StateChange],
+) -> Result<Vec<u64>, StoreError> {
+    let tx = begin_locked(client).await?;
+    let ids = insert(&tx, changes).await?;
+    commit(tx).await?;
+    Ok(ids)
+}
+
+fn pg(what: &'static str) -> impl Fn(tokio_postgres::Error) -> StoreError {
+    move |err| pg_error(what, &err)
+}
+
+/// Begins a transaction holding the journal's lock: one writer at a time, so ids are
+/// assigned and become visible in commit order.
+async fn begin_locked(
+    client: &mut tokio_postgres::Client,
+) -> Result<tokio_postgres::Transaction<'_>, StoreError> {
     let tx = client
         .transaction()
         .await
-        .map_err(e("could not begin a state transaction"))?;
-    // One writer at a time: ids are assigned and become visible in commit order.
+        .map_err(pg("could not begin a state transaction"))?;
     tx.batch_execute("LOCK TABLE broker_events IN EXCLUSIVE MODE")
         .await
-        .map_err(e("could not lock the event table"))?;
-    let row = tx
-        .query_one(
-            "INSERT INTO broker_events (id, change)
-             SELECT coalesce(max(id), 0) + 1, $1 FROM broker_events
-             RETURNING id",
-            &[&json],
+        .map_err(pg("could not lock the event table"))?;
+    Ok(tx)
+}
+
+async fn insert(
+    tx: &tokio_postgres::Transaction<'_>,
+    changes: &[StateChange],
+) -> Result<Vec<u64>, StoreError> {
+    let mut ids = Vec::with_capacity(changes.len());
+    for change in changes {
+        let json = serde_json::to_value(change)
+            .map_err(|err| db_error(format!("could not encode a state change: {err}")))?;
+        let row = tx
+            .query_one(
+                "INSERT INTO broker_events (id, change)
+                 SELECT coalesce(max(id), 0) + 1, $1 FROM broker_events
+                 RETURNING id",
+                &[&json],
+            )
+            .await
+            .map_err(pg("could not append a state change"))?;
+        let id: i64 = row.get(0);
+        ids.push(u64::try_from(id).unwrap_or(0));
+    }
+    if let Some(last) = ids.last() {
+        tx.execute(
+            "SELECT pg_notify('broker_events', $1)",
+            &[&last.to_string()],
         )
         .await
-        .map_err(e("could not append a state change"))?;
-    let id: i64 = row.get(0);
-    tx.execute("SELECT pg_notify('broker_events', $1)", &[&id.to_string()])
-        .await
-        .map_err(e("could not notify replicas"))?;
+        .map_err(pg("could not notify replicas"))?;
+    }
+    Ok(ids)
+}
+
+async fn commit(tx: tokio_postgres::Transaction<'_>) -> Result<(), StoreError> {
     tx.commit()
         .await
-        .map_err(e("could not commit a state change"))?;
-    Ok(u64::try_from(id).unwrap_or(0))
+        .map_err(pg("could not commit a state change"))
+}
+
+/// How long a checked append may hold the journal's lock waiting for its caller.
+const DECIDE_TIMEOUT: Duration = Duration::from_secs(5);
+
+async fn decide(
+    client: &mut tokio_postgres::Client,
+    cursor: &Cursor,
+    fresh: &mpsc::SyncSender<Result<Vec<StateChange>, StoreError>>,
+    decision: tokio::sync::oneshot::Receiver<Vec<StateChange>>,
+) -> Result<Vec<u64>, StoreError> {
+    let tx = match begin_locked(client).await {
+        Ok(tx) => tx,
+        Err(e) => {
+            let _ = fresh.send(Err(db_error(e.to_string())));
+            return Err(e);
+        }
+    };
+    // Everything committed before the lock was granted, except this handle's own.
+    let others = match load(&tx, cursor.seen).await {
+        Ok(events) => events
+            .into_iter()
+            .filter(|e| !cursor.own.contains(&e.id))
+            .map(|e| e.change)
+            .collect(),
+        Err(e) => {
+            let _ = fresh.send(Err(db_error(e.to_string())));
+            return Err(e);
+        }
+    };
+    let _ = fresh.send(Ok(others));
+    let changes = tokio::time::timeout(DECIDE_TIMEOUT, decision)
+        .await
+        .map_err(|_| db_error("a checked append was not decided in time".into()))?
+        .map_err(|_| db_error("a checked append was abandoned".into()))?;
+    if changes.is_empty() {
+        // Dropping the transaction rolls it back.
+        return Ok(Vec::new());
+    }
+    let ids = insert(&tx, &changes).await?;
+    commit(tx).await?;
+    Ok(ids)
 }
 
 async fn load(
-    client: &tokio_postgres::Client,
+    client: &impl tokio_postgres::GenericClient,
     after: u64,
-) -> Result<Vec<(u64, StateChange)>, StoreError> {
+) -> Result<Vec<Event>, StoreError> {
     let after = i64::try_from(after).unwrap_or(i64::MAX);
     let rows = client
         .query(
@@ -496,7 +621,10 @@ async fn load(
             let change = serde_json::from_value(json).map_err(|err| {
                 db_error(format!("state event {id} is not a readable change: {err}"))
             })?;
-            Ok((u64::try_from(id).unwrap_or(0), change))
+            Ok(Event {
+                id: u64::try_from(id).unwrap_or(0),
+                change,
+            })
         })
         .collect()
 }
@@ -538,7 +666,7 @@ mod tests {
         let ids: Vec<u64> = (0..10)
             .map(|i| {
                 let store = if i % 2 == 0 { &a } else { &b };
-                store.append_event(&change(i)).unwrap()
+                store.append(&change(i)).unwrap()
             })
             .collect();
         assert_eq!(ids, (1..=10).collect::<Vec<_>>());
@@ -559,16 +687,96 @@ mod tests {
             at: i,
             actor: "a".into(),
         };
+        let ev = |id: u64| Event {
+            id,
+            change: change(id - 1),
+        };
+        let polled = |events: Vec<Event>, through: u64| Polled { events, through };
         a.append(&change(0)).unwrap();
-        assert_eq!(b.load().unwrap(), vec![change(0)]);
-        assert_eq!(a.load().unwrap(), vec![change(0)]);
+        assert_eq!(b.load().unwrap(), vec![ev(1)]);
+        assert_eq!(a.load().unwrap(), vec![ev(1)]);
         b.append(&change(1)).unwrap();
         a.append(&change(2)).unwrap();
         b.append(&change(3)).unwrap();
-        assert_eq!(a.poll().unwrap(), vec![change(1), change(3)]);
-        assert_eq!(a.poll().unwrap(), vec![], "each change is returned once");
-        assert_eq!(b.poll().unwrap(), vec![change(2)]);
-        assert_eq!(b.poll().unwrap(), vec![]);
+        assert_eq!(a.poll().unwrap(), polled(vec![ev(2), ev(4)], 4));
+        assert_eq!(
+            a.poll().unwrap(),
+            polled(vec![], 4),
+            "each change is returned once"
+        );
+        assert_eq!(b.poll().unwrap(), polled(vec![ev(3)], 4));
+        assert_eq!(b.poll().unwrap(), polled(vec![], 4));
+    }
+
+    #[test]
+    fn a_checked_append_decides_against_every_change_committed_before_it() {
+        let Some(pg) = TestPostgres::start() else {
+            return;
+        };
+        let a = PostgresStore::connect(&options(&pg)).unwrap();
+        let b = PostgresStore::connect(&options(&pg)).unwrap();
+        let change = |i: u64| StateChange::Enable {
+            identity: format!("x{i}"),
+            at: i,
+            actor: "a".into(),
+        };
+        assert_eq!(a.load().unwrap(), vec![]);
+        b.append(&change(1)).unwrap();
+        a.append(&change(2)).unwrap();
+        // `a` has not polled: the decision still sees b's change, and not a's own.
+        let mut seen = Vec::new();
+        let appended = a
+            .append_decided(&mut |fresh| {
+                seen = fresh.to_vec();
+                vec![change(3)]
+            })
+            .unwrap();
+        assert_eq!(seen, vec![change(1)]);
+        assert_eq!(
+            appended,
+            vec![Event {
+                id: 3,
+                change: change(3)
+            }]
+        );
+        // The fresh change is still delivered by poll (every consumer must apply it);
+        // the decided one is a's own and is not.
+        assert_eq!(
+            a.poll().unwrap().events,
+            vec![Event {
+                id: 1,
+                change: change(1)
+            }]
+        );
+        // An empty decision appends nothing.
+        assert_eq!(b.append_decided(&mut |_| Vec::new()).unwrap(), vec![]);
+        assert_eq!(b.load().unwrap().len(), 3);
+        // Two handles deciding at once are serialised: the second sees the first.
+        let b = std::sync::Arc::new(b);
+        let racer = {
+            let b = b.clone();
+            std::thread::spawn(move || {
+                let mut saw = Vec::new();
+                b.append_decided(&mut |fresh| {
+                    saw = fresh.to_vec();
+                    std::thread::sleep(Duration::from_millis(200));
+                    vec![change(4)]
+                })
+                .unwrap();
+                saw
+            })
+        };
+        std::thread::sleep(Duration::from_millis(50));
+        let mut a_saw = Vec::new();
+        a.append_decided(&mut |fresh| {
+            a_saw = fresh.to_vec();
+            vec![change(5)]
+        })
+        .unwrap();
+        let b_saw = racer.join().unwrap();
+        assert!(b_saw.is_empty() || b_saw == vec![change(3)], "{b_saw:?}");
+        assert_eq!(a_saw, vec![change(4)], "a decided after b committed");
+        assert_eq!(a.load().unwrap().len(), 5);
     }
 
     #[test]

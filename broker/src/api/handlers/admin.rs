@@ -293,10 +293,9 @@ pub async fn disable(
             reason: format!("identity disabled: {reason}"),
         },
     ];
-    for c in &changes {
-        if let Err(e) = st.revocations.commit(c) {
-            return store_unavailable(&e);
-        }
+    // One unit: no replica ever sees the identity disabled without its tokens revoked.
+    if let Err(e) = st.revocations.commit_all(&changes) {
+        return store_unavailable(&e);
     }
     ev.reason = Some(reason);
     ev.detail = Some(json!({ "rule": rule, "live_tokens_revoked": covered }));

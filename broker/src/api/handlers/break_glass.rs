@@ -278,7 +278,8 @@ pub async fn close_grant(
     ev: &AuditEvent,
 ) -> Result<Grant, Response> {
     let now = st.clock.unix_secs();
-    // Revoke first: a failing webhook or audit must never leave tokens alive.
+    // The rule covering its tokens and the close are one transaction: no replica ever
+    // sees the grant closed with its tokens still live. Webhook and audit come after.
     let rule = StateChange::RevokeRule {
         id: format!("rev-{}", g.id),
         selector: Selector::Grant {
@@ -292,10 +293,17 @@ pub async fn close_grant(
         actor: by.to_owned(),
         reason: format!("break-glass grant {} ended: {reason}", g.id),
     };
-    if st.revocations.commit(&rule).is_err() {
-        return Err(store_unavailable());
-    }
-    let closed = match st.grants.close_once(&g.id, now, by, reason, expired) {
+    let closed = st.revocations.commit_with(|| {
+        match st
+            .grants
+            .close_once(&g.id, now, by, reason, expired, &[rule])
+        {
+            Ok(Some((c, events))) => Ok((Some(c), events)),
+            Ok(None) => Ok((None, Vec::new())),
+            Err(e) => Err(e),
+        }
+    });
+    let closed = match closed {
         Ok(Some(c)) => c,
         // Someone else closed it first: their close did the audit and the webhook.
         Ok(None) => return Ok(st.grants.get(&g.id).unwrap_or_else(|| g.clone())),
