@@ -155,6 +155,7 @@ fn audit_append_32(c: &mut Criterion) {
                 AuditOptions {
                     dir: log_dir.path().to_path_buf(),
                     segment_max_bytes: 64 << 20,
+                    replica: None,
                 },
                 signer,
                 Arc::new(SystemClock),

@@ -178,17 +178,33 @@ impl Monitor {
         volume: VolumeSettings,
         dormant_after_secs: u64,
     ) -> Result<Self, StoreError> {
+        let events = store.load()?;
+        Ok(Self::from_events(
+            store,
+            &events,
+            volume,
+            dormant_after_secs,
+        ))
+    }
+
+    /// A monitor built from `events` (the journal as loaded once at start).
+    pub fn from_events(
+        store: Arc<dyn StateStore>,
+        events: &[crate::store::Event],
+        volume: VolumeSettings,
+        dormant_after_secs: u64,
+    ) -> Self {
         let mut inner = Inner::default();
-        for e in store.load()? {
-            inner.apply(e.change);
+        for e in events {
+            inner.apply(e.change.clone());
         }
         // Acknowledged anomalies stay: they mark behaviour an admin accepted.
-        Ok(Self {
+        Self {
             inner: Mutex::new(inner),
             volume,
             dormant_after_secs,
             store,
-        })
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {

@@ -166,6 +166,11 @@ pub struct StoreFile {
     /// reaches this far past its time (shared store only).
     #[serde(default)]
     pub max_clock_skew: Option<String>,
+    /// This replica's name (`[A-Za-z0-9._-]`, up to 64): in every audit record, its
+    /// checkpoints and its published keys. Required with `kind = "postgres"`; each
+    /// replica on one database needs its own.
+    #[serde(default)]
+    pub replica_id: Option<String>,
 }
 
 /// The validated `[store]`.
@@ -195,6 +200,11 @@ impl StoreFile {
                 Ok(StoreKind::File)
             }
             "postgres" => {
+                if self.replica_id.is_none() {
+                    return Err(invalid(
+                        "store: kind = \"postgres\" needs replica_id (a name unique among the replicas, e.g. \"broker-a\")".into(),
+                    ));
+                }
                 let url = self.url.clone().ok_or_else(|| {
                     invalid("store: kind = \"postgres\" needs url (e.g. \"postgres://broker@db.internal/broker\")".into())
                 })?;
@@ -512,6 +522,8 @@ pub struct Config {
     pub store_max_staleness: Duration,
     /// How far replicas' clocks may disagree (shared store only).
     pub store_max_clock_skew: Duration,
+    /// This replica's name (`[store] replica_id`), in audit records and checkpoints.
+    pub replica_id: Option<String>,
     /// Admin identities.
     pub admins: Vec<Admin>,
     /// Break-glass webhook.
@@ -981,6 +993,15 @@ impl FileConfig {
                 &self.store.as_ref().and_then(|s| s.max_staleness.clone()),
                 Duration::from_secs(1),
             )?,
+            replica_id: match self.store.as_ref().and_then(|s| s.replica_id.clone()) {
+                Some(id) if valid_replica_id(&id) => Some(id),
+                Some(id) => {
+                    return Err(invalid(format!(
+                        "store.replica_id {id:?}: use 1 to 64 of A-Z a-z 0-9 . _ -"
+                    )));
+                }
+                None => None,
+            },
             store_max_clock_skew: dur(
                 "store.max_clock_skew",
                 &self.store.as_ref().and_then(|s| s.max_clock_skew.clone()),
@@ -1015,6 +1036,14 @@ impl FileConfig {
             audiences,
         })
     }
+}
+
+/// Whether `id` is a usable replica name.
+fn valid_replica_id(id: &str) -> bool {
+    (1..=64).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
 #[cfg(test)]
@@ -1118,35 +1147,36 @@ environment = "prod"
             StoreKind::File
         ));
         let pg =
-            with("kind = \"postgres\"\nurl = \"postgres://b@127.0.0.1/b\"\nsslmode = \"disable\"")
+            with("kind = \"postgres\"\nreplica_id = \"a\"\nurl = \"postgres://b@127.0.0.1/b\"\nsslmode = \"disable\"")
                 .unwrap();
         assert!(matches!(pg.store, StoreKind::Postgres(_)));
         assert_eq!(pg.store_max_staleness, Duration::from_secs(1));
         assert_eq!(pg.store_max_clock_skew, Duration::from_secs(2));
+        assert_eq!(pg.replica_id.as_deref(), Some("a"));
         let refused = |store: &str, needle: &str| {
             let err = with(store).unwrap_err().to_string();
             assert!(err.contains(needle), "{store}: {err}");
             err
         };
         let err = refused(
-            "kind = \"postgres\"\nurl = \"postgres://b:hunter2@127.0.0.1/b\"\nsslmode = \"disable\"",
+            "kind = \"postgres\"\nreplica_id = \"a\"\nurl = \"postgres://b:hunter2@127.0.0.1/b\"\nsslmode = \"disable\"",
             "password_file",
         );
         assert!(!err.contains("hunter2"), "{err}");
         refused(
-            "kind = \"postgres\"\nurl = \"postgres://b@db.example.org/b\"\nsslmode = \"disable\"",
+            "kind = \"postgres\"\nreplica_id = \"a\"\nurl = \"postgres://b@db.example.org/b\"\nsslmode = \"disable\"",
             "loopback",
         );
         refused(
-            "kind = \"postgres\"\nurl = \"postgres://b@db.example.org/b\"",
+            "kind = \"postgres\"\nreplica_id = \"a\"\nurl = \"postgres://b@db.example.org/b\"",
             "ca_file",
         );
         refused(
-            "kind = \"postgres\"\nurl = \"postgres://b@db.example.org/b\"\nsslmode = \"require\"",
+            "kind = \"postgres\"\nreplica_id = \"a\"\nurl = \"postgres://b@db.example.org/b\"\nsslmode = \"require\"",
             "not offered",
         );
         refused(
-            "kind = \"postgres\"\nurl = \"postgres://b@127.0.0.1/b\"\nsslmode = \"disable\"\npassword_env = \"BROKER_TEST_SURELY_UNSET_VAR\"",
+            "kind = \"postgres\"\nreplica_id = \"a\"\nurl = \"postgres://b@127.0.0.1/b\"\nsslmode = \"disable\"\npassword_env = \"BROKER_TEST_SURELY_UNSET_VAR\"",
             "is not set",
         );
         refused("kind = \"mysql\"", "\"file\" or \"postgres\"");
@@ -1155,6 +1185,14 @@ environment = "prod"
             "kind = \"postgres\"",
         );
         refused("kind = \"file\"\npool = 3", "unknown field");
+        refused(
+            "kind = \"postgres\"\nurl = \"postgres://b@127.0.0.1/b\"\nsslmode = \"disable\"",
+            "replica_id",
+        );
+        refused(
+            "kind = \"postgres\"\nreplica_id = \"a b\"\nurl = \"postgres://b@127.0.0.1/b\"\nsslmode = \"disable\"",
+            "store.replica_id",
+        );
     }
 
     #[test]

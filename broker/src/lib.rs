@@ -25,6 +25,7 @@ pub mod api;
 pub mod audit;
 pub mod authn;
 pub mod breakglass;
+pub mod checkpointer;
 pub mod clock;
 pub mod config;
 pub mod dev;

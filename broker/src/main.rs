@@ -15,6 +15,7 @@ use broker::clock::{Clock, SystemClock};
 use broker::config::Config;
 use broker::mint::keys::{self, Jwks, KeyRing, SigningAlgorithm};
 use broker::policy::{self, Decision};
+use broker::store::StateStore as _;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -193,17 +194,21 @@ enum PolicyCommand {
 
 #[derive(Subcommand)]
 enum AuditCommand {
-    /// Verify the hash chain and the signed head anchor of an audit directory.
+    /// Verify the hash chain and the signed head anchor of an audit directory; with
+    /// several (one per replica) and a `--config` on PostgreSQL, also every replica's
+    /// log against the checkpoints in the database.
     Verify {
-        /// The audit directory.
-        path: PathBuf,
+        /// The audit directory (or one per replica).
+        #[arg(required = true, num_args = 1..)]
+        path: Vec<PathBuf>,
         /// The broker's key directory (public keys are taken from it).
         #[arg(long, conflicts_with = "jwks")]
         key_dir: Option<PathBuf>,
         /// A JWKS file with the broker's public keys (e.g. saved from /.well-known/jwks.json).
         #[arg(long)]
         jwks: Option<PathBuf>,
-        /// Broker config (its signing.key_dir is used).
+        /// Broker config: its signing.key_dir is used, and with `[store] kind =
+        /// "postgres"` the keys every replica published and their audit checkpoints.
         #[arg(long, conflicts_with_all = ["key_dir", "jwks"])]
         config: Option<PathBuf>,
     },
@@ -755,32 +760,73 @@ fn explain(config: &Path, a: &ExplainArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn audit_verify(
-    path: &Path,
+    paths: &[PathBuf],
     key_dir: Option<PathBuf>,
     jwks: Option<PathBuf>,
     config: Option<PathBuf>,
 ) -> anyhow::Result<ExitCode> {
+    let mut checkpoints = Vec::new();
     let keys: Jwks = if let Some(j) = jwks {
         serde_json::from_slice(
             &std::fs::read(&j).with_context(|| format!("reading {}", j.display()))?,
         )
         .with_context(|| format!("{} is not a JWKS", j.display()))?
     } else {
-        let dir = match (key_dir, config) {
-            (Some(d), _) => d,
-            (None, Some(c)) => Config::load(&c)?.key_dir,
+        let (dir, config) = match (key_dir, config) {
+            (Some(d), _) => (d, None),
+            (None, Some(c)) => {
+                let config = Config::load(&c)?;
+                (config.key_dir.clone(), Some(config))
+            }
             (None, None) => bail!(
                 "the head anchor is signed: give --key-dir DIR, --jwks FILE or --config FILE so its signature can be checked"
             ),
         };
-        KeyRing::load_dir(&dir)?.jwks()
+        let mut keys = KeyRing::load_dir(&dir)?.jwks();
+        if let Some(broker::config::StoreKind::Postgres(opts)) = config.as_ref().map(|c| &c.store) {
+            // Checkpoints first: the logs, read after, can only be longer.
+            let store = broker::store::postgres::PostgresStore::connect(opts)?;
+            checkpoints = store.checkpoints()?;
+            for e in store.load()? {
+                if let broker::store::StateChange::KeyPublished { jwk, .. } = e.change
+                    && !keys.keys.iter().any(|k| k.kid == jwk.kid)
+                {
+                    keys.keys.push(jwk);
+                }
+            }
+        }
+        keys
     };
-    match broker::audit::verify(path, &keys) {
-        Ok(report) => {
-            println!(
-                "ok: {} records in {} segment(s), last seq {} hash {}",
-                report.records, report.segments, report.last_seq, report.last_hash
-            );
+    if paths.len() == 1 && checkpoints.is_empty() {
+        return match broker::audit::verify(&paths[0], &keys) {
+            Ok(report) => {
+                println!(
+                    "ok: {} records in {} segment(s), last seq {} hash {}",
+                    report.records, report.segments, report.last_seq, report.last_hash
+                );
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(e) => {
+                println!("FAILED: {e}");
+                Ok(ExitCode::from(1))
+            }
+        };
+    }
+    match broker::audit::verify_replicas(paths, &keys, &checkpoints) {
+        Ok(reports) => {
+            for r in &reports {
+                println!(
+                    "ok: {} (replica {}): {} records in {} segment(s), last seq {} hash {}; {} checkpoint(s) match",
+                    r.dir.display(),
+                    r.replica.as_deref().unwrap_or("unnamed"),
+                    r.log.records,
+                    r.log.segments,
+                    r.log.last_seq,
+                    r.log.last_hash,
+                    r.checkpoints
+                );
+            }
+            println!("ok: {} replica log(s) verified together", reports.len());
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => {

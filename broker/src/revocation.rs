@@ -115,6 +115,12 @@ pub type OwnerOf<'a> = &'a dyn Fn(&str) -> Option<String>;
 impl Revocations {
     /// Replays the store's journal.
     pub fn open(store: Arc<dyn StateStore>) -> Result<Self, StoreError> {
+        let events = store.load()?;
+        Ok(Self::from_events(store, &events))
+    }
+
+    /// Builds the state from `events` (the journal as loaded once at start).
+    pub fn from_events(store: Arc<dyn StateStore>, events: &[Event]) -> Self {
         let me = Self {
             inner: Mutex::new(Inner::default()),
             shared: store.shared(),
@@ -123,15 +129,14 @@ impl Revocations {
             skew_margin: std::sync::atomic::AtomicU64::new(0),
             stale: std::sync::atomic::AtomicBool::new(false),
         };
-        let events = me.store.load()?;
         {
             let mut inner = me.lock();
-            for e in &events {
+            for e in events {
                 inner.apply(e);
             }
             inner.through = events.last().map_or(0, |e| e.id);
         }
-        Ok(me)
+        me
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -407,7 +412,7 @@ impl Inner {
             StateChange::Enable { identity, .. } => {
                 self.disabled.remove(identity);
             }
-            StateChange::Grant(_) | StateChange::Anomaly(_) => {}
+            StateChange::Grant(_) | StateChange::Anomaly(_) | StateChange::KeyPublished { .. } => {}
         }
     }
 }

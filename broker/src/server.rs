@@ -74,6 +74,8 @@ pub enum StartError {
 pub struct Broker {
     state: AppState,
     store: Arc<dyn StateStore>,
+    /// This replica's name (`[store] replica_id`).
+    replica: Option<String>,
     max_staleness: Duration,
     limits: Limits,
     tls: Option<Arc<TlsReloader>>,
@@ -102,6 +104,7 @@ pub async fn start_with_clock(
         AuditOptions {
             dir: config.audit_dir.clone(),
             segment_max_bytes: config.audit_segment_max_bytes,
+            replica: config.replica_id.clone(),
         },
         keys.current(),
         Arc::clone(&clock),
@@ -115,14 +118,18 @@ pub async fn start_with_clock(
     )
     .map_err(StartError::Policies)?;
     let store = open_store(config)?;
-    let revocations = Revocations::open(Arc::clone(&store))?;
+    // One load feeds every consumer, so they all start from the same journal position
+    // (the one a shared store's polls continue from).
+    let events = store.load()?;
+    let revocations = Revocations::from_events(Arc::clone(&store), &events);
     revocations.set_clock_skew_margin(config.store_max_clock_skew.as_secs());
-    let grants = crate::breakglass::Grants::open(Arc::clone(&store))?;
-    let monitor = crate::anomaly::Monitor::open(
+    let grants = crate::breakglass::Grants::from_events(Arc::clone(&store), &events);
+    let monitor = crate::anomaly::Monitor::from_events(
         Arc::clone(&store),
+        &events,
         config.volume,
         config.dormant_after.as_secs(),
-    )?;
+    );
     let authn = Authenticator::new(&config.trusted_issuers, Arc::clone(&clock))?;
     for (issuer, e) in authn.preload().await {
         tracing::warn!(%issuer, error = %e, "issuer keys not loaded yet; tokens from it are refused until they load");
@@ -140,6 +147,12 @@ pub async fn start_with_clock(
     };
     let kids: Vec<String> = keys.jwks().keys.into_iter().map(|k| k.kid).collect();
     let minter = Minter::new(config.issuer.clone(), keys, Arc::clone(&clock));
+    for e in &events {
+        minter.apply_remote(&e.change);
+    }
+    if store.shared() {
+        publish_keys(store.as_ref(), &minter, &events, config, clock.unix_secs())?;
+    }
     let identities = policies.current().len();
 
     let mut ev = AuditEvent::new(EventKind::BrokerStarted);
@@ -158,6 +171,7 @@ pub async fn start_with_clock(
 
     let broker = Broker {
         store: Arc::clone(&store),
+        replica: config.replica_id.clone(),
         max_staleness: config.store_max_staleness,
         state: AppState {
             authn: Arc::new(authn),
@@ -194,6 +208,42 @@ pub async fn start_with_clock(
         tracing::warn!(closed, "closed overdue break-glass grants at start");
     }
     Ok(broker)
+}
+
+/// Publishes this replica's public keys through the shared store (once each), so that
+/// every replica verifies the tokens it mints and serves its keys in the JWKS.
+fn publish_keys(
+    store: &dyn StateStore,
+    minter: &Minter,
+    events: &[crate::store::Event],
+    config: &Config,
+    now: u64,
+) -> Result<(), StartError> {
+    let published: std::collections::HashSet<&str> = events
+        .iter()
+        .filter_map(|e| match &e.change {
+            crate::store::StateChange::KeyPublished { jwk, .. } => Some(jwk.kid.as_str()),
+            _ => None,
+        })
+        .collect();
+    let replica = config.replica_id.clone().unwrap_or_default();
+    let new: Vec<crate::store::StateChange> = minter
+        .key_ring()
+        .jwks()
+        .keys
+        .into_iter()
+        .filter(|k| !published.contains(k.kid.as_str()))
+        .map(|jwk| crate::store::StateChange::KeyPublished {
+            jwk,
+            replica: replica.clone(),
+            at: now,
+        })
+        .collect();
+    if !new.is_empty() {
+        store.append_all(&new)?;
+        tracing::info!(keys = new.len(), %replica, "published signing keys to the shared store");
+    }
+    Ok(())
 }
 
 /// Opens the configured state store: the embedded journal, or PostgreSQL (connected and
@@ -308,6 +358,34 @@ impl Broker {
             ))
         });
 
+        let checkpointer = match (&self.replica, self.store.shared()) {
+            (Some(replica), true) => match crate::checkpointer::Checkpointer::resume(
+                Arc::clone(&self.store),
+                Arc::clone(&self.state.minter),
+                Arc::clone(&self.state.clock),
+                replica.clone(),
+            )
+            .await
+            {
+                Ok(c) => {
+                    let mut rx = stop_rx.clone();
+                    let (cp, audit) = (c.clone(), self.state.audit.clone());
+                    let task = tokio::spawn(async move {
+                        cp.run(audit, async move {
+                            let _ = rx.wait_for(|v| *v).await;
+                        })
+                        .await;
+                    });
+                    Some((c, task))
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "could not read the audit checkpoints; none will be written");
+                    None
+                }
+            },
+            _ => None,
+        };
+
         let router = self.router();
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
         let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
@@ -417,6 +495,12 @@ impl Broker {
             tracing::error!(error = %e, "could not record broker_stopped");
         }
         self.state.audit.close().await;
+        if let Some((c, task)) = checkpointer {
+            let _ = task.await;
+            if let Err(e) = c.write(self.state.audit.durable_point()).await {
+                tracing::warn!(error = %e, "could not write the closing audit checkpoint");
+            }
+        }
     }
 }
 
@@ -485,6 +569,7 @@ async fn follow_store(
                         state.revocations.apply_remote(e);
                         state.grants.apply_remote(&e.change);
                         state.monitor.apply_remote(&e.change);
+                        state.minter.apply_remote(&e.change);
                     }
                     state.revocations.confirm_through(polled.through);
                     confirmed = started;

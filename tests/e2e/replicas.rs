@@ -12,11 +12,11 @@ use broker_tests::postgres::TestPostgres;
 use broker_tests::{Reply, SUBJECT, TASK, TestBroker, TokenRequest, rs256};
 use serde_json::json;
 
-/// A replica whose `[store]` is the test server's database.
-fn replica(pg: &TestPostgres) -> TestBroker {
+/// A replica named `id` whose `[store]` is the test server's database.
+fn replica(pg: &TestPostgres, id: &str) -> TestBroker {
     let mut opts = revocation_options();
     opts.extra_toml.push_str(&format!(
-        "\n[store]\nkind = \"postgres\"\nurl = \"{}\"\nsslmode = \"disable\"\n",
+        "\n[store]\nkind = \"postgres\"\nreplica_id = \"{id}\"\nurl = \"{}\"\nsslmode = \"disable\"\n",
         pg.url()
     ));
     TestBroker::start(opts)
@@ -44,8 +44,8 @@ async fn revocations_and_the_kill_switch_on_one_replica_bind_the_other() {
     let Some(pg) = TestPostgres::start() else {
         return;
     };
-    let a = replica(&pg);
-    let b = replica(&pg);
+    let a = replica(&pg, "a");
+    let b = replica(&pg, "b");
 
     // By jti: issued on A, revoked on B, inactive on A and in A's feed.
     let token = a.issue_payments().await;
@@ -121,8 +121,8 @@ async fn a_replica_refuses_while_the_database_is_away_and_recovers_by_itself() {
     let Some(pg) = TestPostgres::start() else {
         return;
     };
-    let mut a = replica(&pg);
-    let b = replica(&pg);
+    let mut a = replica(&pg, "a");
+    let b = replica(&pg, "b");
     let revoked = a.issue_payments().await;
     b.admin_revoke(&json!({"jti": jti_of(&revoked), "reason": "before the outage"}))
         .await;
@@ -181,8 +181,8 @@ async fn bench_revocation_propagation() {
     let Some(pg) = TestPostgres::start() else {
         return;
     };
-    let a = replica(&pg);
-    let b = replica(&pg);
+    let a = replica(&pg, "a");
+    let b = replica(&pg, "b");
     let n: usize = std::env::var("PROPAGATION_N")
         .ok()
         .and_then(|v| v.parse().ok())

@@ -495,7 +495,7 @@ async fn verifier_accepts_a_valid_token_and_refuses_malformed_ones() {
 #[tokio::test(flavor = "multi_thread")]
 async fn verifier_refuses_expired_and_not_yet_valid_tokens() {
     let b = TestBroker::start(Options::default());
-    let token = b.issue(SUBJECT, TASK, Some(1)).await;
+    let token = b.issue(SUBJECT, TASK, Some(2)).await;
     let exp = insecure_claims(&token)["exp"].as_u64().unwrap();
     let strict = verifier(&b).leeway(0).build().unwrap();
     let lenient = verifier(&b).leeway(30).build().unwrap();

@@ -149,6 +149,9 @@ pub struct AuditEvent {
     /// Extra structured detail (counts, file names, repaired byte ranges).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub detail: Option<serde_json::Value>,
+    /// The replica that wrote the record (set by the log from its options).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replica: Option<String>,
 }
 
 impl AuditEvent {
@@ -174,6 +177,7 @@ impl AuditEvent {
             ticket: None,
             actor: None,
             detail: None,
+            replica: None,
         }
     }
 }

@@ -16,12 +16,16 @@
 //! - `head`: the signed head anchor.
 //! - `writer`: [`AuditLog`], opening with torn-tail repair, the group-commit writer.
 //! - `verify`: [`verify`].
+//! - `replicas`: [`verify_replicas`], every replica's log against the shared checkpoints.
 //! - `stats`: [`AuditStats`], the writer's counters for `/metrics`.
+//! - [`checkpoint`]: a replica's signed, chained checkpoints in the shared store.
 
 pub mod event;
 
 mod chain;
+pub mod checkpoint;
 mod head;
+mod replicas;
 mod segment;
 mod stats;
 mod verify;
@@ -35,6 +39,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 pub use chain::RecordProblem;
+pub use checkpoint::Checkpoint;
+pub use replicas::{ReplicaReport, ReplicasError, verify_replicas};
 pub use stats::AuditStats;
 pub use verify::{VerifyError, VerifyReport, verify};
 pub use writer::AuditLog;
@@ -47,6 +53,8 @@ pub struct AuditOptions {
     /// A segment is closed and the next one started when a record would take it past this
     /// size (a single larger record still gets a segment of its own).
     pub segment_max_bytes: u64,
+    /// This replica's name, written into every record (`replica`) when set.
+    pub replica: Option<String>,
 }
 
 /// Why the log could not be opened or a record was not acknowledged.

@@ -16,6 +16,8 @@ pub(crate) struct CommitCounters {
     queue_nanos: AtomicU64,
     acknowledged: AtomicU64,
     append_nanos: AtomicU64,
+    /// The newest acknowledged (durable and anchored) record: seq and hash.
+    durable: std::sync::Mutex<(u64, [u8; 32])>,
 }
 
 impl CommitCounters {
@@ -47,6 +49,16 @@ impl CommitCounters {
     pub(crate) fn acknowledged(&self, took: Duration) {
         self.acknowledged.fetch_add(1, Ordering::Relaxed);
         self.append_nanos.fetch_add(nanos(took), Ordering::Relaxed);
+    }
+
+    /// Records that every record up to `seq` (whose hash is `hash`) is acknowledged.
+    pub(crate) fn set_durable(&self, seq: u64, hash: [u8; 32]) {
+        *self.durable.lock().unwrap_or_else(|e| e.into_inner()) = (seq, hash);
+    }
+
+    /// The newest acknowledged record's seq and hash (0 and zeros before the first).
+    pub(crate) fn durable(&self) -> (u64, [u8; 32]) {
+        *self.durable.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     pub(crate) fn snapshot(&self) -> AuditStats {

@@ -56,6 +56,7 @@ impl Fixture {
             AuditOptions {
                 dir: dir.to_path_buf(),
                 segment_max_bytes: self.max,
+                replica: None,
             },
             Arc::clone(&self.signer),
             Arc::clone(&self.clock) as Arc<dyn Clock>,
@@ -71,6 +72,7 @@ impl Fixture {
             AuditOptions {
                 dir: self.path().to_path_buf(),
                 segment_max_bytes: self.max,
+                replica: None,
             },
             Arc::clone(&self.signer),
             Arc::clone(&self.clock) as Arc<dyn Clock>,
@@ -725,6 +727,7 @@ async fn a_failed_anchor_during_start_up_repair_leaves_a_log_the_next_start_repa
     let opts = AuditOptions {
         dir: crashed.path().to_path_buf(),
         segment_max_bytes: fx.max,
+        replica: None,
     };
     let err = AuditLog::open_with_hooks(
         opts,
@@ -1082,6 +1085,7 @@ fn efbig_child() {
             AuditOptions {
                 dir: PathBuf::from(&dir),
                 segment_max_bytes: 1 << 30,
+                replica: None,
             },
             signer,
             Arc::new(ManualClock::at_unix(1_700_000_000)),
@@ -1196,4 +1200,159 @@ fn the_field_and_kind_tables_cover_every_field_and_kind() {
             "docs/audit-log.md has no table row for event `{name}`"
         );
     }
+}
+
+/// A closed log of `n` records written as `replica`, and the checkpoint chain a
+/// checkpointer would have written after each record (seq 1..=n).
+async fn replica_log(
+    dir: &Path,
+    replica: &str,
+    n: u64,
+    signer: &Arc<dyn Signer>,
+    clock_at: u64,
+) -> Vec<super::Checkpoint> {
+    use super::checkpoint::{Checkpoint, CheckpointPoint};
+    let log = AuditLog::open(
+        AuditOptions {
+            dir: dir.to_path_buf(),
+            segment_max_bytes: 1 << 20,
+            replica: Some(replica.into()),
+        },
+        Arc::clone(signer),
+        Arc::new(ManualClock::at_unix(clock_at)) as Arc<dyn Clock>,
+    )
+    .unwrap();
+    let mut chain: Vec<Checkpoint> = Vec::new();
+    for i in 0..n {
+        log.append(event(i)).await.unwrap();
+        let (seq, hash) = log.durable_point();
+        let prev = chain.last().map(|c| c.sig.clone()).unwrap_or_default();
+        chain.push(
+            Checkpoint::sign(
+                signer.as_ref(),
+                CheckpointPoint {
+                    replica,
+                    n: chain.len() as u64 + 1,
+                    seq,
+                    hash: &hash,
+                    prev: &prev,
+                    at: 1,
+                },
+            )
+            .unwrap(),
+        );
+    }
+    log.close().await;
+    chain
+}
+
+#[tokio::test]
+async fn replica_logs_verify_together_against_their_checkpoints() {
+    use super::{ReplicasError, verify_replicas};
+    // Two replicas with their own keys; the verifier knows both (the shared JWKS).
+    let (sa, ja) = keys(SigningAlgorithm::EdDSA);
+    let (sb, jb) = keys(SigningAlgorithm::ES256);
+    let jwks = Jwks {
+        keys: ja.keys.into_iter().chain(jb.keys.clone()).collect(),
+    };
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let ca = replica_log(a.path(), "a", 4, &sa, 1_700_000_000).await;
+    let cb = replica_log(b.path(), "b", 3, &sb, 1_700_000_000).await;
+    let dirs = [a.path().to_path_buf(), b.path().to_path_buf()];
+    let all: Vec<_> = ca.iter().chain(&cb).cloned().collect();
+    let reports = verify_replicas(&dirs, &jwks, &all).unwrap();
+    assert_eq!(reports.len(), 2);
+    assert_eq!(reports[0].replica.as_deref(), Some("a"));
+    assert_eq!(reports[0].checkpoints, 4);
+    assert_eq!(reports[1].checkpoints, 3);
+    // Each record names its replica (and the hash covers it).
+    let text = fs::read_to_string(a.path().join(segment_name(1))).unwrap();
+    assert!(
+        text.lines().all(|l| l.contains("\"replica\":\"a\"")),
+        "{text}"
+    );
+
+    // A replica that checkpointed but whose log is not given.
+    let err = verify_replicas(&dirs[..1], &jwks, &all).unwrap_err();
+    assert!(
+        matches!(err, ReplicasError::MissingReplica { ref replica, .. } if replica == "b"),
+        "{err}"
+    );
+    // A checkpoint removed from the middle of a chain.
+    let gap: Vec<_> = all
+        .iter()
+        .filter(|c| !(c.replica == "a" && c.n == 2))
+        .cloned()
+        .collect();
+    let err = verify_replicas(&dirs, &jwks, &gap).unwrap_err();
+    assert!(
+        matches!(err, ReplicasError::Checkpoint { n: 3, .. }),
+        "{err}"
+    );
+    // A checkpoint whose signature does not verify.
+    let mut bad_sig = all.clone();
+    bad_sig[1].sig = bad_sig[0].sig.clone();
+    bad_sig[2].prev = bad_sig[1].sig.clone();
+    let err = verify_replicas(&dirs, &jwks, &bad_sig).unwrap_err();
+    assert!(
+        matches!(&err, ReplicasError::Checkpoint { n: 2, problem, .. } if problem.contains("bad signature")),
+        "{err}"
+    );
+    // Without replica a's key, its log (anchor) does not verify.
+    let err = verify_replicas(
+        &dirs,
+        &Jwks {
+            keys: jb.keys.clone(),
+        },
+        &all,
+    )
+    .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ReplicasError::Log {
+                source: VerifyError::UnknownKid { .. },
+                ..
+            }
+        ),
+        "{err}"
+    );
+    // Two directories of one replica.
+    let err = verify_replicas(&[dirs[0].clone(), dirs[0].clone()], &jwks, &ca).unwrap_err();
+    assert!(matches!(err, ReplicasError::Duplicate { .. }), "{err}");
+
+    // Replica a's disk is replaced by a shorter log (a restore from an older copy): its
+    // own chain and anchor verify, but the checkpoints vouch for a record it lacks.
+    let restored = tempfile::tempdir().unwrap();
+    replica_log(restored.path(), "a", 2, &sa, 1_700_000_000).await;
+    let dirs2 = [restored.path().to_path_buf(), dirs[1].clone()];
+    let err = verify_replicas(&dirs2, &jwks, &all).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ReplicasError::NotInLog {
+                seq: 3,
+                found: None,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    // Replica a's log replaced by another of the same length, written later (its own
+    // chain and anchor are fine): the checkpointed hashes are not in it.
+    let forged = tempfile::tempdir().unwrap();
+    replica_log(forged.path(), "a", 4, &sa, 1_800_000_000).await;
+    let dirs3 = [forged.path().to_path_buf(), dirs[1].clone()];
+    let err = verify_replicas(&dirs3, &jwks, &all).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ReplicasError::NotInLog {
+                n: 1,
+                found: Some(_),
+                ..
+            }
+        ),
+        "{err}"
+    );
 }

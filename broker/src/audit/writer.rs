@@ -52,6 +52,8 @@ struct Inner {
     queue: Arc<Queue>,
     done: watch::Receiver<bool>,
     stats: Arc<CommitCounters>,
+    /// Written into every record.
+    replica: Option<String>,
     #[cfg(test)]
     hooks: Arc<Hooks>,
 }
@@ -102,6 +104,7 @@ impl AuditLog {
         clock: Arc<dyn Clock>,
         #[cfg(test)] hooks: Arc<Hooks>,
     ) -> Result<AuditLog, AuditError> {
+        let replica = opts.replica.clone();
         let (mut writer, repair) = Writer::recover(
             opts,
             signer,
@@ -110,7 +113,9 @@ impl AuditLog {
             Arc::clone(&hooks),
         )?;
         if let Some(repair) = repair {
-            let json = serde_json::to_vec(&repair.event())?;
+            let mut event = repair.event();
+            event.replica.clone_from(&replica);
+            let json = serde_json::to_vec(&event)?;
             if let (0, Some(err)) = writer.commit(&[json]) {
                 return Err(err.to_error());
             }
@@ -132,6 +137,7 @@ impl AuditLog {
                 queue,
                 done,
                 stats,
+                replica,
                 #[cfg(test)]
                 hooks,
             }),
@@ -146,7 +152,10 @@ impl AuditLog {
     /// the caller must fail closed. If the future is dropped after the event was queued, the
     /// record is still written.
     #[allow(clippy::needless_pass_by_value)] // the signature is the HTTP layer's contract
-    pub async fn append(&self, event: AuditEvent) -> Result<u64, AuditError> {
+    pub async fn append(&self, mut event: AuditEvent) -> Result<u64, AuditError> {
+        if event.replica.is_none() {
+            event.replica.clone_from(&self.inner.replica);
+        }
         let json = serde_json::to_vec(&event)?;
         let (tx, rx) = oneshot::channel();
         let queued = Instant::now();
@@ -154,6 +163,13 @@ impl AuditLog {
         let result = rx.await.unwrap_or(Err(AuditError::Closed));
         self.inner.stats.acknowledged(queued.elapsed());
         result
+    }
+
+    /// The newest acknowledged record: its seq and hash (hex). What a checkpoint vouches
+    /// for.
+    pub fn durable_point(&self) -> (u64, String) {
+        let (seq, hash) = self.inner.stats.durable();
+        (seq, super::chain::to_hex(&hash))
     }
 
     /// Flushes and stops the writer (idempotent). Appends queued before the call are
@@ -728,6 +744,8 @@ impl Writer {
     fn run(mut self, queue: Arc<Queue>, done: watch::Sender<bool>) {
         let guard = ExitGuard { queue, done };
         let queue = &guard.queue;
+        // What start-up left is durable and anchored.
+        self.stats.set_durable(self.last.seq, self.last.hash);
         let mut events = Vec::new();
         let mut waiters = Vec::new();
         // Whether the anchor on disk has its durable point at its end.
@@ -763,6 +781,9 @@ impl Writer {
             let first = self.last.seq + 1;
             let started = Instant::now();
             let (ok, err) = self.commit(&events);
+            if ok > 0 {
+                self.stats.set_durable(self.last.seq, self.last.hash);
+            }
             self.stats.batch(
                 events.len(),
                 started.elapsed(),

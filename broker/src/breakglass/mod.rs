@@ -143,20 +143,25 @@ pub fn new_grant_id() -> String {
 impl Grants {
     /// Replays the journal.
     pub fn open(store: Arc<dyn StateStore>) -> Result<Self, StoreError> {
+        let events = store.load()?;
+        Ok(Self::from_events(store, &events))
+    }
+
+    /// Builds the grants from `events` (the journal as loaded once at start).
+    pub fn from_events(store: Arc<dyn StateStore>, events: &[Event]) -> Self {
         let me = Self {
             map: Mutex::new(HashMap::new()),
             store,
         };
-        let changes = me.store.load()?;
         {
             let mut map = me.lock();
-            for e in changes {
-                if let StateChange::Grant(g) = e.change {
-                    apply(&mut map, &g);
+            for e in events {
+                if let StateChange::Grant(g) = &e.change {
+                    apply(&mut map, g);
                 }
             }
         }
-        Ok(me)
+        me
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Grant>> {

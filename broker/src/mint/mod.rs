@@ -89,6 +89,9 @@ impl fmt::Debug for MintedToken {
 pub struct Minter {
     issuer: String,
     keys: RwLock<Arc<KeyRing>>,
+    /// Public keys other replicas published through the shared store: tokens they mint
+    /// verify here, and this replica's JWKS serves them too.
+    peer_keys: RwLock<Vec<keys::PublicJwk>>,
     clock: Arc<dyn Clock>,
     rng: SystemRandom,
 }
@@ -107,6 +110,7 @@ impl Minter {
         Self {
             issuer,
             keys: RwLock::new(Arc::new(keys)),
+            peer_keys: RwLock::new(Vec::new()),
             clock,
             rng: SystemRandom::new(),
         }
@@ -127,9 +131,35 @@ impl Minter {
         *self.keys.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(ring);
     }
 
-    /// The published keys.
+    /// The published keys: this replica's, then those other replicas published.
     pub fn jwks(&self) -> Jwks {
-        self.key_ring().jwks()
+        let mut jwks = self.key_ring().jwks();
+        for k in self
+            .peer_keys
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
+            if !jwks.keys.iter().any(|own| own.kid == k.kid) {
+                jwks.keys.push(k.clone());
+            }
+        }
+        jwks
+    }
+
+    /// Adds a public key another replica published (idempotent by `kid`).
+    pub fn add_peer_key(&self, jwk: keys::PublicJwk) {
+        let mut peers = self.peer_keys.write().unwrap_or_else(|e| e.into_inner());
+        if !peers.iter().any(|k| k.kid == jwk.kid) {
+            peers.push(jwk);
+        }
+    }
+
+    /// Applies a journal change: a key another replica published.
+    pub fn apply_remote(&self, change: &crate::store::StateChange) {
+        if let crate::store::StateChange::KeyPublished { jwk, .. } = change {
+            self.add_peer_key(jwk.clone());
+        }
     }
 
     /// A fresh 128-bit random token id, base64url.

@@ -6,7 +6,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use broker_client::types::AccessTokenClaims;
 use serde::Deserialize;
 
-use super::keys::KeyRing;
+use super::keys::Jwks;
 
 /// Longest token accepted for verification, bytes.
 pub const MAX_OWN_TOKEN_LEN: usize = 8 * 1024;
@@ -37,7 +37,7 @@ struct Header {
 /// Verifies the signature and issuer of `token`; returns its claims whatever the time.
 pub fn verify_signature(
     token: &str,
-    ring: &KeyRing,
+    keys: &Jwks,
     issuer: &str,
 ) -> Result<AccessTokenClaims, OwnTokenError> {
     if token.len() > MAX_OWN_TOKEN_LEN {
@@ -58,7 +58,7 @@ pub fn verify_signature(
     if header.typ.as_deref() != Some("at+jwt") {
         return Err(OwnTokenError::Foreign);
     }
-    let key = ring
+    let key = keys
         .verifying_key(&header.kid)
         .ok_or(OwnTokenError::Foreign)?;
     if key.algorithm().as_str() != header.alg {
@@ -93,6 +93,7 @@ mod tests {
 
     use super::*;
     use crate::clock::ManualClock;
+    use crate::mint::keys::KeyRing;
     use crate::mint::{MintRequest, Minter, keys};
 
     #[test]
@@ -118,12 +119,12 @@ mod tests {
                 min_iat: 0,
             })
             .unwrap();
-        let c = verify_signature(t.expose_token(), &ring, "https://b").unwrap();
+        let c = verify_signature(t.expose_token(), &ring.jwks(), "https://b").unwrap();
         assert_eq!(c.jti, t.claims.jti);
         assert_eq!(check_time(&c, 1000, 0), Ok(()));
         assert_eq!(check_time(&c, 1060, 0), Err(OwnTokenError::Expired));
         assert_eq!(
-            verify_signature(t.expose_token(), &ring, "https://other"),
+            verify_signature(t.expose_token(), &ring.jwks(), "https://other"),
             Err(OwnTokenError::Foreign)
         );
         // Flip one character in the middle of the signature (the last one may only
@@ -132,9 +133,9 @@ mod tests {
         let i = tok.rfind('.').unwrap() + 10;
         let flipped = if &tok[i..=i] == "A" { "B" } else { "A" };
         let bad = format!("{}{}{}", &tok[..i], flipped, &tok[i + 1..]);
-        assert!(verify_signature(&bad, &ring, "https://b").is_err());
+        assert!(verify_signature(&bad, &ring.jwks(), "https://b").is_err());
         assert_eq!(
-            verify_signature("x.y.z", &ring, "https://b"),
+            verify_signature("x.y.z", &ring.jwks(), "https://b"),
             Err(OwnTokenError::Foreign)
         );
     }

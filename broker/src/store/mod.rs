@@ -133,6 +133,16 @@ pub enum StateChange {
     Grant(GrantChange),
     /// A behavioural-monitoring change.
     Anomaly(AnomalyChange),
+    /// A replica's public signing key, so that every replica verifies and serves it
+    /// (the private key never leaves the replica).
+    KeyPublished {
+        /// The key.
+        jwk: crate::mint::keys::PublicJwk,
+        /// The replica that signs with it.
+        replica: String,
+        /// When.
+        at: u64,
+    },
 }
 
 /// An anomaly change (so that `deny` holds survive restarts).
@@ -307,6 +317,17 @@ pub trait StateStore: Send + Sync {
     /// A successful call also confirms that this handle's view is current.
     fn poll(&self) -> Result<Polled, StoreError> {
         Ok(Polled::default())
+    }
+    /// Keeps an audit checkpoint (insert-only: a second one with the same replica and
+    /// number is refused). Stores of one process keep none: their broker's own anchor is
+    /// the whole story, so the default discards it.
+    fn record_checkpoint(&self, checkpoint: &crate::audit::Checkpoint) -> Result<(), StoreError> {
+        let _ = checkpoint;
+        Ok(())
+    }
+    /// Every kept checkpoint, by replica then number.
+    fn checkpoints(&self) -> Result<Vec<crate::audit::Checkpoint>, StoreError> {
+        Ok(Vec::new())
     }
 }
 

@@ -39,14 +39,26 @@ pub const STATEMENT_TIMEOUT: Duration = Duration::from_secs(10);
 const MIGRATION_LOCK: i64 = 0x6a69_745f_6272_6b72; // "jit_brkr"
 
 /// The schema, one step per version, applied in order and recorded.
-const MIGRATIONS: &[(i32, &str)] = &[(
-    1,
-    "CREATE TABLE broker_events (
-        id          bigint      PRIMARY KEY,
-        recorded_at timestamptz NOT NULL DEFAULT now(),
-        change      jsonb       NOT NULL
-    )",
-)];
+const MIGRATIONS: &[(i32, &str)] = &[
+    (
+        1,
+        "CREATE TABLE broker_events (
+            id          bigint      PRIMARY KEY,
+            recorded_at timestamptz NOT NULL DEFAULT now(),
+            change      jsonb       NOT NULL
+        )",
+    ),
+    (
+        2,
+        "CREATE TABLE broker_audit_checkpoints (
+            replica     text        NOT NULL,
+            n           bigint      NOT NULL,
+            recorded_at timestamptz NOT NULL DEFAULT now(),
+            checkpoint  jsonb       NOT NULL,
+            PRIMARY KEY (replica, n)
+        )",
+    ),
+];
 
 /// The newest schema version this build knows.
 pub const SCHEMA_VERSION: i32 = MIGRATIONS[MIGRATIONS.len() - 1].0;
@@ -129,6 +141,11 @@ enum Command {
     ),
     Load(mpsc::SyncSender<Result<Vec<Event>, StoreError>>),
     Poll(mpsc::SyncSender<Result<Polled, StoreError>>),
+    Checkpoint(
+        crate::audit::Checkpoint,
+        mpsc::SyncSender<Result<(), StoreError>>,
+    ),
+    Checkpoints(mpsc::SyncSender<Result<Vec<crate::audit::Checkpoint>, StoreError>>),
     /// A checked append: lock, send the caller what other handles appended since its
     /// last poll, wait for its decision, append that, commit.
     Decide {
@@ -230,6 +247,12 @@ impl PostgresStore {
                                     cursor.own.extend(ids);
                                 }
                                 let _ = done.send(r);
+                            }
+                            Command::Checkpoint(cp, reply) => {
+                                let _ = reply.send(insert_checkpoint(&client, &cp).await);
+                            }
+                            Command::Checkpoints(reply) => {
+                                let _ = reply.send(read_checkpoints(&client).await);
                             }
                             Command::Load(reply) => {
                                 let r = load(&client, 0).await.map(|events| {
@@ -340,6 +363,15 @@ impl StateStore for PostgresStore {
 
     fn shared(&self) -> bool {
         true
+    }
+
+    fn record_checkpoint(&self, checkpoint: &crate::audit::Checkpoint) -> Result<(), StoreError> {
+        let cp = checkpoint.clone();
+        self.call(|reply| Command::Checkpoint(cp, reply))
+    }
+
+    fn checkpoints(&self) -> Result<Vec<crate::audit::Checkpoint>, StoreError> {
+        self.call(Command::Checkpoints)
     }
 
     fn poll(&self) -> Result<Polled, StoreError> {
@@ -600,6 +632,42 @@ async fn decide(
     let ids = insert(&tx, &changes).await?;
     commit(tx).await?;
     Ok(ids)
+}
+
+async fn insert_checkpoint(
+    client: &tokio_postgres::Client,
+    cp: &crate::audit::Checkpoint,
+) -> Result<(), StoreError> {
+    let json = serde_json::to_value(cp)
+        .map_err(|err| db_error(format!("could not encode a checkpoint: {err}")))?;
+    let n = i64::try_from(cp.n).unwrap_or(i64::MAX);
+    client
+        .execute(
+            "INSERT INTO broker_audit_checkpoints (replica, n, checkpoint) VALUES ($1, $2, $3)",
+            &[&cp.replica, &n, &json],
+        )
+        .await
+        .map_err(pg("could not record an audit checkpoint"))?;
+    Ok(())
+}
+
+async fn read_checkpoints(
+    client: &tokio_postgres::Client,
+) -> Result<Vec<crate::audit::Checkpoint>, StoreError> {
+    let rows = client
+        .query(
+            "SELECT checkpoint FROM broker_audit_checkpoints ORDER BY replica, n",
+            &[],
+        )
+        .await
+        .map_err(pg("could not read the audit checkpoints"))?;
+    rows.into_iter()
+        .map(|row| {
+            let json: serde_json::Value = row.get(0);
+            serde_json::from_value(json)
+                .map_err(|err| db_error(format!("an audit checkpoint is not readable: {err}")))
+        })
+        .collect()
 }
 
 async fn load(

@@ -79,8 +79,7 @@ pub async fn introspect(
     }
     st.metrics.introspected();
     let inactive = || no_store(Json(json!({ "active": false })).into_response());
-    let Ok(claims) = verify::verify_signature(&token, &st.minter.key_ring(), st.minter.issuer())
-    else {
+    let Ok(claims) = verify::verify_signature(&token, &st.minter.jwks(), st.minter.issuer()) else {
         return inactive();
     };
     if verify::check_time(&claims, st.clock.unix_secs(), NBF_LEEWAY_SECS).is_err() {

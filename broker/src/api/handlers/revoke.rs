@@ -63,7 +63,7 @@ pub async fn revoke(
         .await;
     };
     let now = st.clock.unix_secs();
-    let claims = match verify::verify_signature(&token, &st.minter.key_ring(), st.minter.issuer()) {
+    let claims = match verify::verify_signature(&token, &st.minter.jwks(), st.minter.issuer()) {
         Ok(c) => c,
         Err(_) => {
             ev.reason = Some("not a token issued by this broker; nothing to revoke".into());
