@@ -146,6 +146,8 @@ pub struct Monitor {
     volume: VolumeSettings,
     dormant_after_secs: u64,
     store: Arc<dyn StateStore>,
+    /// Every journal change up to this event id is applied here.
+    through: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Monitor {
@@ -204,7 +206,14 @@ impl Monitor {
             volume,
             dormant_after_secs,
             store,
+            through: std::sync::atomic::AtomicU64::new(events.last().map_or(0, |e| e.id)),
         }
+    }
+
+    /// Records that every journal change up to event `id` has been applied.
+    pub fn confirm_through(&self, id: u64) {
+        self.through
+            .fetch_max(id, std::sync::atomic::Ordering::AcqRel);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -246,8 +255,9 @@ impl Monitor {
     pub fn acknowledge(&self, id: &str, by: &str, now: u64) -> Result<Option<Anomaly>, StoreError> {
         let mut inner = self.lock();
         let mut fresh_changes = Vec::new();
+        let after = self.through.load(std::sync::atomic::Ordering::Acquire);
         self.store
-            .append_decided(&mut |fresh| {
+            .append_decided(after, &mut |fresh| {
                 fresh_changes = fresh.to_vec();
                 let mut known = inner
                     .anomalies

@@ -572,6 +572,8 @@ async fn follow_store(
                         state.minter.apply_remote(&e.change);
                     }
                     state.revocations.confirm_through(polled.through);
+                    state.grants.confirm_through(polled.through);
+                    state.monitor.confirm_through(polled.through);
                     confirmed = started;
                     last_error = None;
                 }

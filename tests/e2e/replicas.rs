@@ -8,17 +8,47 @@ use broker_tests::admin::{
     BATCH_IDENTITY, BATCH_SUBJECT, BILLING_SUBJECT, READ_TASK, admin_bearer, feed_jti, feed_rule,
     jti_of, revocation_options,
 };
+use broker_tests::break_glass::{
+    BreakGlassOptions, TWO_PERSON_TASK, approver_bearer, commander_bearer, grant_body, grant_id,
+    ledger_grant_body, supervisor_bearer, write_break_glass_files,
+};
+use broker_tests::governance::{
+    GUARDED, GUARDED_SUBJECT, GovOptions, SYNC_READ, SYNC_WRITE, anomaly_id,
+};
 use broker_tests::postgres::TestPostgres;
-use broker_tests::{Reply, SUBJECT, TASK, TestBroker, TokenRequest, rs256};
+use broker_tests::{IDENTITY, Reply, SUBJECT, TASK, TestBroker, TokenRequest, rs256};
 use serde_json::json;
+
+/// The `[store]` of replica `id` on the test server's database.
+fn store_toml(pg: &TestPostgres, id: &str) -> String {
+    format!(
+        "\n[store]\nkind = \"postgres\"\nreplica_id = \"{id}\"\nurl = \"{}\"\nsslmode = \"disable\"\n",
+        pg.url()
+    )
+}
 
 /// A replica named `id` whose `[store]` is the test server's database.
 fn replica(pg: &TestPostgres, id: &str) -> TestBroker {
     let mut opts = revocation_options();
-    opts.extra_toml.push_str(&format!(
-        "\n[store]\nkind = \"postgres\"\nreplica_id = \"{id}\"\nurl = \"{}\"\nsslmode = \"disable\"\n",
-        pg.url()
-    ));
+    opts.extra_toml.push_str(&store_toml(pg, id));
+    TestBroker::start(opts)
+}
+
+/// A replica with the break-glass policies and approvers.
+fn bg_replica(pg: &TestPostgres, id: &str) -> TestBroker {
+    let bg = BreakGlassOptions::default();
+    let mut opts = bg.options();
+    opts.extra_toml.push_str(&store_toml(pg, id));
+    let mut b = TestBroker::prepare(opts);
+    write_break_glass_files(&b.dir().join("policies"), &bg.files);
+    b.launch().unwrap_or_else(|e| panic!("{e}"));
+    b
+}
+
+/// A replica with the governance registry (anomalies held with `deny`).
+fn gov_replica(pg: &TestPostgres, id: &str) -> TestBroker {
+    let mut opts = GovOptions::default().options();
+    opts.extra_toml.push_str(&store_toml(pg, id));
     TestBroker::start(opts)
 }
 
@@ -169,6 +199,324 @@ async fn a_replica_refuses_while_the_database_is_away_and_recovers_by_itself() {
         refused.is_empty() || refused.iter().all(|r| r["rule"] == "state_stale"),
         "only stale-view refusals while the database was away"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn break_glass_granted_on_one_replica_is_used_and_closed_on_the_other() {
+    let Some(pg) = TestPostgres::start() else {
+        return;
+    };
+    let a = bg_replica(&pg, "a");
+    let b = bg_replica(&pg, "b");
+
+    // Requested on A, approved on B (decided against the database, whatever B has seen).
+    let r = a
+        .request_grant(Some(&commander_bearer()), &ledger_grant_body("5m"))
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let id = grant_id(&r.body);
+    let r = b.approve_grant(Some(&approver_bearer()), &id).await;
+    assert_eq!(r.status, 200, "B approves A's grant: {}", r.text);
+    assert_eq!(r.body["status"], "active", "{}", r.text);
+
+    // Used on A (once A has seen the activation), and on B.
+    let mut tokens = Vec::new();
+    eventually("A issues under the grant approved on B", async || {
+        let r = a.bg_token(&[]).await;
+        if r.status == 200 {
+            tokens.push(r.access_token().unwrap().to_owned());
+        }
+        r.status == 200
+    })
+    .await;
+    tokens.push(b.issue_bg().await);
+    for t in &tokens {
+        assert!(a.is_active(t).await && b.is_active(t).await);
+    }
+
+    // Closed on B: every grant token is inactive on both, and A issues no more.
+    let r = b.close_grant(Some(&commander_bearer()), &id).await;
+    assert_eq!(r.status, 200, "B closes the grant: {}", r.text);
+    for t in &tokens {
+        eventually("the grant's tokens are inactive on A", async || {
+            !a.is_active(t).await
+        })
+        .await;
+        assert!(!b.is_active(t).await, "inactive on B at once");
+    }
+    eventually("A refuses the closed grant's task", async || {
+        a.bg_token(&[]).await.status != 200
+    })
+    .await;
+    // A second close (on A, which may not have seen B's) closes nothing more.
+    let r = a.close_grant(Some(&commander_bearer()), &id).await;
+    assert!(r.status == 200 || r.status == 409, "{}", r.text);
+    let closes = |x: &TestBroker| {
+        x.records_of("break_glass_closed")
+            .into_iter()
+            .filter(|r| r["detail"]["grant"] == id.as_str())
+            .count()
+    };
+    assert_eq!(closes(&a) + closes(&b), 1, "one close in all");
+
+    // Two-person grant: the same approver racing on both replicas counts once; two
+    // different approvers racing complete the quorum exactly once.
+    let r = a
+        .request_grant(
+            Some(&commander_bearer()),
+            &grant_body(IDENTITY, TWO_PERSON_TASK, "5m"),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let two = grant_id(&r.body);
+    let (approver, supervisor) = (approver_bearer(), supervisor_bearer());
+    let (ra, rb) = tokio::join!(
+        a.approve_grant(Some(&approver), &two),
+        b.approve_grant(Some(&approver), &two)
+    );
+    let mut statuses = [ra.status, rb.status];
+    statuses.sort_unstable();
+    assert_eq!(statuses, [200, 409], "{} / {}", ra.text, rb.text);
+    let report = b.report_of(&two).await;
+    assert_eq!(
+        report["approvals"].as_array().map(Vec::len),
+        Some(1),
+        "{report}"
+    );
+    assert_eq!(report["status"], "pending", "{report}");
+
+    let r = a
+        .request_grant(
+            Some(&commander_bearer()),
+            &grant_body(IDENTITY, TWO_PERSON_TASK, "5m"),
+        )
+        .await;
+    let quorum = grant_id(&r.body);
+    let (ra, rb) = tokio::join!(
+        a.approve_grant(Some(&approver), &quorum),
+        b.approve_grant(Some(&supervisor), &quorum)
+    );
+    assert_eq!(
+        (ra.status, rb.status),
+        (200, 200),
+        "{} / {}",
+        ra.text,
+        rb.text
+    );
+    let activations = |x: &TestBroker| {
+        x.records_of("break_glass_activated")
+            .into_iter()
+            .filter(|r| r["detail"]["grant"] == quorum.as_str())
+            .count()
+    };
+    eventually("the grant is active on both", async || {
+        a.report_of(&quorum).await["status"] == "active"
+            && b.report_of(&quorum).await["status"] == "active"
+    })
+    .await;
+    assert_eq!(activations(&a) + activations(&b), 1, "activated once");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_anomaly_held_on_one_replica_holds_on_the_other_until_acknowledged_there() {
+    let Some(pg) = TestPostgres::start() else {
+        return;
+    };
+    let a = gov_replica(&pg, "a");
+    let b = gov_replica(&pg, "b");
+    assert_eq!(
+        a.ask(GUARDED_SUBJECT, SYNC_WRITE, Some("ledger:read"))
+            .await
+            .status,
+        200
+    );
+    // A new task on A: held (deny).
+    let r = a.ask(GUARDED_SUBJECT, SYNC_READ, None).await;
+    assert_eq!(r.status, 403, "{}", r.text);
+    let recs = a.anomaly_records(GUARDED, None);
+    assert_eq!(recs.len(), 1, "{recs:#?}");
+    let id = anomaly_id(&recs[0]);
+
+    // B holds the identity too, even for what it used before.
+    eventually("B holds the identity A's anomaly holds", async || {
+        let r = b
+            .ask(GUARDED_SUBJECT, SYNC_WRITE, Some("ledger:read"))
+            .await;
+        r.status == 403 && r.text.contains(&id)
+    })
+    .await;
+    assert!(
+        b.denied_of(GUARDED, "anomaly_unacknowledged")
+            .iter()
+            .any(|d| d.to_string().contains(&id)),
+        "B's refusal is recorded naming the anomaly"
+    );
+
+    // Acknowledged on B: both resume.
+    let r = b.ack_with(Some(&admin_bearer()), &id).await;
+    assert_eq!(r.status, 200, "B acknowledges A's anomaly: {}", r.text);
+    assert_eq!(
+        b.ask(GUARDED_SUBJECT, SYNC_WRITE, Some("ledger:read"))
+            .await
+            .status,
+        200
+    );
+    eventually("A resumes once B acknowledged", async || {
+        a.ask(GUARDED_SUBJECT, SYNC_WRITE, Some("ledger:read"))
+            .await
+            .status
+            == 200
+    })
+    .await;
+    // A's view is B's acknowledgement: the anomaly is no longer open there.
+    let e = a.inventory_entry(GUARDED).await;
+    assert!(
+        !e["anomalies"]
+            .as_array()
+            .is_some_and(|l| l.iter().any(|x| x["id"] == id.as_str())),
+        "acknowledged on B, closed on A: {e:#}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replica_killed_under_load_loses_nothing_and_every_log_verifies_together() {
+    let Some(pg) = TestPostgres::start() else {
+        return;
+    };
+    let mut a = replica(&pg, "a");
+    let b = replica(&pg, "b");
+
+    // Each replica serves the other's keys: B's token verifies (introspects) on A.
+    let kids = |set: jsonwebtoken::jwk::JwkSet| -> Vec<String> {
+        set.keys
+            .into_iter()
+            .filter_map(|k| k.common.key_id)
+            .collect()
+    };
+    let on_b = b.issue_payments().await;
+    eventually("A serves B's key", async || {
+        let (ka, kb) = (kids(a.jwks().await), kids(b.jwks().await));
+        kb.iter().all(|k| ka.contains(k)) && ka.iter().all(|k| kb.contains(k))
+    })
+    .await;
+    assert!(a.is_active(&on_b).await, "A verifies a token B minted");
+
+    // Load on both replicas; A is SIGKILLed in the middle and restarted.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let received = std::sync::Arc::new(std::sync::Mutex::new(Vec::<(char, String)>::new()));
+    let worker = |url: String, name: char| {
+        let (stop, received) = (stop.clone(), received.clone());
+        tokio::spawn(async move {
+            let client = broker_tests::http_client();
+            let subject = rs256(SUBJECT);
+            let mut served = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let r = client
+                    .post(format!("{url}/oauth2/token"))
+                    .form(&TokenRequest::exchange(&subject, TASK).params)
+                    .send()
+                    .await;
+                if let Ok(res) = r
+                    && res.status() == 200
+                    && let Ok(body) = res.json::<serde_json::Value>().await
+                    && let Some(t) = body["access_token"].as_str()
+                {
+                    received.lock().unwrap().push((name, jti_of(t)));
+                    served += 1;
+                } else {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+            served
+        })
+    };
+    let a_url = a.base_url().to_owned();
+    let workers: Vec<_> = (0..3)
+        .flat_map(|_| {
+            [
+                worker(a_url.clone(), 'a'),
+                worker(b.base_url().to_owned(), 'b'),
+            ]
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    a.sigkill();
+    let b_before = received
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(r, _)| *r == 'b')
+        .count();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let b_after = received
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(r, _)| *r == 'b')
+        .count();
+    assert!(
+        b_after > b_before,
+        "B keeps serving while A is down ({b_before} -> {b_after})"
+    );
+    a.launch().unwrap_or_else(|e| panic!("relaunch A: {e}"));
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for w in workers {
+        w.await.unwrap();
+    }
+    let received = received.lock().unwrap().clone();
+    assert!(received.iter().any(|(r, _)| *r == 'a'));
+    let _ = a.stop();
+    let mut b = b;
+    let _ = b.stop();
+
+    // Every jti a client received is in exactly one replica's log, exactly once.
+    let mut issued = std::collections::HashMap::<String, usize>::new();
+    for x in [&a, &b] {
+        for rec in x.records_of("issued") {
+            if let Some(j) = rec["jti"].as_str() {
+                *issued.entry(j.to_owned()).or_default() += 1;
+            }
+        }
+    }
+    for (_, jti) in &received {
+        assert_eq!(issued.get(jti), Some(&1), "jti {jti} recorded exactly once");
+    }
+    // Both logs verify on their own and against the checkpoints in the database.
+    let out = broker_tests::run_broker([
+        std::ffi::OsStr::new("audit"),
+        "verify".as_ref(),
+        a.audit_dir().as_os_str(),
+        b.audit_dir().as_os_str(),
+        "--config".as_ref(),
+        a.config_path().as_os_str(),
+    ]);
+    assert!(
+        out.success(),
+        "audit verify over both replicas: {}{}",
+        out.stdout,
+        out.stderr
+    );
+    assert!(
+        out.stdout.contains("2 replica log(s) verified together"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout.contains("(replica a)") && out.stdout.contains("(replica b)"),
+        "{}",
+        out.stdout
+    );
+    // Leaving a replica's log out is found: it checkpointed to the database.
+    let out = broker_tests::run_broker([
+        std::ffi::OsStr::new("audit"),
+        "verify".as_ref(),
+        b.audit_dir().as_os_str(),
+        "--config".as_ref(),
+        a.config_path().as_os_str(),
+    ]);
+    assert!(!out.success(), "{}", out.stdout);
+    assert!(out.stdout.contains("replica \"a\""), "{}", out.stdout);
 }
 
 /// The propagation benchmark of `bench/replicas.sh` (not run in CI: `--ignored`): 1,000

@@ -124,6 +124,9 @@ fn refusal(rule: &'static str, status: u16, reason: String) -> GrantRefusal {
 pub struct Grants {
     map: Mutex<HashMap<String, Grant>>,
     store: Arc<dyn StateStore>,
+    /// Every journal change up to this event id is applied here (the point a checked
+    /// append reads on from).
+    through: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Grants {
@@ -152,6 +155,7 @@ impl Grants {
         let me = Self {
             map: Mutex::new(HashMap::new()),
             store,
+            through: std::sync::atomic::AtomicU64::new(events.last().map_or(0, |e| e.id)),
         };
         {
             let mut map = me.lock();
@@ -192,7 +196,8 @@ impl Grants {
         let mut map = self.lock();
         let mut verdict = None;
         let mut fresh_grants = Vec::new();
-        let appended = self.store.append_decided(&mut |fresh| {
+        let after = self.through.load(std::sync::atomic::Ordering::Acquire);
+        let appended = self.store.append_decided(after, &mut |fresh| {
             fresh_grants = fresh
                 .iter()
                 .filter_map(|c| match c {
@@ -324,6 +329,13 @@ impl Grants {
             _ => Err(()),
         })?;
         Ok(d.verdict.ok().and(d.grant))
+    }
+
+    /// Records that every journal change up to event `id` has been applied (after a
+    /// poll's changes were).
+    pub fn confirm_through(&self, id: u64) {
+        self.through
+            .fetch_max(id, std::sync::atomic::Ordering::AcqRel);
     }
 
     /// Applies a grant change another replica made (already durable in the shared store).

@@ -288,16 +288,19 @@ pub trait StateStore: Send + Sync {
             })
     }
     /// A check-then-append decided against the newest shared state: `decide` is called
-    /// once with the changes other handles made that this one has not yet returned from
-    /// [`StateStore::poll`] (in a shared store, read while holding the journal's lock),
-    /// and what it returns is appended as one unit before any other append. An empty
+    /// once with every change after event `after` (the newest the caller has applied
+    /// all changes up to; in a shared store read while holding the journal's lock, and
+    /// possibly including changes the caller made itself, which apply idempotently), and
+    /// what it returns is appended as one unit before any other append. An empty
     /// decision appends nothing. Returns what was appended. The callers keep their own
     /// lock around this call, so within one process the check is atomic too; the
-    /// default (one process, nothing fresh) decides on an empty list and appends.
+    /// default (one process: the caller has seen everything) decides on an empty list.
     fn append_decided(
         &self,
+        after: u64,
         decide: &mut dyn FnMut(&[StateChange]) -> Vec<StateChange>,
     ) -> Result<Vec<Event>, StoreError> {
+        let _ = after;
         let changes = decide(&[]);
         if changes.is_empty() {
             return Ok(Vec::new());
@@ -409,7 +412,7 @@ pub(crate) mod contract {
         assert_eq!(all.len(), 23);
         assert_eq!(all[21..], pair, "append_all keeps the order");
         let decided = again
-            .append_decided(&mut |fresh| {
+            .append_decided(23, &mut |fresh| {
                 assert!(fresh.is_empty(), "nothing else appended: {fresh:?}");
                 vec![sample(104)]
             })
@@ -421,7 +424,10 @@ pub(crate) mod contract {
                 change: sample(104)
             }]
         );
-        assert_eq!(again.append_decided(&mut |_| Vec::new()).unwrap(), vec![]);
+        assert_eq!(
+            again.append_decided(24, &mut |_| Vec::new()).unwrap(),
+            vec![]
+        );
         assert_eq!(
             again.load().unwrap().len(),
             24,

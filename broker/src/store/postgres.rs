@@ -149,6 +149,7 @@ enum Command {
     /// A checked append: lock, send the caller what other handles appended since its
     /// last poll, wait for its decision, append that, commit.
     Decide {
+        after: u64,
         fresh: mpsc::SyncSender<Result<Vec<StateChange>, StoreError>>,
         decision: tokio::sync::oneshot::Receiver<Vec<StateChange>>,
         done: mpsc::SyncSender<Result<Vec<u64>, StoreError>>,
@@ -238,11 +239,12 @@ impl PostgresStore {
                                 let _ = reply.send(r);
                             }
                             Command::Decide {
+                                after,
                                 fresh,
                                 decision,
                                 done,
                             } => {
-                                let r = decide(&mut client, &cursor, &fresh, decision).await;
+                                let r = decide(&mut client, after, &fresh, decision).await;
                                 if let Ok(ids) = &r {
                                     cursor.own.extend(ids);
                                 }
@@ -334,6 +336,7 @@ impl StateStore for PostgresStore {
     /// change other replicas committed before it: no append can come between them.
     fn append_decided(
         &self,
+        after: u64,
         decide: &mut dyn FnMut(&[StateChange]) -> Vec<StateChange>,
     ) -> Result<Vec<Event>, StoreError> {
         let (fresh_tx, fresh_rx) = mpsc::sync_channel(1);
@@ -343,6 +346,7 @@ impl StateStore for PostgresStore {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .send(Command::Decide {
+                after,
                 fresh: fresh_tx,
                 decision: decision_rx,
                 done: done_tx,
@@ -597,7 +601,7 @@ const DECIDE_TIMEOUT: Duration = Duration::from_secs(5);
 
 async fn decide(
     client: &mut tokio_postgres::Client,
-    cursor: &Cursor,
+    after: u64,
     fresh: &mpsc::SyncSender<Result<Vec<StateChange>, StoreError>>,
     decision: tokio::sync::oneshot::Receiver<Vec<StateChange>>,
 ) -> Result<Vec<u64>, StoreError> {
@@ -608,13 +612,9 @@ async fn decide(
             return Err(e);
         }
     };
-    // Everything committed before the lock was granted, except this handle's own.
-    let others = match load(&tx, cursor.seen).await {
-        Ok(events) => events
-            .into_iter()
-            .filter(|e| !cursor.own.contains(&e.id))
-            .map(|e| e.change)
-            .collect(),
+    // Everything committed after `after` before the lock was granted.
+    let others = match load(&tx, after).await {
+        Ok(events) => events.into_iter().map(|e| e.change).collect(),
         Err(e) => {
             let _ = fresh.send(Err(db_error(e.to_string())));
             return Err(e);
@@ -791,15 +791,22 @@ mod tests {
         assert_eq!(a.load().unwrap(), vec![]);
         b.append(&change(1)).unwrap();
         a.append(&change(2)).unwrap();
-        // `a` has not polled: the decision still sees b's change, and not a's own.
+        // The caller has applied nothing past event 0: the decision sees both changes.
         let mut seen = Vec::new();
+        a.append_decided(0, &mut |fresh| {
+            seen = fresh.to_vec();
+            Vec::new()
+        })
+        .unwrap();
+        assert_eq!(seen, vec![change(1), change(2)]);
+        // Past event 1: only what came after.
         let appended = a
-            .append_decided(&mut |fresh| {
+            .append_decided(1, &mut |fresh| {
                 seen = fresh.to_vec();
                 vec![change(3)]
             })
             .unwrap();
-        assert_eq!(seen, vec![change(1)]);
+        assert_eq!(seen, vec![change(2)]);
         assert_eq!(
             appended,
             vec![Event {
@@ -817,7 +824,7 @@ mod tests {
             }]
         );
         // An empty decision appends nothing.
-        assert_eq!(b.append_decided(&mut |_| Vec::new()).unwrap(), vec![]);
+        assert_eq!(b.append_decided(3, &mut |_| Vec::new()).unwrap(), vec![]);
         assert_eq!(b.load().unwrap().len(), 3);
         // Two handles deciding at once are serialised: the second sees the first.
         let b = std::sync::Arc::new(b);
@@ -825,7 +832,7 @@ mod tests {
             let b = b.clone();
             std::thread::spawn(move || {
                 let mut saw = Vec::new();
-                b.append_decided(&mut |fresh| {
+                b.append_decided(3, &mut |fresh| {
                     saw = fresh.to_vec();
                     std::thread::sleep(Duration::from_millis(200));
                     vec![change(4)]
@@ -836,13 +843,13 @@ mod tests {
         };
         std::thread::sleep(Duration::from_millis(50));
         let mut a_saw = Vec::new();
-        a.append_decided(&mut |fresh| {
+        a.append_decided(3, &mut |fresh| {
             a_saw = fresh.to_vec();
             vec![change(5)]
         })
         .unwrap();
         let b_saw = racer.join().unwrap();
-        assert!(b_saw.is_empty() || b_saw == vec![change(3)], "{b_saw:?}");
+        assert!(b_saw.is_empty(), "{b_saw:?}");
         assert_eq!(a_saw, vec![change(4)], "a decided after b committed");
         assert_eq!(a.load().unwrap().len(), 5);
     }
