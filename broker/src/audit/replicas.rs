@@ -119,11 +119,16 @@ struct RecordFields {
     replica: Option<String>,
 }
 
+/// What [`scan`] found in one log.
+struct Scan {
+    /// Each distinct `replica` value, in order of first appearance.
+    names: Vec<Option<String>>,
+    /// The hashes of the records at the wanted seqs.
+    hashes: HashMap<u64, String>,
+}
+
 /// The replica names in a log and the hashes at `wanted` seqs.
-fn scan(
-    dir: &Path,
-    wanted: &HashSet<u64>,
-) -> Result<(Vec<Option<String>>, HashMap<u64, String>), VerifyError> {
+fn scan(dir: &Path, wanted: &HashSet<u64>) -> Result<Scan, VerifyError> {
     let mut names: Vec<Option<String>> = Vec::new();
     let mut hashes = HashMap::new();
     for (_, path) in segments(dir)? {
@@ -141,7 +146,7 @@ fn scan(
             }
         }
     }
-    Ok((names, hashes))
+    Ok(Scan { names, hashes })
 }
 
 /// Verifies every log in `dirs` on its own, then all of them against `checkpoints` (from
@@ -168,7 +173,7 @@ pub fn verify_replicas(
             dir: dir.clone(),
             source,
         })?;
-        let (names, hashes) = scan(dir, &wanted).map_err(|source| ReplicasError::Log {
+        let Scan { names, hashes } = scan(dir, &wanted).map_err(|source| ReplicasError::Log {
             dir: dir.clone(),
             source,
         })?;
@@ -184,14 +189,14 @@ pub fn verify_replicas(
             });
         }
         let replica = named.into_iter().next();
-        if let Some(r) = &replica {
-            if let Some(first) = seen.insert(r.clone(), dir.clone()) {
-                return Err(ReplicasError::Duplicate {
-                    replica: r.clone(),
-                    first,
-                    second: dir.clone(),
-                });
-            }
+        if let Some(r) = &replica
+            && let Some(first) = seen.insert(r.clone(), dir.clone())
+        {
+            return Err(ReplicasError::Duplicate {
+                replica: r.clone(),
+                first,
+                second: dir.clone(),
+            });
         }
         let chain = replica
             .as_deref()

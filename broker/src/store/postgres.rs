@@ -257,10 +257,9 @@ impl PostgresStore {
                                 let _ = reply.send(read_checkpoints(&client).await);
                             }
                             Command::Load(reply) => {
-                                let r = load(&client, 0).await.map(|events| {
+                                let r = load(&client, 0).await.inspect(|events| {
                                     cursor.seen = events.last().map_or(0, |e| e.id);
                                     cursor.own.clear();
-                                    events
                                 });
                                 let _ = reply.send(r);
                             }
