@@ -534,65 +534,92 @@ impl hyper::service::Service<hyper::Request<Incoming>> for ConnService {
     }
 }
 
-/// How often a replica on a shared store reads the changes other replicas made.
-pub const STORE_POLL_INTERVAL: Duration = Duration::from_millis(10);
+/// How often a replica on a shared store reads the changes other replicas made when the
+/// store wakes it on each change (PostgreSQL's `LISTEN`): the fallback for a lost
+/// notification, and the heartbeat that confirms the view is current.
+pub const STORE_POLL_INTERVAL: Duration = Duration::from_millis(100);
+/// The same, for a shared store without a wake-up.
+pub const STORE_POLL_INTERVAL_UNWOKEN: Duration = Duration::from_millis(10);
 
 /// Follows a shared store: applies every change other replicas append to revocations,
-/// grants and anomalies, in journal order, and marks the view stale (issuance and
-/// introspection refuse) while no read has succeeded within `max_staleness`. A read that
-/// hangs (database unreachable) is waited for, never duplicated; staleness is judged
-/// from the start of the last read that succeeded.
+/// grants, anomalies and published keys, in journal order, and marks the view stale
+/// (issuance and introspection refuse) while no read has succeeded within
+/// `max_staleness`. A read starts when the store signals a change, and on a timer; one
+/// runs at a time (a read that hangs, the database unreachable, is waited for, never
+/// duplicated), and a signal that arrives during a read starts another one after it.
+/// Staleness is judged from the start of the last read that succeeded.
 async fn follow_store(
     store: Arc<dyn StateStore>,
     state: AppState,
     max_staleness: Duration,
     shutdown: impl Future<Output = ()>,
 ) {
-    type Poll = tokio::task::JoinHandle<Result<crate::store::Polled, crate::store::StoreError>>;
-    let mut tick = tokio::time::interval(STORE_POLL_INTERVAL);
+    type Done = (
+        std::time::Instant,
+        Result<crate::store::Polled, crate::store::StoreError>,
+    );
+    let wake = store.wakeup();
+    let mut tick = tokio::time::interval(if wake.is_some() {
+        STORE_POLL_INTERVAL
+    } else {
+        STORE_POLL_INTERVAL_UNWOKEN
+    });
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let (done_tx, mut done_rx) = tokio::sync::mpsc::channel::<Done>(1);
     tokio::pin!(shutdown);
     let mut confirmed = std::time::Instant::now();
-    let mut in_flight: Option<(std::time::Instant, Poll)> = None;
+    let mut in_flight = false;
+    let mut again = false;
     let mut last_error: Option<String> = None;
     loop {
-        tokio::select! {
-            _ = &mut shutdown => return,
-            _ = tick.tick() => {}
-        }
-        if in_flight.as_ref().is_some_and(|(_, h)| h.is_finished())
-            && let Some((started, handle)) = in_flight.take()
-        {
-            match handle.await {
-                Ok(Ok(polled)) => {
-                    for e in &polled.events {
-                        state.revocations.apply_remote(e);
-                        state.grants.apply_remote(&e.change);
-                        state.monitor.apply_remote(&e.change);
-                        state.minter.apply_remote(&e.change);
-                    }
-                    state.revocations.confirm_through(polled.through);
-                    state.grants.confirm_through(polled.through);
-                    state.monitor.confirm_through(polled.through);
-                    confirmed = started;
-                    last_error = None;
-                }
-                Ok(Err(e)) => {
-                    let e = e.to_string();
-                    if last_error.as_ref() != Some(&e) {
-                        tracing::warn!(error = %e, "could not read the shared state store");
-                        last_error = Some(e);
-                    }
-                }
-                Err(e) => tracing::error!(error = %e, "state store read task failed"),
+        let woken = async {
+            match &wake {
+                Some(w) => w.notified().await,
+                None => std::future::pending().await,
             }
-        }
-        if in_flight.is_none() {
-            let s = Arc::clone(&store);
-            in_flight = Some((
-                std::time::Instant::now(),
-                tokio::task::spawn_blocking(move || s.poll()),
-            ));
+        };
+        let read_wanted = tokio::select! {
+            _ = &mut shutdown => return,
+            _ = tick.tick() => true,
+            () = woken => true,
+            Some((started, result)) = done_rx.recv() => {
+                in_flight = false;
+                match result {
+                    Ok(polled) => {
+                        for e in &polled.events {
+                            state.revocations.apply_remote(e);
+                            state.grants.apply_remote(&e.change);
+                            state.monitor.apply_remote(&e.change);
+                            state.minter.apply_remote(&e.change);
+                        }
+                        state.revocations.confirm_through(polled.through);
+                        state.grants.confirm_through(polled.through);
+                        state.monitor.confirm_through(polled.through);
+                        confirmed = started;
+                        last_error = None;
+                    }
+                    Err(e) => {
+                        let e = e.to_string();
+                        if last_error.as_ref() != Some(&e) {
+                            tracing::warn!(error = %e, "could not read the shared state store");
+                            last_error = Some(e);
+                        }
+                    }
+                }
+                std::mem::take(&mut again)
+            }
+        };
+        if read_wanted {
+            if in_flight {
+                again = true;
+            } else {
+                in_flight = true;
+                let (s, tx) = (Arc::clone(&store), done_tx.clone());
+                let started = std::time::Instant::now();
+                tokio::task::spawn_blocking(move || {
+                    let _ = tx.blocking_send((started, s.poll()));
+                });
+            }
         }
         let stale = confirmed.elapsed() > max_staleness;
         if stale != state.revocations.is_stale() {

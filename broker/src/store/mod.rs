@@ -7,6 +7,7 @@
 //! can share it. All three run the same contract tests ([`contract`]).
 
 pub mod file;
+mod listen;
 pub mod memory;
 pub mod postgres;
 #[cfg(test)]
@@ -320,6 +321,11 @@ pub trait StateStore: Send + Sync {
     /// A successful call also confirms that this handle's view is current.
     fn poll(&self) -> Result<Polled, StoreError> {
         Ok(Polled::default())
+    }
+    /// Notified when another handle may have appended (a hint: call
+    /// [`StateStore::poll`] then). `None`: no wake-up, poll on a timer.
+    fn wakeup(&self) -> Option<std::sync::Arc<tokio::sync::Notify>> {
+        None
     }
     /// Keeps an audit checkpoint (insert-only: a second one with the same replica and
     /// number is refused). Stores of one process keep none: their broker's own anchor is

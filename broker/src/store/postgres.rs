@@ -171,6 +171,11 @@ struct Cursor {
 pub struct PostgresStore {
     tx: Mutex<mpsc::Sender<Command>>,
     worker: Option<std::thread::JoinHandle<()>>,
+    /// Woken by `NOTIFY broker_events` (see [`super::listen`]).
+    wake: Arc<tokio::sync::Notify>,
+    /// Stops the listener thread.
+    stop_listener: Option<tokio::sync::oneshot::Sender<()>>,
+    listener: Option<std::thread::JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -287,9 +292,43 @@ impl PostgresStore {
         ready_rx
             .recv()
             .map_err(|_| db_error("the database client thread stopped".into()))??;
+        let wake = Arc::new(tokio::sync::Notify::new());
+        let (stop_listener, stop_rx) = tokio::sync::oneshot::channel();
+        let listener = {
+            let (cfg, connector, wake) = (
+                opts.config()?,
+                Connector::new(&opts.tls)?,
+                Arc::clone(&wake),
+            );
+            std::thread::Builder::new()
+                .name("broker-pg-listen".into())
+                .spawn(move || {
+                    let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                    else {
+                        tracing::error!("state store: could not start the listener; polling only");
+                        return;
+                    };
+                    let connector = &connector;
+                    let cfg = &cfg;
+                    let w = Arc::clone(&wake);
+                    rt.block_on(super::listen::run(
+                        move || connector.listen(cfg, Arc::clone(&w)),
+                        wake,
+                        stop_rx,
+                    ));
+                })
+                .map_err(|e| {
+                    db_error(format!("could not start the database listener thread: {e}"))
+                })?
+        };
         Ok(Self {
             tx: Mutex::new(tx),
             worker: Some(worker),
+            wake,
+            stop_listener: Some(stop_listener),
+            listener: Some(listener),
         })
     }
 
@@ -316,6 +355,12 @@ impl Drop for PostgresStore {
         *self.tx.lock().unwrap_or_else(|e| e.into_inner()) = dead;
         if let Some(w) = self.worker.take() {
             let _ = w.join();
+        }
+        if let Some(stop) = self.stop_listener.take() {
+            let _ = stop.send(());
+        }
+        if let Some(l) = self.listener.take() {
+            let _ = l.join();
         }
     }
 }
@@ -375,6 +420,10 @@ impl StateStore for PostgresStore {
 
     fn checkpoints(&self) -> Result<Vec<crate::audit::Checkpoint>, StoreError> {
         self.call(Command::Checkpoints)
+    }
+
+    fn wakeup(&self) -> Option<Arc<tokio::sync::Notify>> {
+        Some(Arc::clone(&self.wake))
     }
 
     fn poll(&self) -> Result<Polled, StoreError> {
@@ -460,6 +509,39 @@ impl Connector {
             .await
             .map_err(|e| pg_error("could not set the statement timeout", &e))?;
         Ok(client)
+    }
+}
+
+impl Connector {
+    /// A connection that `LISTEN`s on the journal's channel, its I/O run by
+    /// [`super::listen::pump`] (which wakes `wake` on each notification).
+    async fn listen(
+        &self,
+        cfg: &tokio_postgres::Config,
+        wake: Arc<tokio::sync::Notify>,
+    ) -> Result<
+        (
+            tokio_postgres::Client,
+            tokio::task::JoinHandle<Result<(), tokio_postgres::Error>>,
+        ),
+        StoreError,
+    > {
+        let connect_failed = |e| pg_error("could not connect to the state database", &e);
+        let (client, pump) = match self {
+            Self::Plain => {
+                let (client, conn) = cfg.connect(NoTls).await.map_err(connect_failed)?;
+                (client, tokio::spawn(super::listen::pump(conn, wake)))
+            }
+            Self::Tls(tls) => {
+                let (client, conn) = cfg.connect(tls.clone()).await.map_err(connect_failed)?;
+                (client, tokio::spawn(super::listen::pump(conn, wake)))
+            }
+        };
+        client
+            .batch_execute(&format!("LISTEN {}", super::listen::CHANNEL))
+            .await
+            .map_err(|e| pg_error("could not listen for changes", &e))?;
+        Ok((client, pump))
     }
 }
 
@@ -851,6 +933,48 @@ mod tests {
         assert!(b_saw.is_empty(), "{b_saw:?}");
         assert_eq!(a_saw, vec![change(4)], "a decided after b committed");
         assert_eq!(a.load().unwrap().len(), 5);
+    }
+
+    #[test]
+    fn another_handles_append_wakes_this_one_also_after_a_restart() {
+        let Some(mut pg) = TestPostgres::start() else {
+            return;
+        };
+        let a = PostgresStore::connect(&options(&pg)).unwrap();
+        let b = PostgresStore::connect(&options(&pg)).unwrap();
+        let wake = b.wakeup().expect("the PostgreSQL store has a wake-up");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let woken = |wake: &tokio::sync::Notify| {
+            rt.block_on(async {
+                tokio::time::timeout(Duration::from_secs(5), wake.notified())
+                    .await
+                    .is_ok()
+            })
+        };
+        // The wake-up on (re)connecting, then one per append.
+        assert!(woken(&wake), "woken when the listener connects");
+        let c = StateChange::Enable {
+            identity: "x".into(),
+            at: 1,
+            actor: "a".into(),
+        };
+        a.append(&c).unwrap();
+        assert!(woken(&wake), "woken by a's append");
+        // The listener reconnects after a database restart and wakes once more.
+        pg.restart();
+        assert!(woken(&wake), "woken after the listener reconnected");
+        let mut appended = false;
+        for _ in 0..3 {
+            appended = a.append(&c).is_ok();
+            if appended {
+                break;
+            }
+        }
+        assert!(appended);
+        assert!(woken(&wake), "woken by an append after the restart");
     }
 
     #[test]
