@@ -358,6 +358,23 @@ impl Broker {
             ))
         });
 
+        let usage_sync = match (&self.replica, self.store.shared()) {
+            (Some(replica), true) => {
+                let mut rx = stop_rx.clone();
+                let (store, usage, replica) = (
+                    Arc::clone(&self.store),
+                    Arc::clone(&self.state.usage),
+                    replica.clone(),
+                );
+                Some(tokio::spawn(async move {
+                    sync_usage(store, usage, replica, async move {
+                        let _ = rx.wait_for(|v| *v).await;
+                    })
+                    .await;
+                }))
+            }
+            _ => None,
+        };
         let checkpointer = match (&self.replica, self.store.shared()) {
             (Some(replica), true) => match crate::checkpointer::Checkpointer::resume(
                 Arc::clone(&self.store),
@@ -483,6 +500,9 @@ impl Broker {
         let _ = grant_closer.await;
         if let Some(f) = follower {
             let _ = f.await;
+        }
+        if let Some(u) = usage_sync {
+            let _ = u.await;
         }
         if let Some(w) = tls_watcher {
             let _ = w.await;
@@ -632,6 +652,52 @@ async fn follow_store(
             } else {
                 tracing::info!("state store view is current again: serving");
             }
+        }
+    }
+}
+
+/// How often a replica on a shared store writes its usage snapshot there and reads the
+/// other replicas' (the staleness of the merged inventory and monitoring view).
+pub const USAGE_SYNC_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Writes this replica's usage to the shared store and reads every other replica's,
+/// every [`USAGE_SYNC_INTERVAL`] until `shutdown` (and once more then).
+async fn sync_usage(
+    store: Arc<dyn StateStore>,
+    usage: Arc<crate::usage::Usage>,
+    replica: String,
+    shutdown: impl Future<Output = ()>,
+) {
+    let once = || {
+        let (store, usage, replica) = (Arc::clone(&store), Arc::clone(&usage), replica.clone());
+        tokio::task::spawn_blocking(move || -> Result<(), crate::store::StoreError> {
+            store.put_usage(&replica, &usage.snapshot())?;
+            usage.set_peers(&replica, store.usage()?);
+            Ok(())
+        })
+    };
+    let mut tick = tokio::time::interval(USAGE_SYNC_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tokio::pin!(shutdown);
+    let mut last_error: Option<String> = None;
+    loop {
+        let stopping = tokio::select! {
+            _ = &mut shutdown => true,
+            _ = tick.tick() => false,
+        };
+        match once().await {
+            Ok(Ok(())) => last_error = None,
+            Ok(Err(e)) => {
+                let e = e.to_string();
+                if last_error.as_ref() != Some(&e) {
+                    tracing::warn!(error = %e, "could not share usage through the state store; will retry");
+                    last_error = Some(e);
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "usage sync task failed"),
+        }
+        if stopping {
+            return;
         }
     }
 }

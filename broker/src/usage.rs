@@ -5,6 +5,11 @@
 //! Kept in memory (one lock, small updates per issuance) and snapshotted to
 //! `<state dir>/usage.json` every few seconds and at shutdown (write to a temp file, then
 //! rename), so usage survives restarts; a crash loses at most the last interval.
+//!
+//! With replicas on a shared store, each replica also writes its snapshot there about
+//! once a second and reads everyone else's ([`Usage::set_peers`]): what the inventory
+//! shows and what behavioural monitoring compares with is the merge of every replica's
+//! usage, at most a couple of seconds old (write-behind).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::{Path, PathBuf};
@@ -76,7 +81,32 @@ impl IdentityUsage {
 #[derive(Debug)]
 pub struct Usage {
     map: Mutex<HashMap<String, IdentityUsage>>,
+    /// Other replicas' snapshots: replica → identity → usage.
+    peers: Mutex<HashMap<String, HashMap<String, IdentityUsage>>>,
     path: PathBuf,
+}
+
+impl IdentityUsage {
+    /// Adds `other`'s usage (another replica's) to this one: the latest time of each
+    /// use, and the hourly counts summed.
+    pub fn merge(&mut self, other: &IdentityUsage) {
+        self.last_issued = self.last_issued.max(other.last_issued);
+        let mut hours: BTreeMap<u64, u64> = self.hourly.iter().copied().collect();
+        for (h, n) in &other.hourly {
+            *hours.entry(*h).or_default() += n;
+        }
+        self.hourly = hours.into_iter().collect();
+        for (mine, theirs) in [
+            (&mut self.tasks, &other.tasks),
+            (&mut self.scopes, &other.scopes),
+            (&mut self.sources, &other.sources),
+        ] {
+            for (k, t) in theirs {
+                let e = mine.entry(k.clone()).or_default();
+                *e = (*e).max(*t);
+            }
+        }
+    }
 }
 
 impl Usage {
@@ -89,8 +119,54 @@ impl Usage {
             .unwrap_or_default();
         Self {
             map: Mutex::new(map),
+            peers: Mutex::new(HashMap::new()),
             path,
         }
+    }
+
+    /// This replica's own usage, for the shared store.
+    pub fn snapshot(&self) -> serde_json::Value {
+        let map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        serde_json::to_value(&*map).unwrap_or_default()
+    }
+
+    /// Replaces the other replicas' usage with `rows` (replica, snapshot) from the
+    /// shared store; `own` (this replica's row) is skipped, and so is an unreadable one.
+    pub fn set_peers(&self, own: &str, rows: Vec<(String, serde_json::Value)>) {
+        let mut peers = HashMap::new();
+        for (replica, snapshot) in rows {
+            if replica == own {
+                continue;
+            }
+            match serde_json::from_value(snapshot) {
+                Ok(map) => {
+                    peers.insert(replica, map);
+                }
+                Err(e) => {
+                    tracing::warn!(%replica, error = %e, "unreadable usage snapshot of a replica; ignored")
+                }
+            }
+        }
+        *self.peers.lock().unwrap_or_else(|e| e.into_inner()) = peers;
+    }
+
+    /// `identity`'s usage as every replica saw it.
+    fn merged(&self, identity: &str) -> Option<IdentityUsage> {
+        let own = self
+            .map
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(identity)
+            .cloned();
+        let peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
+        peers
+            .values()
+            .filter_map(|m| m.get(identity))
+            .fold(own, |acc, other| {
+                let mut u = acc.unwrap_or_default();
+                u.merge(other);
+                Some(u)
+            })
     }
 
     /// Records one issuance (from an unknown source network).
@@ -107,8 +183,7 @@ impl Usage {
         source: Option<&str>,
         now: u64,
     ) -> Observation {
-        let map = self.map.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(u) = map.get(identity) else {
+        let Some(u) = self.merged(identity) else {
             return Observation::default();
         };
         let has_history = u.last_issued.is_some();
@@ -182,12 +257,7 @@ impl Usage {
 
     /// One identity's usage.
     pub fn get(&self, identity: &str) -> IdentityUsage {
-        self.map
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(identity)
-            .cloned()
-            .unwrap_or_default()
+        self.merged(identity).unwrap_or_default()
     }
 
     /// Writes the snapshot (temp file + rename).
@@ -222,5 +292,38 @@ mod tests {
         u.save().unwrap();
         let again = Usage::load(d.path());
         assert_eq!(again.get("a"), a);
+    }
+
+    #[test]
+    fn other_replicas_usage_is_merged() {
+        let d = tempfile::tempdir().unwrap();
+        let (a, b) = (Usage::load(d.path()), Usage::load(&d.path().join("b")));
+        let day = 86_400 * 1000;
+        a.record("x", "t", &["s1".into()], day);
+        b.record("x", "u", &["s2".into()], day + 5);
+        b.record("x", "t", &[], day + 7);
+        assert!(a.observe("x", "u", &[], None, day + 9).new_task);
+        a.set_peers(
+            "a",
+            vec![("a".into(), a.snapshot()), ("b".into(), b.snapshot())],
+        );
+        let x = a.get("x");
+        assert_eq!(x.last_issued, Some(day + 7));
+        assert_eq!(x.tokens_24h(day + 9), 3, "counts from both replicas");
+        assert_eq!(x.tasks["t"], day + 7, "the latest use anywhere");
+        assert_eq!(x.scopes.len(), 2);
+        assert!(
+            !a.observe("x", "u", &[], None, day + 9).new_task,
+            "B used task u"
+        );
+        // The own row is not counted twice, and an unreadable row is skipped.
+        a.set_peers(
+            "a",
+            vec![
+                ("a".into(), a.snapshot()),
+                ("c".into(), serde_json::json!(7)),
+            ],
+        );
+        assert_eq!(a.get("x").tokens_24h(day + 9), 1);
     }
 }

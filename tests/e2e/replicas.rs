@@ -330,6 +330,12 @@ async fn an_anomaly_held_on_one_replica_holds_on_the_other_until_acknowledged_th
             .status,
         200
     );
+    // Usage is shared (write-behind, about a second): B's inventory shows A's issuance.
+    eventually("B's inventory shows the issuance made on A", async || {
+        let e = b.inventory_entry(GUARDED).await;
+        e["tokens_24h"] == 1 && e["last_issued"].is_u64()
+    })
+    .await;
     // A new task on A: held (deny).
     let r = a.ask(GUARDED_SUBJECT, SYNC_READ, None).await;
     assert_eq!(r.status, 403, "{}", r.text);

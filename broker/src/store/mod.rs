@@ -338,6 +338,16 @@ pub trait StateStore: Send + Sync {
     fn checkpoints(&self) -> Result<Vec<crate::audit::Checkpoint>, StoreError> {
         Ok(Vec::new())
     }
+    /// Replaces `replica`'s usage snapshot (write-behind: the inventory and behavioural
+    /// monitoring of every replica merge all snapshots). The default keeps none.
+    fn put_usage(&self, replica: &str, snapshot: &serde_json::Value) -> Result<(), StoreError> {
+        let _ = (replica, snapshot);
+        Ok(())
+    }
+    /// Every replica's usage snapshot.
+    fn usage(&self) -> Result<Vec<(String, serde_json::Value)>, StoreError> {
+        Ok(Vec::new())
+    }
 }
 
 /// Pairs appended changes with the ids the store gave them.

@@ -58,6 +58,14 @@ const MIGRATIONS: &[(i32, &str)] = &[
             PRIMARY KEY (replica, n)
         )",
     ),
+    (
+        3,
+        "CREATE TABLE broker_usage (
+            replica    text        PRIMARY KEY,
+            updated_at timestamptz NOT NULL DEFAULT now(),
+            snapshot   jsonb       NOT NULL
+        )",
+    ),
 ];
 
 /// The newest schema version this build knows.
@@ -146,6 +154,12 @@ enum Command {
         mpsc::SyncSender<Result<(), StoreError>>,
     ),
     Checkpoints(mpsc::SyncSender<Result<Vec<crate::audit::Checkpoint>, StoreError>>),
+    PutUsage(
+        String,
+        serde_json::Value,
+        mpsc::SyncSender<Result<(), StoreError>>,
+    ),
+    Usage(mpsc::SyncSender<Result<Vec<(String, serde_json::Value)>, StoreError>>),
     /// A checked append: lock, send the caller what other handles appended since its
     /// last poll, wait for its decision, append that, commit.
     Decide {
@@ -260,6 +274,12 @@ impl PostgresStore {
                             }
                             Command::Checkpoints(reply) => {
                                 let _ = reply.send(read_checkpoints(&client).await);
+                            }
+                            Command::PutUsage(replica, snapshot, reply) => {
+                                let _ = reply.send(put_usage(&client, &replica, &snapshot).await);
+                            }
+                            Command::Usage(reply) => {
+                                let _ = reply.send(read_usage(&client).await);
                             }
                             Command::Load(reply) => {
                                 let r = load(&client, 0).await.inspect(|events| {
@@ -420,6 +440,15 @@ impl StateStore for PostgresStore {
 
     fn checkpoints(&self) -> Result<Vec<crate::audit::Checkpoint>, StoreError> {
         self.call(Command::Checkpoints)
+    }
+
+    fn put_usage(&self, replica: &str, snapshot: &serde_json::Value) -> Result<(), StoreError> {
+        let (replica, snapshot) = (replica.to_owned(), snapshot.clone());
+        self.call(|reply| Command::PutUsage(replica, snapshot, reply))
+    }
+
+    fn usage(&self) -> Result<Vec<(String, serde_json::Value)>, StoreError> {
+        self.call(Command::Usage)
     }
 
     fn wakeup(&self) -> Option<Arc<tokio::sync::Notify>> {
@@ -732,6 +761,35 @@ async fn insert_checkpoint(
     Ok(())
 }
 
+async fn put_usage(
+    client: &tokio_postgres::Client,
+    replica: &str,
+    snapshot: &serde_json::Value,
+) -> Result<(), StoreError> {
+    client
+        .execute(
+            "INSERT INTO broker_usage (replica, snapshot) VALUES ($1, $2)
+             ON CONFLICT (replica) DO UPDATE SET snapshot = $2, updated_at = now()",
+            &[&replica, snapshot],
+        )
+        .await
+        .map_err(pg("could not write the usage snapshot"))?;
+    Ok(())
+}
+
+async fn read_usage(
+    client: &tokio_postgres::Client,
+) -> Result<Vec<(String, serde_json::Value)>, StoreError> {
+    let rows = client
+        .query(
+            "SELECT replica, snapshot FROM broker_usage ORDER BY replica",
+            &[],
+        )
+        .await
+        .map_err(pg("could not read the usage snapshots"))?;
+    Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
+}
+
 async fn read_checkpoints(
     client: &tokio_postgres::Client,
 ) -> Result<Vec<crate::audit::Checkpoint>, StoreError> {
@@ -975,6 +1033,24 @@ mod tests {
         }
         assert!(appended);
         assert!(woken(&wake), "woken by an append after the restart");
+    }
+
+    #[test]
+    fn usage_snapshots_are_one_row_per_replica() {
+        let Some(pg) = TestPostgres::start() else {
+            return;
+        };
+        let a = PostgresStore::connect(&options(&pg)).unwrap();
+        a.put_usage("a", &serde_json::json!({"x": 1})).unwrap();
+        a.put_usage("b", &serde_json::json!({"y": 2})).unwrap();
+        a.put_usage("a", &serde_json::json!({"x": 3})).unwrap();
+        assert_eq!(
+            a.usage().unwrap(),
+            vec![
+                ("a".into(), serde_json::json!({"x": 3})),
+                ("b".into(), serde_json::json!({"y": 2}))
+            ]
+        );
     }
 
     #[test]
