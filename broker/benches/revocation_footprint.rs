@@ -31,7 +31,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use broker::clock::{Clock, SystemClock};
 use broker::revocation::{MAX_TOKEN_LIFETIME_SECS, Revocations};
 use broker::store::file::FileStore;
-use broker::store::{Selector, StateChange, StateStore, StoreError};
+use broker::store::{Event, Selector, StateChange, StateStore, StoreError};
 use broker_client::types::AccessTokenClaims;
 use ring::rand::{SecureRandom, SystemRandom};
 
@@ -42,14 +42,18 @@ const SCENARIOS: [&str; 4] = [
     "feed_10k",
 ];
 
-/// A store that keeps nothing (so only the in-memory revocation state is measured).
-struct NullStore;
+/// A store that keeps nothing (so only the in-memory revocation state is measured); it
+/// numbers appends as a journal would.
+#[derive(Default)]
+struct NullStore(std::sync::atomic::AtomicU64);
 
 impl StateStore for NullStore {
-    fn append(&self, _: &StateChange) -> Result<(), StoreError> {
-        Ok(())
+    fn append_all(&self, changes: &[StateChange]) -> Result<Vec<u64>, StoreError> {
+        let n = changes.len() as u64;
+        let first = self.0.fetch_add(n, std::sync::atomic::Ordering::Relaxed) + 1;
+        Ok((first..first + n).collect())
     }
-    fn load(&self) -> Result<Vec<StateChange>, StoreError> {
+    fn load(&self) -> Result<Vec<Event>, StoreError> {
         Ok(Vec::new())
     }
 }
@@ -155,7 +159,7 @@ fn record_100k(spread: u64, label: &str) {
 fn revoked_jtis_100k() {
     let base = SystemClock.unix_secs();
     let rng = SystemRandom::new();
-    let r = Revocations::open(Arc::new(NullStore)).unwrap();
+    let r = Revocations::open(Arc::new(NullStore::default())).unwrap();
     let m0 = mem();
     for _ in 0..100_000 {
         r.commit(&StateChange::RevokeJti {
@@ -189,7 +193,7 @@ fn feed_body(r: &Revocations, now: u64) -> Vec<u8> {
 fn feed_10k() {
     let base = SystemClock.unix_secs();
     let rng = SystemRandom::new();
-    let r = Revocations::open(Arc::new(NullStore)).unwrap();
+    let r = Revocations::open(Arc::new(NullStore::default())).unwrap();
     for _ in 0..10_000 {
         r.commit(&StateChange::RevokeJti {
             jti: random_jti(&rng),
@@ -211,7 +215,7 @@ fn feed_10k() {
         body.len() as f64 / 10_000.0,
         out.display()
     );
-    let one = Revocations::open(Arc::new(NullStore)).unwrap();
+    let one = Revocations::open(Arc::new(NullStore::default())).unwrap();
     one.commit(&StateChange::RevokeRule {
         id: "rev-0123456789abcdef".into(),
         selector: Selector::Identity {
