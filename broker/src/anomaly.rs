@@ -15,7 +15,6 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use ring::rand::{SecureRandom, SystemRandom};
 use serde::Serialize;
 use serde_json::{Value, json};
 
@@ -166,13 +165,6 @@ const KINDS: &[&str] = &[
     "dormant_reactivated",
 ];
 
-fn new_id() -> String {
-    let mut b = [0u8; 8];
-    let _ = SystemRandom::new().fill(&mut b);
-    let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    format!("an-{hex}")
-}
-
 impl Monitor {
     /// A monitor with these settings, replaying anomalies from `store`.
     pub fn open(
@@ -305,9 +297,9 @@ impl Monitor {
         evidence: Value,
         at: u64,
         action: AnomalyAction,
-    ) -> Anomaly {
+    ) -> Result<Anomaly, crate::ids::RandomError> {
         let a = Anomaly {
-            id: new_id(),
+            id: crate::ids::random_id("an")?,
             identity: identity.to_owned(),
             kind,
             evidence,
@@ -333,7 +325,7 @@ impl Monitor {
             tracing::error!(error = %e, anomaly = %a.id, "could not persist an anomaly");
         }
         self.lock().anomalies.push(a.clone());
-        a
+        Ok(a)
     }
 
     /// Checks one issuance; returns the new anomalies.
@@ -344,7 +336,7 @@ impl Monitor {
         obs: &Observation,
         now: u64,
         action: AnomalyAction,
-    ) -> Vec<Anomaly> {
+    ) -> Result<Vec<Anomaly>, crate::ids::RandomError> {
         let mut found: Vec<(&'static str, Value)> = Vec::new();
         if let Some(idle) = obs.idle_secs
             && idle >= self.dormant_after_secs
@@ -455,6 +447,7 @@ mod tests {
             for _ in 0..2 {
                 assert!(
                     m.observe("a", "t", &obs(), w * 10, AnomalyAction::Alert)
+                        .unwrap()
                         .is_empty()
                 );
             }
@@ -463,6 +456,7 @@ mod tests {
         for _ in 0..40 {
             spikes += m
                 .observe("a", "t", &obs(), 50, AnomalyAction::Alert)
+                .unwrap()
                 .iter()
                 .filter(|a| a.kind == "volume_spike")
                 .count();
@@ -470,6 +464,7 @@ mod tests {
         assert_eq!(spikes, 1, "reported once per window");
         assert!(
             m.observe("b", "t", &obs(), 50, AnomalyAction::Alert)
+                .unwrap()
                 .is_empty(),
             "per identity"
         );
@@ -481,7 +476,7 @@ mod tests {
         let m = Monitor::open(Arc::new(store.clone()), VolumeSettings::default(), 100).unwrap();
         let mut o = obs();
         o.new_source = Some("10.1.2.0/24".into());
-        let a = m.observe("a", "t", &o, 5, AnomalyAction::Deny);
+        let a = m.observe("a", "t", &o, 5, AnomalyAction::Deny).unwrap();
         assert_eq!(a[0].kind, "new_source_network");
         assert!(m.blocking("a").is_some());
         let reopened =
@@ -512,6 +507,7 @@ mod tests {
         };
         let kinds: Vec<&str> = m
             .observe("a", "t", &o, 5, AnomalyAction::Alert)
+            .unwrap()
             .iter()
             .map(|a| a.kind)
             .collect();

@@ -417,7 +417,8 @@ pub struct ListenFile {
 pub struct SigningFile {
     /// Directory of PKCS#8 PEM keys made by `broker keygen`.
     pub key_dir: PathBuf,
-    /// `EdDSA` (default) or `ES256`; used by `keygen` defaults and checked at start.
+    /// `EdDSA` or `ES256`: when set, the signing key must use it (a mismatch stops the
+    /// start).
     #[serde(default)]
     pub algorithm: Option<String>,
 }
@@ -498,8 +499,8 @@ pub struct Config {
     pub request_timeout: Duration,
     /// Key directory.
     pub key_dir: PathBuf,
-    /// The algorithm new keys use.
-    pub algorithm: SigningAlgorithm,
+    /// `[signing] algorithm` when set: the signing key must use it (checked at start).
+    pub algorithm: Option<SigningAlgorithm>,
     /// Audit directory.
     pub audit_dir: PathBuf,
     /// Segment rotation size.
@@ -757,10 +758,10 @@ impl FileConfig {
             }
         };
         let algorithm = match &self.signing.algorithm {
-            None => SigningAlgorithm::EdDSA,
-            Some(a) => a.parse().map_err(|e: crate::mint::keys::KeyError| {
+            None => None,
+            Some(a) => Some(a.parse().map_err(|e: crate::mint::keys::KeyError| {
                 invalid(format!("signing.algorithm: {e}"))
-            })?,
+            })?),
         };
 
         let mut trusted_issuers = Vec::new();

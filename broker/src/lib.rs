@@ -29,6 +29,7 @@ pub mod checkpointer;
 pub mod clock;
 pub mod config;
 pub mod dev;
+pub mod ids;
 pub mod metrics;
 pub mod mint;
 pub mod policy;

@@ -87,20 +87,6 @@ impl PolicyStore {
         })
     }
 
-    /// A store over an already-built set (tests, `policy explain`).
-    pub fn from_set(set: PolicySet) -> Self {
-        Self {
-            third_party_max: None,
-            current: RwLock::new(Arc::new(set)),
-            break_glass: RwLock::new(Arc::new(BreakGlassPolicies::default())),
-            dir: PathBuf::new(),
-            audiences: Vec::new(),
-            trust_domains: Vec::new(),
-            client_cas: Vec::new(),
-            seen: Mutex::new(Vec::new()),
-        }
-    }
-
     /// The live set.
     pub fn current(&self) -> Arc<PolicySet> {
         Arc::clone(&self.current.read().unwrap_or_else(|e| e.into_inner()))
@@ -260,13 +246,19 @@ pub async fn reload_and_audit(
         Ok((n, widened)) => {
             let now = anomalies.clock.unix_secs();
             for (identity, added) in widened {
-                let a = anomalies.monitor.raise(
+                let a = match anomalies.monitor.raise(
                     &identity,
                     "policy_widened",
                     serde_json::json!({ "added": added, "trigger": trigger }),
                     now,
                     crate::anomaly::AnomalyAction::Alert,
-                );
+                ) {
+                    Ok(a) => a,
+                    Err(e) => {
+                        tracing::error!(error = %e, %identity, "could not raise a policy_widened anomaly");
+                        continue;
+                    }
+                };
                 metrics.anomaly(a.kind);
                 let mut rec = AuditEvent::new(EventKind::Anomaly);
                 rec.identity = Some(identity.clone());

@@ -68,6 +68,18 @@ pub enum StartError {
     /// The state store (revocations, disabled identities).
     #[error("state store: {0}")]
     Store(#[from] crate::store::StoreError),
+    /// `[signing] algorithm` names another algorithm than the signing key's.
+    #[error(
+        "signing.algorithm is {configured} but the signing key {kid} is {actual}: fix the setting or the key directory"
+    )]
+    AlgorithmMismatch {
+        /// The configured algorithm.
+        configured: &'static str,
+        /// The key's id.
+        kid: String,
+        /// The key's algorithm.
+        actual: &'static str,
+    },
 }
 
 /// A started broker, ready to serve.
@@ -100,6 +112,16 @@ pub async fn start_with_clock(
     clock: Arc<dyn Clock>,
 ) -> Result<Broker, StartError> {
     let keys = KeyRing::load_dir(&config.key_dir)?;
+    if let Some(configured) = config.algorithm {
+        let signer = keys.current();
+        if signer.algorithm() != configured {
+            return Err(StartError::AlgorithmMismatch {
+                configured: configured.as_str(),
+                kid: signer.kid().to_owned(),
+                actual: signer.algorithm().as_str(),
+            });
+        }
+    }
     let audit = AuditLog::open(
         AuditOptions {
             dir: config.audit_dir.clone(),

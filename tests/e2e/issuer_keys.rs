@@ -235,6 +235,12 @@ async fn unreachable_jwks_is_503_and_not_refetched_per_request() {
             Some("10"),
             "Retry-After is when the keys are fetched again"
         );
+        // The caller is told plainly; the broker's URLs and errors stay with the operator.
+        let description = reply.body["error_description"].as_str().unwrap_or_default();
+        assert!(
+            description.contains("signing keys") && !description.contains("http"),
+            "{description}"
+        );
     }
     assert!(b.records_of("issued").is_empty());
     let denied = b.records_of("denied");
@@ -244,6 +250,12 @@ async fn unreachable_jwks_is_503_and_not_refetched_per_request() {
             .iter()
             .all(|r| r["rule"] == "issuer_keys_unavailable"),
         "{denied:?}"
+    );
+    assert!(
+        denied
+            .iter()
+            .all(|r| r["reason"].as_str().is_some_and(|why| why.contains("http"))),
+        "the audit record keeps what failed, for the operator: {denied:?}"
     );
     assert_eq!(
         issuer.hits(JWKS_PATH),

@@ -9,6 +9,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 
 use crate::api::{ApiError, AppState};
 use crate::audit::event::Evidence;
+use crate::authn::AuthnError;
 use crate::authn::mtls::{ClientCert, PeerCert};
 use crate::config::{Admin, AdminMatch, Role};
 
@@ -95,14 +96,21 @@ pub async fn authenticate(
         .map(str::trim);
     if let Some(jwt) = bearer {
         let v = st.authn.authenticate_jwt(jwt).await.map_err(|e| {
-            refuse(
+            let mut r = refuse(
                 e.rule(),
-                format!("bearer credential rejected: {e}"),
+                format!("bearer credential rejected: {}", e.public_message()),
                 Some(Evidence {
                     kind: "jwt",
                     ..Default::default()
                 }),
-            )
+            );
+            if matches!(e, AuthnError::KeysUnavailable(_)) {
+                tracing::warn!(error = %e, "bearer credential not checked: issuer keys unavailable");
+                r.error = r
+                    .error
+                    .with_operator_detail(format!("bearer credential rejected: {e}"));
+            }
+            r
         })?;
         let evidence = Evidence {
             kind: "jwt",

@@ -20,6 +20,10 @@ pub struct ApiError {
     pub description: String,
     /// Extra headers, e.g. `Retry-After`.
     pub retry_after: Option<u64>,
+    /// What the operator needs and the caller must not see (file paths, URLs, I/O
+    /// errors): recorded as the audit record's `reason` instead of `description`, never
+    /// sent.
+    pub operator_detail: Option<String>,
 }
 
 impl ApiError {
@@ -30,7 +34,14 @@ impl ApiError {
             code,
             description: description.into(),
             retry_after: None,
+            operator_detail: None,
         }
+    }
+
+    /// The same error, with `detail` for the audit record and the log only.
+    pub fn with_operator_detail(mut self, detail: impl Into<String>) -> Self {
+        self.operator_detail = Some(detail.into());
+        self
     }
 
     /// 400 `invalid_request`.

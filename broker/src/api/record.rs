@@ -18,7 +18,12 @@ pub async fn deny(
     ev.decision = Some(Decision::Deny);
     ev.rule = Some(rule.to_owned());
     ev.error = Some(error.code.to_owned());
-    ev.reason = Some(error.description.clone());
+    ev.reason = Some(
+        error
+            .operator_detail
+            .clone()
+            .unwrap_or_else(|| error.description.clone()),
+    );
     st.metrics.denied(rule);
     match st.audit.append(ev).await {
         Ok(_) => error.into_response(),

@@ -15,8 +15,6 @@ pub enum EventKind {
     Issued,
     /// A request was refused.
     Denied,
-    /// A token was renewed.
-    Renewed,
     /// A token (or a set of tokens) was revoked.
     Revoked,
     /// The broker started serving.
@@ -30,8 +28,6 @@ pub enum EventKind {
     PolicyReloaded,
     /// A policy reload was rejected; the old set stays live.
     PolicyReloadFailed,
-    /// Signing keys changed.
-    KeyRotated,
     /// TLS material was reloaded.
     TlsReloaded,
     /// A TLS reload was rejected; the old material stays live.

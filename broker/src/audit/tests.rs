@@ -1182,14 +1182,12 @@ fn the_field_and_kind_tables_cover_every_field_and_kind() {
     for kind in [
         Issued,
         Denied,
-        Renewed,
         Revoked,
         BrokerStarted,
         BrokerStopped,
         LogRepaired,
         PolicyReloaded,
         PolicyReloadFailed,
-        KeyRotated,
         TlsReloaded,
         TlsReloadFailed,
     ] {

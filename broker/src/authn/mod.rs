@@ -1,4 +1,5 @@
-//! Who is calling: workload-identity JWT validation (this issue) and, later, mTLS.
+//! Who is calling: workload-identity JWT validation ([`Authenticator`]) and mTLS client
+//! certificates ([`mtls`]).
 //!
 //! [`Authenticator::authenticate_jwt`] checks a workload JWT against the trusted issuer
 //! named by its `iss`: algorithm on that issuer's allow-list (never `none` or HMAC),
@@ -88,6 +89,18 @@ pub enum AuthnError {
 }
 
 impl AuthnError {
+    /// What the caller is told: every error but [`AuthnError::KeysUnavailable`] as its
+    /// message; that one plainly (its message names files, URLs and I/O errors of the
+    /// broker's own configuration, which go to the audit record and the log only).
+    pub fn public_message(&self) -> String {
+        match self {
+            AuthnError::KeysUnavailable(_) => {
+                "the broker cannot load this issuer's signing keys right now; retry later".into()
+            }
+            other => other.to_string(),
+        }
+    }
+
     /// The stable rule name recorded in the audit log.
     pub fn rule(&self) -> &'static str {
         match self {
@@ -303,11 +316,6 @@ impl Authenticator {
         });
         self.verified.insert(digest, Arc::clone(&verified));
         Ok(verified)
-    }
-
-    /// Drops every cached verification (after an issuer's keys changed).
-    pub fn clear_cache(&self) {
-        self.verified.invalidate_all();
     }
 }
 

@@ -17,7 +17,6 @@ pub mod webhook;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use ring::rand::{SecureRandom, SystemRandom};
 use serde::Serialize;
 
 use crate::store::{Event, GrantChange, StateChange, StateStore, StoreError};
@@ -136,11 +135,8 @@ impl std::fmt::Debug for Grants {
 }
 
 /// A new grant id.
-pub fn new_grant_id() -> String {
-    let mut b = [0u8; 8];
-    let _ = SystemRandom::new().fill(&mut b);
-    let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    format!("bg-{hex}")
+pub fn new_grant_id() -> Result<String, crate::ids::RandomError> {
+    crate::ids::random_id("bg")
 }
 
 impl Grants {

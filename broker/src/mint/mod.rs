@@ -126,11 +126,6 @@ impl Minter {
         Arc::clone(&self.keys.read().unwrap_or_else(|e| e.into_inner()))
     }
 
-    /// Replaces the key ring (rotation).
-    pub fn set_key_ring(&self, ring: KeyRing) {
-        *self.keys.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(ring);
-    }
-
     /// The published keys: this replica's, then those other replicas published.
     pub fn jwks(&self) -> Jwks {
         let mut jwks = self.key_ring().jwks();

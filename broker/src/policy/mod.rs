@@ -206,11 +206,6 @@ impl Identity {
     pub fn expires_at(&self) -> SystemTime {
         self.expires_at
     }
-
-    /// Whether the registration has expired at `now`.
-    pub fn is_expired(&self, now: SystemTime) -> bool {
-        now >= self.expires_at
-    }
 }
 
 impl PolicySet {

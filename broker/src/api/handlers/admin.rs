@@ -10,7 +10,6 @@ use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use ring::rand::{SecureRandom, SystemRandom};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -73,11 +72,11 @@ async fn admin_caller(
     .await)
 }
 
-fn new_id(prefix: &str) -> String {
-    let mut b = [0u8; 8];
-    let _ = SystemRandom::new().fill(&mut b);
-    let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    format!("{prefix}-{hex}")
+/// A new rule id; `None` (logged) if the random generator failed.
+fn new_id(prefix: &str) -> Option<String> {
+    crate::ids::random_id(prefix)
+        .inspect_err(|e| tracing::error!(error = %e, "could not make an id"))
+        .ok()
 }
 
 fn store_unavailable(e: &crate::store::StoreError) -> Response {
@@ -189,7 +188,9 @@ pub async fn revocations(
                 _ => Vec::new(),
             };
             let n = st.revocations.live_count(&sel, now, &owned);
-            let id = new_id("rev");
+            let Some(id) = new_id("rev") else {
+                return ApiError::internal().into_response();
+            };
             ev.detail = Some(json!({ "rule": id, "selector": sel, "live_tokens_covered": n }));
             if let Selector::Identity { identity } = &sel {
                 ev.identity = Some(identity.clone());
@@ -275,7 +276,9 @@ pub async fn disable(
         identity: id.clone(),
     };
     let covered = st.revocations.live_count(&selector, now, &[]);
-    let rule = new_id("rev");
+    let Some(rule) = new_id("rev") else {
+        return ApiError::internal().into_response();
+    };
     let changes = [
         StateChange::Disable {
             identity: id.clone(),

@@ -186,8 +186,12 @@ pub async fn request(
         return record::deny(&st, ev, rule, e).await;
     }
     let now = st.clock.unix_secs();
+    let Ok(id) = new_grant_id() else {
+        tracing::error!("could not make a grant id: the system random generator failed");
+        return ApiError::internal().into_response();
+    };
     let change = GrantChange::Requested {
-        id: new_grant_id(),
+        id,
         identity,
         task,
         policy: policy.name.clone(),

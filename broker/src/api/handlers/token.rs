@@ -86,11 +86,13 @@ async fn deny(st: &AppState, ev: AuditEvent, refusal: Refusal) -> Response {
 fn authn_refusal(e: &AuthnError) -> Refusal {
     let error = match e {
         AuthnError::KeysUnavailable(_) => {
+            tracing::warn!(error = %e, "subject_token not checked: issuer keys unavailable");
             let mut err = ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "temporarily_unavailable",
-                format!("cannot check the subject_token: {e}"),
-            );
+                format!("cannot check the subject_token: {}", e.public_message()),
+            )
+            .with_operator_detail(format!("cannot check the subject_token: {e}"));
             // Keys that failed to load are fetched again at most this often.
             err.retry_after = Some(crate::authn::issuers::MIN_REFRESH_INTERVAL.as_secs());
             err
@@ -538,9 +540,14 @@ async fn monitor(
         now,
     );
     let action = identity.anomaly_action.unwrap_or(st.anomaly_action);
+    // Fail closed: an anomaly that cannot be given an id is not silently skipped.
     let found = st
         .monitor
-        .observe(&identity.id, &grant.task, &obs, now, action);
+        .observe(&identity.id, &grant.task, &obs, now, action)
+        .map_err(|e| {
+            tracing::error!(error = %e, "could not raise an anomaly");
+            Refusal::new("internal_error", ApiError::internal())
+        })?;
     for a in &found {
         st.metrics.anomaly(a.kind);
         let mut rec = ev.clone();
