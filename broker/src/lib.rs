@@ -30,6 +30,7 @@ pub mod clock;
 pub mod config;
 pub mod dev;
 pub mod ids;
+pub mod issuance;
 pub mod metrics;
 pub mod mint;
 pub mod policy;

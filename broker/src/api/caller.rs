@@ -10,8 +10,9 @@ use axum::http::{HeaderMap, StatusCode, header};
 use crate::api::{ApiError, AppState};
 use crate::audit::event::Evidence;
 use crate::authn::AuthnError;
-use crate::authn::mtls::{ClientCert, PeerCert};
+use crate::authn::mtls::ClientCert;
 use crate::config::{Admin, AdminMatch, Role};
+use crate::issuance::authenticate::{cert_evidence, jwt_evidence};
 
 /// An authenticated caller.
 #[derive(Debug, Clone)]
@@ -69,17 +70,6 @@ fn refuse(rule: &'static str, description: String, evidence: Option<Evidence>) -
     }
 }
 
-fn cert_evidence(pc: &PeerCert) -> Evidence {
-    Evidence {
-        kind: "mtls",
-        issuer: pc.ca_name.clone(),
-        subject: pc.subject_cn.clone(),
-        spiffe_id: pc.spiffe_ids.first().cloned(),
-        cert_sha256: Some(pc.sha256_hex.clone()),
-        kid: None,
-    }
-}
-
 /// Authenticates the caller of a non-token endpoint.
 pub async fn authenticate(
     st: &AppState,
@@ -112,14 +102,7 @@ pub async fn authenticate(
             }
             r
         })?;
-        let evidence = Evidence {
-            kind: "jwt",
-            issuer: Some(v.issuer.clone()),
-            subject: Some(v.subject.clone()),
-            spiffe_id: v.spiffe_id().map(str::to_owned),
-            cert_sha256: None,
-            kid: v.kid.clone(),
-        };
+        let evidence = jwt_evidence(&v, None);
         if let Some(admin) = st.admins.iter().find(|a| {
             matches!(&a.matcher, AdminMatch::Jwt { issuer, subject } if *issuer == v.issuer && *subject == v.subject)
         }) {

@@ -1,0 +1,248 @@
+//! Stage 1, parse: the HTTP body to [`Params`], every parameter checked and bounded.
+
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::http::StatusCode;
+use broker_client::types::{
+    GRANT_TYPE_CLIENT_CREDENTIALS, GRANT_TYPE_TOKEN_EXCHANGE, TOKEN_TYPE_ACCESS_TOKEN,
+    TOKEN_TYPE_JWT,
+};
+use serde::Deserialize;
+
+use super::refusal::Refusal;
+use crate::audit::event::AuditEvent;
+
+/// The form parameters the broker reads. Unknown parameters are ignored (RFC 6749 §3.2);
+/// a repeated parameter is an error. No `Debug`: it holds the subject token.
+#[derive(Deserialize, Default)]
+struct TokenForm {
+    grant_type: Option<String>,
+    subject_token: Option<String>,
+    subject_token_type: Option<String>,
+    requested_token_type: Option<String>,
+    actor_token: Option<String>,
+    task: Option<String>,
+    audience: Option<String>,
+    resource: Option<String>,
+    scope: Option<String>,
+    requested_ttl: Option<String>,
+    client_id: Option<String>,
+}
+
+/// How the caller proves who it is.
+pub enum Credential {
+    /// RFC 8693: a workload JWT (never logged).
+    SubjectToken(String),
+    /// `client_credentials`: the TLS client certificate, with an optional `client_id`.
+    ClientCertificate {
+        /// `client_id`, which must then name the certificate's identity.
+        client_id: Option<String>,
+    },
+}
+
+/// A checked token request. No `Debug`: it may hold the subject token.
+pub struct Params {
+    /// The credential.
+    pub credential: Credential,
+    /// The task asked for.
+    pub task: String,
+    /// `audience` (or `resource`).
+    pub audience: Option<String>,
+    /// `scope`, split.
+    pub scopes: Option<Vec<String>>,
+    /// `requested_ttl`.
+    pub requested_ttl: Option<Duration>,
+}
+
+/// Reads the body: its size, its content type, the form, then every parameter. What is
+/// known goes into `ev` (bounded), so a refusal's record says what was asked.
+pub fn parse(
+    content_type: Option<&str>,
+    body: Result<Bytes, BytesRejection>,
+    ev: &mut AuditEvent,
+) -> Result<Params, Refusal> {
+    let form = form(content_type, body)?;
+    let credential = credential(&form)?;
+    let Some(task) = form.task.filter(|t| !t.is_empty()) else {
+        return Err(Refusal::missing(
+            "task is required: name the task of your identity's policy this token is for",
+        ));
+    };
+    ev.task = Some(clip(&task));
+    let audience = match (form.audience, form.resource) {
+        (Some(a), Some(r)) if a != r => return Err(Refusal::audience_conflict()),
+        (Some(a), _) | (None, Some(a)) => Some(a),
+        (None, None) => None,
+    };
+    if let Some(a) = &audience {
+        ev.audience = Some(clip(a));
+    }
+    let scopes: Option<Vec<String>> = form
+        .scope
+        .as_deref()
+        .filter(|s| !s.trim().is_empty())
+        .map(|s| s.split_whitespace().map(str::to_owned).collect());
+    if let Some(s) = &scopes {
+        ev.scopes = Some(s.iter().map(|s| clip(s)).collect());
+    }
+    let requested_ttl = match form.requested_ttl.as_deref() {
+        None => None,
+        Some(s) => match s.parse::<u64>() {
+            Ok(n) if n > 0 => Some(Duration::from_secs(n)),
+            _ => return Err(Refusal::bad_ttl(s)),
+        },
+    };
+    Ok(Params {
+        credential,
+        task,
+        audience,
+        scopes,
+        requested_ttl,
+    })
+}
+
+/// The body as a form: within the size limit, `application/x-www-form-urlencoded`.
+fn form(
+    content_type: Option<&str>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<TokenForm, Refusal> {
+    let body = body.map_err(|rej| {
+        if rej.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            Refusal::body_too_large()
+        } else {
+            Refusal::body_unreadable()
+        }
+    })?;
+    let form_type = content_type.is_some_and(|v| {
+        v.split(';').next().is_some_and(|m| {
+            m.trim()
+                .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+        })
+    });
+    if !form_type {
+        return Err(Refusal::not_a_form());
+    }
+    serde_urlencoded::from_bytes(&body).map_err(|e| Refusal::malformed_form(&e))
+}
+
+/// The grant type and its credential parameters.
+fn credential(form: &TokenForm) -> Result<Credential, Refusal> {
+    match form.grant_type.as_deref() {
+        Some(GRANT_TYPE_TOKEN_EXCHANGE) => exchange_params(form).map(Credential::SubjectToken),
+        Some(GRANT_TYPE_CLIENT_CREDENTIALS) => Ok(Credential::ClientCertificate {
+            client_id: form.client_id.clone(),
+        }),
+        Some(other) => Err(Refusal::unsupported_grant_type(other)),
+        None => Err(Refusal::missing("grant_type is required")),
+    }
+}
+
+/// The RFC 8693 parameters; returns the subject token.
+fn exchange_params(form: &TokenForm) -> Result<String, Refusal> {
+    match form.subject_token_type.as_deref() {
+        Some(TOKEN_TYPE_JWT) | Some("urn:ietf:params:oauth:token-type:id_token") => {}
+        Some(other) => return Err(Refusal::unsupported_subject_token_type(other)),
+        None => return Err(Refusal::missing("subject_token_type is required")),
+    }
+    if form.actor_token.is_some() {
+        return Err(Refusal::delegation_unsupported());
+    }
+    if let Some(t) = form.requested_token_type.as_deref()
+        && t != TOKEN_TYPE_ACCESS_TOKEN
+        && t != TOKEN_TYPE_JWT
+    {
+        return Err(Refusal::unsupported_requested_token_type(t));
+    }
+    form.subject_token
+        .clone()
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| Refusal::missing("subject_token is required"))
+}
+
+/// Bounds a caller-supplied string before it goes into a record or a message.
+pub fn clip(s: &str) -> String {
+    const MAX: usize = 256;
+    if s.len() <= MAX {
+        return s.to_owned();
+    }
+    let mut end = MAX;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::event::EventKind;
+
+    fn parse_form(body: &str) -> Result<Params, Refusal> {
+        let mut ev = AuditEvent::new(EventKind::Denied);
+        parse(
+            Some("application/x-www-form-urlencoded; charset=utf-8"),
+            Ok(Bytes::from(body.to_owned())),
+            &mut ev,
+        )
+    }
+
+    fn rule(body: &str) -> &'static str {
+        parse_form(body).err().map_or("ok", |r| r.rule)
+    }
+
+    const EXCHANGE: &str = "grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Atoken-exchange&subject_token_type=urn%3Aietf%3Aparams%3Aoauth%3Atoken-type%3Ajwt&subject_token=x.y.z";
+
+    #[test]
+    fn a_complete_exchange_parses() {
+        let p = parse_form(&format!(
+            "{EXCHANGE}&task=t&resource=https%3A%2F%2Fa&scope=s1%20s2&requested_ttl=60"
+        ))
+        .unwrap();
+        assert!(matches!(p.credential, Credential::SubjectToken(ref t) if t == "x.y.z"));
+        assert_eq!(p.audience.as_deref(), Some("https://a"));
+        assert_eq!(p.scopes, Some(vec!["s1".into(), "s2".into()]));
+        assert_eq!(p.requested_ttl, Some(Duration::from_secs(60)));
+    }
+
+    #[test]
+    fn each_bad_parameter_has_its_rule() {
+        assert_eq!(rule("task=t"), "malformed_request", "no grant_type");
+        assert_eq!(rule("grant_type=password&task=t"), "unsupported_grant_type");
+        assert_eq!(rule(&format!("{EXCHANGE}")), "malformed_request", "no task");
+        assert_eq!(
+            rule(&format!("{EXCHANGE}&task=t&audience=a&resource=b")),
+            "audience_conflict"
+        );
+        assert_eq!(
+            rule(&format!("{EXCHANGE}&task=t&requested_ttl=0")),
+            "malformed_request"
+        );
+        assert_eq!(
+            rule(&format!("{EXCHANGE}&task=t&actor_token=a")),
+            "malformed_request"
+        );
+        assert_eq!(rule("grant_type=client_credentials&task=t"), "ok");
+        let mut ev = AuditEvent::new(EventKind::Denied);
+        let r = parse(
+            Some("application/json"),
+            Ok(Bytes::from_static(b"{}")),
+            &mut ev,
+        );
+        assert_eq!(r.err().map(|r| r.rule), Some("malformed_request"));
+    }
+
+    #[test]
+    fn caller_strings_are_clipped_in_the_record() {
+        let mut ev = AuditEvent::new(EventKind::Denied);
+        let long = "a".repeat(5000);
+        let _ = parse(
+            Some("application/x-www-form-urlencoded"),
+            Ok(Bytes::from(format!("{EXCHANGE}&task={long}&scope={long}"))),
+            &mut ev,
+        );
+        assert!(ev.task.as_ref().is_some_and(|t| t.len() < 300));
+        assert!(ev.scopes.as_ref().is_some_and(|s| s[0].len() < 300));
+    }
+}
