@@ -47,11 +47,11 @@ fn bg_replica(pg: &TestPostgres, id: &str) -> TestBroker {
 
 /// A replica with the governance registry (anomalies held with `deny`).
 fn gov_replica(pg: &TestPostgres, id: &str) -> TestBroker {
-    gov_replica_with(pg, id, GovOptions::default())
+    gov_replica_with(pg, id, &GovOptions::default())
 }
 
 /// [`gov_replica`] with these governance options.
-fn gov_replica_with(pg: &TestPostgres, id: &str, gov: GovOptions) -> TestBroker {
+fn gov_replica_with(pg: &TestPostgres, id: &str, gov: &GovOptions) -> TestBroker {
     let mut opts = gov.options();
     opts.extra_toml.push_str(&store_toml(pg, id));
     TestBroker::start(opts)
@@ -539,8 +539,8 @@ async fn rate_limits_are_per_replica_so_two_replicas_allow_twice_the_burst() {
         return;
     };
     let gov = || GovOptions::with(r#"identity_rate_limit = "3/m""#);
-    let a = gov_replica_with(&pg, "a", gov());
-    let b = gov_replica_with(&pg, "b", gov());
+    let a = gov_replica_with(&pg, "a", &gov());
+    let b = gov_replica_with(&pg, "b", &gov());
     let mut ok = [0, 0];
     for _ in 0..6 {
         for (i, x) in [&a, &b].into_iter().enumerate() {

@@ -126,7 +126,7 @@ pub fn rate_limit(st: &AppState, identity: &Identity, task: &str) -> Result<(), 
             .check(&format!("identity\u{0}{}", identity.id), rate, now)
             .map_err(|w| {
                 Refusal::rate_limited(
-                    format!(
+                    &format!(
                         "identity {} is over its issuance rate limit ({}/{}s)",
                         identity.id,
                         rate.count,
@@ -141,7 +141,7 @@ pub fn rate_limit(st: &AppState, identity: &Identity, task: &str) -> Result<(), 
             .check(&format!("task\u{0}{}\u{0}{task}", identity.id), rate, now)
             .map_err(|w| {
                 Refusal::rate_limited(
-                    format!(
+                    &format!(
                         "task {task} of identity {} is over its rate limit ({}/{}s)",
                         identity.id,
                         rate.count,

@@ -210,7 +210,7 @@ mod tests {
     fn each_bad_parameter_has_its_rule() {
         assert_eq!(rule("task=t"), "malformed_request", "no grant_type");
         assert_eq!(rule("grant_type=password&task=t"), "unsupported_grant_type");
-        assert_eq!(rule(&format!("{EXCHANGE}")), "malformed_request", "no task");
+        assert_eq!(rule(EXCHANGE), "malformed_request", "no task");
         assert_eq!(
             rule(&format!("{EXCHANGE}&task=t&audience=a&resource=b")),
             "audience_conflict"

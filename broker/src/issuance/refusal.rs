@@ -302,7 +302,7 @@ impl Refusal {
     }
 
     /// A rate limit's bucket is empty; `what` names the limit.
-    pub fn rate_limited(what: String, wait: Duration) -> Self {
+    pub fn rate_limited(what: &str, wait: Duration) -> Self {
         let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
         let mut e = ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
