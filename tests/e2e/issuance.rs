@@ -298,3 +298,27 @@ async fn es256_signing_key_mints_es256_tokens_that_verify_from_the_jwks() {
     let ed = jsonwebtoken::Validation::new(Algorithm::EdDSA);
     assert!(jsonwebtoken::decode::<Value>(&token, &key, &ed).is_err());
 }
+
+/// `[signing] algorithm`, when set, must be the signing key's: a mismatch stops the start
+/// with a message naming both; the matching value starts.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_signing_algorithm_that_is_not_the_keys_stops_the_start() {
+    let mut b = broker_tests::TestBroker::prepare(broker_tests::Options::default());
+    let config = std::fs::read_to_string(b.config_path()).unwrap();
+    let with = |alg: &str| {
+        config.replace(
+            "key_dir = \"keys\"",
+            &format!("key_dir = \"keys\"\nalgorithm = \"{alg}\""),
+        )
+    };
+    std::fs::write(b.config_path(), with("ES256")).unwrap();
+    let err = b.launch().expect_err("ES256 configured, EdDSA key");
+    assert!(
+        err.stderr
+            .contains("signing.algorithm is ES256 but the signing key")
+            && err.stderr.contains("EdDSA"),
+        "{err}"
+    );
+    std::fs::write(b.config_path(), with("EdDSA")).unwrap();
+    b.launch().unwrap_or_else(|e| panic!("{e}"));
+}

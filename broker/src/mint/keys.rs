@@ -403,29 +403,20 @@ fn key_files(dir: &Path) -> Result<Vec<PathBuf>, KeyError> {
     Ok(out)
 }
 
+/// The PKCS#8 DER inside a `PRIVATE KEY` PEM block (parsed by `rustls-pki-types`).
 fn pem_decode_private_key(pem: &[u8]) -> Result<Zeroizing<Vec<u8>>, String> {
-    let text = std::str::from_utf8(pem).map_err(|_| "not a PEM text file".to_string())?;
-    let begin = "-----BEGIN PRIVATE KEY-----";
-    let end = "-----END PRIVATE KEY-----";
-    let start = text
-        .find(begin)
-        .ok_or_else(|| "no `BEGIN PRIVATE KEY` block (PKCS#8 expected)".to_string())?;
-    let rest = &text[start + begin.len()..];
-    let stop = rest
-        .find(end)
-        .ok_or_else(|| "unterminated PEM block".to_string())?;
-    let b64: Zeroizing<String> = Zeroizing::new(
-        rest[..stop]
-            .chars()
-            .filter(|c| !c.is_whitespace())
-            .collect(),
-    );
-    STANDARD
-        .decode(b64.as_bytes())
-        .map(Zeroizing::new)
-        .map_err(|_| "PEM body is not valid base64".to_string())
+    use rustls_pki_types::PrivatePkcs8KeyDer;
+    use rustls_pki_types::pem::{Error, PemObject};
+    match PrivatePkcs8KeyDer::from_pem_slice(pem) {
+        Ok(key) => Ok(Zeroizing::new(key.secret_pkcs8_der().to_vec())),
+        Err(Error::NoItemsFound) => Err("no `BEGIN PRIVATE KEY` block (PKCS#8 expected)".into()),
+        Err(Error::MissingSectionEnd { .. }) => Err("unterminated PEM block".into()),
+        Err(Error::Base64Decode(_)) => Err("PEM body is not valid base64".into()),
+        Err(e) => Err(format!("not a PKCS#8 PEM key: {e}")),
+    }
 }
 
+/// Writes the PKCS#8 PEM block `broker keygen` stores (`rustls-pki-types` only reads PEM).
 fn pem_encode_private_key(der: &[u8]) -> Zeroizing<String> {
     let b64 = Zeroizing::new(STANDARD.encode(der));
     let mut out = Zeroizing::new(String::from("-----BEGIN PRIVATE KEY-----\n"));
@@ -485,6 +476,17 @@ pub fn generate(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pem_keys_round_trip_and_bad_ones_are_named() {
+        let der = b"not really a key, but DER-shaped bytes".to_vec();
+        let pem = pem_encode_private_key(&der);
+        assert_eq!(*pem_decode_private_key(pem.as_bytes()).unwrap(), der);
+        let err = pem_decode_private_key(b"hello").unwrap_err();
+        assert!(err.contains("BEGIN PRIVATE KEY"), "{err}");
+        let err = pem_decode_private_key(b"-----BEGIN PRIVATE KEY-----\nAAAA\n").unwrap_err();
+        assert!(err.contains("unterminated"), "{err}");
+    }
 
     #[test]
     fn generate_load_sign_verify_both_algorithms() {
