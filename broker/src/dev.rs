@@ -154,9 +154,18 @@ source_cidrs = ["127.0.0.0/8", "::1/128"]
 
 /// A workload JWT signed by the dev issuer.
 pub fn workload_token(dir: &Path, subject: &str, ttl_secs: u64) -> Result<String, DevError> {
+    workload_token_at(dir, subject, ttl_secs, SystemClock.unix_secs())
+}
+
+/// [`workload_token`] issued at `now` (unix seconds), for a broker on another clock.
+pub fn workload_token_at(
+    dir: &Path,
+    subject: &str,
+    ttl_secs: u64,
+    now: u64,
+) -> Result<String, DevError> {
     let ring = KeyRing::load_dir(&dir.join("dev-issuer"))?;
     let signer = ring.current();
-    let now = SystemClock.unix_secs();
     let header =
         serde_json::json!({"alg": signer.algorithm().as_str(), "typ": "JWT", "kid": signer.kid()});
     let claims = serde_json::json!({
@@ -215,18 +224,13 @@ pub fn decode_for_display(input: &str) -> Result<String, DevError> {
     } else {
         input.to_owned()
     };
-    let mut parts = token.split('.');
-    let (Some(h), Some(p), Some(_)) = (parts.next(), parts.next(), parts.next()) else {
-        return Err(DevError::Decode("not a compact JWT".into()));
+    let c = broker_client::jws::split(&token, 64 * 1024)
+        .map_err(|e| DevError::Decode(format!("not a compact JWT: {e}")))?;
+    let json = |bytes: &[u8]| -> Result<serde_json::Value, DevError> {
+        serde_json::from_slice(bytes).map_err(|_| DevError::Decode("JWT part is not JSON".into()))
     };
-    let dec = |x: &str| -> Result<serde_json::Value, DevError> {
-        let bytes = URL_SAFE_NO_PAD
-            .decode(x)
-            .map_err(|_| DevError::Decode("JWT part is not base64url".into()))?;
-        serde_json::from_slice(&bytes).map_err(|_| DevError::Decode("JWT part is not JSON".into()))
-    };
-    let header = dec(h)?;
-    let claims = dec(p)?;
+    let header = json(&c.header)?;
+    let claims = json(&c.payload)?;
     Ok(format!(
         "header (signature NOT verified here; verify with the JWKS):\n{}\nclaims:\n{}",
         serde_json::to_string_pretty(&header).unwrap_or_default(),

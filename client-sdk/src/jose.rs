@@ -83,35 +83,25 @@ pub(crate) type Split<'a> = (String, String, &'a [u8], Vec<u8>, AccessTokenClaim
 
 /// Splits a token and returns (kid, alg, signing input, signature, claims), unverified.
 pub(crate) fn split(token: &str) -> Result<Split<'_>, VerifyError> {
-    if token.len() > 8192 {
-        return Err(VerifyError::Malformed("token longer than 8 KiB".into()));
-    }
-    let mut parts = token.split('.');
-    let (Some(h), Some(p), Some(s), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return Err(VerifyError::Malformed("not a compact JWS".into()));
-    };
-    let dec = |x: &str| {
-        URL_SAFE_NO_PAD
-            .decode(x)
-            .map_err(|_| VerifyError::Malformed("not base64url".into()))
-    };
-    let header: Header = serde_json::from_slice(&dec(h)?)
+    use crate::jws::SplitError;
+    let c = crate::jws::split(token, 8192).map_err(|e| {
+        VerifyError::Malformed(
+            match e {
+                SplitError::TooLong { .. } => "token longer than 8 KiB",
+                SplitError::NotThreeParts => "not a compact JWS",
+                SplitError::NotBase64url(_) => "not base64url",
+            }
+            .into(),
+        )
+    })?;
+    let header: Header = serde_json::from_slice(&c.header)
         .map_err(|_| VerifyError::Malformed("bad header".into()))?;
     if header.typ.as_deref() != Some("at+jwt") {
         return Err(VerifyError::Malformed("typ is not at+jwt".into()));
     }
-    let claims: AccessTokenClaims = serde_json::from_slice(&dec(p)?)
+    let claims: AccessTokenClaims = serde_json::from_slice(&c.payload)
         .map_err(|_| VerifyError::Malformed("claims are not an access token".into()))?;
-    let sig = dec(s)?;
-    Ok((
-        header.kid,
-        header.alg,
-        &token.as_bytes()[..h.len() + 1 + p.len()],
-        sig,
-        claims,
-    ))
+    Ok((header.kid, header.alg, c.signing_input, c.signature, claims))
 }
 
 /// Verifies a signature; the algorithm must be the key's.

@@ -44,6 +44,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod jws;
 pub mod types;
 
 #[cfg(feature = "client")]

@@ -6,6 +6,8 @@
 pub mod caller;
 pub mod error;
 pub mod handlers;
+#[cfg(test)]
+mod in_process;
 pub mod record;
 pub mod state;
 

@@ -238,36 +238,28 @@ pub struct Parsed<'a> {
 
 /// Splits and decodes a compact JWS without verifying it.
 pub fn parse(token: &str) -> Result<Parsed<'_>, AuthnError> {
-    if token.len() > MAX_TOKEN_LEN {
-        return Err(AuthnError::Malformed(format!(
-            "subject_token is {} bytes, more than the {MAX_TOKEN_LEN} accepted",
-            token.len()
-        )));
-    }
-    let mut parts = token.split('.');
-    let (Some(h), Some(p), Some(s), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return Err(AuthnError::Malformed(
-            "subject_token is not a compact JWS (three base64url parts separated by dots)".into(),
-        ));
-    };
-    let dec = |part: &str, what: &str| {
-        URL_SAFE_NO_PAD
-            .decode(part)
-            .map_err(|_| AuthnError::Malformed(format!("JWT {what} is not base64url")))
-    };
-    let header: Header = serde_json::from_slice(&dec(h, "header")?)
+    use broker_client::jws::SplitError;
+    let c = broker_client::jws::split(token, MAX_TOKEN_LEN).map_err(|e| {
+        AuthnError::Malformed(match e {
+            SplitError::TooLong { len, max } => {
+                format!("subject_token is {len} bytes, more than the {max} accepted")
+            }
+            SplitError::NotThreeParts => {
+                "subject_token is not a compact JWS (three base64url parts separated by dots)"
+                    .into()
+            }
+            SplitError::NotBase64url(part) => format!("JWT {} is not base64url", part.as_str()),
+        })
+    })?;
+    let header: Header = serde_json::from_slice(&c.header)
         .map_err(|_| AuthnError::Malformed("JWT header is not a JSON object with `alg`".into()))?;
-    let claims: serde_json::Map<String, serde_json::Value> =
-        serde_json::from_slice(&dec(p, "payload")?)
-            .map_err(|_| AuthnError::Malformed("JWT payload is not a JSON object".into()))?;
-    let signature = dec(s, "signature")?;
+    let claims: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&c.payload)
+        .map_err(|_| AuthnError::Malformed("JWT payload is not a JSON object".into()))?;
     Ok(Parsed {
         header,
         claims,
-        signing_input: &token.as_bytes()[..h.len() + 1 + p.len()],
-        signature,
+        signing_input: c.signing_input,
+        signature: c.signature,
     })
 }
 

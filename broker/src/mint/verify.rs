@@ -1,8 +1,6 @@
 //! Verification of the broker's own access tokens (introspection, revocation): the
 //! signature with a key of the broker's key ring, `typ`, `iss`, and the time window.
 
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use broker_client::types::AccessTokenClaims;
 use serde::Deserialize;
 
@@ -40,21 +38,9 @@ pub fn verify_signature(
     keys: &Jwks,
     issuer: &str,
 ) -> Result<AccessTokenClaims, OwnTokenError> {
-    if token.len() > MAX_OWN_TOKEN_LEN {
-        return Err(OwnTokenError::Foreign);
-    }
-    let mut parts = token.split('.');
-    let (Some(h), Some(p), Some(s), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return Err(OwnTokenError::Foreign);
-    };
-    let dec = |x: &str| {
-        URL_SAFE_NO_PAD
-            .decode(x)
-            .map_err(|_| OwnTokenError::Foreign)
-    };
-    let header: Header = serde_json::from_slice(&dec(h)?).map_err(|_| OwnTokenError::Foreign)?;
+    let c =
+        broker_client::jws::split(token, MAX_OWN_TOKEN_LEN).map_err(|_| OwnTokenError::Foreign)?;
+    let header: Header = serde_json::from_slice(&c.header).map_err(|_| OwnTokenError::Foreign)?;
     if header.typ.as_deref() != Some("at+jwt") {
         return Err(OwnTokenError::Foreign);
     }
@@ -64,12 +50,11 @@ pub fn verify_signature(
     if key.algorithm().as_str() != header.alg {
         return Err(OwnTokenError::Foreign);
     }
-    let signed = &token.as_bytes()[..h.len() + 1 + p.len()];
-    if !key.verify(signed, &dec(s)?) {
+    if !key.verify(c.signing_input, &c.signature) {
         return Err(OwnTokenError::Foreign);
     }
     let claims: AccessTokenClaims =
-        serde_json::from_slice(&dec(p)?).map_err(|_| OwnTokenError::Foreign)?;
+        serde_json::from_slice(&c.payload).map_err(|_| OwnTokenError::Foreign)?;
     if claims.iss != issuer {
         return Err(OwnTokenError::Foreign);
     }

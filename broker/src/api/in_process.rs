@@ -1,0 +1,197 @@
+//! The in-process test tier: the broker's real router, state and audit log, driven with
+//! `tower::ServiceExt::oneshot` (no sockets, no process) on a [`ManualClock`], so that
+//! time-dependent behaviour (dormancy, registration windows, token expiry) is tested by
+//! moving the clock instead of sleeping. End-to-end tests keep what needs the real binary.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::ConnectInfo;
+use axum::http::{Request, StatusCode};
+use serde_json::Value;
+use tower::ServiceExt as _;
+
+use crate::clock::{Clock, ManualClock};
+use crate::config::Config;
+use crate::dev::{DEV_SUBJECT, DEV_TASK};
+use crate::server::{Broker, start_with_clock};
+
+/// A broker on a dev folder (`serve --dev`'s files plus `extra` config lines), on a
+/// manual clock.
+pub(crate) struct InProcess {
+    dir: tempfile::TempDir,
+    broker: Broker,
+    /// The broker's clock: move it with `advance`.
+    pub(crate) clock: Arc<ManualClock>,
+}
+
+/// An answer: status, headers, JSON body.
+pub(crate) struct Answer {
+    pub(crate) status: StatusCode,
+    pub(crate) headers: axum::http::HeaderMap,
+    pub(crate) body: Value,
+}
+
+impl InProcess {
+    /// Starts at `unix` seconds with `extra` appended to the dev config.
+    pub(crate) async fn start_at(unix: u64, extra: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let path = crate::dev::prepare(dir.path(), "127.0.0.1:8080").unwrap();
+        let mut text = std::fs::read_to_string(&path).unwrap();
+        text.push_str(extra);
+        std::fs::write(&path, text).unwrap();
+        let config = Config::load(&path).unwrap();
+        let clock = Arc::new(ManualClock::at_unix(unix));
+        let broker = start_with_clock(&config, Arc::clone(&clock) as Arc<dyn Clock>)
+            .await
+            .unwrap_or_else(|e| panic!("in-process broker: {e}"));
+        Self { dir, broker, clock }
+    }
+
+    /// `POST /oauth2/token` for the dev workload's task, with a workload JWT issued at the
+    /// broker's current time, from `peer`.
+    pub(crate) async fn token(&self, peer: &str) -> Answer {
+        let now = self.clock.unix_secs();
+        let jwt = crate::dev::workload_token_at(self.dir.path(), DEV_SUBJECT, 300, now).unwrap();
+        let body = serde_urlencoded::to_string([
+            (
+                "grant_type",
+                broker_client::types::GRANT_TYPE_TOKEN_EXCHANGE,
+            ),
+            ("subject_token_type", broker_client::types::TOKEN_TYPE_JWT),
+            ("subject_token", &jwt),
+            ("task", DEV_TASK),
+        ])
+        .unwrap();
+        let req = Request::post("/oauth2/token")
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(Body::from(body))
+            .unwrap();
+        self.call(req, peer).await
+    }
+
+    async fn call(&self, mut req: Request<Body>, peer: &str) -> Answer {
+        let addr: SocketAddr = peer.parse().unwrap();
+        req.extensions_mut().insert(ConnectInfo(addr));
+        let res = self.broker.router().oneshot(req).await.unwrap();
+        let status = res.status();
+        let headers = res.headers().clone();
+        let bytes = axum::body::to_bytes(res.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        Answer {
+            status,
+            headers,
+            body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        }
+    }
+
+    /// Every audit record so far.
+    pub(crate) fn records(&self) -> Vec<Value> {
+        let mut out = Vec::new();
+        let mut paths: Vec<_> = std::fs::read_dir(self.dir.path().join("audit"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "log"))
+            .collect();
+        paths.sort();
+        for p in paths {
+            for line in std::fs::read_to_string(p).unwrap().lines() {
+                out.push(serde_json::from_str(line).unwrap());
+            }
+        }
+        out
+    }
+
+    /// The records of `event`.
+    pub(crate) fn records_of(&self, event: &str) -> Vec<Value> {
+        self.records()
+            .into_iter()
+            .filter(|r| r["event"] == event)
+            .collect()
+    }
+}
+
+const DAY: u64 = 86_400;
+/// 2099-01-01T00:00:00Z: when the dev registration expires.
+const EXPIRY: u64 = 4_070_908_800;
+/// 2098-12-01T00:00:00Z: 31 days before, outside the 30-day warning window.
+const BEFORE_EXPIRY: u64 = EXPIRY - 31 * DAY;
+
+/// Dormancy without sleeping: an identity idle for longer than `dormant_after` raises
+/// `dormant_reactivated` on its next issuance (alert: the token is still issued), and one
+/// idle for less does not.
+#[tokio::test]
+async fn an_identity_idle_past_dormant_after_is_reported_when_it_returns() {
+    let b = InProcess::start_at(
+        BEFORE_EXPIRY - 60 * DAY,
+        "\n[governance]\ndormant_after = \"30d\"\n",
+    )
+    .await;
+    assert_eq!(b.token("127.0.0.1:5000").await.status, StatusCode::OK);
+    b.clock.advance(Duration::from_secs(29 * DAY));
+    assert_eq!(b.token("127.0.0.1:5000").await.status, StatusCode::OK);
+    assert!(
+        b.records_of("anomaly").is_empty(),
+        "idle 29 days: not dormant"
+    );
+    b.clock.advance(Duration::from_secs(31 * DAY));
+    let r = b.token("127.0.0.1:5000").await;
+    assert_eq!(r.status, StatusCode::OK, "alert only: {}", r.body);
+    let anomalies = b.records_of("anomaly");
+    assert_eq!(anomalies.len(), 1, "{anomalies:#?}");
+    assert_eq!(anomalies[0]["rule"], "dormant_reactivated");
+    assert_eq!(
+        anomalies[0]["detail"]["evidence"]["idle_secs"],
+        31 * DAY,
+        "{}",
+        anomalies[0]
+    );
+}
+
+/// The registration's life on the broker's clock: before the warning window a plain
+/// token; inside it the token and the record carry the deadline; from the expiry date on,
+/// `registration_expired`.
+#[tokio::test]
+async fn a_registration_warns_inside_its_window_and_is_refused_after_it_expires() {
+    let b = InProcess::start_at(EXPIRY - 40 * DAY, "").await;
+    let r = b.token("127.0.0.1:5000").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert!(r.headers.get("registration-expires").is_none());
+
+    b.clock.advance(Duration::from_secs(30 * DAY)); // 10 days before the expiry
+    let r = b.token("127.0.0.1:5000").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(
+        r.headers
+            .get("registration-expires")
+            .and_then(|v| v.to_str().ok()),
+        Some("2099-01-01")
+    );
+    let issued = b.records_of("issued");
+    assert_eq!(
+        issued.last().unwrap()["detail"]["registration_expires"],
+        "2099-01-01"
+    );
+
+    b.clock.advance(Duration::from_secs(11 * DAY)); // past 2099-01-01
+    let r = b.token("127.0.0.1:5000").await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.body);
+    let denied = b.records_of("denied");
+    assert_eq!(denied.last().unwrap()["rule"], "registration_expired");
+}
+
+/// A token's lifetime on the broker's clock: the answer's `expires_in` is the task's
+/// `max_ttl`, and the token's `exp` follows the clock, not the wall.
+#[tokio::test]
+async fn a_token_lives_max_ttl_on_the_brokers_clock() {
+    let b = InProcess::start_at(BEFORE_EXPIRY - 60 * DAY, "").await;
+    let r = b.token("127.0.0.1:5000").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.body["expires_in"], 600, "demo max_ttl is 10m");
+    let issued = b.records_of("issued");
+    assert_eq!(issued[0]["exp"], BEFORE_EXPIRY - 60 * DAY + 600);
+}
