@@ -376,3 +376,58 @@ async fn unwritable_audit_directory_fails_closed_with_503_and_recovers() {
     );
     assert_verifies(&b.audit_dir(), &b.key_dir());
 }
+
+/// An admin change is recorded first (docs/audit-log.md, "Admin changes"): when its
+/// record cannot be made durable, the change is not made and the answer is 503. Shown for
+/// a revocation and the kill switch on a broker whose audit log cannot grow.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_admin_change_whose_record_fails_is_not_made() {
+    use broker_tests::admin::{admin_bearer, jti_of, revocation_options};
+    let b = TestBroker::start(Options {
+        file_size_limit_blocks: Some(64),
+        ..revocation_options()
+    });
+    // A token issued while the log still had room, then fill the log.
+    let token = b.issue_payments().await;
+    let subject = sign(IssuerKey::Rsa, &workload_claims(SUBJECT));
+    let mut full = false;
+    for _ in 0..4000 {
+        if b.token(&TokenRequest::exchange(&subject, TASK))
+            .await
+            .status
+            == 503
+        {
+            full = true;
+            break;
+        }
+    }
+    assert!(full, "the audit log never filled up");
+    let jti = jti_of(&token);
+    let r = b
+        .admin_post(
+            Some(&admin_bearer()),
+            "revocations",
+            &serde_json::json!({"jti": jti, "reason": "leaked"}),
+        )
+        .await;
+    assert_fails_closed(&r);
+    let r = b
+        .admin_post(
+            Some(&admin_bearer()),
+            "identities/payments-api/disable",
+            &serde_json::json!({"reason": "incident"}),
+        )
+        .await;
+    assert_fails_closed(&r);
+    // Neither change reached the state journal.
+    let journal =
+        std::fs::read_to_string(b.dir().join("state").join("changes.jsonl")).unwrap_or_default();
+    assert!(
+        !journal.contains(&jti),
+        "the revocation was not made: {journal}"
+    );
+    assert!(
+        !journal.contains("\"disable\""),
+        "the kill switch was not set: {journal}"
+    );
+}

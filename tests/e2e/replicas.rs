@@ -530,6 +530,56 @@ async fn a_replica_killed_under_load_loses_nothing_and_every_log_verifies_togeth
     assert!(out.stdout.contains("replica \"a\""), "{}", out.stdout);
 }
 
+/// An admin change is recorded first: when the state store then fails, a `denied` record
+/// (`store_unavailable`, `detail.undoes` = the change's record) says it did not happen, the
+/// answer is 503, and indeed nothing changed.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_admin_change_the_store_refuses_is_recorded_as_undone() {
+    let Some(pg) = TestPostgres::start() else {
+        return;
+    };
+    let a = replica(&pg, "a");
+    let token = a.issue_payments().await;
+    let jti = jti_of(&token);
+    pg.stop();
+    let r = a
+        .admin_post(
+            Some(&admin_bearer()),
+            "revocations",
+            &json!({"jti": jti, "reason": "leaked"}),
+        )
+        .await;
+    assert_eq!(r.status, 503, "{}", r.text);
+    assert_eq!(r.error(), Some("temporarily_unavailable"), "{}", r.text);
+    let revoked: Vec<_> = a
+        .records_of("revoked")
+        .into_iter()
+        .filter(|x| x["jti"] == jti.as_str())
+        .collect();
+    assert_eq!(
+        revoked.len(),
+        1,
+        "the change was recorded first: {revoked:#?}"
+    );
+    let undone: Vec<_> = a
+        .records_of("denied")
+        .into_iter()
+        .filter(|x| x["rule"] == "store_unavailable")
+        .collect();
+    assert_eq!(undone.len(), 1, "{undone:#?}");
+    assert_eq!(
+        undone[0]["detail"]["undoes"], revoked[0]["seq"],
+        "{}",
+        undone[0]
+    );
+    pg.start_again();
+    eventually("A serves again", async || {
+        payments_token(&a).await.status == 200
+    })
+    .await;
+    assert!(a.is_active(&token).await, "the revocation did not happen");
+}
+
 /// Rate-limit buckets are per replica (docs/ha.md): with two replicas an identity gets
 /// exactly twice its limit when its traffic is split over both. This measures that error;
 /// it is the documented behaviour, not a target.

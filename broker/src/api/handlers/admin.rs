@@ -209,11 +209,8 @@ pub async fn revocations(
             )
         }
     };
-    if let Err(e) = st.revocations.commit(&change) {
-        return store_unavailable(&e);
-    }
-    if let Err(e) = record::allow(&st, ev).await {
-        return e.into_response();
+    if let Err(res) = record::change(&st, ev, || st.revocations.commit(&change)).await {
+        return res;
     }
     let body = match &change {
         StateChange::RevokeRule {
@@ -296,14 +293,11 @@ pub async fn disable(
             reason: format!("identity disabled: {reason}"),
         },
     ];
-    // One unit: no replica ever sees the identity disabled without its tokens revoked.
-    if let Err(e) = st.revocations.commit_all(&changes) {
-        return store_unavailable(&e);
-    }
     ev.reason = Some(reason);
     ev.detail = Some(json!({ "rule": rule, "live_tokens_revoked": covered }));
-    if let Err(e) = record::allow(&st, ev).await {
-        return e.into_response();
+    // One unit: no replica ever sees the identity disabled without its tokens revoked.
+    if let Err(res) = record::change(&st, ev, || st.revocations.commit_all(&changes)).await {
+        return res;
     }
     Json(json!({ "identity": id, "disabled": true, "rule": rule, "live_tokens_revoked": covered }))
         .into_response()
@@ -354,11 +348,8 @@ pub async fn enable(
         at: now,
         actor: caller.actor(),
     };
-    if let Err(e) = st.revocations.commit(&change) {
-        return store_unavailable(&e);
-    }
-    if let Err(e) = record::allow(&st, ev).await {
-        return e.into_response();
+    if let Err(res) = record::change(&st, ev, || st.revocations.commit(&change)).await {
+        return res;
     }
     Json(json!({ "identity": id, "disabled": false })).into_response()
 }
