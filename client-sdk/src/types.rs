@@ -89,3 +89,74 @@ pub struct Confirmation {
     #[serde(rename = "x5t#S256")]
     pub x5t_s256: String,
 }
+
+/// Answer of `POST /oauth2/introspect` (RFC 7662 §2.2): `{"active": false}`, or for an
+/// active token `active`, `token_type` and the token's claims.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct IntrospectionResponse {
+    /// Whether the token is active (signed by the broker, in its time window, not revoked).
+    pub active: bool,
+    /// `Bearer`, for an active token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_type: Option<String>,
+    /// The claims, for an active token.
+    #[serde(flatten)]
+    pub claims: Option<AccessTokenClaims>,
+}
+
+/// Answer of `POST /v1/admin/revocations`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RevocationResponse {
+    /// `jti` or `rule`.
+    pub revoked: String,
+    /// The revoked token id (`revoked: "jti"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jti: Option<String>,
+    /// The rule's id (`revoked: "rule"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
+    /// What the rule covers (`{"by": "identity" | "task" | "owner" | "grant", ...}`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<serde_json::Value>,
+    /// The rule covers tokens with `iat` up to this (unix seconds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issued_before: Option<u64>,
+    /// Live tokens this broker knows the rule covers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub live_tokens_covered: Option<u64>,
+}
+
+/// Answer of `POST /v1/admin/identities/{id}/disable` and `/enable` (the kill switch).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct IdentityStateResponse {
+    /// The NHI id.
+    pub identity: String,
+    /// Whether it is disabled now.
+    pub disabled: bool,
+    /// The rule that revoked its live tokens (disable).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
+    /// How many live tokens that rule covered (disable).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub live_tokens_revoked: Option<u64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_inactive_introspection_is_just_active_false_and_reads_back() {
+        let inactive = IntrospectionResponse {
+            active: false,
+            token_type: None,
+            claims: None,
+        };
+        let json = serde_json::to_string(&inactive).unwrap();
+        assert_eq!(json, r#"{"active":false}"#);
+        assert_eq!(
+            serde_json::from_str::<IntrospectionResponse>(&json).unwrap(),
+            inactive
+        );
+    }
+}

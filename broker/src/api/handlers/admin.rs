@@ -10,6 +10,7 @@ use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
+use broker_client::types::{IdentityStateResponse, RevocationResponse};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -212,19 +213,29 @@ pub async fn revocations(
     if let Err(res) = record::change(&st, ev, || st.revocations.commit(&change)).await {
         return res;
     }
-    let body = match &change {
+    let mut body = RevocationResponse {
+        revoked: "jti".into(),
+        jti: None,
+        rule: None,
+        selector: None,
+        issued_before: None,
+        live_tokens_covered: covered,
+    };
+    match &change {
         StateChange::RevokeRule {
             id,
             selector,
             issued_before,
             ..
-        } => json!({
-            "revoked": "rule", "rule": id, "selector": selector, "issued_before": issued_before,
-            "live_tokens_covered": covered,
-        }),
-        StateChange::RevokeJti { jti, .. } => json!({ "revoked": "jti", "jti": jti }),
-        _ => json!({}),
-    };
+        } => {
+            body.revoked = "rule".into();
+            body.rule = Some(id.clone());
+            body.selector = serde_json::to_value(selector).ok();
+            body.issued_before = Some(*issued_before);
+        }
+        StateChange::RevokeJti { jti, .. } => body.jti = Some(jti.clone()),
+        _ => {}
+    }
     (StatusCode::OK, Json(body)).into_response()
 }
 
@@ -299,8 +310,13 @@ pub async fn disable(
     if let Err(res) = record::change(&st, ev, || st.revocations.commit_all(&changes)).await {
         return res;
     }
-    Json(json!({ "identity": id, "disabled": true, "rule": rule, "live_tokens_revoked": covered }))
-        .into_response()
+    Json(IdentityStateResponse {
+        identity: id,
+        disabled: true,
+        rule: Some(rule),
+        live_tokens_revoked: Some(covered),
+    })
+    .into_response()
 }
 
 /// Lifts the kill switch; tokens revoked by it stay revoked.
@@ -351,7 +367,13 @@ pub async fn enable(
     if let Err(res) = record::change(&st, ev, || st.revocations.commit(&change)).await {
         return res;
     }
-    Json(json!({ "identity": id, "disabled": false })).into_response()
+    Json(IdentityStateResponse {
+        identity: id,
+        disabled: false,
+        rule: None,
+        live_tokens_revoked: None,
+    })
+    .into_response()
 }
 
 fn parse_reason(body: &[u8]) -> Result<Option<String>, ApiError> {

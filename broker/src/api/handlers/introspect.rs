@@ -10,8 +10,8 @@ use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
+use broker_client::types::IntrospectionResponse;
 use serde::Deserialize;
-use serde_json::json;
 
 use crate::api::{ApiError, AppState, caller, record};
 use crate::audit::event::EventKind;
@@ -78,7 +78,16 @@ pub async fn introspect(
         return ApiError::state_stale().into_response();
     }
     st.metrics.introspected();
-    let inactive = || no_store(Json(json!({ "active": false })).into_response());
+    let inactive = || {
+        no_store(
+            Json(IntrospectionResponse {
+                active: false,
+                token_type: None,
+                claims: None,
+            })
+            .into_response(),
+        )
+    };
     let Ok(claims) = verify::verify_signature(&token, &st.minter.jwks(), st.minter.issuer()) else {
         return inactive();
     };
@@ -90,10 +99,12 @@ pub async fn introspect(
     if st.revocations.revoked(&claims, &owner_of).is_some() {
         return inactive();
     }
-    let mut body = serde_json::to_value(&claims).unwrap_or_else(|_| json!({}));
-    if let Some(obj) = body.as_object_mut() {
-        obj.insert("active".into(), json!(true));
-        obj.insert("token_type".into(), json!("Bearer"));
-    }
-    no_store(Json(body).into_response())
+    no_store(
+        Json(IntrospectionResponse {
+            active: true,
+            token_type: Some("Bearer".into()),
+            claims: Some(claims),
+        })
+        .into_response(),
+    )
 }
