@@ -225,7 +225,7 @@ pub async fn start_with_clock(
     };
     // Grants whose end passed while the broker was down are closed, and their tokens
     // revoked, before the first request is served.
-    let closed = crate::api::handlers::break_glass::close_due(&broker.state, true).await;
+    let closed = crate::grant_lifecycle::close_due(&broker.state, true).await;
     if closed > 0 {
         tracing::warn!(closed, "closed overdue break-glass grants at start");
     }
@@ -361,7 +361,7 @@ impl Broker {
                     tokio::select! {
                         _ = stop => return,
                         _ = tick.tick() => {
-                            crate::api::handlers::break_glass::close_due(&state, false).await;
+                            crate::grant_lifecycle::close_due(&state, false).await;
                         }
                     }
                 }

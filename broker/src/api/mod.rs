@@ -4,12 +4,10 @@
 //! timeout; header sizes are bounded by the connection settings in [`crate::server`].
 
 pub mod caller;
-pub mod error;
 pub mod handlers;
 #[cfg(test)]
 mod in_process;
 pub mod record;
-pub mod state;
 
 use std::time::Duration;
 
@@ -20,8 +18,9 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 
-pub use error::ApiError;
-pub use state::AppState;
+// Below the HTTP layer (the issuance service uses them too); re-exported for handlers.
+pub use crate::error::ApiError;
+pub use crate::state::AppState;
 
 /// Limits applied to every request.
 #[derive(Debug, Clone, Copy)]

@@ -8,10 +8,10 @@ use std::time::Duration;
 use super::parse::Params;
 use super::refusal::Refusal;
 use crate::anomaly::{Anomaly, AnomalyAction};
-use crate::api::AppState;
 use crate::audit::event::{AuditEvent, EventKind};
 use crate::breakglass::Grant as BreakGlassGrant;
 use crate::policy::{self, Decision, Identity, PolicySet};
+use crate::state::AppState;
 
 /// The kill switch.
 pub fn not_disabled(st: &AppState, identity: &Identity) -> Result<(), Refusal> {

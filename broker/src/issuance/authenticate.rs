@@ -7,11 +7,11 @@ use axum::Extension;
 
 use super::parse::{Credential, Params};
 use super::refusal::Refusal;
-use crate::api::AppState;
 use crate::audit::event::{AuditEvent, Evidence};
 use crate::authn::VerifiedJwt;
 use crate::authn::mtls::{ClientCert, PeerCert};
 use crate::policy::{Identity, PolicySet};
+use crate::state::AppState;
 
 /// The audit evidence of a TLS client certificate.
 pub fn cert_evidence(pc: &PeerCert) -> Evidence {

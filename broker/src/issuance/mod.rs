@@ -23,10 +23,10 @@ use axum::extract::rejection::BytesRejection;
 
 pub use refusal::Refusal;
 
-use crate::api::AppState;
 use crate::audit::event::{AuditEvent, EventKind};
 use crate::authn::mtls::ClientCert;
 use crate::mint::MintedToken;
+use crate::state::AppState;
 
 /// What arrived: the peer, the TLS client certificate, the content type and the body.
 pub struct TokenCall<'a> {

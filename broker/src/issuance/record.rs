@@ -4,12 +4,12 @@
 use std::net::SocketAddr;
 
 use super::refusal::Refusal;
-use crate::api::AppState;
 use crate::audit::event::{AuditEvent, Decision as AuditDecision, EventKind};
 use crate::authn::mtls::PeerCert;
 use crate::breakglass::Grant as BreakGlassGrant;
 use crate::mint::{MintRequest, MintedToken};
 use crate::policy::{self, Identity};
+use crate::state::AppState;
 
 /// Signs the token for `grant`.
 pub fn mint(

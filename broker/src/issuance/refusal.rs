@@ -9,9 +9,9 @@ use broker_client::types::{
 };
 
 use super::parse::clip;
-use crate::api::ApiError;
 use crate::authn::AuthnError;
 use crate::authn::mtls::CertRefusal;
+use crate::error::ApiError;
 use crate::policy;
 
 /// A refusal: the rule to record and the error to answer with.
