@@ -195,3 +195,127 @@ async fn a_token_lives_max_ttl_on_the_brokers_clock() {
     let issued = b.records_of("issued");
     assert_eq!(issued[0]["exp"], BEFORE_EXPIRY - 60 * DAY + 600);
 }
+
+impl InProcess {
+    /// `POST /oauth2/token` with `form` as the body.
+    pub(crate) async fn token_form(&self, form: &[(&str, &str)], peer: &str) -> Answer {
+        let body = serde_urlencoded::to_string(form).unwrap();
+        let req = Request::post("/oauth2/token")
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(Body::from(body))
+            .unwrap();
+        self.call(req, peer).await
+    }
+
+    /// A dev-issuer JWT for `subject`, at the broker's time.
+    pub(crate) fn jwt(&self, subject: &str) -> String {
+        crate::dev::workload_token_at(self.dir.path(), subject, 300, self.clock.unix_secs())
+            .unwrap()
+    }
+
+    /// The rule of the newest `denied` record.
+    pub(crate) fn last_denial(&self) -> Value {
+        self.records_of("denied").pop().unwrap_or(Value::Null)
+    }
+}
+
+fn exchange<'a>(jwt: &'a str, task: &'a str) -> Vec<(&'a str, &'a str)> {
+    vec![
+        (
+            "grant_type",
+            broker_client::types::GRANT_TYPE_TOKEN_EXCHANGE,
+        ),
+        ("subject_token_type", broker_client::types::TOKEN_TYPE_JWT),
+        ("subject_token", jwt),
+        ("task", task),
+    ]
+}
+
+/// Authenticate stage: a JWT no registered identity matches, and `client_credentials`
+/// without a certificate, are refused with their rules, and the record says what was seen.
+#[tokio::test]
+async fn the_authenticate_stage_refuses_unknown_callers_with_their_rules() {
+    let b = InProcess::start_at(BEFORE_EXPIRY - 60 * DAY, "").await;
+    let stranger = b.jwt("system:serviceaccount:nobody:stranger");
+    let r = b
+        .token_form(&exchange(&stranger, DEV_TASK), "127.0.0.1:5000")
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.body);
+    let d = b.last_denial();
+    assert_eq!(d["rule"], "unknown_identity");
+    assert_eq!(
+        d["evidence"]["subject"],
+        "system:serviceaccount:nobody:stranger"
+    );
+    let r = b
+        .token_form(
+            &[("grant_type", "client_credentials"), ("task", DEV_TASK)],
+            "127.0.0.1:5000",
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.body);
+    assert_eq!(r.body["error"], "invalid_client");
+    assert_eq!(b.last_denial()["rule"], "client_certificate_required");
+}
+
+/// Decision and admission stages: a task the policy lacks is the policy's denial (no
+/// break-glass grant is active); a source outside the task's networks is refused; the
+/// identity rate limit answers 429 with `Retry-After` once its burst is used.
+#[tokio::test]
+async fn the_admission_stages_refuse_with_the_policy_and_the_limits() {
+    let b = InProcess::start_at(
+        BEFORE_EXPIRY - 60 * DAY,
+        "\n[governance]\nidentity_rate_limit = \"2/m\"\n",
+    )
+    .await;
+    let jwt = b.jwt(DEV_SUBJECT);
+    let r = b
+        .token_form(&exchange(&jwt, "no-such-task"), "127.0.0.1:5000")
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.body);
+    assert_eq!(b.last_denial()["rule"], "unknown_task");
+    let r = b
+        .token_form(&exchange(&jwt, DEV_TASK), "10.9.9.9:5000")
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.body);
+    assert_eq!(b.last_denial()["rule"], "source_not_allowed");
+    for _ in 0..2 {
+        assert_eq!(b.token("127.0.0.1:5000").await.status, StatusCode::OK);
+    }
+    let r = b.token("127.0.0.1:5000").await;
+    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS, "{}", r.body);
+    assert_eq!(
+        r.headers.get("retry-after").and_then(|v| v.to_str().ok()),
+        Some("30")
+    );
+    assert_eq!(b.last_denial()["rule"], "rate_limited");
+}
+
+/// Mint and record stages: the `issued` record names the token (`jti`, `kid`, `exp`) and
+/// what was granted, and the answer is never cached.
+#[tokio::test]
+async fn the_record_stage_writes_the_issued_record_before_the_answer() {
+    let b = InProcess::start_at(BEFORE_EXPIRY - 60 * DAY, "").await;
+    let r = b.token("127.0.0.1:5000").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(
+        r.headers.get("cache-control").and_then(|v| v.to_str().ok()),
+        Some("no-store")
+    );
+    let issued = b.records_of("issued");
+    assert_eq!(issued.len(), 1);
+    let rec = &issued[0];
+    let token = r.body["access_token"].as_str().unwrap();
+    let claims = crate::dev::decode_for_display(token).unwrap();
+    assert!(claims.contains(rec["jti"].as_str().unwrap()), "{rec}");
+    assert!(rec["kid"].is_string() && rec["exp"].is_u64(), "{rec}");
+    assert_eq!(rec["task"], DEV_TASK);
+    assert_eq!(
+        rec["scopes"],
+        serde_json::json!(["demo:read", "demo:write"])
+    );
+    assert!(
+        !rec.to_string().contains(token),
+        "the record never holds the token"
+    );
+}
