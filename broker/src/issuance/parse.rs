@@ -189,7 +189,7 @@ mod tests {
     }
 
     fn rule(body: &str) -> &'static str {
-        parse_form(body).err().map_or("ok", |r| r.rule)
+        parse_form(body).err().map_or("ok", |r| r.rule())
     }
 
     const EXCHANGE: &str = "grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Atoken-exchange&subject_token_type=urn%3Aietf%3Aparams%3Aoauth%3Atoken-type%3Ajwt&subject_token=x.y.z";
@@ -230,7 +230,7 @@ mod tests {
             Ok(Bytes::from_static(b"{}")),
             &mut ev,
         );
-        assert_eq!(r.err().map(|r| r.rule), Some("malformed_request"));
+        assert_eq!(r.err().map(|r| r.rule()), Some("malformed_request"));
     }
 
     #[test]

@@ -1,5 +1,7 @@
-//! Every way the token endpoint refuses, in one place: the audit `rule` and the OAuth
-//! error, status and description of each, built by one constructor apiece.
+//! Every way the token endpoint refuses, as one typed enum: [`Refusal::rule`] (the audit
+//! record's `rule`, the metric's label) and [`Refusal::error`] (the OAuth error, status
+//! and description) are derived from the variant, in this one place. The stages build
+//! refusals with the named constructors.
 
 use std::time::Duration;
 
@@ -14,327 +16,612 @@ use crate::authn::mtls::CertRefusal;
 use crate::error::ApiError;
 use crate::policy;
 
-/// A refusal: the rule to record and the error to answer with.
-#[derive(Debug)]
-pub struct Refusal {
-    /// The stable rule name (the audit record's `rule`, the metric's label).
-    pub rule: &'static str,
-    /// What the caller is told.
-    pub error: ApiError,
+/// Why the token endpoint refused. Caller-supplied strings are clipped when stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Refusal {
+    /// This replica's view of the shared state is not confirmed.
+    StateStale,
+    /// The body is over `listen.max_body_bytes`.
+    BodyTooLarge,
+    /// The body could not be read.
+    BodyUnreadable,
+    /// Not an `application/x-www-form-urlencoded` body.
+    NotAForm,
+    /// The form does not parse.
+    MalformedForm(String),
+    /// An unknown `grant_type`.
+    UnsupportedGrantType(String),
+    /// A required parameter is missing: what, and why it is needed.
+    Missing(&'static str),
+    /// An unsupported `subject_token_type`.
+    UnsupportedSubjectTokenType(String),
+    /// `actor_token` was sent (delegation is not supported).
+    DelegationUnsupported,
+    /// An unsupported `requested_token_type`.
+    UnsupportedRequestedTokenType(String),
+    /// `audience` and `resource` disagree.
+    AudienceConflict,
+    /// `requested_ttl` is not a positive number of seconds.
+    BadTtl(String),
+    /// The TLS client certificate could not be used.
+    CertificateUnusable(String),
+    /// `client_credentials` without a certificate.
+    CertificateRequired,
+    /// The certificate maps to no usable identity.
+    Certificate {
+        /// The mapping's rule.
+        rule: &'static str,
+        /// Why.
+        reason: String,
+    },
+    /// `client_id` names another identity than the certificate.
+    ClientIdMismatch {
+        /// The `client_id` sent.
+        client_id: String,
+        /// The certificate's identity.
+        identity: String,
+    },
+    /// The subject token was refused.
+    SubjectToken {
+        /// The validation rule.
+        rule: &'static str,
+        /// What the caller is told.
+        message: String,
+        /// The full error, for the audit record and the log only (issuer-key failures
+        /// name the broker's files and URLs).
+        detail: Option<String>,
+    },
+    /// No registered identity matches the JWT.
+    UnknownIdentity {
+        /// `iss`.
+        issuer: String,
+        /// `sub`.
+        subject: String,
+    },
+    /// The JWT and the certificate prove different identities.
+    IdentityMismatch {
+        /// By the JWT.
+        by_jwt: String,
+        /// By the certificate.
+        by_cert: String,
+    },
+    /// The kill switch is on.
+    IdentityDisabled {
+        /// The identity.
+        identity: String,
+        /// Why it was disabled.
+        why: String,
+    },
+    /// The policy denied the request.
+    Policy {
+        /// The rule.
+        rule: policy::Rule,
+        /// Why.
+        reason: String,
+    },
+    /// The grant's break-glass task is in no break-glass policy any more.
+    NoBreakGlassPolicy {
+        /// The grant.
+        grant: String,
+        /// Its task.
+        task: String,
+    },
+    /// A break-glass task was asked for another audience.
+    BreakGlassAudience {
+        /// The task.
+        task: String,
+        /// Its audience.
+        audience: String,
+        /// The one asked for.
+        asked: String,
+    },
+    /// A break-glass task was asked for a scope it does not grant.
+    BreakGlassScope {
+        /// The task.
+        task: String,
+        /// The scope.
+        scope: String,
+    },
+    /// A break-glass task was asked for more than its `max_ttl`.
+    BreakGlassTtl {
+        /// Seconds asked.
+        asked: u64,
+        /// The task.
+        task: String,
+        /// Its `max_ttl`, seconds.
+        max: u64,
+    },
+    /// A rate limit's bucket is empty.
+    RateLimited {
+        /// Which limit, in words.
+        what: String,
+        /// Seconds until a token is back.
+        retry_after: u64,
+    },
+    /// An open `deny` anomaly holds the identity.
+    HeldByAnomaly {
+        /// The identity.
+        identity: String,
+        /// The anomaly.
+        anomaly: String,
+        /// Its kind.
+        kind: &'static str,
+    },
+    /// An anomaly record could not be made durable.
+    AuditUnavailable,
+    /// Something inside the broker failed (`mint_failed`, `internal_error`); the log has
+    /// the detail.
+    Internal(&'static str),
 }
 
 impl Refusal {
-    fn new(rule: &'static str, error: ApiError) -> Self {
-        Self { rule, error }
+    /// The stable rule name: the audit record's `rule` and the metric's label.
+    pub fn rule(&self) -> &'static str {
+        use Refusal::*;
+        match self {
+            StateStale => "state_stale",
+            BodyTooLarge => "body_too_large",
+            BodyUnreadable
+            | NotAForm
+            | MalformedForm(_)
+            | Missing(_)
+            | BadTtl(_)
+            | UnsupportedSubjectTokenType(_)
+            | DelegationUnsupported
+            | UnsupportedRequestedTokenType(_) => "malformed_request",
+            UnsupportedGrantType(_) => "unsupported_grant_type",
+            AudienceConflict => "audience_conflict",
+            CertificateUnusable(_) => "client_certificate_unusable",
+            CertificateRequired => "client_certificate_required",
+            Certificate { rule, .. } | SubjectToken { rule, .. } => rule,
+            ClientIdMismatch { .. } => "client_id_mismatch",
+            UnknownIdentity { .. } => policy::Rule::UnknownIdentity.as_str(),
+            IdentityMismatch { .. } => "identity_mismatch",
+            IdentityDisabled { .. } => "identity_disabled",
+            Policy { rule, .. } => rule.as_str(),
+            NoBreakGlassPolicy { .. } => "no_break_glass_policy",
+            BreakGlassAudience { .. } => "audience_not_allowed",
+            BreakGlassScope { .. } => "scope_not_allowed",
+            BreakGlassTtl { .. } => "ttl_too_long",
+            RateLimited { .. } => "rate_limited",
+            HeldByAnomaly { .. } => "anomaly_unacknowledged",
+            AuditUnavailable => "audit_unavailable",
+            Internal(rule) => rule,
+        }
     }
 
-    fn malformed(description: impl Into<String>) -> Self {
-        Self::new("malformed_request", ApiError::invalid_request(description))
-    }
-
-    /// This replica's view of the shared state is not confirmed.
-    pub fn state_stale() -> Self {
-        Self::new("state_stale", ApiError::state_stale())
-    }
-
-    /// The body is over `listen.max_body_bytes`.
-    pub fn body_too_large() -> Self {
-        Self::new(
-            "body_too_large",
-            ApiError::new(
+    /// The answer: status, OAuth error code and description (and `Retry-After`).
+    pub fn error(&self) -> ApiError {
+        use Refusal::*;
+        let bad = |d: String| ApiError::invalid_request(d);
+        let err = |status, code, d: String| ApiError::new(status, code, d);
+        match self {
+            StateStale => ApiError::state_stale(),
+            BodyTooLarge => err(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "invalid_request",
-                "request body is larger than this broker accepts (listen.max_body_bytes)",
+                "request body is larger than this broker accepts (listen.max_body_bytes)".into(),
             ),
-        )
-    }
-
-    /// The body could not be read.
-    pub fn body_unreadable() -> Self {
-        Self::malformed("request body could not be read")
-    }
-
-    /// Not a form body.
-    pub fn not_a_form() -> Self {
-        Self::malformed(
-            "the token endpoint takes application/x-www-form-urlencoded bodies (RFC 6749 §4)",
-        )
-    }
-
-    /// The form does not parse.
-    pub fn malformed_form(e: &serde_urlencoded::de::Error) -> Self {
-        Self::malformed(format!("malformed form body: {e}"))
-    }
-
-    /// An unknown `grant_type`.
-    pub fn unsupported_grant_type(other: &str) -> Self {
-        Self::new(
-            "unsupported_grant_type",
-            ApiError::new(
+            BodyUnreadable => bad("request body could not be read".into()),
+            NotAForm => bad(
+                "the token endpoint takes application/x-www-form-urlencoded bodies (RFC 6749 §4)"
+                    .into(),
+            ),
+            MalformedForm(e) => bad(format!("malformed form body: {e}")),
+            UnsupportedGrantType(g) => err(
                 StatusCode::BAD_REQUEST,
                 "unsupported_grant_type",
                 format!(
-                    "grant_type {:?} is not supported: use {GRANT_TYPE_TOKEN_EXCHANGE} or {GRANT_TYPE_CLIENT_CREDENTIALS}",
-                    clip(other)
+                    "grant_type {g:?} is not supported: use {GRANT_TYPE_TOKEN_EXCHANGE} or {GRANT_TYPE_CLIENT_CREDENTIALS}"
                 ),
             ),
-        )
-    }
-
-    /// A required parameter is missing (`what` says which and why).
-    pub fn missing(what: &'static str) -> Self {
-        Self::malformed(what)
-    }
-
-    /// An unsupported `subject_token_type`.
-    pub fn unsupported_subject_token_type(other: &str) -> Self {
-        Self::malformed(format!(
-            "subject_token_type {:?} is not supported: use {TOKEN_TYPE_JWT}",
-            clip(other)
-        ))
-    }
-
-    /// `actor_token` was sent.
-    pub fn delegation_unsupported() -> Self {
-        Self::malformed("delegation (actor_token) is not supported")
-    }
-
-    /// An unsupported `requested_token_type`.
-    pub fn unsupported_requested_token_type(other: &str) -> Self {
-        Self::malformed(format!(
-            "requested_token_type {:?} is not supported",
-            clip(other)
-        ))
-    }
-
-    /// `audience` and `resource` disagree.
-    pub fn audience_conflict() -> Self {
-        Self::new(
-            "audience_conflict",
-            ApiError::new(
+            Missing(what) => bad((*what).into()),
+            UnsupportedSubjectTokenType(t) => bad(format!(
+                "subject_token_type {t:?} is not supported: use {TOKEN_TYPE_JWT}"
+            )),
+            DelegationUnsupported => bad("delegation (actor_token) is not supported".into()),
+            UnsupportedRequestedTokenType(t) => {
+                bad(format!("requested_token_type {t:?} is not supported"))
+            }
+            AudienceConflict => err(
                 StatusCode::BAD_REQUEST,
                 "invalid_target",
-                "audience and resource name different targets; a token has exactly one audience",
+                "audience and resource name different targets; a token has exactly one audience"
+                    .into(),
             ),
-        )
-    }
-
-    /// `requested_ttl` is not a positive number.
-    pub fn bad_ttl(s: &str) -> Self {
-        Self::malformed(format!(
-            "requested_ttl {:?} must be a positive number of seconds",
-            clip(s)
-        ))
-    }
-
-    /// The TLS client certificate could not be used.
-    pub fn certificate_unusable(why: String) -> Self {
-        Self::new(
-            "client_certificate_unusable",
-            ApiError::new(StatusCode::UNAUTHORIZED, "invalid_client", why),
-        )
-    }
-
-    /// `client_credentials` without a certificate.
-    pub fn certificate_required() -> Self {
-        Self::new(
-            "client_certificate_required",
-            ApiError::new(
+            BadTtl(s) => bad(format!(
+                "requested_ttl {s:?} must be a positive number of seconds"
+            )),
+            CertificateUnusable(why) => err(StatusCode::UNAUTHORIZED, "invalid_client", why.clone()),
+            CertificateRequired => err(
                 StatusCode::UNAUTHORIZED,
                 "invalid_client",
-                "client_credentials needs a TLS client certificate (tls_client_auth, RFC 8705); none was presented",
+                "client_credentials needs a TLS client certificate (tls_client_auth, RFC 8705); none was presented".into(),
             ),
-        )
-    }
-
-    /// The certificate does not map to an identity.
-    pub fn certificate(r: CertRefusal) -> Self {
-        let error = if r.rule == "unknown_identity" {
-            ApiError::new(StatusCode::FORBIDDEN, "unauthorized_client", r.reason)
-        } else {
-            ApiError::new(StatusCode::UNAUTHORIZED, "invalid_client", r.reason)
-        };
-        Self::new(r.rule, error)
-    }
-
-    /// `client_id` names another identity than the certificate.
-    pub fn client_id_mismatch(client_id: &str, identity: &str) -> Self {
-        Self::new(
-            "client_id_mismatch",
-            ApiError::new(
+            Certificate { rule, reason } if *rule == "unknown_identity" => {
+                err(StatusCode::FORBIDDEN, "unauthorized_client", reason.clone())
+            }
+            Certificate { reason, .. } => {
+                err(StatusCode::UNAUTHORIZED, "invalid_client", reason.clone())
+            }
+            ClientIdMismatch { client_id, identity } => err(
                 StatusCode::UNAUTHORIZED,
                 "invalid_client",
                 format!(
-                    "client_id {:?} does not match the identity {identity} the certificate proves",
-                    clip(client_id)
+                    "client_id {client_id:?} does not match the identity {identity} the certificate proves"
                 ),
             ),
-        )
-    }
-
-    /// The subject token was refused. Issuer-key failures are told plainly (their detail
-    /// names the broker's files and URLs: it goes to the audit record and the log).
-    pub fn subject_token(e: &AuthnError) -> Self {
-        let error = match e {
-            AuthnError::KeysUnavailable(_) => {
-                tracing::warn!(error = %e, "subject_token not checked: issuer keys unavailable");
-                let mut err = ApiError::new(
+            SubjectToken {
+                message,
+                detail: Some(detail),
+                ..
+            } => {
+                // Issuer keys that failed to load are fetched again at most this often.
+                let mut e = err(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "temporarily_unavailable",
-                    format!("cannot check the subject_token: {}", e.public_message()),
+                    format!("cannot check the subject_token: {message}"),
                 )
-                .with_operator_detail(format!("cannot check the subject_token: {e}"));
-                // Keys that failed to load are fetched again at most this often.
-                err.retry_after = Some(crate::authn::issuers::MIN_REFRESH_INTERVAL.as_secs());
-                err
+                .with_operator_detail(format!("cannot check the subject_token: {detail}"));
+                e.retry_after = Some(crate::authn::issuers::MIN_REFRESH_INTERVAL.as_secs());
+                e
             }
-            _ => ApiError::new(
+            SubjectToken { message, .. } => err(
                 StatusCode::BAD_REQUEST,
                 "invalid_grant",
-                format!("subject_token rejected: {e}"),
+                format!("subject_token rejected: {message}"),
             ),
-        };
-        Self::new(e.rule(), error)
-    }
-
-    /// No registered identity matches the JWT.
-    pub fn unknown_identity(issuer: &str, subject: &str) -> Self {
-        Self::new(
-            policy::Rule::UnknownIdentity.as_str(),
-            ApiError::new(
+            UnknownIdentity { issuer, subject } => err(
                 StatusCode::FORBIDDEN,
                 policy::Rule::UnknownIdentity.oauth_error(),
                 format!(
-                    "no registered identity matches issuer {issuer} subject {}: register it with an [[identity.match]] in the policy directory",
-                    clip(subject)
+                    "no registered identity matches issuer {issuer} subject {subject}: register it with an [[identity.match]] in the policy directory"
                 ),
             ),
-        )
-    }
-
-    /// The JWT and the certificate prove different identities.
-    pub fn identity_mismatch(by_jwt: &str, by_cert: &str) -> Self {
-        Self::new(
-            "identity_mismatch",
-            ApiError::new(
+            IdentityMismatch { by_jwt, by_cert } => err(
                 StatusCode::FORBIDDEN,
                 "access_denied",
                 format!(
                     "the subject_token proves identity {by_jwt} but the client certificate proves {by_cert}: present credentials of one workload"
                 ),
             ),
-        )
-    }
-
-    /// The kill switch is on for the identity.
-    pub fn identity_disabled(identity: &str, why: &str) -> Self {
-        Self::new(
-            "identity_disabled",
-            ApiError::new(
+            IdentityDisabled { identity, why } => err(
                 StatusCode::FORBIDDEN,
                 "access_denied",
                 format!("identity {identity} is disabled ({why}): an admin must enable it"),
             ),
-        )
-    }
-
-    /// The policy denied the request.
-    pub fn policy(d: &policy::Denial) -> Self {
-        let status = StatusCode::from_u16(d.rule.http_status()).unwrap_or(StatusCode::FORBIDDEN);
-        Self::new(
-            d.rule.as_str(),
-            ApiError::new(status, d.rule.oauth_error(), d.reason.clone()),
-        )
-    }
-
-    /// The grant's break-glass task is in no break-glass policy any more.
-    pub fn no_break_glass_policy(grant: &str, task: &str) -> Self {
-        Self::new(
-            "no_break_glass_policy",
-            ApiError::new(
+            Policy { rule, reason } => err(
+                StatusCode::from_u16(rule.http_status()).unwrap_or(StatusCode::FORBIDDEN),
+                rule.oauth_error(),
+                reason.clone(),
+            ),
+            NoBreakGlassPolicy { grant, task } => err(
                 StatusCode::FORBIDDEN,
                 "access_denied",
-                format!(
-                    "grant {grant} names task {task} that no break-glass policy allows any more"
-                ),
+                format!("grant {grant} names task {task} that no break-glass policy allows any more"),
             ),
-        )
-    }
-
-    /// A break-glass task asked for another audience.
-    pub fn break_glass_audience(task: &str, audience: &str, asked: &str) -> Self {
-        Self::new(
-            "audience_not_allowed",
-            ApiError::new(
+            BreakGlassAudience { task, audience, asked } => err(
                 StatusCode::BAD_REQUEST,
                 "invalid_target",
-                format!(
-                    "break-glass task {task} is for audience {audience}, not {}",
-                    clip(asked)
-                ),
+                format!("break-glass task {task} is for audience {audience}, not {asked}"),
             ),
-        )
-    }
-
-    /// A break-glass task asked for a scope it does not grant.
-    pub fn break_glass_scope(task: &str, scope: &str) -> Self {
-        Self::new(
-            "scope_not_allowed",
-            ApiError::new(
+            BreakGlassScope { task, scope } => err(
                 StatusCode::BAD_REQUEST,
                 "invalid_scope",
-                format!(
-                    "scope {} is not granted by break-glass task {task}",
-                    clip(scope)
-                ),
+                format!("scope {scope} is not granted by break-glass task {task}"),
             ),
-        )
-    }
-
-    /// A break-glass task asked for more than its `max_ttl`.
-    pub fn break_glass_ttl(asked: u64, task: &str, max: u64) -> Self {
-        Self::new(
-            "ttl_too_long",
-            ApiError::invalid_request(format!(
+            BreakGlassTtl { asked, task, max } => bad(format!(
                 "requested_ttl {asked}s is over break-glass task {task}'s max_ttl of {max}s"
             )),
-        )
-    }
-
-    /// A rate limit's bucket is empty; `what` names the limit.
-    pub fn rate_limited(what: &str, wait: Duration) -> Self {
-        let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
-        let mut e = ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "temporarily_unavailable",
-            format!("{what}; retry after {secs}s"),
-        );
-        e.retry_after = Some(secs);
-        Self::new("rate_limited", e)
-    }
-
-    /// An open `deny` anomaly holds the identity.
-    pub fn held_by_anomaly(identity: &str, a: &crate::anomaly::Anomaly) -> Self {
-        Self::new(
-            "anomaly_unacknowledged",
-            ApiError::new(
+            RateLimited { what, retry_after } => {
+                let mut e = err(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "temporarily_unavailable",
+                    format!("{what}; retry after {retry_after}s"),
+                );
+                e.retry_after = Some(*retry_after);
+                e
+            }
+            HeldByAnomaly { identity, anomaly, kind } => err(
                 StatusCode::FORBIDDEN,
                 "access_denied",
                 format!(
-                    "identity {identity} is held by anomaly {} ({}): an admin must acknowledge it (POST /v1/admin/anomalies/{}/ack)",
-                    a.id, a.kind, a.id
+                    "identity {identity} is held by anomaly {anomaly} ({kind}): an admin must acknowledge it (POST /v1/admin/anomalies/{anomaly}/ack)"
                 ),
             ),
-        )
+            AuditUnavailable => ApiError::audit_unavailable(),
+            Internal(_) => ApiError::internal(),
+        }
     }
+}
 
-    /// A record (of an anomaly) could not be made durable.
+/// The constructors the stages use (they clip what the caller sent).
+impl Refusal {
+    /// See [`Refusal::StateStale`].
+    pub fn state_stale() -> Self {
+        Self::StateStale
+    }
+    /// See [`Refusal::BodyTooLarge`].
+    pub fn body_too_large() -> Self {
+        Self::BodyTooLarge
+    }
+    /// See [`Refusal::BodyUnreadable`].
+    pub fn body_unreadable() -> Self {
+        Self::BodyUnreadable
+    }
+    /// See [`Refusal::NotAForm`].
+    pub fn not_a_form() -> Self {
+        Self::NotAForm
+    }
+    /// See [`Refusal::MalformedForm`].
+    pub fn malformed_form(e: &serde_urlencoded::de::Error) -> Self {
+        Self::MalformedForm(e.to_string())
+    }
+    /// See [`Refusal::UnsupportedGrantType`].
+    pub fn unsupported_grant_type(other: &str) -> Self {
+        Self::UnsupportedGrantType(clip(other))
+    }
+    /// See [`Refusal::Missing`].
+    pub fn missing(what: &'static str) -> Self {
+        Self::Missing(what)
+    }
+    /// See [`Refusal::UnsupportedSubjectTokenType`].
+    pub fn unsupported_subject_token_type(other: &str) -> Self {
+        Self::UnsupportedSubjectTokenType(clip(other))
+    }
+    /// See [`Refusal::DelegationUnsupported`].
+    pub fn delegation_unsupported() -> Self {
+        Self::DelegationUnsupported
+    }
+    /// See [`Refusal::UnsupportedRequestedTokenType`].
+    pub fn unsupported_requested_token_type(other: &str) -> Self {
+        Self::UnsupportedRequestedTokenType(clip(other))
+    }
+    /// See [`Refusal::AudienceConflict`].
+    pub fn audience_conflict() -> Self {
+        Self::AudienceConflict
+    }
+    /// See [`Refusal::BadTtl`].
+    pub fn bad_ttl(s: &str) -> Self {
+        Self::BadTtl(clip(s))
+    }
+    /// See [`Refusal::CertificateUnusable`].
+    pub fn certificate_unusable(why: String) -> Self {
+        Self::CertificateUnusable(why)
+    }
+    /// See [`Refusal::CertificateRequired`].
+    pub fn certificate_required() -> Self {
+        Self::CertificateRequired
+    }
+    /// See [`Refusal::Certificate`].
+    pub fn certificate(r: CertRefusal) -> Self {
+        Self::Certificate {
+            rule: r.rule,
+            reason: r.reason,
+        }
+    }
+    /// See [`Refusal::ClientIdMismatch`].
+    pub fn client_id_mismatch(client_id: &str, identity: &str) -> Self {
+        Self::ClientIdMismatch {
+            client_id: clip(client_id),
+            identity: identity.to_owned(),
+        }
+    }
+    /// See [`Refusal::SubjectToken`]; issuer-key failures are told plainly and logged.
+    pub fn subject_token(e: &AuthnError) -> Self {
+        let detail = match e {
+            AuthnError::KeysUnavailable(_) => {
+                tracing::warn!(error = %e, "subject_token not checked: issuer keys unavailable");
+                Some(e.to_string())
+            }
+            _ => None,
+        };
+        Self::SubjectToken {
+            rule: e.rule(),
+            message: e.public_message(),
+            detail,
+        }
+    }
+    /// See [`Refusal::UnknownIdentity`].
+    pub fn unknown_identity(issuer: &str, subject: &str) -> Self {
+        Self::UnknownIdentity {
+            issuer: issuer.to_owned(),
+            subject: clip(subject),
+        }
+    }
+    /// See [`Refusal::IdentityMismatch`].
+    pub fn identity_mismatch(by_jwt: &str, by_cert: &str) -> Self {
+        Self::IdentityMismatch {
+            by_jwt: by_jwt.to_owned(),
+            by_cert: by_cert.to_owned(),
+        }
+    }
+    /// See [`Refusal::IdentityDisabled`].
+    pub fn identity_disabled(identity: &str, why: &str) -> Self {
+        Self::IdentityDisabled {
+            identity: identity.to_owned(),
+            why: why.to_owned(),
+        }
+    }
+    /// See [`Refusal::Policy`].
+    pub fn policy(d: &policy::Denial) -> Self {
+        Self::Policy {
+            rule: d.rule,
+            reason: d.reason.clone(),
+        }
+    }
+    /// See [`Refusal::NoBreakGlassPolicy`].
+    pub fn no_break_glass_policy(grant: &str, task: &str) -> Self {
+        Self::NoBreakGlassPolicy {
+            grant: grant.to_owned(),
+            task: task.to_owned(),
+        }
+    }
+    /// See [`Refusal::BreakGlassAudience`].
+    pub fn break_glass_audience(task: &str, audience: &str, asked: &str) -> Self {
+        Self::BreakGlassAudience {
+            task: task.to_owned(),
+            audience: audience.to_owned(),
+            asked: clip(asked),
+        }
+    }
+    /// See [`Refusal::BreakGlassScope`].
+    pub fn break_glass_scope(task: &str, scope: &str) -> Self {
+        Self::BreakGlassScope {
+            task: task.to_owned(),
+            scope: clip(scope),
+        }
+    }
+    /// See [`Refusal::BreakGlassTtl`].
+    pub fn break_glass_ttl(asked: u64, task: &str, max: u64) -> Self {
+        Self::BreakGlassTtl {
+            asked,
+            task: task.to_owned(),
+            max,
+        }
+    }
+    /// See [`Refusal::RateLimited`]; `wait` rounds up to whole seconds, at least one.
+    pub fn rate_limited(what: &str, wait: Duration) -> Self {
+        Self::RateLimited {
+            what: what.to_owned(),
+            retry_after: wait.as_secs_f64().ceil().max(1.0) as u64,
+        }
+    }
+    /// See [`Refusal::HeldByAnomaly`].
+    pub fn held_by_anomaly(identity: &str, a: &crate::anomaly::Anomaly) -> Self {
+        Self::HeldByAnomaly {
+            identity: identity.to_owned(),
+            anomaly: a.id.clone(),
+            kind: a.kind,
+        }
+    }
+    /// See [`Refusal::AuditUnavailable`].
     pub fn audit_unavailable() -> Self {
-        Self::new("audit_unavailable", ApiError::audit_unavailable())
+        Self::AuditUnavailable
+    }
+    /// See [`Refusal::Internal`].
+    pub fn internal(rule: &'static str) -> Self {
+        Self::Internal(rule)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Rule, status and OAuth code come from the variant: a table of the ones callers see
+    /// most, so that a change to the wire contract is a visible change here.
+    #[test]
+    fn each_refusal_has_one_rule_status_and_code() {
+        let cases: Vec<(Refusal, &str, u16, &str)> = vec![
+            (
+                Refusal::state_stale(),
+                "state_stale",
+                503,
+                "temporarily_unavailable",
+            ),
+            (
+                Refusal::body_too_large(),
+                "body_too_large",
+                413,
+                "invalid_request",
+            ),
+            (
+                Refusal::not_a_form(),
+                "malformed_request",
+                400,
+                "invalid_request",
+            ),
+            (
+                Refusal::unsupported_grant_type("password"),
+                "unsupported_grant_type",
+                400,
+                "unsupported_grant_type",
+            ),
+            (
+                Refusal::audience_conflict(),
+                "audience_conflict",
+                400,
+                "invalid_target",
+            ),
+            (
+                Refusal::certificate_required(),
+                "client_certificate_required",
+                401,
+                "invalid_client",
+            ),
+            (
+                Refusal::unknown_identity("i", "s"),
+                "unknown_identity",
+                403,
+                "unauthorized_client",
+            ),
+            (
+                Refusal::identity_disabled("x", "why"),
+                "identity_disabled",
+                403,
+                "access_denied",
+            ),
+            (
+                Refusal::break_glass_scope("t", "s"),
+                "scope_not_allowed",
+                400,
+                "invalid_scope",
+            ),
+            (
+                Refusal::rate_limited("limit", Duration::from_millis(1500)),
+                "rate_limited",
+                429,
+                "temporarily_unavailable",
+            ),
+            (
+                Refusal::audit_unavailable(),
+                "audit_unavailable",
+                503,
+                "temporarily_unavailable",
+            ),
+            (
+                Refusal::internal("mint_failed"),
+                "mint_failed",
+                500,
+                "server_error",
+            ),
+        ];
+        for (r, rule, status, code) in cases {
+            let e = r.error();
+            assert_eq!(
+                (r.rule(), e.status.as_u16(), e.code),
+                (rule, status, code),
+                "{r:?}"
+            );
+        }
+        let e = Refusal::rate_limited("limit", Duration::from_millis(1500)).error();
+        assert_eq!(e.retry_after, Some(2), "rounded up");
     }
 
-    /// Something inside the broker failed (the caller is told nothing more; the log is).
-    pub fn internal(rule: &'static str) -> Self {
-        Self::new(rule, ApiError::internal())
+    #[test]
+    fn issuer_key_details_go_to_the_record_not_the_caller() {
+        let r = Refusal::subject_token(&AuthnError::KeysUnavailable(
+            "https://issuer.internal/jwks: connection refused".into(),
+        ));
+        let e = r.error();
+        assert_eq!(e.status.as_u16(), 503);
+        assert!(
+            !e.description.contains("issuer.internal"),
+            "{}",
+            e.description
+        );
+        assert!(
+            e.operator_detail
+                .is_some_and(|d| d.contains("issuer.internal"))
+        );
+    }
+
+    #[test]
+    fn caller_strings_are_clipped() {
+        let long = "x".repeat(5000);
+        let e = Refusal::unsupported_grant_type(&long).error();
+        assert!(e.description.len() < 600, "{}", e.description.len());
     }
 }

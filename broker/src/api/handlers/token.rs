@@ -42,7 +42,7 @@ pub async fn token(
     match TokenService::new(&st).issue(call).await {
         Ok(issued) => answer(&issued),
         Err(NotIssued::Refused { refusal, record }) => {
-            crate::api::record::deny(&st, *record, refusal.rule, refusal.error).await
+            crate::api::record::deny(&st, *record, refusal.rule(), refusal.error()).await
         }
         Err(NotIssued::AuditFailed) => ApiError::audit_unavailable().into_response(),
     }
