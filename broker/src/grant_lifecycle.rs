@@ -61,6 +61,7 @@ pub async fn close_grant(
     };
     let closed = st.revocations.commit_with(|| {
         match st
+            .break_glass
             .grants
             .close_once(&g.id, now, by, reason, expired, &[rule])
         {
@@ -72,7 +73,13 @@ pub async fn close_grant(
     let closed = match closed {
         Ok(Some(c)) => c,
         // Someone else closed it first: their close did the audit and the webhook.
-        Ok(None) => return Ok(st.grants.get(&g.id).unwrap_or_else(|| g.clone())),
+        Ok(None) => {
+            return Ok(st
+                .break_glass
+                .grants
+                .get(&g.id)
+                .unwrap_or_else(|| g.clone()));
+        }
         Err(e) => return Err(e),
     };
     let kind = if expired {
@@ -111,7 +118,7 @@ pub async fn close_grant(
 /// serving, and every second while serving.
 pub async fn close_due(st: &AppState, at_start: bool) -> usize {
     let now = st.clock.unix_secs();
-    let due = st.grants.due(now);
+    let due = st.break_glass.grants.due(now);
     let mut ev = AuditEvent::new(EventKind::BreakGlassExpired);
     ev.actor = Some("broker".into());
     for g in &due {

@@ -204,17 +204,21 @@ pub async fn start_with_clock(
             metrics: Arc::new(Metrics::default()),
             revocations: Arc::new(revocations),
             admins: Arc::new(config.admins.clone()),
-            grants: Arc::new(grants),
             webhook: crate::breakglass::webhook::Webhook::new(config.break_glass_webhook.clone()),
-            pending_ttl_secs: config.break_glass_pending_ttl.as_secs(),
-            rate_limiter: Arc::new(crate::ratelimit::RateLimiter::default()),
-            identity_rate_limit: config.identity_rate_limit,
-            expiring_window_secs: config.expiring_window.as_secs(),
-            dormant_after_secs: config.dormant_after.as_secs(),
-            usage: Arc::new(crate::usage::Usage::load(&config.state_dir)),
-            monitor: Arc::new(monitor),
-            anomaly_action: config.anomaly_action,
-            monitoring: config.monitoring,
+            break_glass: Arc::new(crate::state::BreakGlass {
+                grants: Arc::new(grants),
+                pending_ttl_secs: config.break_glass_pending_ttl.as_secs(),
+            }),
+            governance: Arc::new(crate::state::Governance {
+                rate_limiter: Arc::new(crate::ratelimit::RateLimiter::default()),
+                identity_rate_limit: config.identity_rate_limit,
+                expiring_window_secs: config.expiring_window.as_secs(),
+                dormant_after_secs: config.dormant_after.as_secs(),
+                usage: Arc::new(crate::usage::Usage::load(&config.state_dir)),
+                monitor: Arc::new(monitor),
+                anomaly_action: config.anomaly_action,
+                monitoring: config.monitoring,
+            }),
         },
         limits: Limits {
             max_body_bytes: config.max_body_bytes,
@@ -300,7 +304,7 @@ impl Broker {
                 self.state.audit.clone(),
                 Arc::clone(&self.state.metrics),
                 reload::AnomalySink {
-                    monitor: Arc::clone(&self.state.monitor),
+                    monitor: Arc::clone(&self.state.governance.monitor),
                     webhook: self.state.webhook.clone(),
                     clock: Arc::clone(&self.state.clock),
                 },
@@ -326,8 +330,8 @@ impl Broker {
         let sweeper = {
             let mut rx = stop_rx.clone();
             let revocations = Arc::clone(&self.state.revocations);
-            let limiter = Arc::clone(&self.state.rate_limiter);
-            let usage = Arc::clone(&self.state.usage);
+            let limiter = Arc::clone(&self.state.governance.rate_limiter);
+            let usage = Arc::clone(&self.state.governance.usage);
             let clock = Arc::clone(&self.state.clock);
             tokio::spawn(async move {
                 let mut tick = tokio::time::interval(Duration::from_secs(5));
@@ -385,7 +389,7 @@ impl Broker {
                 let mut rx = stop_rx.clone();
                 let (store, usage, replica) = (
                     Arc::clone(&self.store),
-                    Arc::clone(&self.state.usage),
+                    Arc::clone(&self.state.governance.usage),
                     replica.clone(),
                 );
                 Some(tokio::spawn(async move {
@@ -529,7 +533,7 @@ impl Broker {
         if let Some(w) = tls_watcher {
             let _ = w.await;
         }
-        if let Err(e) = self.state.usage.save() {
+        if let Err(e) = self.state.governance.usage.save() {
             tracing::warn!(error = %e, "could not snapshot usage at shutdown");
         }
         let ev = AuditEvent::new(EventKind::BrokerStopped);
@@ -630,13 +634,13 @@ async fn follow_store(
                     Ok(polled) => {
                         for e in &polled.events {
                             state.revocations.apply_remote(e);
-                            state.grants.apply_remote(&e.change);
-                            state.monitor.apply_remote(&e.change);
+                            state.break_glass.grants.apply_remote(&e.change);
+                            state.governance.monitor.apply_remote(&e.change);
                             state.minter.apply_remote(&e.change);
                         }
                         state.revocations.confirm_through(polled.through);
-                        state.grants.confirm_through(polled.through);
-                        state.monitor.confirm_through(polled.through);
+                        state.break_glass.grants.confirm_through(polled.through);
+                        state.governance.monitor.confirm_through(polled.through);
                         confirmed = started;
                         last_error = None;
                     }

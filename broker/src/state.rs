@@ -33,12 +33,25 @@ pub struct AppState {
     pub revocations: Arc<Revocations>,
     /// Admin identities from the config.
     pub admins: Arc<Vec<Admin>>,
-    /// Break-glass grants.
-    pub grants: Arc<Grants>,
-    /// Break-glass webhook.
+    /// Break-glass and anomaly webhook.
     pub webhook: Webhook,
-    /// How long an unapproved grant waits.
+    /// Break-glass grants and their settings.
+    pub break_glass: Arc<BreakGlass>,
+    /// Usage, behavioural monitoring, rate limits and recertification, with their
+    /// settings.
+    pub governance: Arc<Governance>,
+}
+
+/// Break-glass: the grants and how long an unapproved request waits.
+pub struct BreakGlass {
+    /// The grants.
+    pub grants: Arc<Grants>,
+    /// How long an unapproved grant waits, seconds.
     pub pending_ttl_secs: u64,
+}
+
+/// Governance: what identities do and the limits on it.
+pub struct Governance {
     /// Issuance token buckets.
     pub rate_limiter: Arc<crate::ratelimit::RateLimiter>,
     /// Per-identity issuance rate limit.

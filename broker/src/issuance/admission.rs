@@ -49,7 +49,9 @@ pub fn decide(
     let now = st.clock.unix_secs();
     let break_glass = match &evaluation.decision {
         Decision::Deny(d) if d.rule == policy::Rule::UnknownTask => {
-            st.grants.active(&identity.id, &params.task, now)
+            st.break_glass
+                .grants
+                .active(&identity.id, &params.task, now)
         }
         _ => None,
     };
@@ -121,8 +123,9 @@ fn break_glass_grant(
 /// Takes a token from the identity's bucket (config) and the task's (policy).
 pub fn rate_limit(st: &AppState, identity: &Identity, task: &str) -> Result<(), Refusal> {
     let now = std::time::Instant::now();
-    if let Some(rate) = st.identity_rate_limit {
-        st.rate_limiter
+    if let Some(rate) = st.governance.identity_rate_limit {
+        st.governance
+            .rate_limiter
             .check(&format!("identity\u{0}{}", identity.id), rate, now)
             .map_err(|w| {
                 Refusal::rate_limited(
@@ -137,7 +140,8 @@ pub fn rate_limit(st: &AppState, identity: &Identity, task: &str) -> Result<(), 
             })?;
     }
     if let Some(rate) = identity.task(task).and_then(|t| t.rate_limit) {
-        st.rate_limiter
+        st.governance
+            .rate_limiter
             .check(&format!("task\u{0}{}\u{0}{task}", identity.id), rate, now)
             .map_err(|w| {
                 Refusal::rate_limited(
@@ -164,24 +168,27 @@ pub async fn monitor(
     peer: SocketAddr,
     ev: &AuditEvent,
 ) -> Result<(), Refusal> {
-    if !st.monitoring {
+    if !st.governance.monitoring {
         return Ok(());
     }
-    if let Some(a) = st.monitor.blocking(&identity.id) {
+    if let Some(a) = st.governance.monitor.blocking(&identity.id) {
         return Err(Refusal::held_by_anomaly(&identity.id, &a));
     }
     let now = st.clock.unix_secs();
     let network = crate::usage::source_network(peer.ip());
-    let obs = st.usage.observe(
+    let obs = st.governance.usage.observe(
         &identity.id,
         &grant.task,
         &grant.scopes,
         Some(&network),
         now,
     );
-    let action = identity.anomaly_action.unwrap_or(st.anomaly_action);
+    let action = identity
+        .anomaly_action
+        .unwrap_or(st.governance.anomaly_action);
     // Fail closed: an anomaly that cannot be given an id is not silently skipped.
     let found = st
+        .governance
         .monitor
         .observe(&identity.id, &grant.task, &obs, now, action)
         .map_err(|e| {

@@ -73,7 +73,8 @@ pub fn fill_record(
         .duration_since(st.clock.now())
         .map(|d| d.as_secs())
         .unwrap_or(0);
-    let recertify = (expires_in < st.expiring_window_secs).then(|| identity.expires.to_string());
+    let recertify =
+        (expires_in < st.governance.expiring_window_secs).then(|| identity.expires.to_string());
     if let Some(date) = &recertify {
         let mut detail = ev.detail.take().unwrap_or_else(|| serde_json::json!({}));
         detail["registration_expires"] = serde_json::json!(date);
@@ -97,7 +98,7 @@ pub fn count(
 ) {
     st.metrics.issued();
     st.revocations.record_issued(&minted.claims);
-    st.usage.record_issued(
+    st.governance.usage.record_issued(
         &grant.identity,
         &grant.task,
         &grant.scopes,
@@ -115,11 +116,11 @@ pub fn count(
         exp: minted.claims.exp,
         at: minted.claims.iat,
     };
-    if let Err(e) = st.grants.commit(change) {
+    if let Err(e) = st.break_glass.grants.commit(change) {
         tracing::error!(error = %e, grant = %bg.id, "could not add the token to the grant report");
     }
     // Like every other grant event, the grant itself (as it stands with this token).
-    let grant_now = st.grants.get(&bg.id).map_or_else(
+    let grant_now = st.break_glass.grants.get(&bg.id).map_or_else(
         || serde_json::json!({ "id": bg.id }),
         |g| serde_json::json!(g),
     );

@@ -407,6 +407,7 @@ pub async fn ack_anomaly(
         Err(res) => return res,
     };
     let acked = match st
+        .governance
         .monitor
         .acknowledge(&id, &caller.actor(), st.clock.unix_secs())
     {

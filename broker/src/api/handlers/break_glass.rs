@@ -49,7 +49,7 @@ fn bad(rule: &'static str, status: StatusCode, msg: String) -> (&'static str, Ap
 /// Activates `g` if it needs no (more) approvals; audits and notifies.
 async fn activate_if_ready(st: &AppState, g: Grant, ev: &AuditEvent) -> Result<Grant, Response> {
     let now = st.clock.unix_secs();
-    match st.grants.activate_if_ready(&g.id, now) {
+    match st.break_glass.grants.activate_if_ready(&g.id, now) {
         Ok(None) => Ok(g),
         Ok(Some(g)) => {
             record::allow(st, grant_event(EventKind::BreakGlassActivated, &g, ev))
@@ -182,9 +182,9 @@ pub async fn request(
         requester: caller.actor(),
         approvals_needed: policy.approvals,
         at: now,
-        pending_until: now + st.pending_ttl_secs,
+        pending_until: now + st.break_glass.pending_ttl_secs,
     };
-    let Ok(Some(g)) = st.grants.commit(change) else {
+    let Ok(Some(g)) = st.break_glass.grants.commit(change) else {
         return store_unavailable();
     };
     if let Err(e) = record::allow(&st, grant_event(EventKind::BreakGlassRequested, &g, &ev)).await {
@@ -222,7 +222,7 @@ pub async fn approve(
         return record::deny(&st, ev, rule, e).await;
     }
     let now = st.clock.unix_secs();
-    let (g, activated) = match st.grants.approve(&id, &caller.actor(), now) {
+    let (g, activated) = match st.break_glass.grants.approve(&id, &caller.actor(), now) {
         Ok(x) => x,
         Err(crate::breakglass::ApproveError::Refused(r)) => {
             let status = StatusCode::from_u16(r.status).unwrap_or(StatusCode::FORBIDDEN);
@@ -266,7 +266,7 @@ pub async fn close(
             Ok(c) => c,
             Err(r) => return r,
         };
-    let Some(g) = st.grants.get(&id) else {
+    let Some(g) = st.break_glass.grants.get(&id) else {
         return record::deny(
             &st,
             ev,
@@ -313,7 +313,7 @@ pub async fn report(
             Ok(c) => c,
             Err(r) => return r,
         };
-    let Some(g) = st.grants.get(&id) else {
+    let Some(g) = st.break_glass.grants.get(&id) else {
         return ApiError::new(
             StatusCode::NOT_FOUND,
             "not_found",

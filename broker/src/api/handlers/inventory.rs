@@ -87,16 +87,16 @@ pub async fn inventory(
         {
             continue;
         }
-        let usage = st.usage.get(&id.id);
+        let usage = st.governance.usage.get(&id.id);
         let status = if st.revocations.disabled(&id.id).is_some() {
             "disabled"
         } else if expires_at <= now {
             "expired"
-        } else if expires_at - now < st.expiring_window_secs {
+        } else if expires_at - now < st.governance.expiring_window_secs {
             "expiring"
         } else if usage
             .last_issued
-            .is_none_or(|t| now.saturating_sub(t) >= st.dormant_after_secs)
+            .is_none_or(|t| now.saturating_sub(t) >= st.governance.dormant_after_secs)
         {
             "dormant"
         } else {
@@ -118,7 +118,7 @@ pub async fn inventory(
             "environment": id.environment, "third_party": id.third_party, "ticket": id.ticket,
             "expires": id.expires.to_string(), "status": status,
             "last_issued": usage.last_issued, "tokens_24h": usage.tokens_24h(now),
-            "tasks_used": used, "tasks_never_used": never, "anomalies": st.monitor.open_for(&id.id),
+            "tasks_used": used, "tasks_never_used": never, "anomalies": st.governance.monitor.open_for(&id.id),
         });
         if let Some(w) = unused {
             let since = now.saturating_sub(w);
