@@ -319,3 +319,72 @@ async fn the_record_stage_writes_the_issued_record_before_the_answer() {
         "the record never holds the token"
     );
 }
+
+/// An `[[admin]]` with the `admin` role, authenticated by a dev-issuer JWT.
+fn admin_toml() -> String {
+    format!(
+        "\n[[admin]]\nname = \"ops\"\nroles = [\"admin\"]\nissuer = \"{}\"\nsubject = \"admin:ops\"\n",
+        crate::dev::DEV_ISSUER
+    )
+}
+
+impl InProcess {
+    /// `GET /v1/admin/inventory{query}` as the `ops` admin.
+    pub(crate) async fn inventory(&self, query: &str) -> Value {
+        let bearer = self.jwt("admin:ops");
+        let req = Request::get(format!("/v1/admin/inventory{query}"))
+            .header("authorization", format!("Bearer {bearer}"))
+            .body(Body::empty())
+            .unwrap();
+        let r = self.call(req, "127.0.0.1:5000").await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+        r.body
+    }
+
+    /// The dev workload's inventory entry.
+    pub(crate) async fn demo_entry(&self, query: &str) -> Value {
+        let inv = self.inventory(query).await;
+        inv["identities"]
+            .as_array()
+            .and_then(|l| l.iter().find(|e| e["id"] == "demo-workload").cloned())
+            .unwrap_or_else(|| panic!("the inventory lists demo-workload: {inv:#}"))
+    }
+}
+
+/// Moved from the e2e inventory test (which slept for `dormant_after`): idle for
+/// `dormant_after` on the broker's clock, an active identity becomes `dormant`, and its
+/// `last_issued` stays the last issuance.
+#[tokio::test]
+async fn an_idle_identity_becomes_dormant_in_the_inventory() {
+    let start = BEFORE_EXPIRY - 60 * DAY;
+    let b = InProcess::start_at(
+        start,
+        &format!("{}\n[governance]\ndormant_after = \"3s\"\n", admin_toml()),
+    )
+    .await;
+    assert_eq!(b.token("127.0.0.1:5000").await.status, StatusCode::OK);
+    let e = b.demo_entry("").await;
+    assert_eq!(e["status"], "active", "{e:#}");
+    b.clock.advance(Duration::from_secs(4));
+    let e = b.demo_entry("").await;
+    assert_eq!(e["status"], "dormant", "{e:#}");
+    assert_eq!(e["last_issued"], start, "{e:#}");
+}
+
+/// Moved from the e2e `?unused=` test (which slept past the window): a window shorter
+/// than the time since the last use lists every granted task and scope as unused.
+#[tokio::test]
+async fn a_window_shorter_than_the_idle_time_lists_everything_unused() {
+    let b = InProcess::start_at(BEFORE_EXPIRY - 60 * DAY, &admin_toml()).await;
+    assert_eq!(b.token("127.0.0.1:5000").await.status, StatusCode::OK);
+    let e = b.demo_entry("?unused=30d").await;
+    assert_eq!(e["unused_tasks"], serde_json::json!([]), "{e:#}");
+    b.clock.advance(Duration::from_secs(2));
+    let e = b.demo_entry("?unused=1s").await;
+    assert_eq!(e["unused_tasks"], serde_json::json!([DEV_TASK]), "{e:#}");
+    assert_eq!(
+        e["unused_scopes"],
+        serde_json::json!(["demo:read", "demo:write"]),
+        "{e:#}"
+    );
+}
