@@ -32,6 +32,7 @@ pub mod dev;
 pub mod error;
 pub mod grant_lifecycle;
 pub mod ids;
+pub mod introspection;
 pub mod issuance;
 pub mod metrics;
 pub mod mint;

@@ -10,16 +10,11 @@ use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use broker_client::types::IntrospectionResponse;
 use serde::Deserialize;
 
 use crate::api::{ApiError, AppState, caller, record};
 use crate::audit::event::EventKind;
 use crate::authn::mtls::ClientCert;
-use crate::mint::verify;
-
-/// Clock-skew allowance for `nbf`.
-const NBF_LEEWAY_SECS: u64 = 5;
 
 #[derive(Deserialize)]
 struct IntrospectForm {
@@ -78,33 +73,5 @@ pub async fn introspect(
         return ApiError::state_stale().into_response();
     }
     st.metrics.introspected();
-    let inactive = || {
-        no_store(
-            Json(IntrospectionResponse {
-                active: false,
-                token_type: None,
-                claims: None,
-            })
-            .into_response(),
-        )
-    };
-    let Ok(claims) = verify::verify_signature(&token, &st.minter.jwks(), st.minter.issuer()) else {
-        return inactive();
-    };
-    if verify::check_time(&claims, st.clock.unix_secs(), NBF_LEEWAY_SECS).is_err() {
-        return inactive();
-    }
-    let policies = st.policies.current();
-    let owner_of = |id: &str| policies.identity(id).map(|i| i.owner.clone());
-    if st.revocations.revoked(&claims, &owner_of).is_some() {
-        return inactive();
-    }
-    no_store(
-        Json(IntrospectionResponse {
-            active: true,
-            token_type: Some("Bearer".into()),
-            claims: Some(claims),
-        })
-        .into_response(),
-    )
+    no_store(Json(crate::introspection::introspect(&st, &token)).into_response())
 }

@@ -108,12 +108,13 @@ pub async fn revoke(
             actor: caller.actor(),
             reason: "revoked through /oauth2/revoke".into(),
         };
-        if let Err(e) = st.revocations.commit(&change) {
-            tracing::error!(error = %e, "state store append failed");
-            return ApiError::store_unavailable().into_response();
-        }
         ev.reason = Some("revoked through /oauth2/revoke".into());
         ev.detail = Some(serde_json::json!({ "outcome": "revoked" }));
+        // Recorded first, like every admin change (docs/audit-log.md).
+        return match record::change(&st, ev, || st.revocations.commit(&change)).await {
+            Ok(()) => StatusCode::OK.into_response(),
+            Err(res) => res,
+        };
     }
     match record::allow(&st, ev).await {
         Ok(()) => StatusCode::OK.into_response(),
