@@ -11,12 +11,20 @@
 //! - [`reload`]: the live policy set and its atomic hot reload.
 //! - [`mint`]: access-token claims and signing; [`mint::keys`] owns private keys.
 //! - [`audit`]: the hash-chained, group-committed audit log and its verifier.
-//! - [`api`]: the HTTP surface (axum router, handlers, the one error type).
+//! - [`issuance`]: the token path as a service in typed stages (parse, authenticate,
+//!   admission, record) with one typed [`issuance::Refusal`].
+//! - [`introspection`]: whether a broker token is active; [`grant_lifecycle`]: closing
+//!   break-glass grants and the expiry sweep.
+//! - [`state`]: the services the handlers share ([`state::AppState`]); [`error`]: the one
+//!   error type on the wire.
+//! - [`api`]: the HTTP surface (axum router, thin handlers, recording before answering).
 //! - [`server`]: startup, the accept loop, limits, graceful shutdown.
 //! - [`tls`]: server TLS on rustls/ring.
 //! - [`metrics`]: counters for `/metrics`.
 //! - [`ratelimit`]: issuance token buckets; [`usage`]: behaviour history; [`anomaly`]: behavioural monitoring.
-//! - [`revocation`], [`store`]: revocations, disabled identities, the state journal.
+//! - [`revocation`], [`store`]: revocations, disabled identities, the state journal (file
+//!   or PostgreSQL, shared by replicas); [`checkpointer`]: audit checkpoints in the store.
+//! - [`ids`]: random identifiers.
 //! - [`breakglass`]: emergency grants that revoke themselves.
 //! - [`dev`]: `broker serve --dev` bootstrap.
 

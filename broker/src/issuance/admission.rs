@@ -159,7 +159,7 @@ pub fn rate_limit(st: &AppState, identity: &Identity, task: &str) -> Result<(), 
 }
 
 /// Behavioural monitoring: refuses while a `deny` anomaly is open; compares the issuance
-/// with the identity's history and reports what is new ([`report`]); refuses if one of
+/// with the identity's history and reports what is new (a metric, a record and a webhook event each); refuses if one of
 /// the new anomalies holds.
 pub async fn monitor(
     st: &AppState,

@@ -4,7 +4,7 @@
 //! start and appends each change durably before acknowledging it. The embedded
 //! [`file::FileStore`] is the default (no database); [`memory::MemoryStore`] serves tests;
 //! [`postgres::PostgresStore`] keeps the journal in PostgreSQL so that several replicas
-//! can share it. All three run the same contract tests ([`contract`]).
+//! can share it. All three run the same contract tests (`contract`, test-only).
 
 pub mod file;
 mod listen;
