@@ -388,3 +388,88 @@ async fn a_window_shorter_than_the_idle_time_lists_everything_unused() {
         "{e:#}"
     );
 }
+
+impl InProcess {
+    /// `GET path` without credentials.
+    pub(crate) async fn get(&self, path: &str) -> Answer {
+        let req = Request::get(path).body(Body::empty()).unwrap();
+        self.call(req, "127.0.0.1:5000").await
+    }
+}
+
+/// RFC 8414 metadata against the router: every endpoint it names is served (a GET on a
+/// POST-only endpoint is 405, not 404), and every OAuth endpoint the router serves is
+/// named, so a new endpoint cannot be forgotten.
+#[tokio::test]
+async fn metadata_names_every_oauth_endpoint_the_router_serves() {
+    let b = InProcess::start_at(BEFORE_EXPIRY - 60 * DAY, "").await;
+    let r = b.get("/.well-known/oauth-authorization-server").await;
+    assert_eq!(r.status, StatusCode::OK);
+    let md = r.body;
+    let issuer = md["issuer"]
+        .as_str()
+        .unwrap()
+        .trim_end_matches('/')
+        .to_owned();
+    let mut named = Vec::new();
+    for (k, v) in md.as_object().unwrap() {
+        if k.ends_with("_endpoint") || k == "jwks_uri" {
+            let path = v
+                .as_str()
+                .unwrap()
+                .strip_prefix(&issuer)
+                .unwrap()
+                .to_owned();
+            let probe = b.get(&path).await;
+            assert_ne!(
+                probe.status,
+                StatusCode::NOT_FOUND,
+                "{k} = {path} is not routed"
+            );
+            named.push(path);
+        }
+    }
+    for path in [
+        crate::api::TOKEN_PATH,
+        crate::api::INTROSPECTION_PATH,
+        crate::api::REVOCATION_PATH,
+        crate::api::JWKS_PATH,
+    ] {
+        assert!(
+            named.iter().any(|n| n == path),
+            "{path} is missing from the metadata: {md:#}"
+        );
+    }
+    assert_eq!(
+        md["scopes_supported"],
+        serde_json::json!(["demo:read", "demo:write"])
+    );
+    assert_eq!(
+        md["introspection_endpoint_auth_methods_supported"],
+        serde_json::json!(["tls_client_auth"])
+    );
+    assert_eq!(
+        md["access_token_signing_alg_values_supported"],
+        serde_json::json!(["EdDSA"])
+    );
+
+    // OIDC discovery: the same issuer and keys, and the fields OIDC Discovery 1.0 requires.
+    let r = b.get("/.well-known/openid-configuration").await;
+    assert_eq!(r.status, StatusCode::OK);
+    let oidc = r.body;
+    assert_eq!(oidc["issuer"], md["issuer"]);
+    assert_eq!(oidc["jwks_uri"], md["jwks_uri"]);
+    for required in [
+        "response_types_supported",
+        "subject_types_supported",
+        "id_token_signing_alg_values_supported",
+    ] {
+        assert!(
+            oidc[required].as_array().is_some_and(|a| !a.is_empty()),
+            "{required}: {oidc:#}"
+        );
+    }
+    let jwks = b.get(crate::api::JWKS_PATH).await;
+    assert_eq!(jwks.status, StatusCode::OK);
+    assert!(!jwks.body["keys"].as_array().unwrap().is_empty());
+}

@@ -22,6 +22,15 @@ use axum::routing::{get, post};
 pub use crate::error::ApiError;
 pub use crate::state::AppState;
 
+/// The token endpoint (RFC 6749 §3.2).
+pub const TOKEN_PATH: &str = "/oauth2/token";
+/// The introspection endpoint (RFC 7662).
+pub const INTROSPECTION_PATH: &str = "/oauth2/introspect";
+/// The revocation endpoint (RFC 7009).
+pub const REVOCATION_PATH: &str = "/oauth2/revoke";
+/// The JWKS (RFC 7517).
+pub const JWKS_PATH: &str = "/.well-known/jwks.json";
+
 /// Limits applied to every request.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -35,9 +44,9 @@ pub struct Limits {
 pub fn router(state: AppState, limits: Limits) -> Router {
     let timeout = limits.request_timeout;
     Router::new()
-        .route("/oauth2/token", post(handlers::token::token))
-        .route("/oauth2/revoke", post(handlers::revoke::revoke))
-        .route("/oauth2/introspect", post(handlers::introspect::introspect))
+        .route(TOKEN_PATH, post(handlers::token::token))
+        .route(REVOCATION_PATH, post(handlers::revoke::revoke))
+        .route(INTROSPECTION_PATH, post(handlers::introspect::introspect))
         .route("/v1/revocations", get(handlers::feed::revocations))
         .route("/v1/admin/revocations", post(handlers::admin::revocations))
         .route(
@@ -66,7 +75,11 @@ pub fn router(state: AppState, limits: Limits) -> Router {
             "/v1/break-glass/{id}/report",
             get(handlers::break_glass::report),
         )
-        .route("/.well-known/jwks.json", get(handlers::discovery::jwks))
+        .route(JWKS_PATH, get(handlers::discovery::jwks))
+        .route(
+            "/.well-known/openid-configuration",
+            get(handlers::discovery::openid_configuration),
+        )
         .route(
             "/.well-known/oauth-authorization-server",
             get(handlers::discovery::metadata),

@@ -1,5 +1,5 @@
-//! `GET /.well-known/jwks.json` (RFC 7517) and
-//! `GET /.well-known/oauth-authorization-server` (RFC 8414).
+//! `GET /.well-known/jwks.json` (RFC 7517), `GET /.well-known/oauth-authorization-server`
+//! (RFC 8414) and `GET /.well-known/openid-configuration` (OIDC Discovery 1.0).
 
 use axum::Json;
 use axum::extract::State;
@@ -20,26 +20,75 @@ pub async fn jwks(State(st): State<AppState>) -> Response {
     res
 }
 
-/// Authorization server metadata.
+/// The algorithms of the keys this broker (and its replicas) sign with.
+fn signing_algs(st: &AppState) -> Vec<String> {
+    let mut algs: Vec<String> = st.minter.jwks().keys.into_iter().map(|k| k.alg).collect();
+    algs.sort();
+    algs.dedup();
+    algs
+}
+
+/// Every scope a loaded policy grants.
+fn scopes(st: &AppState) -> Vec<String> {
+    let policies = st.policies.current();
+    let mut scopes: Vec<String> = policies
+        .identities()
+        .flat_map(|i| i.tasks.iter().flat_map(|t| t.scopes.iter().cloned()))
+        .collect();
+    scopes.sort();
+    scopes.dedup();
+    scopes
+}
+
+/// Authorization server metadata (RFC 8414 §2): every endpoint the broker serves for
+/// OAuth clients and how to authenticate at each. The in-process test
+/// `metadata_names_every_oauth_endpoint_the_router_serves` keeps it in step with the router.
 pub async fn metadata(State(st): State<AppState>) -> Response {
     let iss = st.minter.issuer().trim_end_matches('/');
-    let algs: Vec<&str> = st
-        .minter
-        .key_ring()
-        .jwks()
-        .keys
-        .iter()
-        .map(|k| if k.alg == "EdDSA" { "EdDSA" } else { "ES256" })
-        .collect();
+    let algs = signing_algs(&st);
+    // The introspection and revocation callers authenticate with a TLS client
+    // certificate or `Authorization: Bearer <workload JWT>`; only the former has a
+    // registered method name (RFC 8705).
+    let caller_auth = ["tls_client_auth"];
     Json(json!({
         "issuer": st.minter.issuer(),
-        "token_endpoint": format!("{iss}/oauth2/token"),
-        "jwks_uri": format!("{iss}/.well-known/jwks.json"),
+        "token_endpoint": format!("{iss}{}", crate::api::TOKEN_PATH),
+        "introspection_endpoint": format!("{iss}{}", crate::api::INTROSPECTION_PATH),
+        "revocation_endpoint": format!("{iss}{}", crate::api::REVOCATION_PATH),
+        "jwks_uri": format!("{iss}{}", crate::api::JWKS_PATH),
         "grant_types_supported": [GRANT_TYPE_TOKEN_EXCHANGE, GRANT_TYPE_CLIENT_CREDENTIALS],
         "token_endpoint_auth_methods_supported": ["none", "tls_client_auth"],
+        "introspection_endpoint_auth_methods_supported": caller_auth,
+        "revocation_endpoint_auth_methods_supported": caller_auth,
         "response_types_supported": [],
+        "scopes_supported": scopes(&st),
         "access_token_signing_alg_values_supported": algs,
         "tls_client_certificate_bound_access_tokens": true,
     }))
     .into_response()
+}
+
+/// OpenID Provider metadata (OIDC Discovery 1.0 §3), for relying parties that discover
+/// keys that way (cloud workload-identity federation, Vault's `jwt` auth): the issuer,
+/// the JWKS, and what the tokens' signatures and subjects are. The broker issues access
+/// tokens, not ID tokens; the fields the specification requires are filled truthfully.
+pub async fn openid_configuration(State(st): State<AppState>) -> Response {
+    let iss = st.minter.issuer().trim_end_matches('/');
+    let mut res = Json(json!({
+        "issuer": st.minter.issuer(),
+        "jwks_uri": format!("{iss}{}", crate::api::JWKS_PATH),
+        "token_endpoint": format!("{iss}{}", crate::api::TOKEN_PATH),
+        "response_types_supported": ["id_token"],
+        "subject_types_supported": ["public"],
+        "id_token_signing_alg_values_supported": signing_algs(&st),
+        "scopes_supported": scopes(&st),
+        "claims_supported": ["iss", "sub", "aud", "exp", "nbf", "iat", "jti", "client_id", "scope", "task", "env", "cnf"],
+        "grant_types_supported": [GRANT_TYPE_TOKEN_EXCHANGE, GRANT_TYPE_CLIENT_CREDENTIALS],
+    }))
+    .into_response();
+    res.headers_mut().insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("public, max-age=60"),
+    );
+    res
 }
