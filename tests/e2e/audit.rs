@@ -420,8 +420,8 @@ async fn an_admin_change_whose_record_fails_is_not_made() {
         .await;
     assert_fails_closed(&r);
     // Neither change reached the state journal.
-    let journal =
-        std::fs::read_to_string(b.dir().join("state").join("changes.jsonl")).unwrap_or_default();
+    let journal = std::fs::read_to_string(b.dir().join("state").join("changes.jsonl"))
+        .expect("the state journal exists from the start");
     assert!(
         !journal.contains(&jti),
         "the revocation was not made: {journal}"
@@ -429,5 +429,44 @@ async fn an_admin_change_whose_record_fails_is_not_made() {
     assert!(
         !journal.contains("\"disable\""),
         "the kill switch was not set: {journal}"
+    );
+}
+
+/// A break-glass request is recorded before it is made too: on a full audit log it is
+/// refused with 503 and no grant exists.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_break_glass_request_whose_record_fails_is_not_made() {
+    use broker_tests::break_glass::{
+        BreakGlassOptions, commander_bearer, ledger_grant_body, write_break_glass_files,
+    };
+    let bg = BreakGlassOptions::default();
+    let mut b = TestBroker::prepare(Options {
+        file_size_limit_blocks: Some(64),
+        ..bg.options()
+    });
+    write_break_glass_files(&b.dir().join("policies"), &bg.files);
+    b.launch().unwrap_or_else(|e| panic!("{e}"));
+    let subject = sign(IssuerKey::Rsa, &workload_claims(SUBJECT));
+    let mut full = false;
+    for _ in 0..4000 {
+        if b.token(&TokenRequest::exchange(&subject, TASK))
+            .await
+            .status
+            == 503
+        {
+            full = true;
+            break;
+        }
+    }
+    assert!(full, "the audit log never filled up");
+    let r = b
+        .request_grant(Some(&commander_bearer()), &ledger_grant_body("5m"))
+        .await;
+    assert_fails_closed(&r);
+    let journal = std::fs::read_to_string(b.dir().join("state").join("changes.jsonl"))
+        .expect("the state journal exists from the start");
+    assert!(
+        !journal.contains("requested"),
+        "no grant was made: {journal}"
     );
 }

@@ -168,6 +168,14 @@ impl Grants {
         self.map.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The grant a `Requested` change creates, before it is made (so that its record
+    /// can be written first).
+    pub fn preview(change: &GrantChange) -> Option<Grant> {
+        let mut map = HashMap::new();
+        apply(&mut map, change);
+        map.remove(grant_id(change))
+    }
+
     /// Makes `change` durable, then applies it; returns the grant after it.
     pub fn commit(&self, change: GrantChange) -> Result<Option<Grant>, StoreError> {
         let id = grant_id(&change).to_owned();

@@ -184,12 +184,16 @@ pub async fn request(
         at: now,
         pending_until: now + st.break_glass.pending_ttl_secs,
     };
-    let Ok(Some(g)) = st.break_glass.grants.commit(change) else {
-        return store_unavailable();
+    let Some(preview) = crate::breakglass::Grants::preview(&change) else {
+        return ApiError::internal().into_response();
     };
-    if let Err(e) = record::allow(&st, grant_event(EventKind::BreakGlassRequested, &g, &ev)).await {
-        return e.into_response();
-    }
+    // Recorded first, like every admin change (docs/audit-log.md).
+    let requested = grant_event(EventKind::BreakGlassRequested, &preview, &ev);
+    let g = match record::change(&st, requested, || st.break_glass.grants.commit(change)).await {
+        Ok(Some(g)) => g,
+        Ok(None) => return store_unavailable(),
+        Err(res) => return res,
+    };
     notify(&st, "break_glass_requested", &g);
     let g = match activate_if_ready(&st, g, &ev).await {
         Ok(g) => g,
