@@ -9,29 +9,15 @@ use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use serde::Deserialize;
 use serde_json::json;
 
 use crate::api::caller::{self, Caller};
 use crate::api::{ApiError, AppState, record};
 use crate::audit::event::{AuditEvent, EventKind};
 use crate::authn::mtls::ClientCert;
-use crate::breakglass::{Grant, GrantStatus, new_grant_id};
-use crate::config::{Role, parse_duration};
+use crate::breakglass::{Grant, GrantStatus};
+use crate::config::Role;
 use crate::grant_lifecycle::{close_grant, grant_event, notify};
-
-use crate::store::GrantChange;
-
-/// Body of a break-glass request: every field is required.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct BreakGlassRequest {
-    identity: Option<String>,
-    task: Option<String>,
-    duration: Option<String>,
-    justification: Option<String>,
-    ticket: Option<String>,
-}
 
 fn store_unavailable() -> Response {
     ApiError::store_unavailable().into_response()
@@ -76,113 +62,23 @@ pub async fn request(
             Ok(c) => c,
             Err(r) => return r,
         };
-    let req: BreakGlassRequest = match serde_json::from_slice(&body) {
-        Ok(r) => r,
-        Err(e) => {
-            return record::deny(
-                &st,
-                ev,
-                "malformed_request",
-                ApiError::invalid_request(format!("invalid JSON body: {e}")),
-            )
-            .await;
-        }
+    let is_admin = matches!(&caller, Caller::Admin(_));
+    let me = match &caller {
+        Caller::Workload { identity, .. } => Some(identity.clone()),
+        Caller::Admin(_) => None,
     };
-    let checked = (|| {
-        let need = |v: &Option<String>, name: &'static str, rule: &'static str| {
-            v.clone().filter(|s| !s.trim().is_empty()).ok_or_else(|| {
-                bad(
-                    rule,
-                    StatusCode::BAD_REQUEST,
-                    format!("{name} is required for break-glass access"),
-                )
-            })
-        };
-        let identity = need(&req.identity, "identity", "malformed_request")?;
-        let task = need(&req.task, "task", "malformed_request")?;
-        let duration_text = need(&req.duration, "duration", "malformed_request")?;
-        let justification = need(
-            &req.justification,
-            "justification",
-            "justification_required",
-        )?;
-        let ticket = need(&req.ticket, "ticket", "ticket_required")?;
-        let duration = parse_duration(&duration_text).map_err(|e| {
-            bad(
-                "malformed_request",
-                StatusCode::BAD_REQUEST,
-                format!("duration: {e}"),
-            )
-        })?;
-        Ok((identity, task, duration, justification, ticket))
-    })();
-    let (identity, task, duration, justification, ticket) = match checked {
-        Ok(x) => x,
-        Err((rule, e)) => return record::deny(&st, ev, rule, e).await,
+    let may_request = |p: &crate::breakglass::policy::BreakGlassPolicy| {
+        is_admin || me.as_ref().is_some_and(|m| p.requesters.contains(m))
     };
-    ev.identity = Some(identity.clone());
-    ev.task = Some(task.clone());
-    ev.ticket = Some(ticket.clone());
-    let policies = st.policies.break_glass();
-    let Some((policy, _)) = policies.find(&identity, &task) else {
-        let (rule, e) = bad(
-            "no_break_glass_policy",
-            StatusCode::FORBIDDEN,
-            format!("no break-glass policy lets identity {identity} receive task {task}"),
-        );
-        return record::deny(&st, ev, rule, e).await;
-    };
-    let allowed = matches!(&caller, Caller::Admin(_))
-        || matches!(&caller, Caller::Workload { identity: me, .. } if policy.requesters.contains(me));
-    if !allowed {
-        let (rule, e) = bad(
-            "requester_not_allowed",
-            StatusCode::FORBIDDEN,
-            format!(
-                "{} may not request break-glass access: admins and the policy's on-call requesters may",
-                caller.actor()
-            ),
-        );
-        return record::deny(&st, ev, rule, e).await;
-    }
-    if duration.is_zero() {
-        let (rule, e) = bad(
-            "duration_invalid",
-            StatusCode::BAD_REQUEST,
-            "duration must be greater than zero".into(),
-        );
-        return record::deny(&st, ev, rule, e).await;
-    }
-    if duration > policy.max_duration {
-        let (rule, e) = bad(
-            "duration_exceeds_max",
-            StatusCode::BAD_REQUEST,
-            format!(
-                "duration {}s is over policy {}'s maximum of {}s",
-                duration.as_secs(),
-                policy.name,
-                policy.max_duration.as_secs()
-            ),
-        );
-        return record::deny(&st, ev, rule, e).await;
-    }
-    let now = st.clock.unix_secs();
-    let Ok(id) = new_grant_id() else {
-        tracing::error!("could not make a grant id: the system random generator failed");
-        return ApiError::internal().into_response();
-    };
-    let change = GrantChange::Requested {
-        id,
-        identity,
-        task,
-        policy: policy.name.clone(),
-        duration: duration.as_secs(),
-        justification,
-        ticket,
-        requester: caller.actor(),
-        approvals_needed: policy.approvals,
-        at: now,
-        pending_until: now + st.break_glass.pending_ttl_secs,
+    let change = match crate::grant_lifecycle::check_request(
+        &st,
+        &body,
+        &caller.actor(),
+        may_request,
+        &mut ev,
+    ) {
+        Ok(c) => c,
+        Err(r) => return record::deny(&st, ev, r.rule(), r.error()).await,
     };
     let Some(preview) = crate::breakglass::Grants::preview(&change) else {
         return ApiError::internal().into_response();
