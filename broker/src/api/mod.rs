@@ -8,6 +8,7 @@ pub mod handlers;
 #[cfg(test)]
 mod in_process;
 pub mod record;
+pub mod refusal;
 
 use std::time::Duration;
 

@@ -15,6 +15,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::api::caller::{self, Caller};
+use crate::api::refusal::{self, CallRefusal};
 use crate::api::{ApiError, AppState, record};
 use crate::audit::event::{AuditEvent, EventKind};
 use crate::authn::mtls::ClientCert;
@@ -54,23 +55,15 @@ async fn admin_caller(
     if caller.has_role(role) {
         return Ok(caller);
     }
-    let (rule, why) = match &caller {
-        Caller::Workload { .. } => (
-            "admin_required",
-            "workload identities cannot call the admin API".to_owned(),
-        ),
-        Caller::Admin(a) => (
-            "role_required",
-            format!("admin {} lacks the {} role", a.name, role.as_str()),
-        ),
+    let refusal = match &caller {
+        Caller::Workload { .. } => CallRefusal::AdminRequired {
+            what: "workload identities cannot call the admin API".into(),
+        },
+        Caller::Admin(a) => CallRefusal::RoleRequired {
+            what: format!("admin {} lacks the {} role", a.name, role.as_str()),
+        },
     };
-    Err(record::deny(
-        st,
-        ev.clone(),
-        rule,
-        ApiError::new(StatusCode::FORBIDDEN, "access_denied", why),
-    )
-    .await)
+    Err(refusal::deny(st, ev.clone(), refusal).await)
 }
 
 /// A new rule id; `None` (logged) if the random generator failed.
@@ -267,15 +260,13 @@ pub async fn disable(
         Err(e) => return record::deny(&st, ev, "malformed_request", e).await,
     };
     if st.policies.current().identity(&id).is_none() {
-        return record::deny(
+        return refusal::deny(
             &st,
             ev,
-            "unknown_identity",
-            ApiError::new(
-                StatusCode::NOT_FOUND,
-                "not_found",
-                format!("no registered identity {id:?}"),
-            ),
+            CallRefusal::UnknownIdentity {
+                id,
+                or_disabled: false,
+            },
         )
         .await;
     }
@@ -346,15 +337,13 @@ pub async fn enable(
         return record::deny(&st, ev, "malformed_request", e).await;
     }
     if st.policies.current().identity(&id).is_none() && st.revocations.disabled(&id).is_none() {
-        return record::deny(
+        return refusal::deny(
             &st,
             ev,
-            "unknown_identity",
-            ApiError::new(
-                StatusCode::NOT_FOUND,
-                "not_found",
-                format!("no registered or disabled identity {id:?}"),
-            ),
+            CallRefusal::UnknownIdentity {
+                id,
+                or_disabled: true,
+            },
         )
         .await;
     }
@@ -415,17 +404,7 @@ pub async fn ack_anomaly(
         Err(e) => return store_unavailable(&e),
     };
     let Some(a) = acked else {
-        return record::deny(
-            &st,
-            ev,
-            "unknown_anomaly",
-            ApiError::new(
-                StatusCode::NOT_FOUND,
-                "not_found",
-                format!("no anomaly {id}"),
-            ),
-        )
-        .await;
+        return refusal::deny(&st, ev, CallRefusal::UnknownAnomaly { id }).await;
     };
     ev.identity = Some(a.identity.clone());
     ev.detail = Some(json!({ "anomaly": a.id, "kind": a.kind }));

@@ -12,6 +12,7 @@ use axum::{Extension, Json};
 use serde_json::json;
 
 use crate::api::caller::{self, Caller};
+use crate::api::refusal::{self, CallRefusal};
 use crate::api::{ApiError, AppState, record};
 use crate::audit::event::{AuditEvent, EventKind};
 use crate::authn::mtls::ClientCert;
@@ -21,15 +22,6 @@ use crate::grant_lifecycle::{close_grant, grant_event, notify};
 
 fn store_unavailable() -> Response {
     ApiError::store_unavailable().into_response()
-}
-
-fn bad(rule: &'static str, status: StatusCode, msg: String) -> (&'static str, ApiError) {
-    let code = if status == StatusCode::FORBIDDEN {
-        "access_denied"
-    } else {
-        "invalid_request"
-    };
-    (rule, ApiError::new(status, code, msg))
 }
 
 /// Activates `g` if it needs no (more) approvals; audits and notifies.
@@ -114,24 +106,14 @@ pub async fn approve(
         };
     ev.detail = Some(json!({ "grant": id }));
     if !caller.has_role(Role::BreakGlassApprove) {
-        let (rule, e) = bad(
-            "role_required",
-            StatusCode::FORBIDDEN,
-            format!("{} lacks the break_glass_approve role", caller.actor()),
-        );
-        return record::deny(&st, ev, rule, e).await;
+        let what = format!("{} lacks the break_glass_approve role", caller.actor());
+        return refusal::deny(&st, ev, CallRefusal::RoleRequired { what }).await;
     }
     let now = st.clock.unix_secs();
     let (g, activated) = match st.break_glass.grants.approve(&id, &caller.actor(), now) {
         Ok(x) => x,
         Err(crate::breakglass::ApproveError::Refused(r)) => {
-            let status = StatusCode::from_u16(r.status).unwrap_or(StatusCode::FORBIDDEN);
-            let code = if r.status == 403 {
-                "access_denied"
-            } else {
-                "invalid_request"
-            };
-            return record::deny(&st, ev, r.rule, ApiError::new(status, code, r.reason)).await;
+            return refusal::deny(&st, ev, CallRefusal::Grant(r)).await;
         }
         Err(crate::breakglass::ApproveError::Store(_)) => return store_unavailable(),
     };
@@ -167,28 +149,14 @@ pub async fn close(
             Err(r) => return r,
         };
     let Some(g) = st.break_glass.grants.get(&id) else {
-        return record::deny(
-            &st,
-            ev,
-            "unknown_grant",
-            ApiError::new(
-                StatusCode::NOT_FOUND,
-                "not_found",
-                format!("no break-glass grant {id}"),
-            ),
-        )
-        .await;
+        return refusal::deny(&st, ev, CallRefusal::UnknownGrant { id }).await;
     };
     let may = caller.has_role(Role::Revoke)
         || caller.has_role(Role::BreakGlassApprove)
         || caller.actor() == g.requester;
     if !may {
-        let (rule, e) = bad(
-            "role_required",
-            StatusCode::FORBIDDEN,
-            format!("{} may not close grant {id}", caller.actor()),
-        );
-        return record::deny(&st, ev, rule, e).await;
+        let what = format!("{} may not close grant {id}", caller.actor());
+        return refusal::deny(&st, ev, CallRefusal::RoleRequired { what }).await;
     }
     if g.status == GrantStatus::Closed {
         return Json(g).into_response();
@@ -214,20 +182,11 @@ pub async fn report(
             Err(r) => return r,
         };
     let Some(g) = st.break_glass.grants.get(&id) else {
-        return ApiError::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            format!("no break-glass grant {id}"),
-        )
-        .into_response();
+        return CallRefusal::UnknownGrant { id }.error().into_response();
     };
     if !matches!(caller, Caller::Admin(_)) && caller.actor() != g.requester {
-        let (rule, e) = bad(
-            "role_required",
-            StatusCode::FORBIDDEN,
-            format!("{} may not read grant {id}", caller.actor()),
-        );
-        return record::deny(&st, ev, rule, e).await;
+        let what = format!("{} may not read grant {id}", caller.actor());
+        return refusal::deny(&st, ev, CallRefusal::RoleRequired { what }).await;
     }
     Json(json!({
         "grant": g.id, "identity": g.identity, "task": g.task, "policy": g.policy,

@@ -6,12 +6,13 @@
 use std::net::SocketAddr;
 
 use axum::extract::{ConnectInfo, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use serde::Deserialize;
 use serde_json::json;
 
+use crate::api::refusal::{self, CallRefusal};
 use crate::api::{ApiError, AppState, caller, record};
 use crate::audit::event::EventKind;
 use crate::authn::mtls::ClientCert;
@@ -39,18 +40,12 @@ pub async fn revocations(
             Err(res) => return res,
         };
     if !caller.may_introspect() {
-        return record::deny(
+        return refusal::deny(
             &st,
             ev,
-            "feed_not_allowed",
-            ApiError::new(
-                StatusCode::FORBIDDEN,
-                "access_denied",
-                format!(
-                    "{} may not read the revocation feed: set may_introspect = true",
-                    caller.actor()
-                ),
-            ),
+            CallRefusal::FeedNotAllowed {
+                actor: caller.actor(),
+            },
         )
         .await;
     }

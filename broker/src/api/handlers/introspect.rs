@@ -7,11 +7,12 @@ use std::net::SocketAddr;
 
 use axum::body::Bytes;
 use axum::extract::{ConnectInfo, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use serde::Deserialize;
 
+use crate::api::refusal::{self, CallRefusal};
 use crate::api::{ApiError, AppState, caller, record};
 use crate::audit::event::EventKind;
 use crate::authn::mtls::ClientCert;
@@ -45,18 +46,12 @@ pub async fn introspect(
             Err(res) => return res,
         };
     if !caller.may_introspect() {
-        return record::deny(
+        return refusal::deny(
             &st,
             ev,
-            "introspection_not_allowed",
-            ApiError::new(
-                StatusCode::FORBIDDEN,
-                "access_denied",
-                format!(
-                    "{} may not introspect: set may_introspect = true in its [identity]",
-                    caller.actor()
-                ),
-            ),
+            CallRefusal::IntrospectionNotAllowed {
+                actor: caller.actor(),
+            },
         )
         .await;
     }

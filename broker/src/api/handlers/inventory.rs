@@ -8,13 +8,14 @@
 use std::net::SocketAddr;
 
 use axum::extract::{ConnectInfo, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use serde::Deserialize;
 use serde_json::json;
 
 use crate::api::caller::Caller;
+use crate::api::refusal::{self, CallRefusal};
 use crate::api::{ApiError, AppState, caller, record};
 use crate::audit::event::EventKind;
 use crate::authn::mtls::ClientCert;
@@ -44,22 +45,13 @@ pub async fn inventory(
             Err(res) => return res,
         };
     if !caller.has_role(Role::ReadAudit) {
-        let rule = if matches!(caller, Caller::Workload { .. }) {
-            "admin_required"
+        let what = format!("{} lacks the read_audit role", caller.actor());
+        let refusal = if matches!(caller, Caller::Workload { .. }) {
+            CallRefusal::AdminRequired { what }
         } else {
-            "role_required"
+            CallRefusal::RoleRequired { what }
         };
-        return record::deny(
-            &st,
-            ev,
-            rule,
-            ApiError::new(
-                StatusCode::FORBIDDEN,
-                "access_denied",
-                format!("{} lacks the read_audit role", caller.actor()),
-            ),
-        )
-        .await;
+        return refusal::deny(&st, ev, refusal).await;
     }
     let Ok(Query(q)) = query else {
         return ApiError::invalid_request("bad query").into_response();

@@ -12,6 +12,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
 use crate::api::caller::{self, Caller};
+use crate::api::refusal::{self, CallRefusal};
 use crate::api::{ApiError, AppState, record};
 use crate::audit::event::EventKind;
 use crate::authn::mtls::ClientCert;
@@ -81,19 +82,13 @@ pub async fn revoke(
     let allowed = caller.has_role(Role::Revoke)
         || matches!(&caller, Caller::Workload { identity, .. } if *identity == claims.sub);
     if !allowed {
-        return record::deny(
+        return refusal::deny(
             &st,
             ev,
-            "not_token_owner",
-            ApiError::new(
-                StatusCode::FORBIDDEN,
-                "unauthorized_client",
-                format!(
-                    "{} may revoke only its own tokens; this token belongs to {}",
-                    caller.actor(),
-                    claims.sub
-                ),
-            ),
+            CallRefusal::NotTokenOwner {
+                actor: caller.actor(),
+                owner: claims.sub.clone(),
+            },
         )
         .await;
     }
