@@ -29,12 +29,7 @@ struct Chain {
 impl Chain {
     /// Continues `replica`'s chain from the checkpoints already in `store`.
     fn resume(store: &dyn StateStore, replica: &str) -> Result<Self, StoreError> {
-        let last = store
-            .checkpoints()?
-            .into_iter()
-            .filter(|c| c.replica == replica)
-            .max_by_key(|c| c.n);
-        Ok(match last {
+        Ok(match store.last_checkpoint(replica)? {
             Some(c) => Self {
                 replica: replica.to_owned(),
                 n: c.n,

@@ -579,15 +579,11 @@ mod tests {
     /// advances on a replica only as far as it has applied everything.
     #[test]
     fn feed_cursors_are_shared_event_ids() {
-        use crate::store::postgres::{PgTls, PostgresOptions, PostgresStore};
+        use crate::store::postgres::{PostgresStore, test_options};
         let Some(pg) = crate::store::testpg::TestPostgres::start() else {
             return;
         };
-        let opts = PostgresOptions {
-            url: pg.url(),
-            password: None,
-            tls: PgTls::Disable,
-        };
+        let opts = test_options(&pg);
         let store_b = Arc::new(PostgresStore::connect(&opts).unwrap());
         let a = Revocations::open(Arc::new(PostgresStore::connect(&opts).unwrap())).unwrap();
         let b = Revocations::open(store_b.clone()).unwrap();

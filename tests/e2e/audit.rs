@@ -377,6 +377,28 @@ async fn unwritable_audit_directory_fails_closed_with_503_and_recovers() {
     assert_verifies(&b.audit_dir(), &b.key_dir());
 }
 
+/// Issues tokens on a broker with a small `RLIMIT_FSIZE` until its audit log is full
+/// (an issuance answers 503).
+async fn fill_audit_log(b: &TestBroker) {
+    let subject = sign(IssuerKey::Rsa, &workload_claims(SUBJECT));
+    for _ in 0..4000 {
+        if b.token(&TokenRequest::exchange(&subject, TASK))
+            .await
+            .status
+            == 503
+        {
+            return;
+        }
+    }
+    panic!("the audit log never filled up");
+}
+
+/// The broker's state journal (the file store creates it at start).
+fn state_journal(b: &TestBroker) -> String {
+    std::fs::read_to_string(b.dir().join("state").join("changes.jsonl"))
+        .expect("the state journal exists from the start")
+}
+
 /// An admin change is recorded first (docs/audit-log.md, "Admin changes"): when its
 /// record cannot be made durable, the change is not made and the answer is 503. Shown for
 /// a revocation and the kill switch on a broker whose audit log cannot grow.
@@ -389,19 +411,7 @@ async fn an_admin_change_whose_record_fails_is_not_made() {
     });
     // A token issued while the log still had room, then fill the log.
     let token = b.issue_payments().await;
-    let subject = sign(IssuerKey::Rsa, &workload_claims(SUBJECT));
-    let mut full = false;
-    for _ in 0..4000 {
-        if b.token(&TokenRequest::exchange(&subject, TASK))
-            .await
-            .status
-            == 503
-        {
-            full = true;
-            break;
-        }
-    }
-    assert!(full, "the audit log never filled up");
+    fill_audit_log(&b).await;
     let jti = jti_of(&token);
     let r = b
         .admin_post(
@@ -420,8 +430,7 @@ async fn an_admin_change_whose_record_fails_is_not_made() {
         .await;
     assert_fails_closed(&r);
     // Neither change reached the state journal.
-    let journal = std::fs::read_to_string(b.dir().join("state").join("changes.jsonl"))
-        .expect("the state journal exists from the start");
+    let journal = state_journal(&b);
     assert!(
         !journal.contains(&jti),
         "the revocation was not made: {journal}"
@@ -446,25 +455,12 @@ async fn a_break_glass_request_whose_record_fails_is_not_made() {
     });
     write_break_glass_files(&b.dir().join("policies"), &bg.files);
     b.launch().unwrap_or_else(|e| panic!("{e}"));
-    let subject = sign(IssuerKey::Rsa, &workload_claims(SUBJECT));
-    let mut full = false;
-    for _ in 0..4000 {
-        if b.token(&TokenRequest::exchange(&subject, TASK))
-            .await
-            .status
-            == 503
-        {
-            full = true;
-            break;
-        }
-    }
-    assert!(full, "the audit log never filled up");
+    fill_audit_log(&b).await;
     let r = b
         .request_grant(Some(&commander_bearer()), &ledger_grant_body("5m"))
         .await;
     assert_fails_closed(&r);
-    let journal = std::fs::read_to_string(b.dir().join("state").join("changes.jsonl"))
-        .expect("the state journal exists from the start");
+    let journal = state_journal(&b);
     assert!(
         !journal.contains("requested"),
         "no grant was made: {journal}"

@@ -319,7 +319,9 @@ impl Authenticator {
     }
 }
 
-fn truncate(s: &str, max: usize) -> String {
+/// `s` cut to at most `max` bytes (on a character boundary, with `…`), for caller-supplied
+/// strings going into messages and records.
+pub(crate) fn truncate(s: &str, max: usize) -> String {
     if s.len() <= max {
         s.to_owned()
     } else {

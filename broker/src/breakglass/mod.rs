@@ -686,15 +686,11 @@ mod tests {
     /// decision still sees the other's committed changes.
     #[test]
     fn approvals_racing_on_two_replicas_are_decided_by_the_database() {
-        use crate::store::postgres::{PgTls, PostgresOptions, PostgresStore};
+        use crate::store::postgres::{PostgresStore, test_options};
         let Some(pg) = crate::store::testpg::TestPostgres::start() else {
             return;
         };
-        let opts = PostgresOptions {
-            url: pg.url(),
-            password: None,
-            tls: PgTls::Disable,
-        };
+        let opts = test_options(&pg);
         let a = Grants::open(Arc::new(PostgresStore::connect(&opts).unwrap())).unwrap();
         let b = Grants::open(Arc::new(PostgresStore::connect(&opts).unwrap())).unwrap();
         a.commit(request("bg-9", 2)).unwrap();

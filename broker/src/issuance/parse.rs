@@ -163,15 +163,7 @@ fn exchange_params(form: &TokenForm) -> Result<String, Refusal> {
 
 /// Bounds a caller-supplied string before it goes into a record or a message.
 pub fn clip(s: &str) -> String {
-    const MAX: usize = 256;
-    if s.len() <= MAX {
-        return s.to_owned();
-    }
-    let mut end = MAX;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &s[..end])
+    crate::authn::truncate(s, 256)
 }
 
 #[cfg(test)]

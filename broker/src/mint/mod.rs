@@ -88,10 +88,11 @@ impl fmt::Debug for MintedToken {
 /// Builds and signs access tokens.
 pub struct Minter {
     issuer: String,
-    keys: RwLock<Arc<KeyRing>>,
-    /// Public keys other replicas published through the shared store: tokens they mint
-    /// verify here, and this replica's JWKS serves them too.
-    peer_keys: RwLock<Vec<keys::PublicJwk>>,
+    keys: Arc<KeyRing>,
+    /// What is published: this replica's keys, then those other replicas published
+    /// through the shared store (tokens they mint verify here, and this replica's JWKS
+    /// serves them). Built once and on each new peer key, not per request.
+    published: RwLock<Arc<Jwks>>,
     clock: Arc<dyn Clock>,
     rng: SystemRandom,
 }
@@ -109,8 +110,8 @@ impl Minter {
     pub fn new(issuer: String, keys: KeyRing, clock: Arc<dyn Clock>) -> Self {
         Self {
             issuer,
-            keys: RwLock::new(Arc::new(keys)),
-            peer_keys: RwLock::new(Vec::new()),
+            published: RwLock::new(Arc::new(keys.jwks())),
+            keys: Arc::new(keys),
             clock,
             rng: SystemRandom::new(),
         }
@@ -123,30 +124,21 @@ impl Minter {
 
     /// The current key ring.
     pub fn key_ring(&self) -> Arc<KeyRing> {
-        Arc::clone(&self.keys.read().unwrap_or_else(|e| e.into_inner()))
+        Arc::clone(&self.keys)
     }
 
     /// The published keys: this replica's, then those other replicas published.
-    pub fn jwks(&self) -> Jwks {
-        let mut jwks = self.key_ring().jwks();
-        for k in self
-            .peer_keys
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-        {
-            if !jwks.keys.iter().any(|own| own.kid == k.kid) {
-                jwks.keys.push(k.clone());
-            }
-        }
-        jwks
+    pub fn jwks(&self) -> Arc<Jwks> {
+        Arc::clone(&self.published.read().unwrap_or_else(|e| e.into_inner()))
     }
 
     /// Adds a public key another replica published (idempotent by `kid`).
     pub fn add_peer_key(&self, jwk: keys::PublicJwk) {
-        let mut peers = self.peer_keys.write().unwrap_or_else(|e| e.into_inner());
-        if !peers.iter().any(|k| k.kid == jwk.kid) {
-            peers.push(jwk);
+        let mut published = self.published.write().unwrap_or_else(|e| e.into_inner());
+        if !published.keys.iter().any(|k| k.kid == jwk.kid) {
+            let mut next = Jwks::clone(&published);
+            next.keys.push(jwk);
+            *published = Arc::new(next);
         }
     }
 

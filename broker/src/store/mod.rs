@@ -338,6 +338,17 @@ pub trait StateStore: Send + Sync {
     fn checkpoints(&self) -> Result<Vec<crate::audit::Checkpoint>, StoreError> {
         Ok(Vec::new())
     }
+    /// `replica`'s newest checkpoint (where its chain continues after a restart).
+    fn last_checkpoint(
+        &self,
+        replica: &str,
+    ) -> Result<Option<crate::audit::Checkpoint>, StoreError> {
+        Ok(self
+            .checkpoints()?
+            .into_iter()
+            .filter(|c| c.replica == replica)
+            .max_by_key(|c| c.n))
+    }
     /// Replaces `replica`'s usage snapshot (write-behind: the inventory and behavioural
     /// monitoring of every replica merge all snapshots). The default keeps none.
     fn put_usage(&self, replica: &str, snapshot: &serde_json::Value) -> Result<(), StoreError> {

@@ -154,6 +154,10 @@ enum Command {
         mpsc::SyncSender<Result<(), StoreError>>,
     ),
     Checkpoints(mpsc::SyncSender<Result<Vec<crate::audit::Checkpoint>, StoreError>>),
+    LastCheckpoint(
+        String,
+        mpsc::SyncSender<Result<Option<crate::audit::Checkpoint>, StoreError>>,
+    ),
     PutUsage(
         String,
         serde_json::Value,
@@ -273,7 +277,11 @@ impl PostgresStore {
                                 let _ = reply.send(insert_checkpoint(&client, &cp).await);
                             }
                             Command::Checkpoints(reply) => {
-                                let _ = reply.send(read_checkpoints(&client).await);
+                                let _ = reply.send(read_checkpoints(&client, None).await);
+                            }
+                            Command::LastCheckpoint(replica, reply) => {
+                                let r = read_checkpoints(&client, Some(&replica)).await;
+                                let _ = reply.send(r.map(|mut v| v.pop()));
                             }
                             Command::PutUsage(replica, snapshot, reply) => {
                                 let _ = reply.send(put_usage(&client, &replica, &snapshot).await);
@@ -440,6 +448,15 @@ impl StateStore for PostgresStore {
 
     fn checkpoints(&self) -> Result<Vec<crate::audit::Checkpoint>, StoreError> {
         self.call(Command::Checkpoints)
+    }
+
+    /// One row, by the primary key: start-up does not read the whole table.
+    fn last_checkpoint(
+        &self,
+        replica: &str,
+    ) -> Result<Option<crate::audit::Checkpoint>, StoreError> {
+        let replica = replica.to_owned();
+        self.call(|reply| Command::LastCheckpoint(replica, reply))
     }
 
     fn put_usage(&self, replica: &str, snapshot: &serde_json::Value) -> Result<(), StoreError> {
@@ -790,16 +807,31 @@ async fn read_usage(
     Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
 }
 
+/// Every checkpoint by replica and number, or only `replica`'s newest one.
 async fn read_checkpoints(
     client: &tokio_postgres::Client,
+    newest_of: Option<&str>,
 ) -> Result<Vec<crate::audit::Checkpoint>, StoreError> {
-    let rows = client
-        .query(
-            "SELECT checkpoint FROM broker_audit_checkpoints ORDER BY replica, n",
-            &[],
-        )
-        .await
-        .map_err(pg("could not read the audit checkpoints"))?;
+    let rows = match newest_of {
+        None => {
+            client
+                .query(
+                    "SELECT checkpoint FROM broker_audit_checkpoints ORDER BY replica, n",
+                    &[],
+                )
+                .await
+        }
+        Some(replica) => {
+            client
+                .query(
+                    "SELECT checkpoint FROM broker_audit_checkpoints WHERE replica = $1
+                     ORDER BY n DESC LIMIT 1",
+                    &[&replica],
+                )
+                .await
+        }
+    }
+    .map_err(pg("could not read the audit checkpoints"))?;
     rows.into_iter()
         .map(|row| {
             let json: serde_json::Value = row.get(0);
@@ -836,16 +868,29 @@ async fn load(
         .collect()
 }
 
+/// Options for a test server started by [`crate::store::testpg::TestPostgres`].
+#[cfg(test)]
+pub(crate) fn test_options(pg: &crate::store::testpg::TestPostgres) -> PostgresOptions {
+    PostgresOptions {
+        url: pg.url(),
+        password: None,
+        tls: PgTls::Disable,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::store::testpg::TestPostgres;
 
-    fn options(pg: &TestPostgres) -> PostgresOptions {
-        PostgresOptions {
-            url: pg.url(),
-            password: None,
-            tls: PgTls::Disable,
+    use super::test_options as options;
+
+    /// A distinct change for test `i`.
+    fn enable(i: u64) -> StateChange {
+        StateChange::Enable {
+            identity: format!("x{i}"),
+            at: i,
+            actor: "a".into(),
         }
     }
 
@@ -865,11 +910,7 @@ mod tests {
         };
         let a = PostgresStore::connect(&options(&pg)).unwrap();
         let b = PostgresStore::connect(&options(&pg)).unwrap();
-        let change = |i: u64| StateChange::Enable {
-            identity: format!("x{i}"),
-            at: i,
-            actor: "a".into(),
-        };
+        let change = enable;
         let ids: Vec<u64> = (0..10)
             .map(|i| {
                 let store = if i % 2 == 0 { &a } else { &b };
@@ -889,11 +930,7 @@ mod tests {
         let a = PostgresStore::connect(&options(&pg)).unwrap();
         let b = PostgresStore::connect(&options(&pg)).unwrap();
         assert!(a.shared());
-        let change = |i: u64| StateChange::Enable {
-            identity: format!("x{i}"),
-            at: i,
-            actor: "a".into(),
-        };
+        let change = enable;
         let ev = |id: u64| Event {
             id,
             change: change(id - 1),
@@ -922,11 +959,7 @@ mod tests {
         };
         let a = PostgresStore::connect(&options(&pg)).unwrap();
         let b = PostgresStore::connect(&options(&pg)).unwrap();
-        let change = |i: u64| StateChange::Enable {
-            identity: format!("x{i}"),
-            at: i,
-            actor: "a".into(),
-        };
+        let change = enable;
         assert_eq!(a.load().unwrap(), vec![]);
         b.append(&change(1)).unwrap();
         a.append(&change(2)).unwrap();

@@ -12,7 +12,8 @@ use crate::api::AppState;
 
 /// The published signing keys.
 pub async fn jwks(State(st): State<AppState>) -> Response {
-    let mut res = Json(st.minter.jwks()).into_response();
+    let jwks = st.minter.jwks();
+    let mut res = Json(&*jwks).into_response();
     res.headers_mut().insert(
         header::CACHE_CONTROL,
         HeaderValue::from_static("public, max-age=60"),
@@ -22,7 +23,13 @@ pub async fn jwks(State(st): State<AppState>) -> Response {
 
 /// The algorithms of the keys this broker (and its replicas) sign with.
 fn signing_algs(st: &AppState) -> Vec<String> {
-    let mut algs: Vec<String> = st.minter.jwks().keys.into_iter().map(|k| k.alg).collect();
+    let mut algs: Vec<String> = st
+        .minter
+        .jwks()
+        .keys
+        .iter()
+        .map(|k| k.alg.clone())
+        .collect();
     algs.sort();
     algs.dedup();
     algs
