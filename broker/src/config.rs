@@ -472,6 +472,22 @@ pub struct TrustedIssuerFile {
     /// not bundled, so set this for HTTPS issuers).
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
+    /// JWS `typ` header values accepted (RFC 8725 §3.11), compared without case and
+    /// without an `application/` prefix; a token without `typ` is always accepted.
+    /// Default `["JWT"]`. `at+jwt` (an access token) is never accepted.
+    #[serde(default)]
+    pub token_types: Option<Vec<String>>,
+    /// Longest lifetime (`exp - iat`, or `exp - now` without `iat`) accepted (default
+    /// `24h`, at most `365d`).
+    #[serde(default)]
+    pub max_lifetime: Option<String>,
+    /// Oldest `iat` accepted, as an age (default: none beyond `max_lifetime`).
+    #[serde(default)]
+    pub max_age: Option<String>,
+    /// Each token (by `jti`, which is then required) is accepted once within its
+    /// lifetime. Off by default: Kubernetes projected tokens are reused by design.
+    #[serde(default)]
+    pub single_use: bool,
 }
 
 /// `[[audience]]`: one entry of the audience catalogue.
@@ -598,6 +614,49 @@ pub struct TrustedIssuer {
     pub leeway: Duration,
     /// CA bundle for HTTPS fetches.
     pub ca_file: Option<PathBuf>,
+    /// Accepted `typ` values, lowercase, without `application/`.
+    pub token_types: Vec<String>,
+    /// Longest accepted lifetime.
+    pub max_lifetime: Duration,
+    /// Oldest accepted `iat`, as an age.
+    pub max_age: Option<Duration>,
+    /// `jti` required and accepted once.
+    pub single_use: bool,
+}
+
+impl TrustedIssuer {
+    /// An issuer with the default token checks (`typ` JWT or absent, 24 h lifetime,
+    /// reusable tokens), as the config loader builds it when those keys are unset.
+    pub fn with_defaults(
+        issuer: &str,
+        audiences: &[&str],
+        algorithms: &[&str],
+        jwks: JwksSource,
+    ) -> Self {
+        Self {
+            issuer: issuer.to_owned(),
+            audiences: audiences.iter().map(|s| (*s).to_owned()).collect(),
+            algorithms: algorithms.iter().map(|s| (*s).to_owned()).collect(),
+            jwks,
+            leeway: Duration::from_secs(30),
+            ca_file: None,
+            token_types: vec!["jwt".into()],
+            max_lifetime: DEFAULT_MAX_TOKEN_LIFETIME,
+            max_age: None,
+            single_use: false,
+        }
+    }
+}
+
+/// The default `max_lifetime` of a trusted issuer's tokens.
+pub const DEFAULT_MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+
+/// A JWS `typ` as compared: lowercase, without the `application/` prefix (RFC 7515 §4.1.9).
+pub fn normalized_typ(typ: &str) -> String {
+    let t = typ.trim().to_ascii_lowercase();
+    t.strip_prefix("application/")
+        .map(str::to_owned)
+        .unwrap_or(t)
 }
 
 /// The JWS algorithms a trusted issuer may be allowed to use.
@@ -817,6 +876,34 @@ impl FileConfig {
             if leeway > Duration::from_secs(300) {
                 return Err(invalid(format!("{at}: leeway must be at most 5m")));
             }
+            if t.issuer.trim_end_matches('/') == self.issuer.trim_end_matches('/') {
+                return Err(invalid(format!(
+                    "{at}: the broker's own issuer cannot be a trusted issuer: its access tokens are not identity credentials (RFC 8725 §3.11)"
+                )));
+            }
+            let token_types: Vec<String> = match &t.token_types {
+                None => vec!["jwt".into()],
+                Some(v) => v.iter().map(|s| normalized_typ(s)).collect(),
+            };
+            if let Some(bad) = token_types.iter().find(|t| *t == "at+jwt" || t.is_empty()) {
+                return Err(invalid(format!(
+                    "{at}.token_types: {bad:?} cannot be accepted: access tokens (at+jwt) are never identity credentials"
+                )));
+            }
+            let max_lifetime = dur(
+                &format!("{at}.max_lifetime"),
+                &t.max_lifetime,
+                DEFAULT_MAX_TOKEN_LIFETIME,
+            )?;
+            if max_lifetime.is_zero() || max_lifetime > Duration::from_secs(365 * 86400) {
+                return Err(invalid(format!(
+                    "{at}: max_lifetime must be more than 0 and at most 365d"
+                )));
+            }
+            let max_age = match &t.max_age {
+                None => None,
+                Some(_) => Some(dur(&format!("{at}.max_age"), &t.max_age, Duration::ZERO)?),
+            };
             trusted_issuers.push(TrustedIssuer {
                 issuer: t.issuer.clone(),
                 audiences: t.audiences.clone(),
@@ -824,6 +911,10 @@ impl FileConfig {
                 jwks,
                 leeway,
                 ca_file: t.ca_file.as_deref().map(resolve),
+                token_types,
+                max_lifetime,
+                max_age,
+                single_use: t.single_use,
             });
         }
 

@@ -164,18 +164,30 @@ pub fn workload_token_at(
     ttl_secs: u64,
     now: u64,
 ) -> Result<String, DevError> {
-    let ring = KeyRing::load_dir(&dir.join("dev-issuer"))?;
-    let signer = ring.current();
-    let header =
-        serde_json::json!({"alg": signer.algorithm().as_str(), "typ": "JWT", "kid": signer.kid()});
     let claims = serde_json::json!({
         "iss": DEV_ISSUER, "sub": subject, "aud": DEV_AUDIENCE,
         "iat": now, "nbf": now, "exp": now + ttl_secs,
     });
+    sign_as_dev_issuer(dir, Some("JWT"), claims.to_string().as_bytes())
+}
+
+/// Any JWT the dev issuer signs: `typ` (or none) in the header, `claims` as given (raw
+/// bytes, so tests can send what no well-behaved issuer would).
+pub fn sign_as_dev_issuer(
+    dir: &Path,
+    typ: Option<&str>,
+    claims: &[u8],
+) -> Result<String, DevError> {
+    let ring = KeyRing::load_dir(&dir.join("dev-issuer"))?;
+    let signer = ring.current();
+    let mut header = serde_json::json!({"alg": signer.algorithm().as_str(), "kid": signer.kid()});
+    if let Some(typ) = typ {
+        header["typ"] = typ.into();
+    }
     let mut token = String::new();
     URL_SAFE_NO_PAD.encode_string(header.to_string(), &mut token);
     token.push('.');
-    URL_SAFE_NO_PAD.encode_string(claims.to_string(), &mut token);
+    URL_SAFE_NO_PAD.encode_string(claims, &mut token);
     let sig = signer.sign(token.as_bytes())?;
     token.push('.');
     URL_SAFE_NO_PAD.encode_string(sig, &mut token);

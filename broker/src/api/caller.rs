@@ -1,9 +1,13 @@
 //! Who is calling the introspection, revocation, feed and admin endpoints.
 //!
-//! Callers authenticate the way workloads do: an mTLS client certificate, or
+//! Callers authenticate the way workloads do: an mTLS client certificate, an RFC 7523
+//! client assertion in a form body (`client_assertion_type` + `client_assertion`, a
+//! workload JWT whose `aud` names this broker, single-use), or
 //! `Authorization: Bearer <workload JWT>` from a trusted issuer (the same validation as
-//! the token path). Admins are named in the config; everyone else must be a registry
-//! identity. A workload identity can never hold an admin role.
+//! the token path). An assertion and a Bearer credential together are refused (RFC 6749
+//! §2.3: one method per request); an assertion and a certificate must prove the same
+//! identity. Admins are named in the config; everyone else must be a registry identity.
+//! A workload identity can never hold an admin role.
 
 use axum::http::{HeaderMap, StatusCode, header};
 
@@ -70,11 +74,49 @@ fn refuse(rule: &'static str, description: String, evidence: Option<Evidence>) -
     }
 }
 
+/// An RFC 7523 client assertion sent in a form body, and the endpoint it was sent to
+/// (its `aud` may name that endpoint).
+#[derive(Clone, Copy)]
+pub struct FormAssertion<'a> {
+    /// The assertion (never logged).
+    pub assertion: &'a str,
+    /// The endpoint path called.
+    pub endpoint: &'static str,
+}
+
+#[derive(serde::Deserialize)]
+struct AssertionFields {
+    client_assertion_type: Option<String>,
+    client_assertion: Option<String>,
+}
+
+/// The client assertion in a form `body`, if any (other fields are ignored here; a body
+/// that is not a form has none).
+pub fn form_assertion(body: &[u8]) -> Result<Option<String>, crate::issuance::Refusal> {
+    let Ok(f) = serde_urlencoded::from_bytes::<AssertionFields>(body) else {
+        return Ok(None);
+    };
+    crate::issuance::parse::client_assertion(
+        f.client_assertion_type.as_deref(),
+        f.client_assertion.as_deref(),
+    )
+}
+
 /// Authenticates the caller of a non-token endpoint.
 pub async fn authenticate(
     st: &AppState,
     headers: &HeaderMap,
     client_cert: Option<&ClientCert>,
+) -> Result<(Caller, Evidence), CallerRefusal> {
+    authenticate_with(st, headers, client_cert, None).await
+}
+
+/// Authenticates the caller, who may also have sent a client assertion in the body.
+pub async fn authenticate_with(
+    st: &AppState,
+    headers: &HeaderMap,
+    client_cert: Option<&ClientCert>,
+    assertion: Option<FormAssertion<'_>>,
 ) -> Result<(Caller, Evidence), CallerRefusal> {
     let bearer = headers
         .get(header::AUTHORIZATION)
@@ -84,6 +126,19 @@ pub async fn authenticate(
                 .or_else(|| v.strip_prefix("bearer "))
         })
         .map(str::trim);
+    if let Some(a) = assertion {
+        if bearer.is_some() {
+            let mut r = refuse(
+                "several_client_auth_methods",
+                "send either a client assertion or an Authorization header, not both (RFC 6749 §2.3)".into(),
+                None,
+            );
+            r.error.status = StatusCode::BAD_REQUEST;
+            r.error.code = "invalid_request";
+            return Err(r);
+        }
+        return by_assertion(st, a, client_cert).await;
+    }
     if let Some(jwt) = bearer {
         let v = st.authn.authenticate_jwt(jwt).await.map_err(|e| {
             let mut r = refuse(
@@ -165,6 +220,70 @@ pub async fn authenticate(
     ))
 }
 
+/// A caller authenticated by an RFC 7523 client assertion (and, over mTLS, a
+/// certificate of the same identity).
+async fn by_assertion(
+    st: &AppState,
+    a: FormAssertion<'_>,
+    client_cert: Option<&ClientCert>,
+) -> Result<(Caller, Evidence), CallerRefusal> {
+    let audiences = crate::issuance::authenticate::assertion_audiences(st, a.endpoint);
+    let v = st
+        .authn
+        .authenticate_client_assertion(a.assertion, &audiences)
+        .await
+        .map_err(|e| {
+            let r = crate::issuance::Refusal::client_assertion(&e);
+            CallerRefusal {
+                rule: r.rule(),
+                error: r.error(),
+                evidence: Some(Evidence {
+                    kind: "jwt",
+                    ..Default::default()
+                }),
+            }
+        })?;
+    let pc = match client_cert {
+        Some(ClientCert(cert)) => match cert.as_ref() {
+            Ok(pc) => Some(pc),
+            Err(e) => return Err(refuse("client_certificate_unusable", e.clone(), None)),
+        },
+        None => None,
+    };
+    let evidence = jwt_evidence(&v, pc);
+    let policies = st.policies.current();
+    let Some(i) = policies.match_jwt(&v.issuer, &v.subject, &v.claims) else {
+        return Err(refuse(
+            "unknown_identity",
+            format!(
+                "no registered identity matches issuer {} subject {} of the client assertion",
+                v.issuer, v.subject
+            ),
+            Some(evidence),
+        ));
+    };
+    if let Some(pc) = pc {
+        let by_cert = pc
+            .identity(&policies)
+            .map_err(|r| refuse(r.rule, r.reason, Some(evidence.clone())))?;
+        if by_cert.id != i.id {
+            let r = crate::issuance::Refusal::client_auth_mismatch(&i.id, &by_cert.id);
+            return Err(CallerRefusal {
+                rule: r.rule(),
+                error: r.error(),
+                evidence: Some(evidence),
+            });
+        }
+    }
+    Ok((
+        Caller::Workload {
+            identity: i.id.clone(),
+            may_introspect: i.may_introspect,
+        },
+        evidence,
+    ))
+}
+
 /// Authenticates the caller; on failure records a `denied` event (built from `ev`) and
 /// returns the answer to send. On success `ev` carries the evidence and the actor.
 pub async fn require(
@@ -173,7 +292,38 @@ pub async fn require(
     headers: &HeaderMap,
     client_cert: Option<&ClientCert>,
 ) -> Result<Caller, axum::response::Response> {
-    match authenticate(st, headers, client_cert).await {
+    require_with(st, ev, headers, client_cert, None).await
+}
+
+/// [`require`] for a form endpoint at `endpoint`: the body may carry a client assertion.
+pub async fn require_form(
+    st: &AppState,
+    ev: &mut crate::audit::event::AuditEvent,
+    headers: &HeaderMap,
+    client_cert: Option<&ClientCert>,
+    body: &[u8],
+    endpoint: &'static str,
+) -> Result<Caller, axum::response::Response> {
+    let assertion = match form_assertion(body) {
+        Ok(a) => a,
+        Err(r) => return Err(crate::api::record::deny(st, ev.clone(), r.rule(), r.error()).await),
+    };
+    let form = assertion.as_deref().map(|assertion| FormAssertion {
+        assertion,
+        endpoint,
+    });
+    require_with(st, ev, headers, client_cert, form).await
+}
+
+/// [`require`] for endpoints whose form body may carry a client assertion.
+pub async fn require_with(
+    st: &AppState,
+    ev: &mut crate::audit::event::AuditEvent,
+    headers: &HeaderMap,
+    client_cert: Option<&ClientCert>,
+    assertion: Option<FormAssertion<'_>>,
+) -> Result<Caller, axum::response::Response> {
+    match authenticate_with(st, headers, client_cert, assertion).await {
         Ok((caller, evidence)) => {
             ev.evidence = Some(evidence);
             ev.actor = Some(caller.actor());

@@ -37,10 +37,14 @@ pub(crate) struct Answer {
 impl InProcess {
     /// Starts at `unix` seconds with `extra` appended to the dev config.
     pub(crate) async fn start_at(unix: u64, extra: &str) -> Self {
+        Self::start_edited(unix, |text| format!("{text}{extra}")).await
+    }
+
+    /// Starts at `unix` seconds with the dev config rewritten by `edit`.
+    pub(crate) async fn start_edited(unix: u64, edit: impl FnOnce(String) -> String) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let path = crate::dev::prepare(dir.path(), "127.0.0.1:8080").unwrap();
-        let mut text = std::fs::read_to_string(&path).unwrap();
-        text.push_str(extra);
+        let text = edit(std::fs::read_to_string(&path).unwrap());
         std::fs::write(&path, text).unwrap();
         let config = Config::load(&path).unwrap();
         let clock = Arc::new(ManualClock::at_unix(unix));
@@ -205,6 +209,26 @@ impl InProcess {
             .body(Body::from(body))
             .unwrap();
         self.call(req, peer).await
+    }
+
+    /// `POST path` with `form` as the body.
+    pub(crate) async fn post_form(&self, path: &str, form: &[(&str, &str)], peer: &str) -> Answer {
+        let body = serde_urlencoded::to_string(form).unwrap();
+        let req = Request::post(path)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(Body::from(body))
+            .unwrap();
+        self.call(req, peer).await
+    }
+
+    /// A JWT the dev issuer signs with header `typ` and these `claims`.
+    pub(crate) fn dev_issuer_jwt(&self, typ: Option<&str>, claims: &Value) -> String {
+        crate::dev::sign_as_dev_issuer(self.dir.path(), typ, claims.to_string().as_bytes()).unwrap()
+    }
+
+    /// A JWT the dev issuer signs over raw claim bytes.
+    pub(crate) fn dev_issuer_jwt_raw(&self, claims: &str) -> String {
+        crate::dev::sign_as_dev_issuer(self.dir.path(), Some("JWT"), claims.as_bytes()).unwrap()
     }
 
     /// A dev-issuer JWT for `subject`, at the broker's time.
@@ -446,7 +470,7 @@ async fn metadata_names_every_oauth_endpoint_the_router_serves() {
     );
     assert_eq!(
         md["introspection_endpoint_auth_methods_supported"],
-        serde_json::json!(["tls_client_auth"])
+        serde_json::json!(["tls_client_auth", "private_key_jwt"])
     );
     assert_eq!(
         md["access_token_signing_alg_values_supported"],

@@ -7,6 +7,8 @@ pub mod caller;
 pub mod handlers;
 #[cfg(test)]
 mod in_process;
+#[cfg(test)]
+mod in_process_client_auth;
 pub mod record;
 pub mod refusal;
 

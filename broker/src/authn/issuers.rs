@@ -429,14 +429,7 @@ mod tests {
     }
 
     fn trusted(issuer: &str, jwks: JwksSource) -> TrustedIssuer {
-        TrustedIssuer {
-            issuer: issuer.to_owned(),
-            audiences: vec!["jit-broker".into()],
-            algorithms: vec!["EdDSA".into()],
-            jwks,
-            leeway: Duration::from_secs(30),
-            ca_file: None,
-        }
+        TrustedIssuer::with_defaults(issuer, &["jit-broker"], &["EdDSA"], jwks)
     }
 
     fn kids(set: &KeySet) -> Vec<String> {

@@ -15,6 +15,7 @@
 pub mod issuers;
 pub mod jws;
 pub mod mtls;
+pub mod replay;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -86,6 +87,46 @@ pub enum AuthnError {
     /// The issuer's keys could not be loaded.
     #[error("issuer keys unavailable: {0}")]
     KeysUnavailable(String),
+    /// The JWS `typ` is not one this issuer's identity tokens carry (RFC 8725 §3.11).
+    #[error("{0}")]
+    TypeNotAllowed(String),
+    /// A claim is present but not valid (a NumericDate out of range, say).
+    #[error("JWT claim `{name}` {reason}")]
+    InvalidClaim {
+        /// The claim.
+        name: &'static str,
+        /// What is wrong.
+        reason: &'static str,
+    },
+    /// The token lives longer than the issuer's `max_lifetime`.
+    #[error(
+        "JWT lifetime of {lifetime}s is longer than the {max}s this issuer's tokens may have (trusted_issuer max_lifetime)"
+    )]
+    LifetimeTooLong {
+        /// Seconds from `iat` (or now) to `exp`.
+        lifetime: u64,
+        /// The issuer's maximum.
+        max: u64,
+    },
+    /// The token was issued longer ago than the issuer's `max_age`.
+    #[error(
+        "JWT was issued {age}s ago, more than the {max}s this issuer's tokens may be used for (trusted_issuer max_age)"
+    )]
+    TooOld {
+        /// Seconds since `iat`.
+        age: u64,
+        /// The issuer's maximum.
+        max: u64,
+    },
+    /// A single-use token (by `jti`) was presented again.
+    #[error("JWT with jti {0:?} was already used; a single-use token is accepted once")]
+    Replayed(String),
+    /// The replay memory is full of unexpired tokens, so a single-use token cannot be
+    /// checked.
+    #[error(
+        "the broker cannot check this token for replay right now (replay cache full); retry later"
+    )]
+    ReplayCacheFull,
 }
 
 impl AuthnError {
@@ -114,9 +155,46 @@ impl AuthnError {
             AuthnError::WrongAudience { .. } => "wrong_audience",
             AuthnError::MissingClaim(_) => "missing_claim",
             AuthnError::KeysUnavailable(_) => "issuer_keys_unavailable",
+            AuthnError::TypeNotAllowed(_) => "token_type_not_allowed",
+            AuthnError::InvalidClaim { .. } => "invalid_claim",
+            AuthnError::LifetimeTooLong { .. } => "lifetime_too_long",
+            AuthnError::TooOld { .. } => "token_too_old",
+            AuthnError::Replayed(_) => "token_replayed",
+            AuthnError::ReplayCacheFull => "replay_cache_full",
         }
     }
+
+    /// True when the failure is the broker's (keys or replay memory unavailable), not
+    /// the credential's: answered 503, retryable.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(
+            self,
+            AuthnError::KeysUnavailable(_) | AuthnError::ReplayCacheFull
+        )
+    }
 }
+
+/// How a JWT is presented, which decides its audience check and whether it is single-use.
+#[derive(Debug, Clone, Copy)]
+pub enum Presentation<'a> {
+    /// As a workload identity (`subject_token`, `Authorization: Bearer`): `aud` among the
+    /// issuer's `audiences`; single-use when the issuer says so.
+    Identity,
+    /// As an RFC 7523 client assertion: `aud` must name this broker (one of
+    /// `audiences`: its issuer, its token endpoint, the endpoint called); `jti` required
+    /// and always single-use.
+    ClientAssertion {
+        /// The accepted `aud` values.
+        audiences: &'a [String],
+    },
+}
+
+/// RFC 7523 §2.2: the `client_assertion_type` of a JWT client assertion.
+pub const CLIENT_ASSERTION_TYPE_JWT_BEARER: &str =
+    "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+
+/// Capacity of the single-use (`jti`) memory.
+pub const REPLAY_CACHE_CAPACITY: usize = 1_000_000;
 
 /// A workload JWT whose signature and claims checked out.
 #[derive(Debug, Clone)]
@@ -129,6 +207,8 @@ pub struct VerifiedJwt {
     pub kid: Option<String>,
     /// `exp`.
     pub exp: u64,
+    /// `jti`, when the token has one.
+    pub jti: Option<String>,
     /// All claims (for claim matchers).
     pub claims: serde_json::Map<String, serde_json::Value>,
 }
@@ -146,6 +226,7 @@ impl VerifiedJwt {
 pub struct Authenticator {
     issuers: HashMap<String, Arc<IssuerKeys>>,
     verified: moka::sync::Cache<[u8; 32], Arc<VerifiedJwt>>,
+    replay: replay::ReplayCache,
     clock: Arc<dyn Clock>,
 }
 
@@ -157,18 +238,31 @@ impl std::fmt::Debug for Authenticator {
     }
 }
 
+/// Latest NumericDate accepted: 9999-12-31T23:59:59Z. Anything later is not a date a
+/// real issuer writes, and past it `u64` arithmetic would need care.
+const MAX_NUMERIC_DATE: f64 = 253_402_300_799.0;
+
+/// A NumericDate claim (RFC 7519 §2): a non-negative number of seconds, fractions cut.
 fn num_claim(
     claims: &serde_json::Map<String, serde_json::Value>,
     name: &'static str,
 ) -> Result<Option<u64>, AuthnError> {
-    match claims.get(name) {
-        None => Ok(None),
-        Some(v) => v
-            .as_u64()
-            .or_else(|| v.as_f64().filter(|f| *f >= 0.0).map(|f| f as u64))
-            .map(Some)
-            .ok_or(AuthnError::MissingClaim(name)),
+    let Some(v) = claims.get(name) else {
+        return Ok(None);
+    };
+    let Some(f) = v.as_f64() else {
+        return Err(AuthnError::InvalidClaim {
+            name,
+            reason: "is not a number (a NumericDate is seconds since 1970)",
+        });
+    };
+    if !(0.0..=MAX_NUMERIC_DATE).contains(&f) {
+        return Err(AuthnError::InvalidClaim {
+            name,
+            reason: "is not a NumericDate between 1970 and the year 9999",
+        });
     }
+    Ok(Some(v.as_u64().unwrap_or(f as u64)))
 }
 
 impl Authenticator {
@@ -184,6 +278,7 @@ impl Authenticator {
                 .max_capacity(100_000)
                 .time_to_live(Duration::from_secs(3600))
                 .build(),
+            replay: replay::ReplayCache::new(REPLAY_CACHE_CAPACITY),
             clock,
         })
     }
@@ -199,10 +294,73 @@ impl Authenticator {
         failed
     }
 
-    /// Validates a workload JWT.
-    #[tracing::instrument(skip_all)]
+    /// Every algorithm some trusted issuer may sign with (what client assertions may
+    /// use), sorted, for the metadata's `*_auth_signing_alg_values_supported`.
+    pub fn algorithms(&self) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .issuers
+            .values()
+            .flat_map(|i| i.config.algorithms.iter().cloned())
+            .collect();
+        out.sort();
+        out.dedup();
+        out
+    }
+
+    /// Validates a workload JWT presented as an identity (`subject_token`, Bearer).
     pub async fn authenticate_jwt(&self, token: &str) -> Result<Arc<VerifiedJwt>, AuthnError> {
+        self.authenticate(token, Presentation::Identity).await
+    }
+
+    /// Validates an RFC 7523 client assertion whose `aud` must be one of `audiences`.
+    pub async fn authenticate_client_assertion(
+        &self,
+        token: &str,
+        audiences: &[String],
+    ) -> Result<Arc<VerifiedJwt>, AuthnError> {
+        self.authenticate(token, Presentation::ClientAssertion { audiences })
+            .await
+    }
+
+    /// Validates a workload JWT presented as `how`: the signature and claims, then
+    /// single use.
+    #[tracing::instrument(skip_all)]
+    pub async fn authenticate(
+        &self,
+        token: &str,
+        how: Presentation<'_>,
+    ) -> Result<Arc<VerifiedJwt>, AuthnError> {
         let now = self.clock.unix_secs();
+        let (verified, single_use) = match how {
+            Presentation::Identity => self.verify_identity_cached(token, now).await?,
+            // Assertions are single-use, so caching their verification gains nothing.
+            Presentation::ClientAssertion { .. } => self.verify(token, how, now).await?,
+        };
+        if single_use {
+            let jti = verified
+                .jti
+                .as_deref()
+                .ok_or(AuthnError::MissingClaim("jti"))?;
+            match self
+                .replay
+                .first_use(&verified.issuer, jti, verified.exp, now)
+            {
+                replay::Seen::First => {}
+                replay::Seen::Replayed => {
+                    return Err(AuthnError::Replayed(truncate(jti, 100)));
+                }
+                replay::Seen::Full => return Err(AuthnError::ReplayCacheFull),
+            }
+        }
+        Ok(verified)
+    }
+
+    /// An identity JWT through the verification cache; returns whether it is single-use.
+    async fn verify_identity_cached(
+        &self,
+        token: &str,
+        now: u64,
+    ) -> Result<(Arc<VerifiedJwt>, bool), AuthnError> {
         let digest: [u8; 32] = {
             let d = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
             let mut out = [0u8; 32];
@@ -222,7 +380,7 @@ impl Authenticator {
                     // Time-dependent checks are repeated on every use.
                     let leeway = issuer.config.leeway.as_secs();
                     if now <= hit.exp.saturating_add(leeway) {
-                        return Ok(hit);
+                        return Ok((hit, issuer.config.single_use));
                     }
                     self.verified.invalidate(&digest);
                     return Err(AuthnError::Expired {
@@ -234,7 +392,19 @@ impl Authenticator {
                 _ => self.verified.invalidate(&digest),
             }
         }
+        let (verified, single_use) = self.verify(token, Presentation::Identity, now).await?;
+        self.verified.insert(digest, Arc::clone(&verified));
+        Ok((verified, single_use))
+    }
 
+    /// The full check: structure, issuer, algorithm, `typ`, signature, then the claims.
+    /// Returns whether the token is single-use.
+    async fn verify(
+        &self,
+        token: &str,
+        how: Presentation<'_>,
+        now: u64,
+    ) -> Result<(Arc<VerifiedJwt>, bool), AuthnError> {
         let parsed = jws::parse(token)?;
         if parsed.header.crit.is_some() {
             return Err(AuthnError::Malformed(
@@ -251,6 +421,7 @@ impl Authenticator {
             .get(iss)
             .ok_or_else(|| AuthnError::UntrustedIssuer(truncate(iss, 200)))?;
         let alg = jws::check_algorithm(&parsed.header.alg, &issuer.algorithms)?;
+        check_typ(parsed.header.typ.as_deref(), &issuer.config.token_types)?;
 
         let kid = parsed.header.kid.clone().unwrap_or_default();
         let mut keys = issuer.keys().await?;
@@ -265,40 +436,12 @@ impl Authenticator {
         jws::verify_signature(alg, key, parsed.signing_input, &parsed.signature)?;
 
         // Claims, only after the signature holds.
-        let leeway = issuer.config.leeway.as_secs();
-        let exp = num_claim(&parsed.claims, "exp")?.ok_or(AuthnError::MissingClaim("exp"))?;
-        if now > exp.saturating_add(leeway) {
-            return Err(AuthnError::Expired { exp, now, leeway });
-        }
-        if let Some(nbf) = num_claim(&parsed.claims, "nbf")?
-            && nbf > now.saturating_add(leeway)
-        {
-            return Err(AuthnError::NotYetValid { nbf, now, leeway });
-        }
-        if let Some(iat) = num_claim(&parsed.claims, "iat")?
-            && iat > now.saturating_add(leeway)
-        {
-            return Err(AuthnError::NotYetValid {
-                nbf: iat,
-                now,
-                leeway,
-            });
-        }
-        let auds: Vec<&str> = match parsed.claims.get("aud") {
-            Some(serde_json::Value::String(s)) => vec![s.as_str()],
-            Some(serde_json::Value::Array(a)) => a.iter().filter_map(|v| v.as_str()).collect(),
-            _ => return Err(AuthnError::MissingClaim("aud")),
+        let exp = check_times(&parsed.claims, &issuer.config, now)?;
+        let expected: &[String] = match how {
+            Presentation::Identity => &issuer.config.audiences,
+            Presentation::ClientAssertion { audiences } => audiences,
         };
-        if !auds
-            .iter()
-            .any(|a| issuer.config.audiences.iter().any(|x| x == a))
-        {
-            return Err(AuthnError::WrongAudience {
-                got: truncate(&auds.join(" "), 200),
-                issuer: issuer.config.issuer.clone(),
-                expected: issuer.config.audiences.join(", "),
-            });
-        }
+        check_audience(&parsed.claims, &issuer.config.issuer, expected)?;
         let subject = parsed
             .claims
             .get("sub")
@@ -306,16 +449,120 @@ impl Authenticator {
             .filter(|s| !s.is_empty())
             .ok_or(AuthnError::MissingClaim("sub"))?
             .to_owned();
-
+        let jti = match parsed.claims.get("jti") {
+            None => None,
+            Some(serde_json::Value::String(j)) if !j.is_empty() && j.len() <= 256 => {
+                Some(j.clone())
+            }
+            Some(_) => {
+                return Err(AuthnError::InvalidClaim {
+                    name: "jti",
+                    reason: "is not a string of 1 to 256 bytes",
+                });
+            }
+        };
+        let single_use = match how {
+            Presentation::Identity => issuer.config.single_use,
+            Presentation::ClientAssertion { .. } => true,
+        };
         let verified = Arc::new(VerifiedJwt {
             issuer: issuer.config.issuer.clone(),
             subject,
             kid: parsed.header.kid,
             exp,
+            jti,
             claims: parsed.claims,
         });
-        self.verified.insert(digest, Arc::clone(&verified));
-        Ok(verified)
+        Ok((verified, single_use))
+    }
+}
+
+/// The JWS `typ` against the issuer's accepted values (RFC 8725 §3.11): an access token
+/// (`at+jwt`, RFC 9068 §4) is never an identity credential, whatever the config says.
+fn check_typ(typ: Option<&str>, accepted: &[String]) -> Result<(), AuthnError> {
+    let Some(typ) = typ else {
+        return Ok(());
+    };
+    let t = crate::config::normalized_typ(typ);
+    if t == "at+jwt" {
+        return Err(AuthnError::TypeNotAllowed(
+            "JWT typ at+jwt is an access token (RFC 9068), never accepted as a workload identity or client assertion".into(),
+        ));
+    }
+    if accepted.contains(&t) {
+        Ok(())
+    } else {
+        Err(AuthnError::TypeNotAllowed(format!(
+            "JWT typ {:?} is not one this issuer's identity tokens carry (accepted: {})",
+            truncate(typ, 64),
+            accepted.join(", ")
+        )))
+    }
+}
+
+/// `exp` (required), `nbf`, `iat`, the lifetime and the age; returns `exp`.
+fn check_times(
+    claims: &serde_json::Map<String, serde_json::Value>,
+    issuer: &TrustedIssuer,
+    now: u64,
+) -> Result<u64, AuthnError> {
+    let leeway = issuer.leeway.as_secs();
+    let exp = num_claim(claims, "exp")?.ok_or(AuthnError::MissingClaim("exp"))?;
+    if now > exp.saturating_add(leeway) {
+        return Err(AuthnError::Expired { exp, now, leeway });
+    }
+    if let Some(nbf) = num_claim(claims, "nbf")?
+        && nbf > now.saturating_add(leeway)
+    {
+        return Err(AuthnError::NotYetValid { nbf, now, leeway });
+    }
+    let iat = num_claim(claims, "iat")?;
+    if let Some(iat) = iat
+        && iat > now.saturating_add(leeway)
+    {
+        return Err(AuthnError::NotYetValid {
+            nbf: iat,
+            now,
+            leeway,
+        });
+    }
+    let from = iat.unwrap_or(now).min(now);
+    let lifetime = exp.saturating_sub(from);
+    let max = issuer.max_lifetime.as_secs();
+    if lifetime > max.saturating_add(leeway) {
+        return Err(AuthnError::LifetimeTooLong { lifetime, max });
+    }
+    if let (Some(iat), Some(max_age)) = (iat, issuer.max_age) {
+        let age = now.saturating_sub(iat);
+        if age > max_age.as_secs().saturating_add(leeway) {
+            return Err(AuthnError::TooOld {
+                age,
+                max: max_age.as_secs(),
+            });
+        }
+    }
+    Ok(exp)
+}
+
+/// `aud` (a string or an array) must hold one of `expected`.
+fn check_audience(
+    claims: &serde_json::Map<String, serde_json::Value>,
+    issuer: &str,
+    expected: &[String],
+) -> Result<(), AuthnError> {
+    let auds: Vec<&str> = match claims.get("aud") {
+        Some(serde_json::Value::String(s)) => vec![s.as_str()],
+        Some(serde_json::Value::Array(a)) => a.iter().filter_map(|v| v.as_str()).collect(),
+        _ => return Err(AuthnError::MissingClaim("aud")),
+    };
+    if auds.iter().any(|a| expected.iter().any(|x| x == a)) {
+        Ok(())
+    } else {
+        Err(AuthnError::WrongAudience {
+            got: truncate(&auds.join(" "), 200),
+            issuer: issuer.to_owned(),
+            expected: expected.join(", "),
+        })
     }
 }
 
@@ -390,14 +637,13 @@ mod tests {
         let jwks = dir.path().join("jwks.json");
         let (old, new) = (p256(), p256());
         write_jwks(&jwks, &[("old", &old)]);
-        let issuer = TrustedIssuer {
-            issuer: ISS.into(),
-            audiences: vec!["jit-broker".into()],
-            algorithms: vec!["ES256".into()],
-            jwks: JwksSource::File(jwks.clone()),
-            leeway: Duration::from_secs(5),
-            ca_file: None,
-        };
+        let mut issuer = TrustedIssuer::with_defaults(
+            ISS,
+            &["jit-broker"],
+            &["ES256"],
+            JwksSource::File(jwks.clone()),
+        );
+        issuer.leeway = Duration::from_secs(5);
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
         let authn = Authenticator::new(&[issuer], Arc::clone(&clock)).unwrap();
         let token = es256_jwt("old", &old, clock.unix_secs());

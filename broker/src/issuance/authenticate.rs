@@ -57,6 +57,19 @@ pub fn peer_cert<'c>(
     }
 }
 
+/// The `aud` values an RFC 7523 client assertion sent to `endpoint_path` may carry: the
+/// broker's issuer identifier, its token endpoint (RFC 7523 §3 item 3), and the endpoint
+/// called.
+pub fn assertion_audiences(st: &AppState, endpoint_path: &str) -> Vec<String> {
+    let iss = st.minter.issuer();
+    let base = iss.trim_end_matches('/');
+    let mut out = vec![iss.to_owned(), format!("{base}{}", crate::api::TOKEN_PATH)];
+    if endpoint_path != crate::api::TOKEN_PATH {
+        out.push(format!("{base}{endpoint_path}"));
+    }
+    out
+}
+
 /// The identity the request's credentials prove. `ev` gets the evidence, and the
 /// identity as soon as it is known.
 pub async fn authenticate<'p>(
@@ -66,11 +79,27 @@ pub async fn authenticate<'p>(
     cert: Option<&PeerCert>,
     ev: &mut AuditEvent,
 ) -> Result<&'p Identity, Refusal> {
+    let client = client_authentication(st, policies, params, cert, ev).await?;
     match &params.credential {
-        Credential::SubjectToken(token) => by_jwt(st, policies, token, cert, ev).await,
-        Credential::ClientCertificate { client_id } => {
-            let pc = cert.ok_or_else(Refusal::certificate_required)?;
-            let identity = pc.identity(policies).map_err(Refusal::certificate)?;
+        Credential::SubjectToken(token) => {
+            let identity = by_jwt(st, policies, token, cert, ev).await?;
+            if let Some(ClientAuth::Assertion(by_assertion)) = client
+                && by_assertion.id != identity.id
+            {
+                ev.identity = Some(identity.id.clone());
+                return Err(Refusal::identity_mismatch(
+                    &identity.id,
+                    &by_assertion.id,
+                    "client assertion",
+                ));
+            }
+            Ok(identity)
+        }
+        Credential::ClientCredentials { client_id } => {
+            let identity = match client {
+                Some(ClientAuth::Assertion(i) | ClientAuth::Certificate(i)) => i,
+                None => return Err(Refusal::certificate_required()),
+            };
             if let Some(cid) = client_id.as_deref()
                 && cid != identity.id
             {
@@ -78,6 +107,52 @@ pub async fn authenticate<'p>(
             }
             Ok(identity)
         }
+    }
+}
+
+/// How the client authenticated, and as whom.
+enum ClientAuth<'p> {
+    /// An RFC 7523 client assertion (and, over mTLS, a certificate of the same identity).
+    Assertion(&'p Identity),
+    /// Only a TLS client certificate (`tls_client_auth`).
+    Certificate(&'p Identity),
+}
+
+/// The client authentication: a client assertion (checked against the certificate when
+/// both are presented), else the certificate for `client_credentials`. A token exchange
+/// without an assertion authenticates by its subject token alone, as before.
+async fn client_authentication<'p>(
+    st: &AppState,
+    policies: &'p PolicySet,
+    params: &Params,
+    cert: Option<&PeerCert>,
+    ev: &mut AuditEvent,
+) -> Result<Option<ClientAuth<'p>>, Refusal> {
+    if let Some(assertion) = &params.client_assertion {
+        let audiences = assertion_audiences(st, crate::api::TOKEN_PATH);
+        let jwt = st
+            .authn
+            .authenticate_client_assertion(assertion, &audiences)
+            .await
+            .map_err(|e| Refusal::client_assertion(&e))?;
+        ev.evidence = Some(jwt_evidence(&jwt, cert));
+        let Some(identity) = policies.match_jwt(&jwt.issuer, &jwt.subject, &jwt.claims) else {
+            return Err(Refusal::unknown_identity(&jwt.issuer, &jwt.subject));
+        };
+        if let Some(pc) = cert {
+            let by_cert = pc.identity(policies).map_err(Refusal::certificate)?;
+            if by_cert.id != identity.id {
+                ev.identity = Some(identity.id.clone());
+                return Err(Refusal::client_auth_mismatch(&identity.id, &by_cert.id));
+            }
+        }
+        return Ok(Some(ClientAuth::Assertion(identity)));
+    }
+    match (&params.credential, cert) {
+        (Credential::ClientCredentials { .. }, Some(pc)) => Ok(Some(ClientAuth::Certificate(
+            pc.identity(policies).map_err(Refusal::certificate)?,
+        ))),
+        _ => Ok(None),
     }
 }
 
@@ -104,7 +179,11 @@ async fn by_jwt<'p>(
         let by_cert = pc.identity(policies).map_err(Refusal::certificate)?;
         if by_cert.id != identity.id {
             ev.identity = Some(identity.id.clone());
-            return Err(Refusal::identity_mismatch(&identity.id, &by_cert.id));
+            return Err(Refusal::identity_mismatch(
+                &identity.id,
+                &by_cert.id,
+                "client certificate",
+            ));
         }
     }
     Ok(identity)

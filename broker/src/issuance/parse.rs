@@ -29,15 +29,18 @@ struct TokenForm {
     scope: Option<String>,
     requested_ttl: Option<String>,
     client_id: Option<String>,
+    client_assertion_type: Option<String>,
+    client_assertion: Option<String>,
 }
 
 /// How the caller proves who it is.
 pub enum Credential {
     /// RFC 8693: a workload JWT (never logged).
     SubjectToken(String),
-    /// `client_credentials`: the TLS client certificate, with an optional `client_id`.
-    ClientCertificate {
-        /// `client_id`, which must then name the certificate's identity.
+    /// `client_credentials`: the client authentication (a TLS client certificate or an
+    /// RFC 7523 client assertion) is the credential, with an optional `client_id`.
+    ClientCredentials {
+        /// `client_id`, which must then name the authenticated identity.
         client_id: Option<String>,
     },
 }
@@ -46,6 +49,9 @@ pub enum Credential {
 pub struct Params {
     /// The credential.
     pub credential: Credential,
+    /// An RFC 7523 client assertion (a workload JWT whose `aud` names this broker),
+    /// authenticating the client (never logged).
+    pub client_assertion: Option<String>,
     /// The task asked for.
     pub task: String,
     /// `audience` (or `resource`).
@@ -65,6 +71,10 @@ pub fn parse(
 ) -> Result<Params, Refusal> {
     let form = form(content_type, body)?;
     let credential = credential(&form)?;
+    let client_assertion = client_assertion(
+        form.client_assertion_type.as_deref(),
+        form.client_assertion.as_deref(),
+    )?;
     let Some(task) = form.task.filter(|t| !t.is_empty()) else {
         return Err(Refusal::missing(
             "task is required: name the task of your identity's policy this token is for",
@@ -85,7 +95,7 @@ pub fn parse(
         .filter(|s| !s.trim().is_empty())
         .map(|s| s.split_whitespace().map(str::to_owned).collect());
     if let Some(s) = &scopes {
-        ev.scopes = Some(s.iter().map(|s| clip(s)).collect());
+        ev.scopes = Some(recorded_scopes(s));
     }
     let requested_ttl = match form.requested_ttl.as_deref() {
         None => None,
@@ -96,6 +106,7 @@ pub fn parse(
     };
     Ok(Params {
         credential,
+        client_assertion,
         task,
         audience,
         scopes,
@@ -131,11 +142,29 @@ fn form(
 fn credential(form: &TokenForm) -> Result<Credential, Refusal> {
     match form.grant_type.as_deref() {
         Some(GRANT_TYPE_TOKEN_EXCHANGE) => exchange_params(form).map(Credential::SubjectToken),
-        Some(GRANT_TYPE_CLIENT_CREDENTIALS) => Ok(Credential::ClientCertificate {
+        Some(GRANT_TYPE_CLIENT_CREDENTIALS) => Ok(Credential::ClientCredentials {
             client_id: form.client_id.clone(),
         }),
         Some(other) => Err(Refusal::unsupported_grant_type(other)),
         None => Err(Refusal::missing("grant_type is required")),
+    }
+}
+
+/// The RFC 7523 §2.2 client assertion, if one was sent: both parameters or neither.
+pub fn client_assertion(
+    assertion_type: Option<&str>,
+    assertion: Option<&str>,
+) -> Result<Option<String>, Refusal> {
+    match (assertion_type, assertion) {
+        (None, None) => Ok(None),
+        (Some(crate::authn::CLIENT_ASSERTION_TYPE_JWT_BEARER), Some(a)) if !a.is_empty() => {
+            Ok(Some(a.to_owned()))
+        }
+        (Some(crate::authn::CLIENT_ASSERTION_TYPE_JWT_BEARER), _) => Err(Refusal::missing(
+            "client_assertion is required with client_assertion_type (RFC 7523 §2.2)",
+        )),
+        (Some(other), _) => Err(Refusal::unsupported_client_assertion_type(other)),
+        (None, Some(_)) => Err(Refusal::unsupported_client_assertion_type("")),
     }
 }
 
@@ -159,6 +188,25 @@ fn exchange_params(form: &TokenForm) -> Result<String, Refusal> {
         .clone()
         .filter(|t| !t.is_empty())
         .ok_or_else(|| Refusal::missing("subject_token is required"))
+}
+
+/// Most scopes a record lists, and the longest each is shown: what a caller sends must
+/// not grow the audit log at will (a 14 KB `scope` once made a 28 KB `denied` record).
+const RECORDED_SCOPES: usize = 16;
+const RECORDED_SCOPE_LEN: usize = 64;
+
+/// The requested scopes as recorded: at most [`RECORDED_SCOPES`], each clipped, then a
+/// count of the rest.
+fn recorded_scopes(scopes: &[String]) -> Vec<String> {
+    let mut out: Vec<String> = scopes
+        .iter()
+        .take(RECORDED_SCOPES)
+        .map(|s| crate::authn::truncate(s, RECORDED_SCOPE_LEN))
+        .collect();
+    if scopes.len() > RECORDED_SCOPES {
+        out.push(format!("(and {} more)", scopes.len() - RECORDED_SCOPES));
+    }
+    out
 }
 
 /// Bounds a caller-supplied string before it goes into a record or a message.
@@ -216,6 +264,28 @@ mod tests {
             "malformed_request"
         );
         assert_eq!(rule("grant_type=client_credentials&task=t"), "ok");
+        let cc = "grant_type=client_credentials&task=t";
+        let jwt_bearer = "urn%3Aietf%3Aparams%3Aoauth%3Aclient-assertion-type%3Ajwt-bearer";
+        assert_eq!(
+            rule(&format!(
+                "{cc}&client_assertion_type={jwt_bearer}&client_assertion=a.b.c"
+            )),
+            "ok"
+        );
+        assert_eq!(
+            rule(&format!("{cc}&client_assertion_type={jwt_bearer}")),
+            "malformed_request"
+        );
+        assert_eq!(
+            rule(&format!(
+                "{cc}&client_assertion_type=saml&client_assertion=a"
+            )),
+            "client_assertion_type_unsupported"
+        );
+        assert_eq!(
+            rule(&format!("{cc}&client_assertion=a.b.c")),
+            "client_assertion_type_unsupported"
+        );
         let mut ev = AuditEvent::new(EventKind::Denied);
         let r = parse(
             Some("application/json"),
@@ -236,5 +306,20 @@ mod tests {
         );
         assert!(ev.task.as_ref().is_some_and(|t| t.len() < 300));
         assert!(ev.scopes.as_ref().is_some_and(|s| s[0].len() < 300));
+        // Thousands of scopes: a bounded list.
+        let mut ev = AuditEvent::new(EventKind::Denied);
+        let many: Vec<String> = (0..3000).map(|i| format!("scope-{i}")).collect();
+        let _ = parse(
+            Some("application/x-www-form-urlencoded"),
+            Ok(Bytes::from(format!(
+                "{EXCHANGE}&task=t&scope={}",
+                many.join("+")
+            ))),
+            &mut ev,
+        );
+        let recorded = ev.scopes.unwrap();
+        assert_eq!(recorded.len(), RECORDED_SCOPES + 1);
+        assert_eq!(recorded.last().unwrap(), "(and 2984 more)");
+        assert!(serde_json::to_string(&recorded).unwrap().len() < 2048);
     }
 }

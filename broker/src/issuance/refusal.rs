@@ -72,6 +72,26 @@ pub enum Refusal {
         /// name the broker's files and URLs).
         detail: Option<String>,
     },
+    /// The RFC 7523 client assertion was refused.
+    ClientAssertion {
+        /// The validation rule.
+        rule: &'static str,
+        /// What the caller is told.
+        message: String,
+        /// The full error when the broker is at fault (issuer keys, replay memory), for
+        /// the audit record and the log only.
+        detail: Option<String>,
+    },
+    /// A `client_assertion_type` other than RFC 7523's JWT bearer, or an assertion
+    /// without its type.
+    UnsupportedClientAssertionType(String),
+    /// The client certificate and the client assertion prove different identities.
+    ClientAuthMismatch {
+        /// By the assertion.
+        by_assertion: String,
+        /// By the certificate.
+        by_cert: String,
+    },
     /// No registered identity matches the JWT.
     UnknownIdentity {
         /// `iss`.
@@ -79,12 +99,14 @@ pub enum Refusal {
         /// `sub`.
         subject: String,
     },
-    /// The JWT and the certificate prove different identities.
+    /// The subject token and the client authentication prove different identities.
     IdentityMismatch {
-        /// By the JWT.
+        /// By the subject token.
         by_jwt: String,
-        /// By the certificate.
+        /// By the client authentication.
         by_cert: String,
+        /// How the client authenticated: `client certificate` or `client assertion`.
+        how: &'static str,
     },
     /// The kill switch is on.
     IdentityDisabled {
@@ -175,6 +197,9 @@ impl Refusal {
             CertificateUnusable(_) => "client_certificate_unusable",
             CertificateRequired => "client_certificate_required",
             Certificate { rule, .. } | SubjectToken { rule, .. } => rule,
+            ClientAssertion { rule, .. } => rule,
+            UnsupportedClientAssertionType(_) => "client_assertion_type_unsupported",
+            ClientAuthMismatch { .. } => "client_auth_mismatch",
             ClientIdMismatch { .. } => "client_id_mismatch",
             UnknownIdentity { .. } => policy::Rule::UnknownIdentity.as_str(),
             IdentityMismatch { .. } => "identity_mismatch",
@@ -237,7 +262,7 @@ impl Refusal {
             CertificateRequired => err(
                 StatusCode::UNAUTHORIZED,
                 "invalid_client",
-                "client_credentials needs a TLS client certificate (tls_client_auth, RFC 8705); none was presented".into(),
+                "client_credentials needs client authentication: a TLS client certificate (tls_client_auth, RFC 8705) or a client assertion (client_assertion_type=urn:ietf:params:oauth:client-assertion-type:jwt-bearer, RFC 7523); none was presented".into(),
             ),
             Certificate { rule, reason } if *rule == "unknown_identity" => {
                 err(StatusCode::FORBIDDEN, "unauthorized_client", reason.clone())
@@ -272,6 +297,40 @@ impl Refusal {
                 "invalid_grant",
                 format!("subject_token rejected: {message}"),
             ),
+            ClientAssertion {
+                message,
+                detail: Some(detail),
+                ..
+            } => {
+                let mut e = err(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "temporarily_unavailable",
+                    format!("cannot check the client_assertion: {message}"),
+                )
+                .with_operator_detail(format!("cannot check the client_assertion: {detail}"));
+                e.retry_after = Some(crate::authn::issuers::MIN_REFRESH_INTERVAL.as_secs());
+                e
+            }
+            ClientAssertion { message, .. } => err(
+                StatusCode::UNAUTHORIZED,
+                "invalid_client",
+                format!("client_assertion rejected: {message}"),
+            ),
+            UnsupportedClientAssertionType(t) => err(
+                StatusCode::UNAUTHORIZED,
+                "invalid_client",
+                format!(
+                    "client_assertion_type {t:?} is not supported: send client_assertion_type={} with client_assertion (RFC 7523 §2.2)",
+                    crate::authn::CLIENT_ASSERTION_TYPE_JWT_BEARER
+                ),
+            ),
+            ClientAuthMismatch { by_assertion, by_cert } => err(
+                StatusCode::UNAUTHORIZED,
+                "invalid_client",
+                format!(
+                    "the client assertion proves identity {by_assertion} but the client certificate proves {by_cert}: authenticate as one client"
+                ),
+            ),
             UnknownIdentity { issuer, subject } => err(
                 StatusCode::FORBIDDEN,
                 policy::Rule::UnknownIdentity.oauth_error(),
@@ -279,11 +338,11 @@ impl Refusal {
                     "no registered identity matches issuer {issuer} subject {subject}: register it with an [[identity.match]] in the policy directory"
                 ),
             ),
-            IdentityMismatch { by_jwt, by_cert } => err(
+            IdentityMismatch { by_jwt, by_cert, how } => err(
                 StatusCode::FORBIDDEN,
                 "access_denied",
                 format!(
-                    "the subject_token proves identity {by_jwt} but the client certificate proves {by_cert}: present credentials of one workload"
+                    "the subject_token proves identity {by_jwt} but the {how} proves {by_cert}: present credentials of one workload (acting for another identity needs delegation, which this broker does not support yet)"
                 ),
             ),
             IdentityDisabled { identity, why } => err(
@@ -408,19 +467,40 @@ impl Refusal {
             identity: identity.to_owned(),
         }
     }
-    /// See [`Refusal::SubjectToken`]; issuer-key failures are told plainly and logged.
+    /// See [`Refusal::SubjectToken`]; failures of the broker's own (issuer keys, replay
+    /// memory) are told plainly and logged.
     pub fn subject_token(e: &AuthnError) -> Self {
-        let detail = match e {
-            AuthnError::KeysUnavailable(_) => {
-                tracing::warn!(error = %e, "subject_token not checked: issuer keys unavailable");
-                Some(e.to_string())
-            }
-            _ => None,
-        };
+        let detail = e.is_unavailable().then(|| {
+            tracing::warn!(error = %e, "subject_token not checked");
+            e.to_string()
+        });
         Self::SubjectToken {
             rule: e.rule(),
             message: e.public_message(),
             detail,
+        }
+    }
+    /// See [`Refusal::ClientAssertion`].
+    pub fn client_assertion(e: &AuthnError) -> Self {
+        let detail = e.is_unavailable().then(|| {
+            tracing::warn!(error = %e, "client_assertion not checked");
+            e.to_string()
+        });
+        Self::ClientAssertion {
+            rule: e.rule(),
+            message: e.public_message(),
+            detail,
+        }
+    }
+    /// See [`Refusal::UnsupportedClientAssertionType`].
+    pub fn unsupported_client_assertion_type(t: &str) -> Self {
+        Self::UnsupportedClientAssertionType(clip(t))
+    }
+    /// See [`Refusal::ClientAuthMismatch`].
+    pub fn client_auth_mismatch(by_assertion: &str, by_cert: &str) -> Self {
+        Self::ClientAuthMismatch {
+            by_assertion: by_assertion.to_owned(),
+            by_cert: by_cert.to_owned(),
         }
     }
     /// See [`Refusal::UnknownIdentity`].
@@ -431,10 +511,11 @@ impl Refusal {
         }
     }
     /// See [`Refusal::IdentityMismatch`].
-    pub fn identity_mismatch(by_jwt: &str, by_cert: &str) -> Self {
+    pub fn identity_mismatch(by_jwt: &str, by_cert: &str, how: &'static str) -> Self {
         Self::IdentityMismatch {
             by_jwt: by_jwt.to_owned(),
             by_cert: by_cert.to_owned(),
+            how,
         }
     }
     /// See [`Refusal::IdentityDisabled`].

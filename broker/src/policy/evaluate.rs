@@ -474,6 +474,13 @@ fn check_scopes<T: Tracer>(
     } else {
         ("scopes", "are")
     };
+    // The reason goes into the `denied` record: a caller must not grow it at will.
+    const SHOWN_EXTRA: usize = 8;
+    if extra.len() > SHOWN_EXTRA {
+        let more = extra.len() - SHOWN_EXTRA;
+        extra.truncate(SHOWN_EXTRA);
+        extra.push(format!("(and {more} more)"));
+    }
     let go_on = run.fail(
         Rule::ScopeNotAllowed,
         format!(

@@ -53,10 +53,14 @@ fn scopes(st: &AppState) -> Vec<String> {
 pub async fn metadata(State(st): State<AppState>) -> Response {
     let iss = st.minter.issuer().trim_end_matches('/');
     let algs = signing_algs(&st);
-    // The introspection and revocation callers authenticate with a TLS client
-    // certificate or `Authorization: Bearer <workload JWT>`; only the former has a
-    // registered method name (RFC 8705).
-    let caller_auth = ["tls_client_auth"];
+    // Callers authenticate with a TLS client certificate (RFC 8705 `tls_client_auth`),
+    // an RFC 7523 client assertion (`private_key_jwt`: a workload JWT from a trusted
+    // issuer, whose keys come from that issuer's JWKS), or `Authorization: Bearer
+    // <workload JWT>`, which has no registered method name. At the token endpoint a
+    // token exchange needs no client authentication (`none`): the subject token is the
+    // credential.
+    let caller_auth = ["tls_client_auth", "private_key_jwt"];
+    let assertion_algs = st.authn.algorithms();
     Json(json!({
         "issuer": st.minter.issuer(),
         "token_endpoint": format!("{iss}{}", crate::api::TOKEN_PATH),
@@ -64,9 +68,12 @@ pub async fn metadata(State(st): State<AppState>) -> Response {
         "revocation_endpoint": format!("{iss}{}", crate::api::REVOCATION_PATH),
         "jwks_uri": format!("{iss}{}", crate::api::JWKS_PATH),
         "grant_types_supported": [GRANT_TYPE_TOKEN_EXCHANGE, GRANT_TYPE_CLIENT_CREDENTIALS],
-        "token_endpoint_auth_methods_supported": ["none", "tls_client_auth"],
+        "token_endpoint_auth_methods_supported": ["none", "tls_client_auth", "private_key_jwt"],
+        "token_endpoint_auth_signing_alg_values_supported": assertion_algs,
         "introspection_endpoint_auth_methods_supported": caller_auth,
+        "introspection_endpoint_auth_signing_alg_values_supported": assertion_algs,
         "revocation_endpoint_auth_methods_supported": caller_auth,
+        "revocation_endpoint_auth_signing_alg_values_supported": assertion_algs,
         "response_types_supported": [],
         "scopes_supported": scopes(&st),
         "access_token_signing_alg_values_supported": algs,

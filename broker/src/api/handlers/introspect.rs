@@ -40,11 +40,19 @@ pub async fn introspect(
     body: Bytes,
 ) -> Response {
     let mut ev = record::event(EventKind::Denied, peer);
-    let caller =
-        match caller::require(&st, &mut ev, &headers, client_cert.as_ref().map(|e| &e.0)).await {
-            Ok(c) => c,
-            Err(res) => return res,
-        };
+    let caller = match caller::require_form(
+        &st,
+        &mut ev,
+        &headers,
+        client_cert.as_ref().map(|e| &e.0),
+        &body,
+        crate::api::INTROSPECTION_PATH,
+    )
+    .await
+    {
+        Ok(c) => c,
+        Err(res) => return res,
+    };
     if !caller.may_introspect() {
         return refusal::deny(
             &st,

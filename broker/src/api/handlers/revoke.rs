@@ -37,11 +37,19 @@ pub async fn revoke(
     body: Bytes,
 ) -> Response {
     let mut ev = record::event(EventKind::Revoked, peer);
-    let caller =
-        match caller::require(&st, &mut ev, &headers, client_cert.as_ref().map(|e| &e.0)).await {
-            Ok(c) => c,
-            Err(res) => return res,
-        };
+    let caller = match caller::require_form(
+        &st,
+        &mut ev,
+        &headers,
+        client_cert.as_ref().map(|e| &e.0),
+        &body,
+        crate::api::REVOCATION_PATH,
+    )
+    .await
+    {
+        Ok(c) => c,
+        Err(res) => return res,
+    };
     let form: RevokeForm = match serde_urlencoded::from_bytes(&body) {
         Ok(f) => f,
         Err(e) => {
