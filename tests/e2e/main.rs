@@ -9,6 +9,8 @@
 //! - `lint`: `broker policy lint` on each load-time error.
 //! - `audit`: `broker audit verify`, tampering, torn-tail repair, fail-closed issuance.
 //! - `concurrency`: 1,000 issuances from 32 clients, every `jti` logged exactly once.
+//! - `conformance`: outside OAuth/JOSE libraries (Node oauth4webapi and jose, Python
+//!   authlib, joserfc, PyJWT) against the broker, EdDSA and ES256, HTTP and TLS.
 //! - `dev`: `broker serve --dev` smoke test.
 //! - `explain`: `broker policy explain`, the dry run: decision and every rule's outcome.
 //! - `mtls`: client certificate → certificate-bound token (`cnf.x5t#S256`), CN / DNS SAN
@@ -18,12 +20,13 @@
 //! - `tls_reload`: server certificate and client CA rotation without a restart; broken
 //!   replacements keep the old material live.
 //!
-//! Tests that need `openssl` or `curl` skip with a note when one is missing, and fail
-//! instead under `CI=true`.
+//! Tests that need `openssl`, `curl`, Node or Python skip with a note when one is missing,
+//! and fail instead under `CI=true`.
 
 mod audit;
 mod break_glass;
 mod concurrency;
+mod conformance;
 mod denials;
 mod dev;
 mod explain;
