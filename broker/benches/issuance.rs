@@ -63,6 +63,7 @@ fn policy_evaluate(c: &mut Criterion) {
     let audiences = [AudienceEntry {
         uri: "https://ledger.prod.example.org".into(),
         environment: "prod".into(),
+        algorithm: None,
     }];
     let set = from_sources([(Path::new("payments.toml"), REGISTRY)], &audiences, &[]).unwrap();
     let req = Request {
@@ -103,6 +104,7 @@ fn mint(c: &mut Criterion) {
             cert_thumbprint: None,
             break_glass: None,
             min_iat: 0,
+            not_after: None,
         };
         minter.mint(&req).unwrap();
         group.bench_function(alg.as_str(), |b| {

@@ -160,6 +160,7 @@ fn mint_request(scopes: &[String]) -> MintRequest<'_> {
         cert_thumbprint: None,
         break_glass: None,
         min_iat: 0,
+        not_after: None,
     }
 }
 

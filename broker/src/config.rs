@@ -417,8 +417,9 @@ pub struct ListenFile {
 pub struct SigningFile {
     /// Directory of PKCS#8 PEM keys made by `broker keygen`.
     pub key_dir: PathBuf,
-    /// `EdDSA` or `ES256`: when set, the signing key must use it (a mismatch stops the
-    /// start).
+    /// `ES256` or `EdDSA`: the algorithm tokens are signed with unless their audience
+    /// names another (default: the newest key's). The key directory must hold a key of
+    /// it (a missing one stops the start).
     #[serde(default)]
     pub algorithm: Option<String>,
 }
@@ -498,6 +499,11 @@ pub struct AudienceEntry {
     pub uri: String,
     /// The environment (trust zone) the audience lives in.
     pub environment: String,
+    /// The algorithm this audience's tokens are signed with (`ES256` or `EdDSA`), for
+    /// relying parties that take only one; default `[signing] algorithm`. The key
+    /// directory must hold a key of it.
+    #[serde(default)]
+    pub algorithm: Option<SigningAlgorithm>,
 }
 
 /// The validated config.

@@ -77,7 +77,7 @@ pub fn prepare(dir: &Path, addr: &str) -> Result<PathBuf, DevError> {
     mkdir(dir)?;
     let key_dir = dir.join("keys");
     if !has_pem(&key_dir) {
-        keys::generate(&key_dir, SigningAlgorithm::EdDSA, now)?;
+        keys::generate(&key_dir, SigningAlgorithm::ES256, now)?;
     }
     let issuer_dir = dir.join("dev-issuer");
     if !has_pem(&issuer_dir) {
@@ -102,7 +102,7 @@ insecure_http = true
 
 [signing]
 key_dir = "keys"
-algorithm = "EdDSA"
+algorithm = "ES256"
 
 [audit]
 dir = "audit"

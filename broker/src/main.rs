@@ -65,8 +65,8 @@ enum Command {
         /// Key directory.
         #[arg(long)]
         dir: PathBuf,
-        /// EdDSA (default) or ES256.
-        #[arg(long, default_value = "EdDSA")]
+        /// ES256 (default) or EdDSA.
+        #[arg(long, default_value = "ES256")]
         alg: String,
     },
     /// Registry and policy tools.

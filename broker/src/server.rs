@@ -68,17 +68,17 @@ pub enum StartError {
     /// The state store (revocations, disabled identities).
     #[error("state store: {0}")]
     Store(#[from] crate::store::StoreError),
-    /// `[signing] algorithm` names another algorithm than the signing key's.
+    /// `[signing] algorithm` or an audience's `algorithm` has no key in the key directory.
     #[error(
-        "signing.algorithm is {configured} but the signing key {kid} is {actual}: fix the setting or the key directory"
+        "{setting} is {alg} but the key directory {dir} has no {alg} key: run `broker keygen --alg {alg} --dir {dir}` (or fix the setting)"
     )]
-    AlgorithmMismatch {
-        /// The configured algorithm.
-        configured: &'static str,
-        /// The key's id.
-        kid: String,
-        /// The key's algorithm.
-        actual: &'static str,
+    NoKeyForAlgorithm {
+        /// The setting that names it.
+        setting: String,
+        /// The algorithm.
+        alg: &'static str,
+        /// The key directory.
+        dir: String,
     },
 }
 
@@ -112,16 +112,6 @@ pub async fn start_with_clock(
     clock: Arc<dyn Clock>,
 ) -> Result<Broker, StartError> {
     let keys = KeyRing::load_dir(&config.key_dir)?;
-    if let Some(configured) = config.algorithm {
-        let signer = keys.current();
-        if signer.algorithm() != configured {
-            return Err(StartError::AlgorithmMismatch {
-                configured: configured.as_str(),
-                kid: signer.kid().to_owned(),
-                actual: signer.algorithm().as_str(),
-            });
-        }
-    }
     let audit = AuditLog::open(
         AuditOptions {
             dir: config.audit_dir.clone(),
@@ -168,7 +158,26 @@ pub async fn start_with_clock(
         None => None,
     };
     let kids: Vec<String> = keys.jwks().keys.into_iter().map(|k| k.kid).collect();
-    let minter = Minter::new(config.issuer.clone(), keys, Arc::clone(&clock));
+    let per_audience: Vec<(String, crate::mint::keys::SigningAlgorithm)> = config
+        .audiences
+        .iter()
+        .filter_map(|a| a.algorithm.map(|alg| (a.uri.clone(), alg)))
+        .collect();
+    let minter = Minter::new(config.issuer.clone(), keys, Arc::clone(&clock))
+        .with_algorithms(config.algorithm, &per_audience)
+        .map_err(|alg| StartError::NoKeyForAlgorithm {
+            setting: if config.algorithm == Some(alg) {
+                "signing.algorithm".into()
+            } else {
+                per_audience
+                    .iter()
+                    .find(|(_, a)| *a == alg)
+                    .map(|(uri, _)| format!("audience {uri:?} algorithm"))
+                    .unwrap_or_default()
+            },
+            alg: alg.as_str(),
+            dir: config.key_dir.display().to_string(),
+        })?;
     for e in &events {
         minter.apply_remote(&e.change);
     }

@@ -20,7 +20,6 @@
 //! | `node/client_assertion.mjs` | the same endpoints with RFC 7523 `private_key_jwt` (oauth4webapi `PrivateKeyJwt`), gated on the metadata |
 //! | `python/verify.py` | authlib metadata `validate()` and RFC 9068 validator, joserfc, PyJWT, each with its defaults |
 
-use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -191,29 +190,12 @@ fn check_node_flow(out: &Value, c: &Conformance) {
 
 /// `verify.py`, with what each library does by default.
 async fn check_python(out: &Value, c: &Conformance) {
-    // authlib's metadata validation. Finding: authlib treats an empty
-    // `response_types_supported` as missing (RFC 8414 §2 makes the field REQUIRED), and
-    // the broker, which has no authorization endpoint, publishes `[]`. Until the broker
-    // publishes a value authlib takes, that must be the only refusal; from then on
-    // `validate()` must pass outright.
-    let metadata = c.metadata().await;
+    // authlib's metadata validation passes outright. (It treats an empty
+    // `response_types_supported` as missing; the broker, which has no authorization
+    // endpoint, publishes the registered `none`.)
     let m = &out["metadata"];
-    let empty_response_types = metadata["response_types_supported"]
-        .as_array()
-        .is_some_and(Vec::is_empty);
-    if empty_response_types {
-        assert_eq!(m["ok"], false, "{out}");
-        let refused: BTreeMap<String, Value> =
-            serde_json::from_value(m["refused_fields"].clone()).expect("refused_fields");
-        assert_eq!(
-            refused.keys().collect::<Vec<_>>(),
-            ["response_types_supported"],
-            "authlib refuses only the empty response_types_supported: {out}"
-        );
-    } else {
-        assert_eq!(m["ok"], true, "authlib validates the metadata: {out}");
-        assert_eq!(m["refused_fields"], json!({}), "{out}");
-    }
+    assert_eq!(m["ok"], true, "authlib validates the metadata: {out}");
+    assert_eq!(m["refused_fields"], json!({}), "{out}");
 
     // authlib's RFC 9068 validator and joserfc, with their defaults. Finding (issue 17
     // item 4): both refuse `EdDSA` unless the user opts in (joserfc registers it as not
@@ -381,22 +363,6 @@ impl Conformance {
             }
         }
         panic!("the broker did not start on three free ports: {last_error}");
-    }
-
-    /// The broker's RFC 8414 metadata, as the harness's own client reads it.
-    async fn metadata(&self) -> Value {
-        let res = self
-            .broker
-            .client()
-            .get(format!(
-                "{}/.well-known/oauth-authorization-server",
-                self.issuer
-            ))
-            .send()
-            .await
-            .expect("GET the metadata");
-        assert_eq!(res.status().as_u16(), 200);
-        res.json().await.expect("JSON metadata")
     }
 
     /// Runs a Node script of the installed project with every input it may read.

@@ -260,19 +260,17 @@ async fn ci_token_proves_an_identity_only_with_its_exact_claims() {
 #[tokio::test(flavor = "multi_thread")]
 async fn es256_signing_key_mints_es256_tokens_that_verify_from_the_jwks() {
     let mut b = TestBroker::prepare(Options::default());
-    // Replace the EdDSA key `prepare` made with an ES256 one.
+    // Replace the EdDSA key `prepare` made with one of keygen's default algorithm, ES256.
     let keys = b.key_dir();
     for f in std::fs::read_dir(&keys).unwrap() {
         std::fs::remove_file(f.unwrap().path()).unwrap();
     }
-    let out = broker_tests::run_broker([
-        "keygen".as_ref(),
-        "--dir".as_ref(),
-        keys.as_os_str(),
-        "--alg".as_ref(),
-        "ES256".as_ref(),
-    ]);
+    let out = broker_tests::run_broker(["keygen".as_ref(), "--dir".as_ref(), keys.as_os_str()]);
     assert!(out.success(), "{out}");
+    assert!(
+        out.stdout.contains("generated ES256 key"),
+        "ES256 is the default: {out}"
+    );
     b.launch().unwrap();
 
     let subject_token = sign(IssuerKey::Rsa, &workload_claims(SUBJECT));
@@ -299,8 +297,8 @@ async fn es256_signing_key_mints_es256_tokens_that_verify_from_the_jwks() {
     assert!(jsonwebtoken::decode::<Value>(&token, &key, &ed).is_err());
 }
 
-/// `[signing] algorithm`, when set, must be the signing key's: a mismatch stops the start
-/// with a message naming both; the matching value starts.
+/// `[signing] algorithm`, when set, needs a key of it: none stops the start with a message
+/// naming the algorithm and the command that makes one; the key's own algorithm starts.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_signing_algorithm_that_is_not_the_keys_stops_the_start() {
     let mut b = broker_tests::TestBroker::prepare(broker_tests::Options::default());
@@ -315,8 +313,8 @@ async fn a_signing_algorithm_that_is_not_the_keys_stops_the_start() {
     let err = b.launch().expect_err("ES256 configured, EdDSA key");
     assert!(
         err.stderr
-            .contains("signing.algorithm is ES256 but the signing key")
-            && err.stderr.contains("EdDSA"),
+            .contains("signing.algorithm is ES256 but the key directory")
+            && err.stderr.contains("broker keygen --alg ES256"),
         "{err}"
     );
     std::fs::write(b.config_path(), with("EdDSA")).unwrap();

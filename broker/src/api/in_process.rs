@@ -37,14 +37,18 @@ pub(crate) struct Answer {
 impl InProcess {
     /// Starts at `unix` seconds with `extra` appended to the dev config.
     pub(crate) async fn start_at(unix: u64, extra: &str) -> Self {
-        Self::start_edited(unix, |text| format!("{text}{extra}")).await
+        Self::start_edited(unix, |_, text| format!("{text}{extra}")).await
     }
 
-    /// Starts at `unix` seconds with the dev config rewritten by `edit`.
-    pub(crate) async fn start_edited(unix: u64, edit: impl FnOnce(String) -> String) -> Self {
+    /// Starts at `unix` seconds with the dev config rewritten by `edit`, which may also
+    /// add files to the dev folder it is given.
+    pub(crate) async fn start_edited(
+        unix: u64,
+        edit: impl FnOnce(&std::path::Path, String) -> String,
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let path = crate::dev::prepare(dir.path(), "127.0.0.1:8080").unwrap();
-        let text = edit(std::fs::read_to_string(&path).unwrap());
+        let text = edit(dir.path(), std::fs::read_to_string(&path).unwrap());
         std::fs::write(&path, text).unwrap();
         let config = Config::load(&path).unwrap();
         let clock = Arc::new(ManualClock::at_unix(unix));
@@ -474,7 +478,8 @@ async fn metadata_names_every_oauth_endpoint_the_router_serves() {
     );
     assert_eq!(
         md["access_token_signing_alg_values_supported"],
-        serde_json::json!(["EdDSA"])
+        serde_json::json!(["ES256"]),
+        "ES256 is the default"
     );
 
     // OIDC discovery: the same issuer and keys, and the fields OIDC Discovery 1.0 requires.
@@ -496,4 +501,67 @@ async fn metadata_names_every_oauth_endpoint_the_router_serves() {
     let jwks = b.get(crate::api::JWKS_PATH).await;
     assert_eq!(jwks.status, StatusCode::OK);
     assert!(!jwks.body["keys"].as_array().unwrap().is_empty());
+}
+
+/// A per-audience signing algorithm: with `[[audience]] algorithm = "EdDSA"` that
+/// audience's tokens are signed by the newest EdDSA key while the default stays ES256;
+/// the JWKS and the metadata publish both; a named algorithm without a key stops the start.
+#[tokio::test]
+async fn an_audience_can_name_its_signing_algorithm() {
+    use crate::mint::keys::{self, SigningAlgorithm};
+    let b = InProcess::start_edited(BEFORE_EXPIRY - 60 * DAY, |dir, text| {
+        keys::generate(&dir.join("keys"), SigningAlgorithm::EdDSA, 1).unwrap();
+        let with = text.replace(
+            "environment = \"dev\"\n",
+            "environment = \"dev\"\nalgorithm = \"EdDSA\"\n",
+        );
+        assert_ne!(with, text);
+        with
+    })
+    .await;
+    let r = b.token("127.0.0.1:5000").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let token = r.body["access_token"].as_str().unwrap();
+    let header = broker_client::jws::split(token, 8192).unwrap().header;
+    let header: Value = serde_json::from_slice(&header).unwrap();
+    assert_eq!(header["alg"], "EdDSA", "the dev audience names EdDSA");
+    let jwks = b.get("/.well-known/jwks.json").await.body;
+    let kid_algs: Vec<&str> = jwks["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["alg"].as_str().unwrap())
+        .collect();
+    assert!(
+        kid_algs.contains(&"EdDSA") && kid_algs.contains(&"ES256"),
+        "{jwks}"
+    );
+    assert!(
+        jwks["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|k| k["kid"] == header["kid"])
+    );
+    let md = b.get("/.well-known/oauth-authorization-server").await.body;
+    assert_eq!(
+        md["access_token_signing_alg_values_supported"],
+        serde_json::json!(["ES256", "EdDSA"])
+    );
+
+    // An audience naming an algorithm the key directory has no key of: no start.
+    let dir = tempfile::tempdir().unwrap();
+    let path = crate::dev::prepare(dir.path(), "127.0.0.1:8080").unwrap();
+    let text = std::fs::read_to_string(&path).unwrap().replace(
+        "environment = \"dev\"\n",
+        "environment = \"dev\"\nalgorithm = \"EdDSA\"\n",
+    );
+    std::fs::write(&path, text).unwrap();
+    let config = Config::load(&path).unwrap();
+    let err = crate::server::start(&config).await.unwrap_err().to_string();
+    assert!(
+        err.contains("audience \"https://api.dev.example.org\" algorithm is EdDSA")
+            && err.contains("broker keygen --alg EdDSA"),
+        "{err}"
+    );
 }

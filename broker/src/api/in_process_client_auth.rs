@@ -394,7 +394,7 @@ async fn duplicate_claims_long_lifetimes_and_absurd_dates_are_refused() {
 /// exchanged once.
 #[tokio::test]
 async fn a_single_use_issuers_tokens_are_exchanged_once() {
-    let b = InProcess::start_edited(T0, |text| {
+    let b = InProcess::start_edited(T0, |_, text| {
         assert!(text.contains("jwks_file = \"dev-issuer-jwks.json\""));
         text.replace(
             "jwks_file = \"dev-issuer-jwks.json\"",

@@ -29,6 +29,7 @@ pub fn mint(
             ttl_secs: grant.ttl.as_secs().max(1),
             cert_thumbprint: cert.map(|c| c.x5t_s256.clone()),
             break_glass: break_glass.map(|g| g.id.clone()),
+            not_after: break_glass.and_then(|g| g.ends_at),
             // A token minted in the second of a rule covering it must carry a later iat.
             min_iat: st
                 .revocations

@@ -23,12 +23,18 @@ use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
 /// A JWS signing algorithm the broker can mint with.
+///
+/// ES256 is the default (`broker keygen`, `serve --dev`): every relying party takes it,
+/// where `EdDSA` is refused by default by common validators (authlib, joserfc) and by
+/// the cloud federation endpoints. Ed25519 stays available and is published under the
+/// JOSE name `EdDSA` (RFC 8037), not RFC 9864's `Ed25519`: the libraries deployed today
+/// (jose, PyJWT, jsonwebtoken, Go's jose) know `EdDSA`, few know `Ed25519` yet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
 pub enum SigningAlgorithm {
-    /// Ed25519 (RFC 8037). The default.
-    #[default]
+    /// Ed25519 (RFC 8037), published as `EdDSA`.
     EdDSA,
-    /// ECDSA P-256 with SHA-256 (RFC 7518 §3.4).
+    /// ECDSA P-256 with SHA-256 (RFC 7518 §3.4). The default.
+    #[default]
     ES256,
 }
 
@@ -341,10 +347,20 @@ impl KeyRing {
         Self::new(keys).ok_or_else(|| KeyError::NoKeys(dir.to_path_buf()))
     }
 
-    /// The key that signs new tokens.
+    /// The newest key: it signs the audit anchors, and the tokens when no algorithm is
+    /// configured.
     pub fn current(&self) -> Arc<dyn Signer> {
         // `new` guarantees at least one key.
         Arc::clone(&self.keys[self.keys.len() - 1])
+    }
+
+    /// The newest key of `alg`, if the ring has one.
+    pub fn current_for(&self, alg: SigningAlgorithm) -> Option<Arc<dyn Signer>> {
+        self.keys
+            .iter()
+            .rev()
+            .find(|k| k.algorithm() == alg)
+            .map(Arc::clone)
     }
 
     /// Every published public key.
@@ -514,6 +530,29 @@ mod tests {
         assert_eq!(ring.current().kid(), new);
         let kids: Vec<String> = ring.jwks().keys.into_iter().map(|k| k.kid).collect();
         assert_eq!(kids, vec![old, new]);
+    }
+
+    #[test]
+    fn the_newest_key_of_each_algorithm_signs_for_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_, ed_old) = generate(dir.path(), SigningAlgorithm::EdDSA, 100).unwrap();
+        let (_, es) = generate(dir.path(), SigningAlgorithm::ES256, 200).unwrap();
+        let (_, ed_new) = generate(dir.path(), SigningAlgorithm::EdDSA, 300).unwrap();
+        let ring = KeyRing::load_dir(dir.path()).unwrap();
+        let kid = |a| ring.current_for(a).map(|k| k.kid().to_owned());
+        assert_eq!(kid(SigningAlgorithm::ES256), Some(es));
+        assert_eq!(kid(SigningAlgorithm::EdDSA), Some(ed_new.clone()));
+        assert_ne!(Some(ed_old), kid(SigningAlgorithm::EdDSA));
+        assert_eq!(ring.current().kid(), ed_new);
+        let only_es = tempfile::tempdir().unwrap();
+        generate(only_es.path(), SigningAlgorithm::default(), 1).unwrap();
+        let ring = KeyRing::load_dir(only_es.path()).unwrap();
+        assert_eq!(
+            ring.current().algorithm(),
+            SigningAlgorithm::ES256,
+            "ES256 is the default"
+        );
+        assert!(ring.current_for(SigningAlgorithm::EdDSA).is_none());
     }
 
     #[test]

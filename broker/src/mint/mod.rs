@@ -8,6 +8,7 @@
 pub mod keys;
 pub mod verify;
 
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, RwLock};
 
@@ -42,6 +43,9 @@ pub struct MintRequest<'a> {
     /// Smallest `iat` allowed (0: none). A revocation rule covers tokens with `iat` at or
     /// before its second, so a token minted in that same second gets the next one.
     pub min_iat: u64,
+    /// Latest `exp` allowed (a break-glass grant's end): `ttl_secs` was computed at the
+    /// decision, and the clock may have moved to the next second before the mint.
+    pub not_after: Option<u64>,
 }
 
 /// Errors while minting.
@@ -89,6 +93,10 @@ impl fmt::Debug for MintedToken {
 pub struct Minter {
     issuer: String,
     keys: Arc<KeyRing>,
+    /// Signs tokens for audiences without an algorithm of their own.
+    default_signer: Arc<dyn keys::Signer>,
+    /// Signers of the audiences that name an algorithm (`[[audience]] algorithm`).
+    audience_signers: HashMap<String, Arc<dyn keys::Signer>>,
     /// What is published: this replica's keys, then those other replicas published
     /// through the shared store (tokens they mint verify here, and this replica's JWKS
     /// serves them). Built once and on each new peer key, not per request.
@@ -106,15 +114,42 @@ impl fmt::Debug for Minter {
 }
 
 impl Minter {
-    /// A minter for `issuer` signing with `keys`.
+    /// A minter for `issuer` signing with the newest of `keys`.
     pub fn new(issuer: String, keys: KeyRing, clock: Arc<dyn Clock>) -> Self {
         Self {
             issuer,
             published: RwLock::new(Arc::new(keys.jwks())),
+            default_signer: keys.current(),
+            audience_signers: HashMap::new(),
             keys: Arc::new(keys),
             clock,
             rng: SystemRandom::new(),
         }
+    }
+
+    /// Signs with the newest key of `default` (when set) and, for each audience in
+    /// `per_audience`, the newest key of its algorithm. Every algorithm named must have
+    /// a key in the ring; the error names the first that has none.
+    pub fn with_algorithms(
+        mut self,
+        default: Option<keys::SigningAlgorithm>,
+        per_audience: &[(String, keys::SigningAlgorithm)],
+    ) -> Result<Self, keys::SigningAlgorithm> {
+        if let Some(alg) = default {
+            self.default_signer = self.keys.current_for(alg).ok_or(alg)?;
+        }
+        for (audience, alg) in per_audience {
+            let signer = self.keys.current_for(*alg).ok_or(*alg)?;
+            self.audience_signers.insert(audience.clone(), signer);
+        }
+        Ok(self)
+    }
+
+    /// The key that signs tokens for `audience`.
+    pub fn signer_for(&self, audience: &str) -> &Arc<dyn keys::Signer> {
+        self.audience_signers
+            .get(audience)
+            .unwrap_or(&self.default_signer)
     }
 
     /// The issuer (`iss`).
@@ -169,7 +204,9 @@ impl Minter {
             jti: self.new_jti()?,
             iat,
             nbf: now,
-            exp: now.saturating_add(req.ttl_secs),
+            exp: now
+                .saturating_add(req.ttl_secs)
+                .min(req.not_after.unwrap_or(u64::MAX)),
             task: req.task.to_owned(),
             env: req.environment.to_owned(),
             cnf: req
@@ -178,7 +215,7 @@ impl Minter {
                 .map(|x5t_s256| Confirmation { x5t_s256 }),
             bg: req.break_glass.clone(),
         };
-        let signer = self.key_ring().current();
+        let signer = self.signer_for(req.audience);
         let header = format!(
             r#"{{"alg":"{}","typ":"at+jwt","kid":"{}"}}"#,
             signer.algorithm().as_str(),
@@ -228,6 +265,7 @@ mod tests {
                 cert_thumbprint: None,
                 break_glass: None,
                 min_iat: 0,
+                not_after: None,
             })
             .unwrap();
         let parts: Vec<&str> = t.expose_token().split('.').collect();

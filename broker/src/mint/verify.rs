@@ -102,6 +102,7 @@ mod tests {
                 cert_thumbprint: None,
                 break_glass: None,
                 min_iat: 0,
+                not_after: None,
             })
             .unwrap();
         let c = verify_signature(t.expose_token(), &ring.jwks(), "https://b").unwrap();

@@ -70,6 +70,7 @@ fn catalogue() -> Vec<AudienceEntry> {
     .map(|(uri, env)| AudienceEntry {
         uri: uri.into(),
         environment: env.into(),
+        algorithm: None,
     })
     .collect()
 }

@@ -74,7 +74,10 @@ pub async fn metadata(State(st): State<AppState>) -> Response {
         "introspection_endpoint_auth_signing_alg_values_supported": assertion_algs,
         "revocation_endpoint_auth_methods_supported": caller_auth,
         "revocation_endpoint_auth_signing_alg_values_supported": assertion_algs,
-        "response_types_supported": [],
+        // RFC 8414 requires the member and validators (authlib) refuse an empty list;
+        // the broker has no authorization endpoint, and `none` (OAuth 2.0 Multiple
+        // Response Type Encoding Practices §4) is the registered value that returns nothing.
+        "response_types_supported": ["none"],
         "scopes_supported": scopes(&st),
         "access_token_signing_alg_values_supported": algs,
         "tls_client_certificate_bound_access_tokens": true,
