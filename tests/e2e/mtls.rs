@@ -473,3 +473,42 @@ async fn a_certificate_matcher_bound_to_a_ca_refuses_the_same_name_from_another_
         "the reason names the CA: {last}"
     );
 }
+
+/// An RFC 7523 client assertion for the workload's own identity (`aud` = the broker's
+/// issuer, a fresh `jti`) over mTLS with that workload's certificate: `client_credentials`
+/// issues a token bound to the certificate, recorded with both credentials.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_assertion_and_certificate_of_one_identity_issue_a_bound_token() {
+    let Some((m, b)) =
+        mtls_broker("a_client_assertion_and_certificate_of_one_identity_issue_a_bound_token")
+    else {
+        return;
+    };
+    let leaf = m.payments_client();
+    let mut claims = workload_claims(SUBJECT);
+    claims["aud"] = json!(BROKER_ISSUER);
+    claims["jti"] = json!("assertion-mtls-1");
+    let assertion = sign(IssuerKey::Rsa, &claims);
+    let req = TokenRequest::client_credentials(TASK)
+        .param(
+            "client_assertion_type",
+            "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+        )
+        .param("client_assertion", &assertion);
+    let r = curl_token(&b, Some(&leaf), &req);
+    let token = token_of(&r);
+    let v = b.verify_access_token(&token, PROD_LEDGER).await;
+    assert_eq!(v.claims["sub"], IDENTITY);
+    assert_bound_to(&v, &leaf);
+    let issued = b.records_of("issued");
+    assert_eq!(issued[0]["evidence"]["kind"], "jwt+mtls", "{}", issued[0]);
+    assert_eq!(issued[0]["evidence"]["subject"], SUBJECT);
+    // The same assertion again: single-use.
+    let r = curl_token(&b, Some(&leaf), &req);
+    assert_eq!(r.status, 401, "{r}");
+    assert_eq!(r.error(), Some("invalid_client"), "{r}");
+    assert_eq!(
+        b.records_of("denied").last().unwrap()["rule"],
+        "token_replayed"
+    );
+}

@@ -309,3 +309,34 @@ async fn client_id_naming_another_identity_is_refused() {
     );
     assert_http_denial(&b, &r, 401, "invalid_client", "client_id_mismatch");
 }
+
+/// A client assertion proving payments-api over a connection whose certificate proves
+/// reports-batch: two client credentials naming different identities are `invalid_client`.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_assertion_and_certificate_naming_different_identities_are_refused() {
+    let Some((m, b)) =
+        mtls_broker("a_client_assertion_and_certificate_naming_different_identities_are_refused")
+    else {
+        return;
+    };
+    let reports = m.reports_client();
+    let mut claims = workload_claims(SUBJECT);
+    claims["aud"] = serde_json::json!(broker_tests::BROKER_ISSUER);
+    claims["jti"] = serde_json::json!("assertion-mismatch-1");
+    let assertion = sign(IssuerKey::Rsa, &claims);
+    let req = TokenRequest::client_credentials(TASK)
+        .param(
+            "client_assertion_type",
+            "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+        )
+        .param("client_assertion", &assertion);
+    let r = curl_token(&b, Some(&reports), &req);
+    let rec = assert_http_denial(&b, &r, 401, "invalid_client", "client_auth_mismatch");
+    assert_eq!(rec["evidence"]["kind"], "jwt+mtls", "{rec}");
+    assert_eq!(rec["evidence"]["subject"], SUBJECT, "{rec}");
+    assert!(
+        !r.text.contains(&assertion),
+        "the assertion is not echoed: {r}"
+    );
+    assert_no_key_material(&b, &[&reports]);
+}
