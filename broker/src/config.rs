@@ -80,6 +80,9 @@ pub struct FileConfig {
     /// NHI governance settings.
     #[serde(default)]
     pub governance: Option<GovernanceFile>,
+    /// `[http]`: connection and request limits ([`crate::http_limits`]).
+    #[serde(default)]
+    pub http: Option<crate::http_limits::HttpFile>,
 }
 
 /// `[governance]`.
@@ -567,6 +570,8 @@ pub struct Config {
     pub monitoring: bool,
     /// Longest registration of a third-party identity.
     pub third_party_max_registration: Option<Duration>,
+    /// Connection and request limits (`[http]`).
+    pub http: crate::http_limits::HttpLimits,
 }
 
 impl Config {
@@ -1120,6 +1125,7 @@ impl FileConfig {
                 &self.listen.request_timeout,
                 Duration::from_secs(10),
             )?,
+            http: crate::http_limits::from_file(self.http.as_ref()).map_err(&invalid)?,
             key_dir: resolve(&self.signing.key_dir),
             algorithm,
             audit_dir: resolve(&self.audit.dir),

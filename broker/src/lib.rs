@@ -19,6 +19,8 @@
 //!   error type on the wire.
 //! - [`api`]: the HTTP surface (axum router, thin handlers, recording before answering).
 //! - [`server`]: startup, the accept loop, limits, graceful shutdown.
+//! - [`http_limits`]: connection admission (total, per source), per-connection deadlines
+//!   (first byte, header, idle, TLS handshake), header and body limits (`[http]`).
 //! - [`tls`]: server TLS on rustls/ring.
 //! - [`metrics`]: counters for `/metrics`.
 //! - [`ratelimit`]: issuance token buckets; [`usage`]: behaviour history; [`anomaly`]: behavioural monitoring.
@@ -39,6 +41,7 @@ pub mod config;
 pub mod dev;
 pub mod error;
 pub mod grant_lifecycle;
+pub mod http_limits;
 pub mod ids;
 pub mod introspection;
 pub mod issuance;

@@ -2,9 +2,11 @@
 //! audit log, policies, authenticator) and [`Broker::serve`] runs the accept loop until
 //! shutdown.
 //!
-//! Connections are bounded: at most [`MAX_CONNECTIONS`] at once, headers of at most
-//! [`MAX_HEADER_BYTES`], a header-read timeout, and a TLS handshake timeout; each
-//! handshake runs in its own task so a slow client never stalls the accept loop.
+//! Connections are bounded by the `[http]` limits ([`crate::http_limits`]): admitted at
+//! accept within a total and a per-source count (over either, closed at once, so the
+//! accept loop never waits), then each driven by [`http_limits::drive`] under its
+//! first-byte, header and idle deadlines; each TLS handshake runs in its own task under
+//! its timeout, so a slow client never stalls the accept loop.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -13,9 +15,9 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::ConnectInfo;
+use axum::response::IntoResponse;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto::Builder;
+use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tower::ServiceExt;
 
@@ -26,6 +28,7 @@ use crate::authn::Authenticator;
 use crate::authn::mtls::ClientCert;
 use crate::clock::{Clock, SystemClock};
 use crate::config::{Config, StoreKind};
+use crate::http_limits::{self, Activity, ActivityIo, Ended, HttpLimits};
 use crate::metrics::Metrics;
 use crate::mint::Minter;
 use crate::mint::keys::KeyRing;
@@ -36,15 +39,6 @@ use crate::store::StateStore;
 use crate::store::file::FileStore;
 use crate::store::postgres::PostgresStore;
 use crate::tls::{TlsReloader, TlsSpec};
-
-/// Most simultaneous connections.
-pub const MAX_CONNECTIONS: usize = 10_000;
-/// Largest request head (request line plus headers), bytes.
-pub const MAX_HEADER_BYTES: usize = 16 * 1024;
-/// Time allowed for a client to send its request head.
-pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
-/// Time allowed for a TLS handshake.
-pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why the broker could not start.
 #[derive(Debug, thiserror::Error)]
@@ -90,6 +84,7 @@ pub struct Broker {
     replica: Option<String>,
     max_staleness: Duration,
     limits: Limits,
+    http: HttpLimits,
     tls: Option<Arc<TlsReloader>>,
     policy_reload_interval: Duration,
 }
@@ -233,6 +228,7 @@ pub async fn start_with_clock(
             max_body_bytes: config.max_body_bytes,
             request_timeout: config.request_timeout,
         },
+        http: config.http,
         tls,
         policy_reload_interval: config.policy_reload_interval,
     };
@@ -439,61 +435,80 @@ impl Broker {
         };
 
         let router = self.router();
-        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-        let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
-        let mut builder = Builder::new(TokioExecutor::new());
-        builder
-            .http1()
-            .timer(TokioTimer::new())
-            .header_read_timeout(HEADER_READ_TIMEOUT)
-            .max_buf_size(MAX_HEADER_BYTES);
-        builder
-            .http2()
-            .timer(TokioTimer::new())
-            .max_header_list_size(MAX_HEADER_BYTES as u32);
-        let builder = Arc::new(builder);
+        let http = self.http;
+        let capacity = http_limits::connection_capacity(
+            http.max_connections,
+            http_limits::raise_open_files_limit(),
+        );
+        if capacity < http.max_connections {
+            tracing::warn!(
+                configured = http.max_connections,
+                capacity,
+                reserved = http_limits::RESERVED_FDS,
+                "http.max_connections is over what the open-file limit allows: serving at most \
+                 `capacity` connections; raise the limit (systemd LimitNOFILE=, ulimit -n)"
+            );
+        }
+        let limiter = http_limits::ConnectionLimiter::new(
+            capacity,
+            http.max_connections_per_source.min(capacity),
+        );
+        let builder = Arc::new(http.connection_builder());
+        let (conns_stop_tx, conns_stop) = tokio::sync::watch::channel(false);
+        let conn_template = ConnTemplate {
+            router,
+            max_body_bytes: self.limits.max_body_bytes,
+            body_timeout: http.body_timeout,
+        };
         tokio::pin!(shutdown);
 
         loop {
-            let permit = tokio::select! {
-                _ = &mut shutdown => break,
-                p = Arc::clone(&permits).acquire_owned() => match p { Ok(p) => p, Err(_) => break },
-            };
             let (tcp, peer) = tokio::select! {
                 _ = &mut shutdown => break,
                 r = listener.accept() => match r {
                     Ok(x) => x,
                     Err(e) => {
+                        // Out of file descriptors (EMFILE) or the like: pause rather than spin.
                         tracing::warn!(error = %e, "accept failed");
                         tokio::time::sleep(Duration::from_millis(50)).await;
                         continue;
                     }
                 },
             };
+            let admission = match limiter.try_admit(peer.ip()) {
+                Ok(a) => a,
+                Err(refusal) => {
+                    limiter.note_refusal(refusal, peer);
+                    drop(tcp);
+                    continue;
+                }
+            };
             let _ = tcp.set_nodelay(true);
             let builder = Arc::clone(&builder);
+            let stop = conns_stop.clone();
             match &self.tls {
                 None => {
-                    let svc = service(router.clone(), peer, None);
-                    let conn = builder
-                        .serve_connection(TokioIo::new(tcp), svc)
-                        .into_owned();
-                    let conn = graceful.watch(conn);
+                    let activity = Activity::new(&http);
+                    let svc = conn_template.service(peer, None, &activity);
                     tokio::spawn(async move {
-                        let _ = conn.await;
-                        drop(permit);
+                        let io = TokioIo::new(ActivityIo::new(tcp, Arc::clone(&activity)));
+                        let conn = builder.serve_connection(io, svc);
+                        let ended =
+                            http_limits::drive(conn, activity, stop, |c| c.graceful_shutdown())
+                                .await;
+                        log_ended(peer, &ended);
+                        drop(admission);
                     });
                 }
                 Some(tls) => {
                     let material = tls.current();
-                    let watcher = graceful.watcher();
-                    let router = router.clone();
+                    let template = conn_template.clone();
                     let audit = self.state.audit.clone();
                     tokio::spawn(async move {
                         let (handshake, presented) = crate::tls::PRESENTED_CERT
                             .scope(std::cell::RefCell::new(None), async {
                                 let r = tokio::time::timeout(
-                                    TLS_HANDSHAKE_TIMEOUT,
+                                    http.tls_handshake_timeout,
                                     material.acceptor().accept(tcp),
                                 )
                                 .await;
@@ -507,7 +522,7 @@ impl Broker {
                                 return;
                             }
                             Err(_) => {
-                                tracing::debug!(%peer, "TLS handshake timed out");
+                                tracing::debug!(%peer, limit = "http.tls_handshake_timeout", "TLS handshake timed out; connection closed");
                                 return;
                             }
                         };
@@ -516,19 +531,25 @@ impl Broker {
                             .1
                             .peer_certificates()
                             .map(|chain| ClientCert(Arc::new(material.client_cert(chain))));
-                        let svc = service(router, peer, client_cert);
-                        let conn = builder
-                            .serve_connection(TokioIo::new(stream), svc)
-                            .into_owned();
-                        let _ = watcher.watch(conn).await;
-                        drop(permit);
+                        // The connection's deadlines start when its handshake is done.
+                        let activity = Activity::new(&http);
+                        let svc = template.service(peer, client_cert, &activity);
+                        let io = TokioIo::new(ActivityIo::new(stream, Arc::clone(&activity)));
+                        let conn = builder.serve_connection(io, svc);
+                        let ended =
+                            http_limits::drive(conn, activity, stop, |c| c.graceful_shutdown())
+                                .await;
+                        log_ended(peer, &ended);
+                        drop(admission);
                     });
                 }
             }
         }
 
         drop(listener);
-        let _ = tokio::time::timeout(Duration::from_secs(10), graceful.shutdown()).await;
+        // Every connection finishes what it has in flight and closes (idle ones at once).
+        let _ = conns_stop_tx.send(true);
+        let _ = tokio::time::timeout(Duration::from_secs(10), limiter.drained()).await;
         let _ = stop_tx.send(true);
         let _ = watcher.await;
         let _ = sweeper.await;
@@ -559,33 +580,112 @@ impl Broker {
     }
 }
 
-fn service(router: Router, peer: SocketAddr, client_cert: Option<ClientCert>) -> ConnService {
-    ConnService {
-        router,
-        peer,
-        client_cert,
+/// What every connection's service shares: the router and the body limits.
+#[derive(Clone)]
+struct ConnTemplate {
+    router: Router,
+    max_body_bytes: usize,
+    body_timeout: Duration,
+}
+
+impl ConnTemplate {
+    fn service(
+        &self,
+        peer: SocketAddr,
+        client_cert: Option<ClientCert>,
+        activity: &Arc<Activity>,
+    ) -> ConnService {
+        ConnService {
+            template: self.clone(),
+            peer,
+            client_cert,
+            activity: Arc::clone(activity),
+        }
     }
 }
 
-/// Per-connection service: stamps the peer address on each request, then routes it.
+/// Logs how a connection ended, at debug level (a limit's name, never request content).
+fn log_ended<E: std::fmt::Display>(peer: SocketAddr, ended: &Ended<E>) {
+    match ended {
+        Ended::Expired(why) => {
+            tracing::debug!(%peer, limit = why.setting(), "connection closed at its time limit");
+        }
+        Ended::Finished(Err(e)) => tracing::debug!(%peer, error = %e, "connection ended"),
+        Ended::Finished(Ok(())) => {}
+    }
+}
+
+/// Per-connection service: stamps the peer address (and client certificate) on each
+/// request, marks the connection busy until the response has been sent, bounds the body
+/// (a declared length over the limit fails at once; `body_timeout`), then routes it.
 #[derive(Clone)]
 struct ConnService {
-    router: Router,
+    template: ConnTemplate,
     peer: SocketAddr,
     client_cert: Option<ClientCert>,
+    activity: Arc<Activity>,
 }
 
 impl hyper::service::Service<hyper::Request<Incoming>> for ConnService {
     type Response = axum::response::Response;
     type Error = std::convert::Infallible;
-    type Future = tower::util::Oneshot<Router, hyper::Request<axum::body::Body>>;
+    type Future = std::pin::Pin<
+        Box<dyn Future<Output = Result<axum::response::Response, std::convert::Infallible>> + Send>,
+    >;
 
     fn call(&self, mut req: hyper::Request<Incoming>) -> Self::Future {
+        let guard = self.activity.request_started();
         req.extensions_mut().insert(ConnectInfo(self.peer));
         if let Some(c) = &self.client_cert {
             req.extensions_mut().insert(c.clone());
         }
-        self.router.clone().oneshot(req.map(axum::body::Body::new))
+        let http1 = req.version() < hyper::Version::HTTP_2;
+        let (parts, incoming) = req.into_parts();
+        let body = http_limits::RequestBody::new(
+            incoming,
+            http_limits::declared_length(&parts.headers),
+            self.template.max_body_bytes,
+        );
+        let (over_limit, progress) = (body.over_limit(), body.progress());
+        let routed = self
+            .template
+            .router
+            .clone()
+            .oneshot(hyper::Request::from_parts(
+                parts,
+                axum::body::Body::new(body),
+            ));
+        let body_timeout = self.template.body_timeout;
+        Box::pin(async move {
+            let mut timed_out = false;
+            let mut res = tokio::select! {
+                biased;
+                r = routed => match r {
+                    Ok(res) => res,
+                    Err(never) => match never {},
+                },
+                () = progress.overdue(body_timeout) => {
+                    timed_out = true;
+                    crate::error::ApiError::new(
+                        axum::http::StatusCode::REQUEST_TIMEOUT,
+                        "invalid_request",
+                        format!(
+                            "request body not received within {} ms (http.body_timeout)",
+                            body_timeout.as_millis()
+                        ),
+                    )
+                    .into_response()
+                }
+            };
+            if http1 && (over_limit || timed_out) {
+                // The rest of the body is unread: the connection cannot carry another request.
+                res.headers_mut().insert(
+                    hyper::header::CONNECTION,
+                    hyper::header::HeaderValue::from_static("close"),
+                );
+            }
+            Ok(res.map(|b| axum::body::Body::new(http_limits::TrackedBody::new(b, guard))))
+        })
     }
 }
 
