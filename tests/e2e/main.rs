@@ -17,6 +17,9 @@
 //!   identities, token exchange over mTLS, `require_binding`, RFC 8705 metadata.
 //! - `mtls_denials`: each mTLS refusal, at the TLS handshake or as an OAuth error, with its
 //!   `denied` record.
+//! - `hostile_http`: silent, slowloris, idle HTTP/2 and flooding connections, oversized
+//!   heads and declared bodies, each closed or refused within its `[http]` limit while a
+//!   well-behaved client keeps being served.
 //! - `tls_reload`: server certificate and client CA rotation without a restart; broken
 //!   replacements keep the old material live.
 //!
@@ -31,6 +34,7 @@ mod denials;
 mod dev;
 mod explain;
 mod governance;
+mod hostile_http;
 mod issuance;
 mod issuer_keys;
 mod lint;

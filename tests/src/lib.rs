@@ -1361,6 +1361,60 @@ impl Drop for TestBroker {
     }
 }
 
+// Resource limits
+// ---------------------------------------------------------------------------------------
+
+/// Raises this process's soft open-file limit (RLIMIT_NOFILE) to its hard limit when it
+/// is under `needed`, with util-linux `prlimit` on this process (the workspace forbids
+/// `unsafe`, so no `setrlimit` call here); brokers started afterwards inherit it. Returns
+/// the soft limit now in force, or why it is under `needed`.
+pub fn raise_open_files_limit(needed: u64) -> Result<u64, String> {
+    let pid = std::process::id().to_string();
+    let read = || -> Result<(u64, u64), String> {
+        let out = CmdOutput::of(Command::new("prlimit").args([
+            "--pid",
+            &pid,
+            "--nofile",
+            "--output",
+            "SOFT,HARD",
+            "--noheadings",
+            "--raw",
+        ]));
+        if !out.success() {
+            return Err(format!("prlimit could not read the limit: {out}"));
+        }
+        let mut it = out.stdout.split_whitespace().map(|v| match v {
+            "unlimited" => Ok(u64::MAX),
+            n => n
+                .parse::<u64>()
+                .map_err(|e| format!("prlimit said {n:?}: {e}")),
+        });
+        match (it.next(), it.next()) {
+            (Some(soft), Some(hard)) => Ok((soft?, hard?)),
+            _ => Err(format!("prlimit said {:?}", out.stdout)),
+        }
+    };
+    let (soft, hard) = read()?;
+    if soft >= needed {
+        return Ok(soft);
+    }
+    let out = CmdOutput::of(Command::new("prlimit").args([
+        "--pid",
+        &pid,
+        &format!("--nofile={hard}:{hard}"),
+    ]));
+    if !out.success() {
+        return Err(format!("prlimit could not raise the limit: {out}"));
+    }
+    let (soft, _) = read()?;
+    if soft < needed {
+        return Err(format!(
+            "the open-file limit is {soft} (hard limit {hard}); {needed} are needed"
+        ));
+    }
+    Ok(soft)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
