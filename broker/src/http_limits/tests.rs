@@ -393,3 +393,11 @@ impl Body for Never {
         Poll::Pending
     }
 }
+
+#[test]
+fn the_shipped_example_shows_the_defaults() {
+    let example: toml::Table =
+        toml::from_str(include_str!("../../../broker.example.toml")).unwrap();
+    let http: HttpFile = example["http"].clone().try_into().unwrap();
+    assert_eq!(http.validate().unwrap(), HttpLimits::default());
+}
