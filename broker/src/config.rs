@@ -425,6 +425,21 @@ pub struct SigningFile {
     /// it (a missing one stops the start).
     #[serde(default)]
     pub algorithm: Option<String>,
+    /// Rotate each signing key after this long (default: only on demand).
+    #[serde(default)]
+    pub rotate_every: Option<String>,
+    /// How long a new key is published before it signs (default `1h`; at least
+    /// `jwks_max_age`).
+    #[serde(default)]
+    pub prepublish: Option<String>,
+    /// How long the JWKS may be cached (`Cache-Control: max-age`, default `5m`).
+    #[serde(default)]
+    pub jwks_max_age: Option<String>,
+    /// How far ahead an active key's publication is guaranteed (default `24h`, the
+    /// longest token lifetime): no token outlives it, and a key that stops signing stays
+    /// published this long.
+    #[serde(default)]
+    pub key_lease: Option<String>,
 }
 
 /// `[audit]`.
@@ -526,6 +541,10 @@ pub struct Config {
     pub key_dir: PathBuf,
     /// `[signing] algorithm` when set: the signing key must use it (checked at start).
     pub algorithm: Option<SigningAlgorithm>,
+    /// Key rotation (`[signing] rotate_every`, `prepublish`, `key_lease`).
+    pub rotation: crate::mint::lifecycle::RotationPolicy,
+    /// `[signing] jwks_max_age`.
+    pub jwks_max_age: Duration,
     /// Audit directory.
     pub audit_dir: PathBuf,
     /// Segment rotation size.
@@ -834,6 +853,55 @@ impl FileConfig {
             })?),
         };
 
+        let rotation = crate::mint::lifecycle::RotationPolicy {
+            rotate_every: match &self.signing.rotate_every {
+                None => None,
+                Some(_) => Some(dur(
+                    "signing.rotate_every",
+                    &self.signing.rotate_every,
+                    Duration::ZERO,
+                )?),
+            },
+            prepublish: dur(
+                "signing.prepublish",
+                &self.signing.prepublish,
+                Duration::from_secs(3600),
+            )?,
+            lease: dur(
+                "signing.key_lease",
+                &self.signing.key_lease,
+                Duration::from_secs(crate::revocation::MAX_TOKEN_LIFETIME_SECS),
+            )?,
+        };
+        let jwks_max_age = dur(
+            "signing.jwks_max_age",
+            &self.signing.jwks_max_age,
+            Duration::from_secs(300),
+        )?;
+        if jwks_max_age > rotation.prepublish {
+            return Err(invalid(format!(
+                "signing.prepublish ({}s) must be at least signing.jwks_max_age ({}s): a verifier's cached JWKS must hold a new key before it signs",
+                rotation.prepublish.as_secs(),
+                jwks_max_age.as_secs()
+            )));
+        }
+        if rotation.lease.is_zero()
+            || rotation.lease.as_secs() > crate::revocation::MAX_TOKEN_LIFETIME_SECS
+        {
+            return Err(invalid(
+                "signing.key_lease must be more than 0 and at most 24h".into(),
+            ));
+        }
+        if let Some(every) = rotation.rotate_every
+            && every <= rotation.prepublish
+        {
+            return Err(invalid(format!(
+                "signing.rotate_every ({}s) must be longer than signing.prepublish ({}s)",
+                every.as_secs(),
+                rotation.prepublish.as_secs()
+            )));
+        }
+
         let mut trusted_issuers = Vec::new();
         for (i, t) in self.trusted_issuer.iter().enumerate() {
             let at = format!("trusted_issuer[{i}] ({})", t.issuer);
@@ -1128,6 +1196,8 @@ impl FileConfig {
             http: crate::http_limits::from_file(self.http.as_ref()).map_err(&invalid)?,
             key_dir: resolve(&self.signing.key_dir),
             algorithm,
+            rotation,
+            jwks_max_age,
             audit_dir: resolve(&self.audit.dir),
             audit_segment_max_bytes: self.audit.segment_max_bytes.unwrap_or(64 * 1024 * 1024),
             policy_dir: resolve(&self.policies.dir),

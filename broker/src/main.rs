@@ -107,6 +107,11 @@ enum Command {
         #[command(flatten)]
         auth: admin_cli::AdminAuth,
     },
+    /// Signing keys: list, rotate, retire, revoke (through the admin API).
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
     /// The kill switch: disable or enable an identity.
     Identity {
         #[command(subcommand)]
@@ -239,6 +244,43 @@ enum IdentityCommand {
     Enable {
         /// The identity id.
         id: String,
+        #[command(flatten)]
+        auth: admin_cli::AdminAuth,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Every signing key and its state (needs `read_audit`).
+    List {
+        #[command(flatten)]
+        auth: admin_cli::AdminAuth,
+    },
+    /// Prepare a successor for each signing algorithm; it signs after `prepublish`
+    /// (needs `admin`).
+    Rotate {
+        /// Activate at once (verifiers refetch the JWKS on the new kid).
+        #[arg(long)]
+        now: bool,
+        #[command(flatten)]
+        auth: admin_cli::AdminAuth,
+    },
+    /// Stop signing with KID now (a successor signs at once); it stays published until
+    /// its last token has expired (needs `admin`).
+    Retire {
+        /// The key id.
+        kid: String,
+        #[command(flatten)]
+        auth: admin_cli::AdminAuth,
+    },
+    /// Emergency: remove KID from the JWKS at once and revoke every token it signed; a
+    /// new key signs at once (needs `revoke`).
+    Revoke {
+        /// The key id.
+        kid: String,
+        /// Why (recorded in the audit log).
+        #[arg(long)]
+        reason: String,
         #[command(flatten)]
         auth: admin_cli::AdminAuth,
     },
@@ -438,6 +480,24 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             );
             admin_cli::post(&auth, "/v1/admin/revocations", &body)
         }
+        Command::Keys { command } => match command {
+            KeysCommand::List { auth } => admin_cli::get(&auth, "/v1/admin/keys"),
+            KeysCommand::Rotate { now, auth } => admin_cli::post(
+                &auth,
+                "/v1/admin/keys/rotate",
+                &serde_json::json!({ "immediately": now }),
+            ),
+            KeysCommand::Retire { kid, auth } => admin_cli::post(
+                &auth,
+                &format!("/v1/admin/keys/{kid}/retire"),
+                &serde_json::json!({}),
+            ),
+            KeysCommand::Revoke { kid, reason, auth } => admin_cli::post(
+                &auth,
+                &format!("/v1/admin/keys/{kid}/revoke"),
+                &serde_json::json!({ "reason": reason }),
+            ),
+        },
         Command::Identity { command } => match command {
             IdentityCommand::Disable { id, reason, auth } => admin_cli::post(
                 &auth,
@@ -782,15 +842,28 @@ fn audit_verify(
                 "the head anchor is signed: give --key-dir DIR, --jwks FILE or --config FILE so its signature can be checked"
             ),
         };
+        // The keys in the directory, and the public halves of those retired or revoked
+        // since (anchors they signed still verify).
         let mut keys = KeyRing::load_dir(&dir)?.jwks();
+        for k in broker::mint::lifecycle::retired_public_keys(&dir).keys {
+            if !keys.keys.iter().any(|x| x.kid == k.kid) {
+                keys.keys.push(k);
+            }
+        }
         if let Some(broker::config::StoreKind::Postgres(opts)) = config.as_ref().map(|c| &c.store) {
             // Checkpoints first: the logs, read after, can only be longer.
             let store = broker::store::postgres::PostgresStore::connect(opts)?;
             checkpoints = store.checkpoints()?;
             for e in store.load()? {
-                if let broker::store::StateChange::KeyPublished { jwk, .. } = e.change
-                    && !keys.keys.iter().any(|k| k.kid == jwk.kid)
-                {
+                let jwk = match e.change {
+                    broker::store::StateChange::KeyPublished { jwk, .. } => jwk,
+                    broker::store::StateChange::Key(broker::store::KeyChange::Prepared {
+                        jwk,
+                        ..
+                    }) => jwk,
+                    _ => continue,
+                };
+                if !keys.keys.iter().any(|k| k.kid == jwk.kid) {
                     keys.keys.push(jwk);
                 }
             }

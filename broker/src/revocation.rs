@@ -303,6 +303,8 @@ impl Revocations {
                 .map(|i| inner.by_identity.get(i).map_or(0, |b| b.live(now)))
                 .sum(),
             Selector::Grant { grant } => inner.by_grant.get(grant).map_or(0, |b| b.live(now)),
+            // Not counted by key: a revoked key's tokens stop verifying with it anyway.
+            Selector::Key { .. } => 0,
         }
     }
 
@@ -375,6 +377,9 @@ fn covers(
         }
         Selector::Owner { owner } => owner_of(sub).is_some_and(|o| &o == owner),
         Selector::Grant { grant } => bg == Some(grant.as_str()),
+        // A revoked key leaves every replica's JWKS, so the broker refuses its tokens at
+        // signature verification; the rule is for offline verifiers (the feed).
+        Selector::Key { .. } => false,
     }
 }
 
@@ -412,7 +417,10 @@ impl Inner {
             StateChange::Enable { identity, .. } => {
                 self.disabled.remove(identity);
             }
-            StateChange::Grant(_) | StateChange::Anomaly(_) | StateChange::KeyPublished { .. } => {}
+            StateChange::Grant(_)
+            | StateChange::Anomaly(_)
+            | StateChange::Key(_)
+            | StateChange::KeyPublished { .. } => {}
         }
     }
 }

@@ -62,6 +62,9 @@ pub enum StartError {
     /// The state store (revocations, disabled identities).
     #[error("state store: {0}")]
     Store(#[from] crate::store::StoreError),
+    /// The signing-key lifecycle could not be reconciled with the key directory.
+    #[error("signing keys: {0}")]
+    KeyLifecycle(crate::mint::lifecycle::LifecycleError),
     /// `[signing] algorithm` or an audience's `algorithm` has no key in the key directory.
     #[error(
         "{setting} is {alg} but the key directory {dir} has no {alg} key: run `broker keygen --alg {alg} --dir {dir}` (or fix the setting)"
@@ -176,9 +179,18 @@ pub async fn start_with_clock(
     for e in &events {
         minter.apply_remote(&e.change);
     }
-    if store.shared() {
-        publish_keys(store.as_ref(), &minter, &events, config, clock.unix_secs())?;
-    }
+    let minter = Arc::new(minter);
+    let (keys, key_audit) = crate::mint::lifecycle::KeyService::start(
+        &config.key_dir,
+        config.replica_id.as_deref().unwrap_or_default(),
+        config.rotation,
+        &minter.key_ring(),
+        &events,
+        Arc::clone(&store),
+        Arc::clone(&minter),
+        Arc::clone(&clock),
+    )
+    .map_err(StartError::KeyLifecycle)?;
     let identities = policies.current().len();
 
     let mut ev = AuditEvent::new(EventKind::BrokerStarted);
@@ -191,6 +203,9 @@ pub async fn start_with_clock(
         "client_cas": config.client_cas.iter().map(|c| c.name.clone()).collect::<Vec<_>>(),
     }));
     audit.append(ev).await?;
+    for ev in key_audit {
+        audit.append(ev).await?;
+    }
     let mut ev = AuditEvent::new(EventKind::PolicyReloaded);
     ev.detail = Some(serde_json::json!({ "identities": identities, "trigger": "start" }));
     audit.append(ev).await?;
@@ -202,7 +217,9 @@ pub async fn start_with_clock(
         state: AppState {
             authn: Arc::new(authn),
             policies: Arc::new(policies),
-            minter: Arc::new(minter),
+            minter,
+            keys,
+            jwks_max_age: config.jwks_max_age,
             audit,
             clock,
             metrics: Arc::new(Metrics::default()),
@@ -239,42 +256,6 @@ pub async fn start_with_clock(
         tracing::warn!(closed, "closed overdue break-glass grants at start");
     }
     Ok(broker)
-}
-
-/// Publishes this replica's public keys through the shared store (once each), so that
-/// every replica verifies the tokens it mints and serves its keys in the JWKS.
-fn publish_keys(
-    store: &dyn StateStore,
-    minter: &Minter,
-    events: &[crate::store::Event],
-    config: &Config,
-    now: u64,
-) -> Result<(), StartError> {
-    let published: std::collections::HashSet<&str> = events
-        .iter()
-        .filter_map(|e| match &e.change {
-            crate::store::StateChange::KeyPublished { jwk, .. } => Some(jwk.kid.as_str()),
-            _ => None,
-        })
-        .collect();
-    let replica = config.replica_id.clone().unwrap_or_default();
-    let new: Vec<crate::store::StateChange> = minter
-        .key_ring()
-        .jwks()
-        .keys
-        .into_iter()
-        .filter(|k| !published.contains(k.kid.as_str()))
-        .map(|jwk| crate::store::StateChange::KeyPublished {
-            jwk,
-            replica: replica.clone(),
-            at: now,
-        })
-        .collect();
-    if !new.is_empty() {
-        store.append_all(&new)?;
-        tracing::info!(keys = new.len(), %replica, "published signing keys to the shared store");
-    }
-    Ok(())
 }
 
 /// Opens the configured state store: the embedded journal, or PostgreSQL (connected and
@@ -355,6 +336,31 @@ impl Broker {
                     }
                     revocations.sweep(clock.unix_secs());
                     limiter.sweep(std::time::Instant::now(), Duration::from_secs(3600));
+                }
+            })
+        };
+        let key_ticker = {
+            let mut rx = stop_rx.clone();
+            let state = self.state.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_millis(500));
+                loop {
+                    let stop = async {
+                        let _ = rx.wait_for(|v| *v).await;
+                    };
+                    tokio::select! {
+                        _ = stop => return,
+                        _ = tick.tick() => {
+                            let keys = Arc::clone(&state.keys);
+                            match tokio::task::spawn_blocking(move || keys.tick()).await {
+                                Ok(Ok(audit)) => {
+                                    crate::mint::lifecycle::KeyService::record(&state.audit, audit).await;
+                                }
+                                Ok(Err(e)) => tracing::warn!(error = %e, "signing-key lifecycle step failed; retrying"),
+                                Err(e) => tracing::warn!(error = %e, "signing-key lifecycle task failed"),
+                            }
+                        }
+                    }
                 }
             })
         };
@@ -554,6 +560,7 @@ impl Broker {
         let _ = watcher.await;
         let _ = sweeper.await;
         let _ = grant_closer.await;
+        let _ = key_ticker.await;
         if let Some(f) = follower {
             let _ = f.await;
         }
@@ -746,6 +753,8 @@ async fn follow_store(
                             state.break_glass.grants.apply_remote(&e.change);
                             state.governance.monitor.apply_remote(&e.change);
                             state.minter.apply_remote(&e.change);
+                            let key_audit = state.keys.apply_remote(&e.change);
+                            crate::mint::lifecycle::KeyService::record(&state.audit, key_audit).await;
                         }
                         state.revocations.confirm_through(polled.through);
                         state.break_glass.grants.confirm_through(polled.through);

@@ -23,6 +23,10 @@ pub struct AppState {
     pub policies: Arc<PolicyStore>,
     /// Token minting; owns the signing keys.
     pub minter: Arc<Minter>,
+    /// The signing keys' lifecycle (rotation, retirement, revocation).
+    pub keys: Arc<crate::mint::lifecycle::KeyService>,
+    /// `Cache-Control: max-age` of the JWKS (`[signing] jwks_max_age`).
+    pub jwks_max_age: std::time::Duration,
     /// The audit log.
     pub audit: AuditLog,
     /// Time.

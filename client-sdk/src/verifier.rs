@@ -123,6 +123,8 @@ struct FeedRule {
     #[serde(default)]
     grant: Option<String>,
     #[serde(default)]
+    kid: Option<String>,
+    #[serde(default)]
     identities: Vec<String>,
     issued_before: u64,
     #[serde(skip)]
@@ -145,7 +147,7 @@ struct FeedPage {
 }
 
 impl FeedRule {
-    fn covers(&self, c: &AccessTokenClaims) -> bool {
+    fn covers(&self, c: &AccessTokenClaims, kid: &str) -> bool {
         if c.iat > self.issued_before {
             return false;
         }
@@ -156,6 +158,8 @@ impl FeedRule {
                     && self.identity.as_ref().is_none_or(|i| *i == c.sub)
             }
             "grant" => self.grant.is_some() && self.grant == c.bg,
+            // A revoked signing key: every token it signed.
+            "key" => self.kid.as_deref() == Some(kid),
             // Owner rules list the owner's identities when the broker knows them; with no
             // list the verifier cannot tell, and fails closed.
             "owner" => self.identities.is_empty() || self.identities.contains(&c.sub),
@@ -259,7 +263,7 @@ impl Verifier {
                 _ => return Err(VerifyError::CertificateMismatch),
             }
         }
-        if self.is_revoked(&claims) {
+        if self.is_revoked(&claims, &kid) {
             return Err(VerifyError::Revoked);
         }
         Ok(claims)
@@ -333,9 +337,9 @@ impl Verifier {
         Ok(())
     }
 
-    fn is_revoked(&self, c: &AccessTokenClaims) -> bool {
+    fn is_revoked(&self, c: &AccessTokenClaims, kid: &str) -> bool {
         let r = self.inner.revoked.read().unwrap_or_else(|e| e.into_inner());
-        r.jtis.contains_key(&c.jti) || r.rules.iter().any(|rule| rule.covers(c))
+        r.jtis.contains_key(&c.jti) || r.rules.iter().any(|rule| rule.covers(c, kid))
     }
 
     /// Polls the revocation feed once now (the background poller does this periodically).

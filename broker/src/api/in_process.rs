@@ -349,7 +349,7 @@ async fn the_record_stage_writes_the_issued_record_before_the_answer() {
 }
 
 /// An `[[admin]]` with the `admin` role, authenticated by a dev-issuer JWT.
-fn admin_toml() -> String {
+pub(crate) fn admin_toml() -> String {
     format!(
         "\n[[admin]]\nname = \"ops\"\nroles = [\"admin\"]\nissuer = \"{}\"\nsubject = \"admin:ops\"\n",
         crate::dev::DEV_ISSUER
@@ -419,6 +419,44 @@ async fn a_window_shorter_than_the_idle_time_lists_everything_unused() {
 
 impl InProcess {
     /// `GET path` without credentials.
+    /// `POST path` with a JSON body as the `ops` admin (see `admin_toml`).
+    pub(crate) async fn admin_post(&self, path: &str, body: &Value) -> Answer {
+        let bearer = self.jwt("admin:ops");
+        let req = Request::post(path)
+            .header("authorization", format!("Bearer {bearer}"))
+            .header("content-type", "application/json")
+            .body(Body::from(body.to_string()))
+            .unwrap();
+        self.call(req, "127.0.0.1:5000").await
+    }
+
+    /// Stops this broker and starts a new one on the same folder at `unix` seconds.
+    pub(crate) async fn restart_at(self, unix: u64) -> Self {
+        let Self { dir, broker, .. } = self;
+        drop(broker);
+        let config = Config::load(&dir.path().join("broker.toml")).unwrap();
+        let clock = Arc::new(ManualClock::at_unix(unix));
+        let broker = start_with_clock(&config, Arc::clone(&clock) as Arc<dyn Clock>)
+            .await
+            .unwrap_or_else(|e| panic!("in-process broker restart: {e}"));
+        Self { dir, broker, clock }
+    }
+
+    /// Sends `req` as from `peer`.
+    pub(crate) async fn call_raw(&self, req: Request<Body>, peer: &str) -> Answer {
+        self.call(req, peer).await
+    }
+
+    /// The broker's state (its services).
+    pub(crate) fn state(&self) -> &crate::state::AppState {
+        self.broker.state()
+    }
+
+    /// The dev folder.
+    pub(crate) fn dir(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+
     pub(crate) async fn get(&self, path: &str) -> Answer {
         let req = Request::get(path).body(Body::empty()).unwrap();
         self.call(req, "127.0.0.1:5000").await

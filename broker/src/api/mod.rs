@@ -9,6 +9,8 @@ pub mod handlers;
 mod in_process;
 #[cfg(test)]
 mod in_process_client_auth;
+#[cfg(test)]
+mod in_process_keys;
 pub mod record;
 pub mod refusal;
 
@@ -61,6 +63,10 @@ pub fn router(state: AppState, limits: Limits) -> Router {
             post(handlers::admin::enable),
         )
         .route("/v1/admin/inventory", get(handlers::inventory::inventory))
+        .route("/v1/admin/keys", get(handlers::keys::list))
+        .route("/v1/admin/keys/rotate", post(handlers::keys::rotate))
+        .route("/v1/admin/keys/{kid}/retire", post(handlers::keys::retire))
+        .route("/v1/admin/keys/{kid}/revoke", post(handlers::keys::revoke))
         .route(
             "/v1/admin/anomalies/{id}/ack",
             post(handlers::admin::ack_anomaly),

@@ -52,6 +52,16 @@ pub enum EventKind {
     Anomaly,
     /// An admin acknowledged an anomaly.
     AnomalyAcknowledged,
+    /// A signing key was published ahead of signing.
+    KeyPrepared,
+    /// A signing key started signing.
+    KeyActivated,
+    /// A signing key stopped signing; it stays published until its tokens expire.
+    KeyRetiring,
+    /// A signing key left the JWKS.
+    KeyRetired,
+    /// A signing key was revoked: gone from the JWKS at once, its tokens revoked.
+    KeyRevoked,
 }
 
 /// Allow or deny.

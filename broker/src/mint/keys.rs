@@ -324,25 +324,35 @@ impl KeyRing {
         }
     }
 
+    /// Every key, oldest first.
+    pub fn signers(&self) -> impl Iterator<Item = &Arc<dyn Signer>> {
+        self.keys.iter()
+    }
+
+    /// Loads one key file.
+    pub fn load_dir_file(path: &Path) -> Result<Arc<dyn Signer>, KeyError> {
+        let pem = Zeroizing::new(fs::read(path).map_err(|source| KeyError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?);
+        let der = pem_decode_private_key(&pem).map_err(|reason| KeyError::Invalid {
+            path: path.to_path_buf(),
+            reason,
+        })?;
+        let signer = LocalSigner::from_pkcs8(&der).map_err(|reason| KeyError::Invalid {
+            path: path.to_path_buf(),
+            reason,
+        })?;
+        Ok(Arc::new(signer))
+    }
+
     /// Loads every `*.pem` key in `dir`, sorted by file name (oldest first).
     pub fn load_dir(dir: &Path) -> Result<Self, KeyError> {
         let mut files = key_files(dir)?;
         files.sort();
         let mut keys: Vec<Arc<dyn Signer>> = Vec::new();
         for path in files {
-            let pem = Zeroizing::new(fs::read(&path).map_err(|source| KeyError::Io {
-                path: path.clone(),
-                source,
-            })?);
-            let der = pem_decode_private_key(&pem).map_err(|reason| KeyError::Invalid {
-                path: path.clone(),
-                reason,
-            })?;
-            let signer = LocalSigner::from_pkcs8(&der).map_err(|reason| KeyError::Invalid {
-                path: path.clone(),
-                reason,
-            })?;
-            keys.push(Arc::new(signer));
+            keys.push(Self::load_dir_file(&path)?);
         }
         Self::new(keys).ok_or_else(|| KeyError::NoKeys(dir.to_path_buf()))
     }
@@ -417,6 +427,33 @@ fn key_files(dir: &Path) -> Result<Vec<PathBuf>, KeyError> {
         }
     }
     Ok(out)
+}
+
+/// Deletes the private key file of `kid` from `dir` (overwritten with zeros and synced
+/// first, so the bytes do not linger in the file's blocks on simple filesystems). No file:
+/// nothing to do.
+pub fn remove_key_file(dir: &Path, kid: &str) -> Result<(), KeyError> {
+    for path in key_files(dir).unwrap_or_default() {
+        let Ok(signer) = KeyRing::load_dir_file(&path) else {
+            continue;
+        };
+        if signer.kid() != kid {
+            continue;
+        }
+        let io = |source| KeyError::Io {
+            path: path.clone(),
+            source,
+        };
+        let len = fs::metadata(&path).map_err(io)?.len();
+        {
+            let mut f = fs::OpenOptions::new().write(true).open(&path).map_err(io)?;
+            f.write_all(&vec![0u8; usize::try_from(len).unwrap_or(0)])
+                .map_err(io)?;
+            f.sync_all().map_err(io)?;
+        }
+        fs::remove_file(&path).map_err(io)?;
+    }
+    Ok(())
 }
 
 /// The PKCS#8 DER inside a `PRIVATE KEY` PEM block (parsed by `rustls-pki-types`).

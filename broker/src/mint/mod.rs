@@ -6,6 +6,7 @@
 //! `Debug` prints `[redacted]`: log its `jti` and `kid`, never the token.
 
 pub mod keys;
+pub mod lifecycle;
 pub mod verify;
 
 use std::collections::HashMap;
@@ -61,6 +62,27 @@ pub enum MintError {
     /// Claims could not be encoded.
     #[error("claims encoding failed")]
     Encode,
+    /// No key of the token's algorithm signs now, or its publication lease ran out (the
+    /// state store could not extend it).
+    #[error("no signing key is active with a publication lease")]
+    NoActiveKey,
+}
+
+/// A key that signs, and until when it is guaranteed to stay in the JWKS.
+#[derive(Clone)]
+pub struct ActiveKey {
+    /// The signer.
+    pub signer: Arc<dyn keys::Signer>,
+    /// No token it signs may expire later than this (unix seconds).
+    pub lease_until: u64,
+}
+
+/// What signs (one active key per algorithm) and what is published.
+pub struct Signing {
+    /// The active key of each algorithm.
+    pub by_alg: HashMap<keys::SigningAlgorithm, ActiveKey>,
+    /// The JWKS.
+    pub published: Arc<Jwks>,
 }
 
 /// A minted token: the secret JWT plus the facts that may be logged.
@@ -93,14 +115,13 @@ impl fmt::Debug for MintedToken {
 pub struct Minter {
     issuer: String,
     keys: Arc<KeyRing>,
-    /// Signs tokens for audiences without an algorithm of their own.
-    default_signer: Arc<dyn keys::Signer>,
-    /// Signers of the audiences that name an algorithm (`[[audience]] algorithm`).
-    audience_signers: HashMap<String, Arc<dyn keys::Signer>>,
-    /// What is published: this replica's keys, then those other replicas published
-    /// through the shared store (tokens they mint verify here, and this replica's JWKS
-    /// serves them). Built once and on each new peer key, not per request.
-    published: RwLock<Arc<Jwks>>,
+    /// The algorithm of tokens whose audience names none.
+    default_alg: keys::SigningAlgorithm,
+    /// Audiences that name their algorithm (`[[audience]] algorithm`).
+    audience_algs: HashMap<String, keys::SigningAlgorithm>,
+    /// What signs and what is published, swapped whole by the key lifecycle: this
+    /// replica's keys, then those other replicas published through the shared store.
+    signing: RwLock<Arc<Signing>>,
     clock: Arc<dyn Clock>,
     rng: SystemRandom,
 }
@@ -114,42 +135,91 @@ impl fmt::Debug for Minter {
 }
 
 impl Minter {
-    /// A minter for `issuer` signing with the newest of `keys`.
+    /// A minter for `issuer` signing with the newest of `keys` (of each algorithm).
     pub fn new(issuer: String, keys: KeyRing, clock: Arc<dyn Clock>) -> Self {
+        let mut by_alg = HashMap::new();
+        for alg in [keys::SigningAlgorithm::ES256, keys::SigningAlgorithm::EdDSA] {
+            if let Some(signer) = keys.current_for(alg) {
+                by_alg.insert(
+                    alg,
+                    ActiveKey {
+                        signer,
+                        lease_until: u64::MAX,
+                    },
+                );
+            }
+        }
         Self {
             issuer,
-            published: RwLock::new(Arc::new(keys.jwks())),
-            default_signer: keys.current(),
-            audience_signers: HashMap::new(),
+            default_alg: keys.current().algorithm(),
+            audience_algs: HashMap::new(),
+            signing: RwLock::new(Arc::new(Signing {
+                by_alg,
+                published: Arc::new(keys.jwks()),
+            })),
             keys: Arc::new(keys),
             clock,
             rng: SystemRandom::new(),
         }
     }
 
-    /// Signs with the newest key of `default` (when set) and, for each audience in
-    /// `per_audience`, the newest key of its algorithm. Every algorithm named must have
-    /// a key in the ring; the error names the first that has none.
+    /// Signs with `default` (when set) and, for each audience in `per_audience`, its
+    /// algorithm. Every algorithm named must have a key; the error names the first that
+    /// has none.
     pub fn with_algorithms(
         mut self,
         default: Option<keys::SigningAlgorithm>,
         per_audience: &[(String, keys::SigningAlgorithm)],
     ) -> Result<Self, keys::SigningAlgorithm> {
         if let Some(alg) = default {
-            self.default_signer = self.keys.current_for(alg).ok_or(alg)?;
+            self.default_alg = alg;
         }
-        for (audience, alg) in per_audience {
-            let signer = self.keys.current_for(*alg).ok_or(*alg)?;
-            self.audience_signers.insert(audience.clone(), signer);
+        self.audience_algs = per_audience.iter().cloned().collect();
+        let signing = self.signing();
+        for alg in self.algorithms() {
+            if !signing.by_alg.contains_key(&alg) {
+                return Err(alg);
+            }
         }
         Ok(self)
     }
 
-    /// The key that signs tokens for `audience`.
-    pub fn signer_for(&self, audience: &str) -> &Arc<dyn keys::Signer> {
-        self.audience_signers
+    /// Every algorithm tokens are signed with: the default, then the audiences'.
+    pub fn algorithms(&self) -> Vec<keys::SigningAlgorithm> {
+        let mut out = vec![self.default_alg];
+        for alg in self.audience_algs.values() {
+            if !out.contains(alg) {
+                out.push(*alg);
+            }
+        }
+        out
+    }
+
+    /// The key that signs tokens for `audience` now, if there is one.
+    pub fn signer_for(&self, audience: &str) -> Option<ActiveKey> {
+        let alg = self
+            .audience_algs
             .get(audience)
-            .unwrap_or(&self.default_signer)
+            .copied()
+            .unwrap_or(self.default_alg);
+        self.signing().by_alg.get(&alg).cloned()
+    }
+
+    /// The active key of `alg` (the default algorithm's when `None`).
+    pub fn signer_for_alg(&self, alg: Option<keys::SigningAlgorithm>) -> Option<ActiveKey> {
+        self.signing()
+            .by_alg
+            .get(&alg.unwrap_or(self.default_alg))
+            .cloned()
+    }
+
+    fn signing(&self) -> Arc<Signing> {
+        Arc::clone(&self.signing.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Installs what signs and what is published (the key lifecycle's decision).
+    pub fn install(&self, signing: Signing) {
+        *self.signing.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(signing);
     }
 
     /// The issuer (`iss`).
@@ -157,23 +227,27 @@ impl Minter {
         &self.issuer
     }
 
-    /// The current key ring.
+    /// The key ring loaded at start (the audit anchors' signer comes from it).
     pub fn key_ring(&self) -> Arc<KeyRing> {
         Arc::clone(&self.keys)
     }
 
     /// The published keys: this replica's, then those other replicas published.
     pub fn jwks(&self) -> Arc<Jwks> {
-        Arc::clone(&self.published.read().unwrap_or_else(|e| e.into_inner()))
+        Arc::clone(&self.signing().published)
     }
 
-    /// Adds a public key another replica published (idempotent by `kid`).
+    /// Adds a public key another replica published (idempotent by `kid`): brokers
+    /// without key lifecycles publish that way.
     pub fn add_peer_key(&self, jwk: keys::PublicJwk) {
-        let mut published = self.published.write().unwrap_or_else(|e| e.into_inner());
-        if !published.keys.iter().any(|k| k.kid == jwk.kid) {
-            let mut next = Jwks::clone(&published);
+        let mut signing = self.signing.write().unwrap_or_else(|e| e.into_inner());
+        if !signing.published.keys.iter().any(|k| k.kid == jwk.kid) {
+            let mut next = Jwks::clone(&signing.published);
             next.keys.push(jwk);
-            *published = Arc::new(next);
+            *signing = Arc::new(Signing {
+                by_alg: signing.by_alg.clone(),
+                published: Arc::new(next),
+            });
         }
     }
 
@@ -195,6 +269,14 @@ impl Minter {
     pub fn mint(&self, req: &MintRequest<'_>) -> Result<MintedToken, MintError> {
         let now = self.clock.unix_secs();
         let iat = now.max(req.min_iat);
+        let active = self
+            .signer_for(req.audience)
+            .ok_or(MintError::NoActiveKey)?;
+        // The key's publication is guaranteed until `lease_until`: no token it signs may
+        // outlive it (a verifier must always find the key).
+        if active.lease_until <= now {
+            return Err(MintError::NoActiveKey);
+        }
         let claims = AccessTokenClaims {
             iss: self.issuer.clone(),
             sub: req.identity.to_owned(),
@@ -206,7 +288,8 @@ impl Minter {
             nbf: now,
             exp: now
                 .saturating_add(req.ttl_secs)
-                .min(req.not_after.unwrap_or(u64::MAX)),
+                .min(req.not_after.unwrap_or(u64::MAX))
+                .min(active.lease_until),
             task: req.task.to_owned(),
             env: req.environment.to_owned(),
             cnf: req
@@ -215,7 +298,7 @@ impl Minter {
                 .map(|x5t_s256| Confirmation { x5t_s256 }),
             bg: req.break_glass.clone(),
         };
-        let signer = self.signer_for(req.audience);
+        let signer = &active.signer;
         let header = format!(
             r#"{{"alg":"{}","typ":"at+jwt","kid":"{}"}}"#,
             signer.algorithm().as_str(),

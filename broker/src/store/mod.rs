@@ -74,6 +74,11 @@ pub enum Selector {
         /// Grant id.
         grant: String,
     },
+    /// Every token signed by a signing key (emergency key revocation).
+    Key {
+        /// The key id.
+        kid: String,
+    },
 }
 
 /// One durable change of broker state.
@@ -134,8 +139,11 @@ pub enum StateChange {
     Grant(GrantChange),
     /// A behavioural-monitoring change.
     Anomaly(AnomalyChange),
+    /// A signing-key lifecycle change.
+    Key(KeyChange),
     /// A replica's public signing key, so that every replica verifies and serves it
-    /// (the private key never leaves the replica).
+    /// (the private key never leaves the replica). Written by brokers before key
+    /// lifecycles; read as a key that is active.
     KeyPublished {
         /// The key.
         jwk: crate::mint::keys::PublicJwk,
@@ -143,6 +151,68 @@ pub enum StateChange {
         replica: String,
         /// When.
         at: u64,
+    },
+}
+
+/// A signing key's life (`mint::lifecycle`): prepared (published, not signing), active
+/// (signs), retiring (published until `retire_at`, no longer signing), retired (gone),
+/// revoked (gone at once, its tokens revoked).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "key_change", rename_all = "snake_case")]
+pub enum KeyChange {
+    /// A new key is published; it signs from `activate_at`.
+    Prepared {
+        /// The public key.
+        jwk: crate::mint::keys::PublicJwk,
+        /// The replica that holds the private key ("" for a single broker).
+        replica: String,
+        /// When.
+        at: u64,
+        /// When it starts signing.
+        activate_at: u64,
+    },
+    /// The key signs.
+    Activated {
+        /// The key id.
+        kid: String,
+        /// When.
+        at: u64,
+    },
+    /// The key is guaranteed to stay published until `until`: no token it signs may
+    /// expire later (extended ahead of need while the key signs).
+    Lease {
+        /// The key id.
+        kid: String,
+        /// Published at least until then.
+        until: u64,
+    },
+    /// The key no longer signs; it stays published until `retire_at`, when the last
+    /// token it signed has expired.
+    Retiring {
+        /// The key id.
+        kid: String,
+        /// When.
+        at: u64,
+        /// When it leaves the JWKS.
+        retire_at: u64,
+    },
+    /// The key left the JWKS (its public half is kept for `audit verify`).
+    Retired {
+        /// The key id.
+        kid: String,
+        /// When.
+        at: u64,
+    },
+    /// The key left the JWKS at once and every token it signed is revoked.
+    Revoked {
+        /// The key id.
+        kid: String,
+        /// When.
+        at: u64,
+        /// Who.
+        actor: String,
+        /// Why.
+        reason: String,
     },
 }
 

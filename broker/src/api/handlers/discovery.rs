@@ -14,10 +14,12 @@ use crate::api::AppState;
 pub async fn jwks(State(st): State<AppState>) -> Response {
     let jwks = st.minter.jwks();
     let mut res = Json(&*jwks).into_response();
-    res.headers_mut().insert(
-        header::CACHE_CONTROL,
-        HeaderValue::from_static("public, max-age=60"),
-    );
+    // Never longer than `prepublish` (checked at config load): a verifier's cached copy
+    // holds a new key before it signs.
+    if let Ok(v) = HeaderValue::from_str(&format!("public, max-age={}", st.jwks_max_age.as_secs()))
+    {
+        res.headers_mut().insert(header::CACHE_CONTROL, v);
+    }
     res
 }
 

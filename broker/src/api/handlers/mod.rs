@@ -7,5 +7,6 @@ pub mod feed;
 pub mod health;
 pub mod introspect;
 pub mod inventory;
+pub mod keys;
 pub mod revoke;
 pub mod token;

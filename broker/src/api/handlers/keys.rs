@@ -1,0 +1,237 @@
+//! The signing-key admin API (what `broker keys` calls): `GET /v1/admin/keys` (every
+//! key and its state; `read_audit`), `POST /v1/admin/keys/rotate` (`admin`),
+//! `POST /v1/admin/keys/{kid}/retire` (`admin`) and `POST /v1/admin/keys/{kid}/revoke`
+//! (`revoke`; the `key_revoked` record is written before the change, like every admin
+//! change). The domain logic is [`crate::mint::lifecycle::KeyService`].
+
+use std::net::SocketAddr;
+
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use serde::Deserialize;
+
+use crate::api::caller::{self, Caller};
+use crate::api::refusal::{self, CallRefusal};
+use crate::api::{ApiError, AppState, record};
+use crate::audit::event::{AuditEvent, EventKind};
+use crate::authn::mtls::ClientCert;
+use crate::config::Role;
+use crate::mint::lifecycle::{KeyService, LifecycleError};
+
+async fn admin_with(
+    st: &AppState,
+    ev: &mut AuditEvent,
+    headers: &HeaderMap,
+    client_cert: Option<&ClientCert>,
+    role: Role,
+) -> Result<Caller, Response> {
+    let caller = caller::require(st, ev, headers, client_cert).await?;
+    if caller.has_role(role) {
+        return Ok(caller);
+    }
+    let refusal = match &caller {
+        Caller::Workload { .. } => CallRefusal::AdminRequired {
+            what: "workload identities cannot call the admin API".into(),
+        },
+        Caller::Admin(a) => CallRefusal::RoleRequired {
+            what: format!("admin {} lacks the {} role", a.name, role.as_str()),
+        },
+    };
+    Err(refusal::deny(st, ev.clone(), refusal).await)
+}
+
+fn refused(e: &LifecycleError) -> Response {
+    match e {
+        LifecycleError::UnknownKey(_) => {
+            ApiError::new(StatusCode::NOT_FOUND, "invalid_request", e.to_string()).into_response()
+        }
+        LifecycleError::NotOurs { .. } | LifecycleError::WrongState { .. } => {
+            ApiError::new(StatusCode::CONFLICT, "invalid_request", e.to_string()).into_response()
+        }
+        LifecycleError::Store(_) => ApiError::store_unavailable().into_response(),
+        LifecycleError::Key(_) => {
+            tracing::error!(error = %e, "signing-key operation failed");
+            ApiError::internal().into_response()
+        }
+    }
+}
+
+/// `GET /v1/admin/keys`.
+pub async fn list(
+    State(st): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    client_cert: Option<Extension<ClientCert>>,
+    headers: HeaderMap,
+) -> Response {
+    let mut ev = record::event(EventKind::Denied, peer);
+    if let Err(res) = admin_with(
+        &st,
+        &mut ev,
+        &headers,
+        client_cert.as_ref().map(|e| &e.0),
+        Role::ReadAudit,
+    )
+    .await
+    {
+        return res;
+    }
+    Json(st.keys.list()).into_response()
+}
+
+/// Body of `POST /v1/admin/keys/rotate`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RotateBody {
+    /// Activate at once instead of after `prepublish` (verifiers refetch on the new
+    /// `kid`).
+    #[serde(default)]
+    immediately: bool,
+}
+
+/// `POST /v1/admin/keys/rotate`.
+pub async fn rotate(
+    State(st): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    client_cert: Option<Extension<ClientCert>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let mut ev = record::event(EventKind::Denied, peer);
+    if let Err(res) = admin_with(
+        &st,
+        &mut ev,
+        &headers,
+        client_cert.as_ref().map(|e| &e.0),
+        Role::Admin,
+    )
+    .await
+    {
+        return res;
+    }
+    let req: RotateBody = if body.is_empty() {
+        RotateBody::default()
+    } else {
+        match serde_json::from_slice(&body) {
+            Ok(r) => r,
+            Err(e) => {
+                return ApiError::invalid_request(format!("invalid JSON body: {e}"))
+                    .into_response();
+            }
+        }
+    };
+    let keys = std::sync::Arc::clone(&st.keys);
+    match tokio::task::spawn_blocking(move || keys.rotate(req.immediately)).await {
+        Ok(Ok(audit)) => {
+            KeyService::record(&st.audit, audit).await;
+            Json(st.keys.list()).into_response()
+        }
+        Ok(Err(e)) => refused(&e),
+        Err(_) => ApiError::internal().into_response(),
+    }
+}
+
+/// `POST /v1/admin/keys/{kid}/retire`.
+pub async fn retire(
+    State(st): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(kid): Path<String>,
+    client_cert: Option<Extension<ClientCert>>,
+    headers: HeaderMap,
+) -> Response {
+    let mut ev = record::event(EventKind::Denied, peer);
+    if let Err(res) = admin_with(
+        &st,
+        &mut ev,
+        &headers,
+        client_cert.as_ref().map(|e| &e.0),
+        Role::Admin,
+    )
+    .await
+    {
+        return res;
+    }
+    let keys = std::sync::Arc::clone(&st.keys);
+    match tokio::task::spawn_blocking(move || keys.retire(&kid)).await {
+        Ok(Ok(audit)) => {
+            KeyService::record(&st.audit, audit).await;
+            Json(st.keys.list()).into_response()
+        }
+        Ok(Err(e)) => refused(&e),
+        Err(_) => ApiError::internal().into_response(),
+    }
+}
+
+/// Body of `POST /v1/admin/keys/{kid}/revoke`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RevokeKeyBody {
+    reason: Option<String>,
+}
+
+/// `POST /v1/admin/keys/{kid}/revoke`: the key leaves every replica's JWKS at once, a
+/// feed rule revokes every token it signed, and (for this replica's key) a new key
+/// signs at once.
+pub async fn revoke(
+    State(st): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(kid): Path<String>,
+    client_cert: Option<Extension<ClientCert>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let mut ev = record::event(EventKind::KeyRevoked, peer);
+    let caller = match admin_with(
+        &st,
+        &mut ev,
+        &headers,
+        client_cert.as_ref().map(|e| &e.0),
+        Role::Revoke,
+    )
+    .await
+    {
+        Ok(c) => c,
+        Err(res) => return res,
+    };
+    let req: RevokeKeyBody = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            return record::deny(
+                &st,
+                ev,
+                "malformed_request",
+                ApiError::invalid_request(format!("invalid JSON body: {e}")),
+            )
+            .await;
+        }
+    };
+    let Some(reason) = req.reason.filter(|r| !r.trim().is_empty()) else {
+        return record::deny(
+            &st,
+            ev,
+            "malformed_request",
+            ApiError::invalid_request("reason is required"),
+        )
+        .await;
+    };
+    let changes = match st.keys.revocation_changes(&kid, &caller.actor(), &reason) {
+        Ok(c) => c,
+        Err(e) => return refused(&e),
+    };
+    ev.kid = Some(kid.clone());
+    ev.actor = Some(caller.actor());
+    ev.reason = Some(reason);
+    ev.detail = Some(serde_json::json!({ "rule": "key", "kid": kid }));
+    // The key's state and the feed rule in one transaction, after the record.
+    if let Err(res) = record::change(&st, ev, || st.revocations.commit_all(&changes)).await {
+        return res;
+    }
+    let keys = std::sync::Arc::clone(&st.keys);
+    let audit = tokio::task::spawn_blocking(move || keys.revoked(&changes))
+        .await
+        .unwrap_or_default();
+    KeyService::record(&st.audit, audit).await;
+    Json(st.keys.list()).into_response()
+}
