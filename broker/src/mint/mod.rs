@@ -7,6 +7,7 @@
 
 pub mod keys;
 pub mod lifecycle;
+pub mod pkcs11;
 pub mod verify;
 
 use std::collections::HashMap;
