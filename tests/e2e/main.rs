@@ -37,6 +37,7 @@ mod governance;
 mod hostile_http;
 mod issuance;
 mod issuer_keys;
+mod keys;
 mod lint;
 mod mtls;
 mod mtls_denials;

@@ -21,7 +21,7 @@ const PEER: &str = "127.0.0.1:5000";
 
 /// Rotation every hour, published 10 minutes ahead, JWKS cached 5 minutes, tokens
 /// (dev max_ttl 10m) and retiring keys covered by a 15-minute lease.
-fn rotation_config(text: String) -> String {
+fn rotation_config(text: &str) -> String {
     let with = text.replace(
         "algorithm = \"ES256\"\n",
         "algorithm = \"ES256\"\nrotate_every = \"1h\"\nprepublish = \"10m\"\njwks_max_age = \"5m\"\nkey_lease = \"15m\"\n",
@@ -31,7 +31,7 @@ fn rotation_config(text: String) -> String {
 }
 
 async fn start(unix: u64) -> InProcess {
-    InProcess::start_edited(unix, |_, text| rotation_config(text)).await
+    InProcess::start_edited(unix, |_, text| rotation_config(&text)).await
 }
 
 async fn jwks(b: &InProcess) -> Jwks {
