@@ -18,6 +18,8 @@ pub(crate) struct CommitCounters {
     append_nanos: AtomicU64,
     /// The newest acknowledged (durable and anchored) record: seq and hash.
     durable: std::sync::Mutex<(u64, [u8; 32])>,
+    /// Why the last batch could not be written (cleared by the next one that is).
+    write_error: std::sync::Mutex<Option<String>>,
 }
 
 impl CommitCounters {
@@ -54,6 +56,19 @@ impl CommitCounters {
     /// Records that every record up to `seq` (whose hash is `hash`) is acknowledged.
     pub(crate) fn set_durable(&self, seq: u64, hash: [u8; 32]) {
         *self.durable.lock().unwrap_or_else(|e| e.into_inner()) = (seq, hash);
+    }
+
+    /// The last batch failed with `why` (`None`: it was written).
+    pub(crate) fn set_write_error(&self, why: Option<String>) {
+        *self.write_error.lock().unwrap_or_else(|e| e.into_inner()) = why;
+    }
+
+    /// Why the last batch could not be written, if it could not.
+    pub(crate) fn write_error(&self) -> Option<String> {
+        self.write_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// The newest acknowledged record's seq and hash (0 and zeros before the first).

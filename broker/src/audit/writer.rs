@@ -186,6 +186,16 @@ impl AuditLog {
         self.inner.stats.snapshot()
     }
 
+    /// Why records cannot be made durable right now: the last batch's write or sync
+    /// failed (a full disk, say; cleared by the next batch that is written), or the log
+    /// failed for good (appends refused until restart). `None` when it is writing.
+    pub fn write_failure(&self) -> Option<String> {
+        if let Some(reason) = &self.inner.queue.lock().failed {
+            return Some(format!("failed until restart: {reason}"));
+        }
+        self.inner.stats.write_error()
+    }
+
     #[cfg(test)]
     pub(crate) fn hooks(&self) -> &Hooks {
         &self.inner.hooks
@@ -789,6 +799,11 @@ impl Writer {
                 started.elapsed(),
                 mem::take(&mut self.batch_log_sync),
                 mem::take(&mut self.batch_head),
+            );
+            // What `/readyz` says (no path: it is unauthenticated).
+            self.stats.set_write_error(
+                err.as_ref()
+                    .map(|e| format!("{} failed: {}", e.op, e.source)),
             );
             if let Some(e) = &err {
                 tracing::error!(
