@@ -101,14 +101,56 @@ async fn thousand_issuances_from_32_clients_are_each_logged_once() {
 }
 
 /// kill -9 under load: after the restart, every token a client received has its `issued`
-/// record in the log, and the log (with a `log_repaired` record if a commit was cut short)
-/// verifies.
+/// record in the log exactly once, and the log (with a `log_repaired` record if a commit
+/// was cut short) verifies. `BROKER_CRASH_ROUNDS` (default 1) repeats kill and restart on
+/// the same log; `bench/crash-loop.sh` runs 20 rounds.
 #[tokio::test(flavor = "multi_thread")]
 async fn sigkill_under_load_loses_no_record_of_a_returned_token() {
+    let rounds: usize = std::env::var("BROKER_CRASH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1);
+    let mut b = TestBroker::start(Options::default());
+    let mut all: Vec<String> = Vec::new();
+    for round in 1..=rounds {
+        all.extend(kill_under_load(&mut b).await);
+        // It starts again on the same log, and every returned token is in it exactly once.
+        b.launch()
+            .unwrap_or_else(|e| panic!("restart {round} after SIGKILL: {e}"));
+        let mut logged: HashMap<String, usize> = HashMap::new();
+        for r in b.records_of("issued") {
+            *logged
+                .entry(r["jti"].as_str().expect("jti").to_owned())
+                .or_default() += 1;
+        }
+        for jti in &all {
+            assert_eq!(
+                logged.get(jti),
+                Some(&1),
+                "round {round}: returned token {jti} is logged once"
+            );
+        }
+        let out = verify_audit(&b.audit_dir(), &b.key_dir());
+        assert!(
+            out.success(),
+            "round {round}: the chain verifies after the restart: {out}"
+        );
+        eprintln!(
+            "crash round {round}/{rounds}: {} tokens received so far, each logged once; audit verify ok",
+            all.len()
+        );
+    }
+    assert!(b.stop().success(), "graceful stop: {}", b.stderr());
+    let out = verify_audit(&b.audit_dir(), &b.key_dir());
+    assert!(out.success(), "the chain verifies at the end: {out}");
+}
+
+/// 16 clients issue until the broker is SIGKILLed (once a few hundred tokens are out);
+/// returns every `jti` a client received.
+async fn kill_under_load(b: &mut TestBroker) -> Vec<String> {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
-    let mut b = TestBroker::start(Options::default());
     let url = format!("{}/oauth2/token", b.base_url());
     let token = sign(IssuerKey::Rsa, &workload_claims(SUBJECT));
     let form = TokenRequest::exchange(&token, TASK).params;
@@ -153,24 +195,5 @@ async fn sigkill_under_load_loses_no_record_of_a_returned_token() {
         jtis.extend(r.expect("a client task panicked"));
     }
     assert!(jtis.len() >= 300, "{} tokens received", jtis.len());
-
-    // It starts again on the same log, and every returned token is in it exactly once.
-    b.launch()
-        .unwrap_or_else(|e| panic!("restart after SIGKILL: {e}"));
-    let mut logged: HashMap<String, usize> = HashMap::new();
-    for r in b.records_of("issued") {
-        *logged
-            .entry(r["jti"].as_str().expect("jti").to_owned())
-            .or_default() += 1;
-    }
-    for jti in &jtis {
-        assert_eq!(
-            logged.get(jti),
-            Some(&1),
-            "returned token {jti} is logged once"
-        );
-    }
-    assert!(b.stop().success(), "graceful stop: {}", b.stderr());
-    let out = verify_audit(&b.audit_dir(), &b.key_dir());
-    assert!(out.success(), "the chain verifies after the restart: {out}");
+    jtis
 }
