@@ -64,6 +64,37 @@ pub struct Anomaly {
     pub acknowledged_by: Option<String>,
 }
 
+impl Anomaly {
+    /// The anomaly as the admin API shows it.
+    pub fn report(&self) -> broker_client::types::AnomalyReport {
+        broker_client::types::AnomalyReport {
+            id: self.id.clone(),
+            identity: self.identity.clone(),
+            kind: self.kind.to_owned(),
+            evidence: self.evidence.clone(),
+            at: self.at,
+            action: match self.action {
+                AnomalyAction::Alert => "alert",
+                AnomalyAction::Deny => "deny",
+            }
+            .to_owned(),
+            acknowledged_by: self.acknowledged_by.clone(),
+        }
+    }
+}
+
+/// The outcome of [`Monitor::acknowledge`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum Acknowledged {
+    /// Acknowledged (now, or before): the anomaly after.
+    Done(Anomaly),
+    /// No such anomaly anywhere.
+    Unknown,
+    /// The anomaly is not in the state expected (it was just raised elsewhere, or
+    /// acknowledged meanwhile): nothing was appended; decide again on [`Monitor::get`].
+    Changed,
+}
+
 /// Volume-spike settings.
 #[derive(Debug, Clone, Copy)]
 pub struct VolumeSettings {
@@ -241,52 +272,59 @@ impl Monitor {
             .collect()
     }
 
-    /// Acknowledges anomaly `id` durably; returns it, or `None` if unknown. Decided
-    /// against the newest shared state, so an anomaly another replica raised a moment
-    /// ago can be acknowledged here, and racing acknowledgements record one.
-    pub fn acknowledge(&self, id: &str, by: &str, now: u64) -> Result<Option<Anomaly>, StoreError> {
+    /// Anomaly `id` as this replica knows it.
+    pub fn get(&self, id: &str) -> Option<Anomaly> {
+        self.lock().anomalies.iter().find(|a| a.id == id).cloned()
+    }
+
+    /// Acknowledges anomaly `id` durably if its newest shared state (this replica's view
+    /// plus what other replicas committed, read in the append's transaction) is still
+    /// `expected` (what the caller recorded the acknowledgement from): an anomaly another
+    /// replica raised a moment ago is found, and racing acknowledgements record one.
+    pub fn acknowledge(
+        &self,
+        id: &str,
+        by: &str,
+        now: u64,
+        expected: Option<&Anomaly>,
+    ) -> Result<Acknowledged, StoreError> {
         let mut inner = self.lock();
         let mut fresh_changes = Vec::new();
+        let mut newest = None;
         let after = self.through.load(std::sync::atomic::Ordering::Acquire);
-        self.store
-            .append_decided(after, &mut |fresh| {
-                fresh_changes = fresh.to_vec();
-                let mut known = inner
-                    .anomalies
-                    .iter()
-                    .find(|a| a.id == id)
-                    .map(|a| a.acknowledged_by.is_some());
-                for c in fresh {
-                    match c {
-                        StateChange::Anomaly(AnomalyChange::Raised { id: r, .. }) if r == id => {
-                            known = known.or(Some(false));
-                        }
-                        StateChange::Anomaly(AnomalyChange::Acknowledged { id: r, .. })
-                            if r == id =>
-                        {
-                            known = Some(true);
-                        }
-                        _ => {}
-                    }
-                }
-                match known {
-                    Some(false) => vec![StateChange::Anomaly(AnomalyChange::Acknowledged {
+        let appended = self.store.append_decided(after, &mut |fresh| {
+            fresh_changes = fresh.to_vec();
+            let mut scratch = Inner::default();
+            scratch
+                .anomalies
+                .extend(inner.anomalies.iter().find(|a| a.id == id).cloned());
+            for c in fresh {
+                scratch.apply(c.clone());
+            }
+            newest = scratch.anomalies.into_iter().find(|a| a.id == id);
+            match (&newest, expected) {
+                (Some(n), Some(e)) if n == e && n.acknowledged_by.is_none() => {
+                    vec![StateChange::Anomaly(AnomalyChange::Acknowledged {
                         id: id.to_owned(),
                         by: by.to_owned(),
                         at: now,
-                    })],
-                    _ => Vec::new(),
+                    })]
                 }
-            })
-            .map(|appended| {
-                for c in fresh_changes
-                    .into_iter()
-                    .chain(appended.into_iter().map(|e| e.change))
-                {
-                    inner.apply(c);
-                }
-            })?;
-        Ok(inner.anomalies.iter().find(|a| a.id == id).cloned())
+                _ => Vec::new(),
+            }
+        })?;
+        for c in fresh_changes
+            .into_iter()
+            .chain(appended.into_iter().map(|e| e.change))
+        {
+            inner.apply(c);
+        }
+        let now_known = inner.anomalies.iter().find(|a| a.id == id).cloned();
+        Ok(match (newest, expected, now_known) {
+            (None, None, _) => Acknowledged::Unknown,
+            (Some(n), Some(e), Some(a)) if &n == e => Acknowledged::Done(a),
+            _ => Acknowledged::Changed,
+        })
     }
 
     /// Adds an anomaly found elsewhere (a widening policy reload).
@@ -485,7 +523,12 @@ mod tests {
             reopened.blocking("a").is_some(),
             "a hold survives a restart"
         );
-        m.acknowledge(&a[0].id, "admin:x", 6).unwrap().unwrap();
+        let expected = m.get(&a[0].id);
+        assert!(matches!(
+            m.acknowledge(&a[0].id, "admin:x", 6, expected.as_ref())
+                .unwrap(),
+            Acknowledged::Done(_)
+        ));
         assert!(m.blocking("a").is_none());
         let reopened = Monitor::open(Arc::new(store), VolumeSettings::default(), 100).unwrap();
         assert!(

@@ -30,6 +30,7 @@
 //! - [`breakglass`]: emergency grants that revoke themselves.
 //! - [`dev`]: `broker serve --dev` bootstrap.
 
+pub mod admin_changes;
 pub mod anomaly;
 pub mod api;
 pub mod audit;
@@ -49,6 +50,7 @@ pub mod metrics;
 pub mod mint;
 pub mod policy;
 pub mod ratelimit;
+pub mod record_first;
 pub mod reload;
 pub mod revocation;
 pub mod server;

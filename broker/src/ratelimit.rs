@@ -3,7 +3,9 @@
 //! and a `denied` record.
 //!
 //! Buckets refill continuously at `count / period`, up to `count` (the burst). Time is
-//! monotonic (`Instant`), so wall-clock jumps never refill or drain a bucket. Idle full
+//! monotonic (an `Instant` from the broker's [`crate::clock::Clock::monotonic`], so that a
+//! [`crate::clock::ManualClock`] drives it in tests), and wall-clock jumps never refill
+//! or drain a bucket. Idle full
 //! buckets are dropped by [`RateLimiter::sweep`] so memory tracks active callers only.
 
 use std::collections::HashMap;

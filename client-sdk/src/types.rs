@@ -141,6 +141,192 @@ pub struct IdentityStateResponse {
     pub live_tokens_revoked: Option<u64>,
 }
 
+/// One approval of a break-glass grant.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct GrantApproval {
+    /// Who approved (`admin:<name>`).
+    pub approver: String,
+    /// When (unix seconds).
+    pub at: u64,
+}
+
+/// A token issued under a break-glass grant.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct GrantTokenEntry {
+    /// Token id.
+    pub jti: String,
+    /// Audience.
+    pub audience: String,
+    /// Scopes.
+    pub scopes: Vec<String>,
+    /// Expiry (unix seconds).
+    pub exp: u64,
+    /// Issued at (unix seconds).
+    pub issued_at: u64,
+}
+
+/// Answer of `GET /v1/break-glass/{id}/report`: the full account of a grant. Times are
+/// unix seconds; absent ones are `null`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct GrantReport {
+    /// Grant id (the `bg` claim of its tokens).
+    pub grant: String,
+    /// Target identity.
+    pub identity: String,
+    /// Break-glass task.
+    pub task: String,
+    /// Break-glass policy.
+    pub policy: String,
+    /// Who asked.
+    pub requested_by: String,
+    /// When asked.
+    pub requested_at: u64,
+    /// Why.
+    pub justification: String,
+    /// Incident ticket.
+    pub ticket: String,
+    /// Approvals given.
+    pub approvals: Vec<GrantApproval>,
+    /// Approvals needed.
+    pub approvals_needed: u32,
+    /// `pending`, `active` or `closed`.
+    pub status: String,
+    /// When it became active.
+    pub opened_at: Option<u64>,
+    /// When its access ends (or ended).
+    pub ends_at: Option<u64>,
+    /// When it was closed.
+    pub closed_at: Option<u64>,
+    /// Who closed it (`broker` when by time).
+    pub closed_by: Option<String>,
+    /// Why it was closed.
+    pub close_reason: Option<String>,
+    /// Tokens issued under it.
+    pub tokens: Vec<GrantTokenEntry>,
+}
+
+/// A revocation rule as the feed publishes it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RevocationFeedRule {
+    /// Rule id.
+    pub id: String,
+    /// What it selects by: `identity`, `task`, `owner`, `grant` or `key`.
+    pub by: String,
+    /// The identity (`by: identity`, or `by: task` restricted to one identity).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<String>,
+    /// The task (`by: task`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task: Option<String>,
+    /// The owner (`by: owner`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+    /// The break-glass grant (`by: grant`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grant: Option<String>,
+    /// The signing key (`by: key`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kid: Option<String>,
+    /// Tokens with `iat` at or before this are revoked.
+    pub issued_before: u64,
+    /// The owner's identities (`by: owner`), for verifiers that cannot map owners.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identities: Option<Vec<String>>,
+}
+
+/// One revocation in the feed: a token id or a rule.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RevocationFeedEntry {
+    /// Position in the feed; `?since=` takes the last one seen.
+    pub cursor: u64,
+    /// A revoked token id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jti: Option<String>,
+    /// A revocation rule.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule: Option<RevocationFeedRule>,
+    /// After this time the entry is irrelevant (every token it covers has expired).
+    pub until: u64,
+}
+
+/// Answer of `GET /v1/revocations?since=<cursor>`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RevocationFeed {
+    /// Poll again with `?since=` this.
+    pub cursor: u64,
+    /// The broker's time (unix seconds).
+    pub now: u64,
+    /// Revocations newer than `since` whose tokens can still be live.
+    pub entries: Vec<RevocationFeedEntry>,
+}
+
+/// An anomaly as the admin API shows it (inventory entries, acknowledgements).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct AnomalyReport {
+    /// Id (for `POST /v1/admin/anomalies/{id}/ack`).
+    pub id: String,
+    /// The identity.
+    pub identity: String,
+    /// Kind, e.g. `volume_spike`, `new_source_network`.
+    pub kind: String,
+    /// What was seen.
+    pub evidence: serde_json::Value,
+    /// When (unix seconds).
+    pub at: u64,
+    /// `alert` or `deny`.
+    pub action: String,
+    /// Who acknowledged it.
+    pub acknowledged_by: Option<String>,
+}
+
+/// One identity in `GET /v1/admin/inventory`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct InventoryEntry {
+    /// NHI id.
+    pub id: String,
+    /// Owning team.
+    pub owner: String,
+    /// Responsible person.
+    pub steward: String,
+    /// What it is for.
+    pub purpose: String,
+    /// Environment.
+    pub environment: String,
+    /// Whether it is a third party's.
+    pub third_party: bool,
+    /// Registration ticket.
+    pub ticket: String,
+    /// Registration expiry (`YYYY-MM-DD`).
+    pub expires: String,
+    /// `active`, `dormant`, `expiring`, `expired` or `disabled`.
+    pub status: String,
+    /// Last issuance (unix seconds).
+    pub last_issued: Option<u64>,
+    /// Tokens issued in the last 24 hours.
+    pub tokens_24h: u64,
+    /// Granted tasks used at least once.
+    pub tasks_used: Vec<String>,
+    /// Granted tasks never used.
+    pub tasks_never_used: Vec<String>,
+    /// Open (unacknowledged) anomalies.
+    pub anomalies: Vec<AnomalyReport>,
+    /// Granted tasks unused in the `?unused=` window (only with `?unused=`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unused_tasks: Option<Vec<String>>,
+    /// Granted scopes unused in the `?unused=` window (only with `?unused=`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unused_scopes: Option<Vec<String>>,
+}
+
+/// Answer of `GET /v1/admin/inventory`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct InventoryResponse {
+    /// The broker's time (unix seconds).
+    pub now: u64,
+    /// Every registered identity (those the filters keep).
+    pub identities: Vec<InventoryEntry>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -11,6 +11,8 @@ mod in_process;
 mod in_process_client_auth;
 #[cfg(test)]
 mod in_process_keys;
+#[cfg(test)]
+mod in_process_record_first;
 pub mod record;
 pub mod refusal;
 

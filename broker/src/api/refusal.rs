@@ -1,7 +1,8 @@
 //! Every way the admin, introspection, feed, revocation and break-glass endpoints refuse
 //! a caller, as one typed enum: the audit `rule` and the answer come from the variant, in
 //! this one place. (The token endpoint's refusals are [`crate::issuance::Refusal`]; the
-//! break-glass request's are [`crate::grant_lifecycle::RequestRefusal`].)
+//! break-glass request's are [`crate::grant_lifecycle::RequestRefusal`]; the admin
+//! changes' are [`crate::admin_changes::ChangeRefusal`].)
 
 use axum::http::StatusCode;
 
@@ -39,13 +40,6 @@ pub enum CallRefusal {
         /// The token's identity.
         owner: String,
     },
-    /// No such registered identity (or, for enable, no such disabled one either).
-    UnknownIdentity {
-        /// The id asked for.
-        id: String,
-        /// Whether disabled identities were looked at too.
-        or_disabled: bool,
-    },
     /// No such anomaly.
     UnknownAnomaly {
         /// The id.
@@ -69,7 +63,6 @@ impl CallRefusal {
             CallRefusal::IntrospectionNotAllowed { .. } => "introspection_not_allowed",
             CallRefusal::FeedNotAllowed { .. } => "feed_not_allowed",
             CallRefusal::NotTokenOwner { .. } => "not_token_owner",
-            CallRefusal::UnknownIdentity { .. } => "unknown_identity",
             CallRefusal::UnknownAnomaly { .. } => "unknown_anomaly",
             CallRefusal::UnknownGrant { .. } => "unknown_grant",
             CallRefusal::Grant(r) => r.rule,
@@ -95,11 +88,6 @@ impl CallRefusal {
                 "unauthorized_client",
                 format!("{actor} may revoke only its own tokens; this token belongs to {owner}"),
             ),
-            CallRefusal::UnknownIdentity { id, or_disabled } => not_found(if *or_disabled {
-                format!("no registered or disabled identity {id:?}")
-            } else {
-                format!("no registered identity {id:?}")
-            }),
             CallRefusal::UnknownAnomaly { id } => not_found(format!("no anomaly {id}")),
             CallRefusal::UnknownGrant { id } => not_found(format!("no break-glass grant {id}")),
             CallRefusal::Grant(r) => {
@@ -149,15 +137,6 @@ mod tests {
             (
                 CallRefusal::UnknownGrant { id: "bg-1".into() },
                 "unknown_grant",
-                404,
-                "not_found",
-            ),
-            (
-                CallRefusal::UnknownIdentity {
-                    id: "x".into(),
-                    or_disabled: true,
-                },
-                "unknown_identity",
                 404,
                 "not_found",
             ),

@@ -188,6 +188,41 @@ impl Grants {
         Ok(map.get(&id).cloned())
     }
 
+    /// `base` after `changes` (the grant changes among them), before they are made: what
+    /// a step's record says the grant will be.
+    pub fn preview_after(base: &Grant, changes: &[StateChange]) -> Grant {
+        let mut map = HashMap::from([(base.id.clone(), base.clone())]);
+        for c in changes {
+            if let StateChange::Grant(g) = c {
+                apply(&mut map, g);
+            }
+        }
+        map.remove(&base.id).unwrap_or_else(|| base.clone())
+    }
+
+    /// Appends `changes` in one transaction if grant `id`'s newest state (read under the
+    /// journal's lock, with what other replicas committed) is still `expected`, and
+    /// applies them; `Ok(None)` (nothing appended) if it changed. Returns the grant after
+    /// and the appended events.
+    pub fn commit_if(
+        &self,
+        id: &str,
+        expected: &Grant,
+        changes: &[StateChange],
+    ) -> Result<Option<(Grant, Vec<Event>)>, StoreError> {
+        let d = self.decide(id, |g| {
+            if g == Some(expected) {
+                Ok(changes.to_vec())
+            } else {
+                Err(())
+            }
+        })?;
+        Ok(match (d.verdict, d.grant) {
+            (Ok(()), Some(g)) => Some((g, d.appended)),
+            _ => None,
+        })
+    }
+
     /// Decides a change to grant `id` against its newest state (this replica's view plus
     /// what other replicas committed that it has not applied yet, read under the
     /// journal's lock), appends what `rule` returns in one transaction, and applies it.
@@ -410,7 +445,8 @@ impl From<StoreError> for ApproveError {
     }
 }
 
-fn check_approval(g: &Grant, approver: &str, now: u64) -> Result<(), GrantRefusal> {
+/// Whether `approver` may approve `g` at `now`: pending, not the requester, not twice.
+pub fn check_approval(g: &Grant, approver: &str, now: u64) -> Result<(), GrantRefusal> {
     let id = &g.id;
     if g.status != GrantStatus::Pending || now >= g.pending_until {
         return Err(refusal(

@@ -122,7 +122,7 @@ fn break_glass_grant(
 
 /// Takes a token from the identity's bucket (config) and the task's (policy).
 pub fn rate_limit(st: &AppState, identity: &Identity, task: &str) -> Result<(), Refusal> {
-    let now = std::time::Instant::now();
+    let now = st.clock.monotonic();
     if let Some(rate) = st.governance.identity_rate_limit {
         st.governance
             .rate_limiter

@@ -1,6 +1,10 @@
 //! Break-glass endpoints: `POST /v1/break-glass` (request), `POST
 //! /v1/break-glass/{id}/approve`, `POST /v1/break-glass/{id}/close` and `GET
 //! /v1/break-glass/{id}/report`. Every step is audited and sent to the webhook.
+//!
+//! These handlers authenticate the caller and translate HTTP to
+//! [`crate::grant_lifecycle`] and back; the rules, and the order of records and changes,
+//! live there.
 
 use std::net::SocketAddr;
 
@@ -13,31 +17,43 @@ use serde_json::json;
 
 use crate::api::caller::{self, Caller};
 use crate::api::refusal::{self, CallRefusal};
-use crate::api::{ApiError, AppState, record};
+use crate::api::{AppState, record};
 use crate::audit::event::{AuditEvent, EventKind};
 use crate::authn::mtls::ClientCert;
-use crate::breakglass::{Grant, GrantStatus};
+use crate::breakglass::Grant;
 use crate::config::Role;
-use crate::grant_lifecycle::{close_grant, grant_event, notify};
+use crate::grant_lifecycle::{self as lifecycle, StepError};
 
-fn store_unavailable() -> Response {
-    ApiError::store_unavailable().into_response()
+/// The caller of a break-glass endpoint, with `ev` carrying the source and, once known,
+/// the actor.
+async fn authenticate(
+    st: &AppState,
+    kind: EventKind,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+    client_cert: Option<&Extension<ClientCert>>,
+) -> Result<(Caller, AuditEvent), Response> {
+    let mut ev = record::event(kind, peer);
+    let caller = caller::require(st, &mut ev, headers, client_cert.map(|e| &e.0)).await?;
+    Ok((caller, ev))
 }
 
-/// Activates `g` if it needs no (more) approvals; audits and notifies.
-async fn activate_if_ready(st: &AppState, g: Grant, ev: &AuditEvent) -> Result<Grant, Response> {
-    let now = st.clock.unix_secs();
-    match st.break_glass.grants.activate_if_ready(&g.id, now) {
-        Ok(None) => Ok(g),
-        Ok(Some(g)) => {
-            record::allow(st, grant_event(EventKind::BreakGlassActivated, &g, ev))
-                .await
-                .map_err(IntoResponse::into_response)?;
-            notify(st, "break_glass_activated", &g);
-            Ok(g)
-        }
-        Err(_) => Err(store_unavailable()),
-    }
+/// The answer to a grant step: the grant, or its refusal recorded.
+async fn answer(
+    st: &AppState,
+    ev: AuditEvent,
+    id: &str,
+    done: Result<Grant, StepError>,
+    status: StatusCode,
+) -> Response {
+    let refusal = match done {
+        Ok(g) => return (status, Json(g)).into_response(),
+        Err(StepError::Failed(e)) => return e.into_response(),
+        Err(StepError::UnknownGrant) => CallRefusal::UnknownGrant { id: id.to_owned() },
+        Err(StepError::NotAllowed(what)) => CallRefusal::RoleRequired { what },
+        Err(StepError::Refused(r)) => CallRefusal::Grant(r),
+    };
+    refusal::deny(st, ev, refusal).await
 }
 
 /// Requests a grant.
@@ -48,46 +64,25 @@ pub async fn request(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let mut ev = record::event(EventKind::BreakGlassRequested, peer);
-    let caller =
-        match caller::require(&st, &mut ev, &headers, client_cert.as_ref().map(|e| &e.0)).await {
-            Ok(c) => c,
-            Err(r) => return r,
-        };
-    let is_admin = matches!(&caller, Caller::Admin(_));
+    let kind = EventKind::BreakGlassRequested;
+    let (caller, mut ev) = match authenticate(&st, kind, peer, &headers, client_cert.as_ref()).await
+    {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
     let me = match &caller {
         Caller::Workload { identity, .. } => Some(identity.clone()),
         Caller::Admin(_) => None,
     };
     let may_request = |p: &crate::breakglass::policy::BreakGlassPolicy| {
-        is_admin || me.as_ref().is_some_and(|m| p.requesters.contains(m))
+        me.as_ref().is_none_or(|m| p.requesters.contains(m))
     };
-    let change = match crate::grant_lifecycle::check_request(
-        &st,
-        &body,
-        &caller.actor(),
-        may_request,
-        &mut ev,
-    ) {
+    let change = match lifecycle::check_request(&st, &body, &caller.actor(), may_request, &mut ev) {
         Ok(c) => c,
         Err(r) => return record::deny(&st, ev, r.rule(), r.error()).await,
     };
-    let Some(preview) = crate::breakglass::Grants::preview(&change) else {
-        return ApiError::internal().into_response();
-    };
-    // Recorded first, like every admin change (docs/audit-log.md).
-    let requested = grant_event(EventKind::BreakGlassRequested, &preview, &ev);
-    let g = match record::change(&st, requested, || st.break_glass.grants.commit(change)).await {
-        Ok(Some(g)) => g,
-        Ok(None) => return store_unavailable(),
-        Err(res) => return res,
-    };
-    notify(&st, "break_glass_requested", &g);
-    let g = match activate_if_ready(&st, g, &ev).await {
-        Ok(g) => g,
-        Err(r) => return r,
-    };
-    (StatusCode::CREATED, Json(g)).into_response()
+    let opened = lifecycle::open(&st, change, &ev).await;
+    answer(&st, ev, "", opened, StatusCode::CREATED).await
 }
 
 /// Approves a grant (a different person with the `break_glass_approve` role).
@@ -98,40 +93,16 @@ pub async fn approve(
     client_cert: Option<Extension<ClientCert>>,
     headers: HeaderMap,
 ) -> Response {
-    let mut ev = record::event(EventKind::BreakGlassApproved, peer);
-    let caller =
-        match caller::require(&st, &mut ev, &headers, client_cert.as_ref().map(|e| &e.0)).await {
-            Ok(c) => c,
-            Err(r) => return r,
-        };
-    ev.detail = Some(json!({ "grant": id }));
-    if !caller.has_role(Role::BreakGlassApprove) {
-        let what = format!("{} lacks the break_glass_approve role", caller.actor());
-        return refusal::deny(&st, ev, CallRefusal::RoleRequired { what }).await;
-    }
-    let now = st.clock.unix_secs();
-    let (g, activated) = match st.break_glass.grants.approve(&id, &caller.actor(), now) {
-        Ok(x) => x,
-        Err(crate::breakglass::ApproveError::Refused(r)) => {
-            return refusal::deny(&st, ev, CallRefusal::Grant(r)).await;
-        }
-        Err(crate::breakglass::ApproveError::Store(_)) => return store_unavailable(),
+    let kind = EventKind::BreakGlassApproved;
+    let (caller, mut ev) = match authenticate(&st, kind, peer, &headers, client_cert.as_ref()).await
+    {
+        Ok(c) => c,
+        Err(r) => return r,
     };
-    let mut approved = grant_event(EventKind::BreakGlassApproved, &g, &ev);
-    approved.approved_by = Some(caller.actor());
-    if let Err(e) = record::allow(&st, approved).await {
-        return e.into_response();
-    }
-    notify(&st, "break_glass_approved", &g);
-    if activated {
-        if let Err(e) =
-            record::allow(&st, grant_event(EventKind::BreakGlassActivated, &g, &ev)).await
-        {
-            return e.into_response();
-        }
-        notify(&st, "break_glass_activated", &g);
-    }
-    Json(g).into_response()
+    ev.detail = Some(json!({ "grant": id }));
+    let may = caller.has_role(Role::BreakGlassApprove);
+    let approved = lifecycle::approve(&st, &id, &caller.actor(), may, &ev).await;
+    answer(&st, ev, &id, approved, StatusCode::OK).await
 }
 
 /// Closes a grant early.
@@ -142,29 +113,14 @@ pub async fn close(
     client_cert: Option<Extension<ClientCert>>,
     headers: HeaderMap,
 ) -> Response {
-    let mut ev = record::event(EventKind::BreakGlassClosed, peer);
-    let caller =
-        match caller::require(&st, &mut ev, &headers, client_cert.as_ref().map(|e| &e.0)).await {
-            Ok(c) => c,
-            Err(r) => return r,
-        };
-    let Some(g) = st.break_glass.grants.get(&id) else {
-        return refusal::deny(&st, ev, CallRefusal::UnknownGrant { id }).await;
+    let kind = EventKind::BreakGlassClosed;
+    let (caller, ev) = match authenticate(&st, kind, peer, &headers, client_cert.as_ref()).await {
+        Ok(c) => c,
+        Err(r) => return r,
     };
-    let may = caller.has_role(Role::Revoke)
-        || caller.has_role(Role::BreakGlassApprove)
-        || caller.actor() == g.requester;
-    if !may {
-        let what = format!("{} may not close grant {id}", caller.actor());
-        return refusal::deny(&st, ev, CallRefusal::RoleRequired { what }).await;
-    }
-    if g.status == GrantStatus::Closed {
-        return Json(g).into_response();
-    }
-    match close_grant(&st, &g, &caller.actor(), "closed by request", false, &ev).await {
-        Ok(g) => Json(g).into_response(),
-        Err(_) => store_unavailable(),
-    }
+    let privileged = caller.has_role(Role::Revoke) || caller.has_role(Role::BreakGlassApprove);
+    let closed = lifecycle::close_by(&st, &id, &caller.actor(), privileged, &ev).await;
+    answer(&st, ev, &id, closed, StatusCode::OK).await
 }
 
 /// The full account of a grant.
@@ -175,27 +131,16 @@ pub async fn report(
     client_cert: Option<Extension<ClientCert>>,
     headers: HeaderMap,
 ) -> Response {
-    let mut ev = record::event(EventKind::Denied, peer);
-    let caller =
-        match caller::require(&st, &mut ev, &headers, client_cert.as_ref().map(|e| &e.0)).await {
+    let (caller, ev) =
+        match authenticate(&st, EventKind::Denied, peer, &headers, client_cert.as_ref()).await {
             Ok(c) => c,
             Err(r) => return r,
         };
-    let Some(g) = st.break_glass.grants.get(&id) else {
-        return CallRefusal::UnknownGrant { id }.error().into_response();
-    };
-    if !matches!(caller, Caller::Admin(_)) && caller.actor() != g.requester {
-        let what = format!("{} may not read grant {id}", caller.actor());
-        return refusal::deny(&st, ev, CallRefusal::RoleRequired { what }).await;
+    let admin = matches!(caller, Caller::Admin(_));
+    match lifecycle::report(&st, &id, &caller.actor(), admin) {
+        Ok(report) => Json(report).into_response(),
+        // An unknown grant is answered unrecorded (nothing was read).
+        Err(StepError::UnknownGrant) => CallRefusal::UnknownGrant { id }.error().into_response(),
+        Err(e) => answer(&st, ev, &id, Err(e), StatusCode::OK).await,
     }
-    Json(json!({
-        "grant": g.id, "identity": g.identity, "task": g.task, "policy": g.policy,
-        "requested_by": g.requester, "requested_at": g.requested_at,
-        "justification": g.justification, "ticket": g.ticket,
-        "approvals": g.approvals, "approvals_needed": g.approvals_needed,
-        "status": g.status, "opened_at": g.activated_at, "ends_at": g.ends_at,
-        "closed_at": g.closed_at, "closed_by": g.closed_by, "close_reason": g.close_reason,
-        "tokens": g.tokens,
-    }))
-    .into_response()
 }

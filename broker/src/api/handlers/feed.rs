@@ -9,13 +9,14 @@ use axum::extract::{ConnectInfo, Query, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
+use broker_client::types::{RevocationFeed, RevocationFeedEntry};
 use serde::Deserialize;
-use serde_json::json;
 
 use crate::api::refusal::{self, CallRefusal};
 use crate::api::{ApiError, AppState, caller, record};
 use crate::audit::event::EventKind;
 use crate::authn::mtls::ClientCert;
+use crate::revocation::FeedEntry;
 
 /// Query of the feed.
 #[derive(Debug, Deserialize)]
@@ -55,26 +56,33 @@ pub async fn revocations(
     };
     let now = st.clock.unix_secs();
     let (entries, cursor) = st.revocations.feed(q.since.unwrap_or(0), now);
-    let policies = st.policies.current();
-    let mut entries = serde_json::to_value(&entries).unwrap_or_else(|_| json!([]));
-    // Offline verifiers cannot map owners to identities: list them with owner rules.
-    if let Some(list) = entries.as_array_mut() {
-        for e in list {
-            let owner = e
-                .pointer("/rule/owner")
-                .and_then(|o| o.as_str())
-                .map(str::to_owned);
-            if let (Some(owner), Some(rule)) =
-                (owner, e.get_mut("rule").and_then(|r| r.as_object_mut()))
-            {
-                let ids: Vec<String> = policies
-                    .identities()
-                    .filter(|i| i.owner == owner)
-                    .map(|i| i.id.clone())
-                    .collect();
-                rule.insert("identities".into(), json!(ids));
-            }
-        }
+    let entries = entries.iter().filter_map(|e| published(&st, e)).collect();
+    Json(RevocationFeed {
+        cursor,
+        now,
+        entries,
+    })
+    .into_response()
+}
+
+/// A feed entry as published: its rule's selector spelled out, and an owner rule with
+/// the owner's identities (offline verifiers cannot map owners to identities).
+fn published(st: &AppState, e: &FeedEntry) -> Option<RevocationFeedEntry> {
+    let mut out: RevocationFeedEntry = serde_json::to_value(e)
+        .and_then(serde_json::from_value)
+        .inspect_err(|err| tracing::error!(error = %err, "a feed entry did not convert"))
+        .ok()?;
+    if let Some(rule) = out.rule.as_mut()
+        && let Some(owner) = &rule.owner
+    {
+        let ids = st
+            .policies
+            .current()
+            .identities()
+            .filter(|i| &i.owner == owner)
+            .map(|i| i.id.clone())
+            .collect();
+        rule.identities = Some(ids);
     }
-    Json(json!({ "cursor": cursor, "now": now, "entries": entries })).into_response()
+    Some(out)
 }

@@ -11,8 +11,8 @@ use axum::extract::{ConnectInfo, Query, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
+use broker_client::types::{InventoryEntry, InventoryResponse};
 use serde::Deserialize;
-use serde_json::json;
 
 use crate::api::caller::Caller;
 use crate::api::refusal::{self, CallRefusal};
@@ -20,6 +20,7 @@ use crate::api::{ApiError, AppState, caller, record};
 use crate::audit::event::EventKind;
 use crate::authn::mtls::ClientCert;
 use crate::config::{Role, parse_duration};
+use crate::policy::Identity;
 
 /// Inventory filters.
 #[derive(Debug, Deserialize)]
@@ -67,70 +68,88 @@ pub async fn inventory(
     };
     let now = st.clock.unix_secs();
     let policies = st.policies.current();
-    let mut out = Vec::new();
-    for id in policies.identities() {
-        let expires_at = id
-            .expires_at()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
-        if let Some(w) = due
-            && expires_at > now.saturating_add(w)
-        {
-            continue;
-        }
-        let usage = st.governance.usage.get(&id.id);
-        let status = if st.revocations.disabled(&id.id).is_some() {
-            "disabled"
-        } else if expires_at <= now {
-            "expired"
-        } else if expires_at - now < st.governance.expiring_window_secs {
-            "expiring"
-        } else if usage
-            .last_issued
-            .is_none_or(|t| now.saturating_sub(t) >= st.governance.dormant_after_secs)
-        {
-            "dormant"
-        } else {
-            "active"
-        };
-        let granted_tasks: Vec<&str> = id.tasks.iter().map(|t| t.name.as_str()).collect();
-        let used: Vec<&str> = granted_tasks
+    let identities = policies
+        .identities()
+        .filter(|id| due.is_none_or(|w| expires_at(id) <= now.saturating_add(w)))
+        .map(|id| entry(&st, id, now, unused))
+        .collect();
+    Json(InventoryResponse { now, identities }).into_response()
+}
+
+/// When `id`'s registration expires (unix seconds).
+fn expires_at(id: &Identity) -> u64 {
+    id.expires_at()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Names of `tasks` for which `keep` holds.
+fn task_names(id: &Identity, keep: impl Fn(&str) -> bool) -> Vec<String> {
+    id.tasks
+        .iter()
+        .map(|t| t.name.clone())
+        .filter(|t| keep(t))
+        .collect()
+}
+
+/// `id`'s inventory entry at `now`; with `unused` (a window, seconds), the tasks and
+/// scopes not used in it.
+fn entry(st: &AppState, id: &Identity, now: u64, unused: Option<u64>) -> InventoryEntry {
+    let expires_at = expires_at(id);
+    let usage = st.governance.usage.get(&id.id);
+    let status = if st.revocations.disabled(&id.id).is_some() {
+        "disabled"
+    } else if expires_at <= now {
+        "expired"
+    } else if expires_at - now < st.governance.expiring_window_secs {
+        "expiring"
+    } else if usage
+        .last_issued
+        .is_none_or(|t| now.saturating_sub(t) >= st.governance.dormant_after_secs)
+    {
+        "dormant"
+    } else {
+        "active"
+    };
+    let mut out = InventoryEntry {
+        id: id.id.clone(),
+        owner: id.owner.clone(),
+        steward: id.steward.clone(),
+        purpose: id.purpose.clone(),
+        environment: id.environment.clone(),
+        third_party: id.third_party,
+        ticket: id.ticket.clone(),
+        expires: id.expires.to_string(),
+        status: status.to_owned(),
+        last_issued: usage.last_issued,
+        tokens_24h: usage.tokens_24h(now),
+        tasks_used: task_names(id, |t| usage.tasks.contains_key(t)),
+        tasks_never_used: task_names(id, |t| !usage.tasks.contains_key(t)),
+        anomalies: st
+            .governance
+            .monitor
+            .open_for(&id.id)
             .iter()
-            .copied()
-            .filter(|t| usage.tasks.contains_key(*t))
-            .collect();
-        let never: Vec<&str> = granted_tasks
+            .map(crate::anomaly::Anomaly::report)
+            .collect(),
+        unused_tasks: None,
+        unused_scopes: None,
+    };
+    if let Some(w) = unused {
+        let since = now.saturating_sub(w);
+        out.unused_tasks = Some(task_names(id, |t| {
+            usage.tasks.get(t).is_none_or(|last| *last < since)
+        }));
+        let mut stale_scopes: Vec<String> = id
+            .tasks
             .iter()
-            .copied()
-            .filter(|t| !usage.tasks.contains_key(*t))
+            .flat_map(|t| t.scopes.iter().cloned())
+            .filter(|s| usage.scopes.get(s).is_none_or(|last| *last < since))
             .collect();
-        let mut entry = json!({
-            "id": id.id, "owner": id.owner, "steward": id.steward, "purpose": id.purpose,
-            "environment": id.environment, "third_party": id.third_party, "ticket": id.ticket,
-            "expires": id.expires.to_string(), "status": status,
-            "last_issued": usage.last_issued, "tokens_24h": usage.tokens_24h(now),
-            "tasks_used": used, "tasks_never_used": never, "anomalies": st.governance.monitor.open_for(&id.id),
-        });
-        if let Some(w) = unused {
-            let since = now.saturating_sub(w);
-            let stale_tasks: Vec<&str> = granted_tasks
-                .iter()
-                .copied()
-                .filter(|t| usage.tasks.get(*t).is_none_or(|last| *last < since))
-                .collect();
-            let mut stale_scopes: Vec<&str> = id
-                .tasks
-                .iter()
-                .flat_map(|t| t.scopes.iter().map(String::as_str))
-                .filter(|s| usage.scopes.get(*s).is_none_or(|last| *last < since))
-                .collect();
-            stale_scopes.sort_unstable();
-            stale_scopes.dedup();
-            entry["unused_tasks"] = json!(stale_tasks);
-            entry["unused_scopes"] = json!(stale_scopes);
-        }
-        out.push(entry);
+        stale_scopes.sort_unstable();
+        stale_scopes.dedup();
+        out.unused_scopes = Some(stale_scopes);
     }
-    Json(json!({ "now": now, "identities": out })).into_response()
+    out
 }
