@@ -39,6 +39,7 @@ pub mod breakglass;
 pub mod checkpointer;
 pub mod clock;
 pub mod config;
+pub mod denial_budget;
 pub mod dev;
 pub mod error;
 pub mod grant_lifecycle;

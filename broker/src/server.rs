@@ -220,6 +220,9 @@ pub async fn start_with_clock(
             minter,
             keys,
             jwks_max_age: config.jwks_max_age,
+            denials: Arc::new(crate::denial_budget::DenialBudget::new(
+                crate::denial_budget::DenialBudgetConfig::default(),
+            )),
             audit,
             clock,
             metrics: Arc::new(Metrics::default()),
@@ -316,6 +319,8 @@ impl Broker {
         let sweeper = {
             let mut rx = stop_rx.clone();
             let revocations = Arc::clone(&self.state.revocations);
+            let denials = Arc::clone(&self.state.denials);
+            let audit = self.state.audit.clone();
             let limiter = Arc::clone(&self.state.governance.rate_limiter);
             let usage = Arc::clone(&self.state.governance.usage);
             let clock = Arc::clone(&self.state.clock);
@@ -335,6 +340,15 @@ impl Broker {
                         Err(e) => tracing::warn!(error = %e, "usage snapshot task failed"),
                     }
                     revocations.sweep(clock.unix_secs());
+                    let now = clock
+                        .now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0.0, |d| d.as_secs_f64());
+                    for summary in denials.flush(now, 10.0) {
+                        if let Err(e) = audit.append(summary).await {
+                            tracing::error!(error = %e, "could not record a denial summary");
+                        }
+                    }
                     limiter.sweep(std::time::Instant::now(), Duration::from_secs(3600));
                 }
             })

@@ -25,6 +25,8 @@ pub struct AppState {
     pub minter: Arc<Minter>,
     /// The signing keys' lifecycle (rotation, retirement, revocation).
     pub keys: Arc<crate::mint::lifecycle::KeyService>,
+    /// Per-source budgets of refusals recorded one by one at the token endpoint.
+    pub denials: Arc<crate::denial_budget::DenialBudget>,
     /// `Cache-Control: max-age` of the JWKS (`[signing] jwks_max_age`).
     pub jwks_max_age: std::time::Duration,
     /// The audit log.

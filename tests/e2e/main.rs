@@ -30,6 +30,7 @@ mod audit;
 mod break_glass;
 mod concurrency;
 mod conformance;
+mod denial_flood;
 mod denials;
 mod dev;
 mod explain;

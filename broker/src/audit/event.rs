@@ -52,6 +52,9 @@ pub enum EventKind {
     Anomaly,
     /// An admin acknowledged an anomaly.
     AnomalyAcknowledged,
+    /// Token-endpoint refusals from one source over its budget, counted instead of
+    /// recorded one by one (`detail`: count, first, last, rules).
+    DenialsSummarized,
     /// A signing key was published ahead of signing.
     KeyPrepared,
     /// A signing key started signing.

@@ -18,8 +18,11 @@ use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use broker_client::types::{TOKEN_TYPE_ACCESS_TOKEN, TokenResponse};
 
+use axum::http::StatusCode;
+
 use crate::api::{ApiError, AppState};
 use crate::authn::mtls::ClientCert;
+use crate::denial_budget::Admit;
 use crate::issuance::{Issued, NotIssued, TokenCall, TokenService};
 
 /// The token endpoint.
@@ -41,10 +44,46 @@ pub async fn token(
     };
     match TokenService::new(&st).issue(call).await {
         Ok(issued) => answer(&issued),
-        Err(NotIssued::Refused { refusal, record }) => {
-            crate::api::record::deny(&st, *record, refusal.rule(), refusal.error()).await
-        }
+        Err(NotIssued::Refused { refusal, record }) => refused(&st, peer, &refusal, *record).await,
         Err(NotIssued::AuditFailed) => ApiError::audit_unavailable().into_response(),
+    }
+}
+
+/// A refusal, recorded, or over the source's budget answered 429 and counted into its
+/// summary (`crate::denial_budget`).
+async fn refused(
+    st: &AppState,
+    peer: SocketAddr,
+    refusal: &crate::issuance::Refusal,
+    record: crate::audit::event::AuditEvent,
+) -> Response {
+    let now = st
+        .clock
+        .now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
+    match st.denials.admit(peer.ip(), refusal.rule(), now) {
+        Admit::Record { summary } => {
+            if let Some(s) = summary
+                && let Err(e) = st.audit.append(s).await
+            {
+                tracing::error!(error = %e, "could not record a denial summary");
+            }
+            crate::api::record::deny(st, record, refusal.rule(), refusal.error()).await
+        }
+        Admit::Suppress { retry_after } => {
+            st.metrics.denied(refusal.rule());
+            let mut e = ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "temporarily_unavailable",
+                format!(
+                    "too many refused requests from this address (the last: {}); they are counted, not recorded one by one; retry after {retry_after}s",
+                    refusal.rule()
+                ),
+            );
+            e.retry_after = Some(retry_after);
+            e.into_response()
+        }
     }
 }
 
