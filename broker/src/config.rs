@@ -440,6 +440,11 @@ pub struct SigningFile {
     /// published this long.
     #[serde(default)]
     pub key_lease: Option<String>,
+    /// The signing key in a PKCS#11 token (`pkcs11 = { module, slot, token_label,
+    /// pin_file, key_label }`): it is the newest key, so it signs; `key_dir` may then
+    /// hold no key file. Not with `rotate_every`.
+    #[serde(default)]
+    pub pkcs11: Option<crate::mint::pkcs11::Pkcs11Config>,
 }
 
 /// `[audit]`.
@@ -539,6 +544,8 @@ pub struct Config {
     pub request_timeout: Duration,
     /// Key directory.
     pub key_dir: PathBuf,
+    /// `[signing] pkcs11`, its paths resolved: the signing key in a PKCS#11 token.
+    pub pkcs11: Option<crate::mint::pkcs11::Pkcs11Config>,
     /// `[signing] algorithm` when set: the signing key must use it (checked at start).
     pub algorithm: Option<SigningAlgorithm>,
     /// Key rotation (`[signing] rotate_every`, `prepublish`, `key_lease`).
@@ -872,7 +879,19 @@ impl FileConfig {
                 &self.signing.key_lease,
                 Duration::from_secs(crate::revocation::MAX_TOKEN_LIFETIME_SECS),
             )?,
+            keys_in_token: self.signing.pkcs11.is_some(),
         };
+        if self.signing.pkcs11.is_some() && rotation.rotate_every.is_some() {
+            return Err(invalid(
+                "signing.rotate_every cannot be used with signing.pkcs11 (yet): rotate HSM keys by generating a new key in the token (`broker keys hsm-generate`) and changing key_label"
+                    .into(),
+            ));
+        }
+        let pkcs11 = self.signing.pkcs11.clone().map(|mut p| {
+            p.module = resolve(&p.module);
+            p.pin_file = resolve(&p.pin_file);
+            p
+        });
         let jwks_max_age = dur(
             "signing.jwks_max_age",
             &self.signing.jwks_max_age,
@@ -1195,6 +1214,7 @@ impl FileConfig {
             )?,
             http: crate::http_limits::from_file(self.http.as_ref()).map_err(&invalid)?,
             key_dir: resolve(&self.signing.key_dir),
+            pkcs11,
             algorithm,
             rotation,
             jwks_max_age,
@@ -1262,6 +1282,35 @@ environment = "prod"
         );
         assert_eq!(c.trusted_issuers[0].leeway, Duration::from_secs(30));
         assert!(c.tls.is_some());
+    }
+
+    #[test]
+    fn pkcs11_signing_key_resolves_its_paths_and_refuses_scheduled_rotation() {
+        let text = SAMPLE.replace(
+            "algorithm = \"EdDSA\"",
+            "pkcs11 = { module = \"lib/softhsm2.so\", token_label = \"broker\", pin_file = \"hsm.pin\", key_label = \"signing-1\" }",
+        );
+        let c = load(&text).unwrap();
+        let p = c.pkcs11.as_ref().unwrap();
+        assert_eq!(p.module, PathBuf::from("/etc/broker/lib/softhsm2.so"));
+        assert_eq!(p.pin_file, PathBuf::from("/etc/broker/hsm.pin"));
+        assert_eq!(p.token_label.as_deref(), Some("broker"));
+        assert_eq!(p.slot, None);
+        assert_eq!(p.key_label, "signing-1");
+        assert!(c.rotation.keys_in_token);
+        assert!(load(SAMPLE).unwrap().pkcs11.is_none());
+        let err = load(&text.replace(
+            "key_dir = \"keys\"",
+            "key_dir = \"keys\"\nrotate_every = \"30d\"",
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("rotate_every") && err.contains("key_label"),
+            "{err}"
+        );
+        let err = load(&text.replace("key_label", "colour")).unwrap_err();
+        assert!(err.to_string().contains("colour"), "{err}");
     }
 
     #[test]

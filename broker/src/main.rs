@@ -13,7 +13,7 @@ mod admin_cli;
 use anyhow::{Context, bail};
 use broker::clock::{Clock, SystemClock};
 use broker::config::Config;
-use broker::mint::keys::{self, Jwks, KeyRing, SigningAlgorithm};
+use broker::mint::keys::{self, Jwks, SigningAlgorithm};
 use broker::policy::{self, Decision};
 use broker::store::StateStore as _;
 use clap::{Parser, Subcommand};
@@ -212,8 +212,9 @@ enum AuditCommand {
         /// A JWKS file with the broker's public keys (e.g. saved from /.well-known/jwks.json).
         #[arg(long)]
         jwks: Option<PathBuf>,
-        /// Broker config: its signing.key_dir is used, and with `[store] kind =
-        /// "postgres"` the keys every replica published and their audit checkpoints.
+        /// Broker config: its signing.key_dir (and signing.pkcs11's key) is used, and with
+        /// `[store] kind = "postgres"` the keys every replica published and their audit
+        /// checkpoints.
         #[arg(long, conflicts_with_all = ["key_dir", "jwks"])]
         config: Option<PathBuf>,
     },
@@ -283,6 +284,28 @@ enum KeysCommand {
         reason: String,
         #[command(flatten)]
         auth: admin_cli::AdminAuth,
+    },
+    /// Generate a signing key in a PKCS#11 token (non-extractable; the broker never sees
+    /// its private half) and print its kid; name it in `[signing] pkcs11` to sign with it.
+    HsmGenerate {
+        /// The PKCS#11 library, e.g. /usr/lib/softhsm/libsofthsm2.so.
+        #[arg(long)]
+        module: PathBuf,
+        /// The token's label.
+        #[arg(long)]
+        token_label: Option<String>,
+        /// The slot id (with --token-label as well, both must match).
+        #[arg(long)]
+        slot: Option<u64>,
+        /// A file holding the user PIN.
+        #[arg(long)]
+        pin_file: PathBuf,
+        /// The new key's label (`key_label`); a key with it already is an error.
+        #[arg(long)]
+        label: String,
+        /// ES256 (default) or EdDSA.
+        #[arg(long, default_value = "ES256")]
+        alg: String,
     },
 }
 
@@ -497,6 +520,31 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 &format!("/v1/admin/keys/{kid}/revoke"),
                 &serde_json::json!({ "reason": reason }),
             ),
+            KeysCommand::HsmGenerate {
+                module,
+                token_label,
+                slot,
+                pin_file,
+                label,
+                alg,
+            } => {
+                let alg: SigningAlgorithm = alg.parse()?;
+                let config = broker::mint::pkcs11::Pkcs11Config {
+                    module,
+                    slot,
+                    token_label,
+                    pin_file,
+                    key_label: label,
+                };
+                let signer = broker::mint::pkcs11::generate_in_token(&config, alg)?;
+                println!(
+                    "generated {alg} key {} in PKCS#11 token {:?} labelled {:?}",
+                    keys::Signer::kid(&signer),
+                    signer.token_label(),
+                    config.key_label
+                );
+                Ok(ExitCode::SUCCESS)
+            }
         },
         Command::Identity { command } => match command {
             IdentityCommand::Disable { id, reason, auth } => admin_cli::post(
@@ -844,7 +892,8 @@ fn audit_verify(
         };
         // The keys in the directory, and the public halves of those retired or revoked
         // since (anchors they signed still verify).
-        let mut keys = KeyRing::load_dir(&dir)?.jwks();
+        let pkcs11 = config.as_ref().and_then(|c| c.pkcs11.as_ref());
+        let mut keys = broker::mint::pkcs11::key_ring(&dir, pkcs11)?.jwks();
         for k in broker::mint::lifecycle::retired_public_keys(&dir).keys {
             if !keys.keys.iter().any(|x| x.kid == k.kid) {
                 keys.keys.push(k);

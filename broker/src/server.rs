@@ -31,7 +31,6 @@ use crate::config::{Config, StoreKind};
 use crate::http_limits::{self, Activity, ActivityIo, Ended, HttpLimits};
 use crate::metrics::Metrics;
 use crate::mint::Minter;
-use crate::mint::keys::KeyRing;
 use crate::policy::LintError;
 use crate::reload::{self, PolicyStore};
 use crate::revocation::Revocations;
@@ -109,7 +108,7 @@ pub async fn start_with_clock(
     config: &Config,
     clock: Arc<dyn Clock>,
 ) -> Result<Broker, StartError> {
-    let keys = KeyRing::load_dir(&config.key_dir)?;
+    let keys = crate::mint::pkcs11::key_ring(&config.key_dir, config.pkcs11.as_ref())?;
     let audit = AuditLog::open(
         AuditOptions {
             dir: config.audit_dir.clone(),

@@ -590,7 +590,7 @@ fn node_env(test: &str) -> Option<PathBuf> {
 
 /// A venv with the pinned requirements (`pip install --require-hashes`), or `None` when
 /// `python3 -m venv` is missing outside CI.
-fn python_env(test: &str) -> Option<PathBuf> {
+pub(crate) fn python_env(test: &str) -> Option<PathBuf> {
     let version = runs("python3", &["--version"]);
     // Debian's python3 has `venv` but not `ensurepip` without python3-venv.
     let venv_ok = runs("python3", &["-c", "import venv, ensurepip"]).is_some();

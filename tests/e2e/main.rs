@@ -22,6 +22,8 @@
 //!   well-behaved client keeps being served.
 //! - `tls_reload`: server certificate and client CA rotation without a restart; broken
 //!   replacements keep the old material live.
+//! - `pkcs11`: a signing key in a SoftHSM2 token (`broker keys hsm-generate`, `[signing]
+//!   pkcs11`), tokens verified from the JWKS by jsonwebtoken and PyJWT, no key file.
 //!
 //! Tests that need `openssl`, `curl`, Node or Python skip with a note when one is missing,
 //! and fail instead under `CI=true`.
@@ -43,6 +45,7 @@ mod keys;
 mod lint;
 mod mtls;
 mod mtls_denials;
+mod pkcs11;
 mod replicas;
 mod revocation;
 mod sdk;

@@ -473,6 +473,8 @@ pub struct Options {
     pub extra_toml: String,
     /// Where the broker gets the test issuer's keys (default: the fixture `jwks_file`).
     pub issuer_keys: IssuerKeySource,
+    /// Environment variables set on the broker process (e.g. `SOFTHSM2_CONF`).
+    pub env: Vec<(String, String)>,
 }
 
 /// Where the broker gets the trusted test issuer's keys.
@@ -534,6 +536,7 @@ impl Default for Options {
             tls: None,
             extra_toml: String::new(),
             issuer_keys: IssuerKeySource::File,
+            env: Vec::new(),
         }
     }
 }
@@ -900,6 +903,7 @@ pub struct TestBroker {
     base_url: String,
     client: reqwest::Client,
     server_ca: Option<PathBuf>,
+    env: Vec<(String, String)>,
 }
 
 impl fmt::Debug for TestBroker {
@@ -961,6 +965,7 @@ impl TestBroker {
                 None => http_client(),
             },
             server_ca: opts.tls.as_ref().map(|t| t.server_ca.clone()),
+            env: opts.env.clone(),
         }
     }
 
@@ -990,6 +995,7 @@ impl TestBroker {
             base_url: String::new(),
             client: http_client(),
             server_ca: None,
+            env: Vec::new(),
         };
         if let Err(e) = b.launch() {
             panic!("{e}");
@@ -1031,6 +1037,7 @@ impl TestBroker {
             }
         };
         cmd.current_dir(self.dir.path())
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());

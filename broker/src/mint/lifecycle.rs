@@ -44,6 +44,10 @@ pub struct RotationPolicy {
     /// How far ahead an active key's publication is guaranteed (`key_lease`): the
     /// longest a token can live, and how long a retiring key stays published.
     pub lease: Duration,
+    /// The signing key is in a PKCS#11 token (`[signing] pkcs11`): the broker never makes
+    /// a key file; a rotation, or a replacement for a retired or revoked key, is refused
+    /// ([`LifecycleError::KeysInToken`]).
+    pub keys_in_token: bool,
 }
 
 impl Default for RotationPolicy {
@@ -52,6 +56,7 @@ impl Default for RotationPolicy {
             rotate_every: None,
             prepublish: Duration::from_secs(3600),
             lease: Duration::from_secs(crate::revocation::MAX_TOKEN_LIFETIME_SECS),
+            keys_in_token: false,
         }
     }
 }
@@ -185,6 +190,11 @@ pub enum LifecycleError {
     /// A key could not be made or removed.
     #[error(transparent)]
     Key(#[from] keys::KeyError),
+    /// The signing key is in a PKCS#11 token: the broker makes no key of its own.
+    #[error(
+        "the signing key is in a PKCS#11 token ([signing] pkcs11): the broker does not make keys; rotate HSM keys by generating a new key in the token (`broker keys hsm-generate`) and changing key_label, then restart"
+    )]
+    KeysInToken,
 }
 
 struct Inner {
@@ -601,12 +611,15 @@ impl KeyService {
     }
 
     /// Makes a new key of `alg` in the key directory and records it as prepared, to sign
-    /// from `activate_at`.
+    /// from `activate_at`. Refused when the keys are in a PKCS#11 token.
     fn prepare(
         &self,
         alg: SigningAlgorithm,
         activate_at: u64,
     ) -> Result<Vec<AuditEvent>, LifecycleError> {
+        if self.policy.keys_in_token {
+            return Err(LifecycleError::KeysInToken);
+        }
         let now = self.now();
         let (path, kid) = keys::generate(&self.dir, alg, now)?;
         let signer = KeyRing::load_dir_file(&path)?;

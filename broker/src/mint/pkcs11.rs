@@ -44,7 +44,7 @@ use ring::rand::{SecureRandom, SystemRandom};
 use serde::Deserialize;
 use zeroize::Zeroizing;
 
-use super::keys::{KeyError, PublicJwk, Signer, SigningAlgorithm};
+use super::keys::{KeyError, KeyRing, PublicJwk, Signer, SigningAlgorithm};
 
 /// DER of the OID 1.2.840.10045.3.1.7 (P-256, `secp256r1`), the `CKA_EC_PARAMS` of a P-256 key.
 const P256_PARAMS: &[u8] = &[0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
@@ -610,6 +610,31 @@ impl fmt::Debug for Pkcs11Signer {
 /// signature that the two belong together.
 pub fn open(config: &Pkcs11Config) -> Result<Arc<dyn Signer>, Pkcs11Error> {
     Ok(Arc::new(Pkcs11Signer::open(config)?))
+}
+
+/// The signing keys the broker starts with: the key files in `key_dir` (oldest first)
+/// and, with `[signing] pkcs11`, the token's key last, so that it is the newest and signs.
+/// With a token key, `key_dir` may hold no key file or not exist (it is created: it keeps
+/// the public halves of retired keys).
+pub fn key_ring(key_dir: &Path, pkcs11: Option<&Pkcs11Config>) -> Result<KeyRing, KeyError> {
+    let Some(config) = pkcs11 else {
+        return KeyRing::load_dir(key_dir);
+    };
+    let mut keys: Vec<Arc<dyn Signer>> = match KeyRing::load_dir(key_dir) {
+        Ok(ring) => ring.signers().cloned().collect(),
+        Err(KeyError::NoKeys(_)) => {
+            fs::create_dir_all(key_dir).map_err(|source| KeyError::Io {
+                path: key_dir.to_path_buf(),
+                source,
+            })?;
+            Vec::new()
+        }
+        Err(e) => return Err(e),
+    };
+    let token_key = open(config)?;
+    keys.retain(|k| k.kid() != token_key.kid());
+    keys.push(token_key);
+    KeyRing::new(keys).ok_or_else(|| KeyError::NoKeys(key_dir.to_path_buf()))
 }
 
 /// Creates a non-extractable key pair of `alg` in the token (`CKA_SENSITIVE` true,

@@ -48,7 +48,9 @@ fn refused(e: &LifecycleError) -> Response {
         LifecycleError::UnknownKey(_) => {
             ApiError::new(StatusCode::NOT_FOUND, "invalid_request", e.to_string()).into_response()
         }
-        LifecycleError::NotOurs { .. } | LifecycleError::WrongState { .. } => {
+        LifecycleError::NotOurs { .. }
+        | LifecycleError::WrongState { .. }
+        | LifecycleError::KeysInToken => {
             ApiError::new(StatusCode::CONFLICT, "invalid_request", e.to_string()).into_response()
         }
         LifecycleError::Store(_) => ApiError::store_unavailable().into_response(),
