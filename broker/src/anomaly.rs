@@ -178,6 +178,9 @@ pub struct Monitor {
     store: Arc<dyn StateStore>,
     /// Every journal change up to this event id is applied here.
     through: std::sync::atomic::AtomicU64,
+    /// Held across a recorded-first acknowledgement, so that acknowledgements on this
+    /// replica never race each other's records.
+    acks: tokio::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for Monitor {
@@ -230,6 +233,7 @@ impl Monitor {
             dormant_after_secs,
             store,
             through: std::sync::atomic::AtomicU64::new(events.last().map_or(0, |e| e.id)),
+            acks: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -270,6 +274,11 @@ impl Monitor {
             .filter(|a| a.identity == identity && a.acknowledged_by.is_none())
             .cloned()
             .collect()
+    }
+
+    /// Waits for this replica's other acknowledgements (see [`Monitor::acknowledge`]).
+    pub async fn one_ack_at_a_time(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.acks.lock().await
     }
 
     /// Anomaly `id` as this replica knows it.

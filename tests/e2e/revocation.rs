@@ -879,34 +879,8 @@ async fn revocations_survive_a_sigkill_restart() {
 // The feed
 // ---------------------------------------------------------------------------------------
 
-/// A jti entry drops out once its token's `exp` has passed; a longer-lived one stays.
-#[tokio::test(flavor = "multi_thread")]
-async fn feed_entries_vanish_after_the_tokens_exp() {
-    let b = start();
-    let short = b.issue(SUBJECT, TASK, Some(2)).await;
-    let long = b.issue_payments().await;
-    for t in [&short, &long] {
-        let r = b.revoke_with(Some(&rs256(SUBJECT)), t).await;
-        assert_eq!(r.status, 200, "{}", r.text);
-    }
-    let feed = b.feed(None).await;
-    let e = feed_jti(&feed, &jti_of(&short)).unwrap_or_else(|| panic!("listed: {feed}"));
-    assert_eq!(e["until"], exp_of(&short), "{e}");
-    assert!(feed_jti(&feed, &jti_of(&long)).is_some(), "{feed}");
-
-    wait_until_expired(exp_of(&short)).await;
-    tokio::time::sleep(Duration::from_millis(1100)).await;
-    let feed = b.feed(None).await;
-    assert!(
-        feed_jti(&feed, &jti_of(&short)).is_none(),
-        "the expired token's entry is gone: {feed}"
-    );
-    assert!(
-        feed_jti(&feed, &jti_of(&long)).is_some(),
-        "the live token's entry stays: {feed}"
-    );
-    assert!(feed["now"].as_u64().is_some_and(|n| n > exp_of(&short)));
-}
+// A jti entry dropping out once its token's `exp` has passed (a longer-lived one staying)
+// is shown on the broker's clock by api::in_process_feed::feed_entries_vanish_after_the_tokens_exp.
 
 /// `since` returns only entries with a larger cursor; the cursor only grows.
 #[tokio::test(flavor = "multi_thread")]

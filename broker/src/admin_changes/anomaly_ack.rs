@@ -33,6 +33,7 @@ pub async fn acknowledge(
     ev: &mut AuditEvent,
 ) -> Result<Anomaly, AckError> {
     let monitor = &st.governance.monitor;
+    let _serial = monitor.one_ack_at_a_time().await;
     for _ in 0..ATTEMPTS {
         let now = st.clock.unix_secs();
         let Some(known) = monitor.get(id) else {

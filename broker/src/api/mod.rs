@@ -10,6 +10,10 @@ mod in_process;
 #[cfg(test)]
 mod in_process_client_auth;
 #[cfg(test)]
+mod in_process_feed;
+#[cfg(test)]
+mod in_process_governance;
+#[cfg(test)]
 mod in_process_keys;
 #[cfg(test)]
 mod in_process_record_first;

@@ -126,6 +126,9 @@ pub struct Grants {
     /// Every journal change up to this event id is applied here (the point a checked
     /// append reads on from).
     through: std::sync::atomic::AtomicU64,
+    /// Held across a recorded-first step (plan, records, transaction), so that steps on
+    /// this replica never race each other's records.
+    steps: tokio::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for Grants {
@@ -152,6 +155,7 @@ impl Grants {
             map: Mutex::new(HashMap::new()),
             store,
             through: std::sync::atomic::AtomicU64::new(events.last().map_or(0, |e| e.id)),
+            steps: tokio::sync::Mutex::new(()),
         };
         {
             let mut map = me.lock();
@@ -162,6 +166,12 @@ impl Grants {
             }
         }
         me
+    }
+
+    /// Waits for this replica's other grant steps: a step planned, recorded and made
+    /// under the guard is not raced here (only by other replicas).
+    pub async fn one_step_at_a_time(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.steps.lock().await
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Grant>> {

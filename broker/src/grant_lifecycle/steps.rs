@@ -37,6 +37,7 @@ async fn run(
     plan: impl Fn(&Grant) -> Result<Option<Step>, StepError>,
 ) -> Result<Grant, StepError> {
     let grants = &st.break_glass.grants;
+    let _serial = grants.one_step_at_a_time().await;
     for _ in 0..ATTEMPTS {
         let base = grants.get(id).ok_or(StepError::UnknownGrant)?;
         let Some(step) = plan(&base)? else {
