@@ -43,7 +43,7 @@ pub enum Admit {
     /// Record it; first record `summary` (refusals counted while over budget), if any.
     Record {
         /// The summary of the suppressed refusals before this one.
-        summary: Option<AuditEvent>,
+        summary: Option<Box<AuditEvent>>,
     },
     /// Over budget: answer 429 with `Retry-After: retry_after`, do not record it (it is
     /// counted into the source's summary).
@@ -102,7 +102,7 @@ impl DenialBudget {
         b.at = now;
         if b.tokens >= 1.0 {
             b.tokens -= 1.0;
-            let summary = b.suppressed.take().map(|p| summary(&key, &p));
+            let summary = b.suppressed.take().map(|p| Box::new(summary(&key, &p)));
             return Admit::Record { summary };
         }
         let secs = now as u64;

@@ -65,7 +65,7 @@ async fn refused(
     match st.denials.admit(peer.ip(), refusal.rule(), now) {
         Admit::Record { summary } => {
             if let Some(s) = summary
-                && let Err(e) = st.audit.append(s).await
+                && let Err(e) = st.audit.append(*s).await
             {
                 tracing::error!(error = %e, "could not record a denial summary");
             }
