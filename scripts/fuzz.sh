@@ -31,7 +31,15 @@ else
 fi
 
 mkdir -p logs
-nice -n 19 cargo +"$toolchain" fuzz build 2>&1 | tail -n 3 || exit 1
+# Build every target once (release, debug assertions, AddressSanitizer), then run the
+# binaries directly: `cargo fuzz run` would rebuild whenever the broker sources change
+# under a long run. FUZZ_NO_BUILD=1 reuses the last build.
+if [[ -z "${FUZZ_NO_BUILD:-}" ]]; then
+  nice -n 19 cargo +"$toolchain" fuzz build 2>&1 | tail -n 3
+  (( PIPESTATUS[0] == 0 )) || exit 1
+fi
+bin_dir="target/x86_64-unknown-linux-gnu/release"
+export ASAN_OPTIONS="${ASAN_OPTIONS:-detect_odr_violation=0}"
 
 status=0
 for t in "${targets[@]}"; do
@@ -40,8 +48,9 @@ for t in "${targets[@]}"; do
   log="logs/$t-$stamp.log"
   echo "== $t: ${seconds}s (log $log)"
   before=$(ls "artifacts/$t" | wc -l)
-  nice -n 19 cargo +"$toolchain" fuzz run "$t" "corpus-grown/$t" "corpus/$t" -- \
-    -max_total_time="$seconds" -print_final_stats=1 -timeout=20 -rss_limit_mb=2048 >"$log" 2>&1
+  nice -n 19 "$bin_dir/$t" "corpus-grown/$t" "corpus/$t" \
+    -max_total_time="$seconds" -print_final_stats=1 -timeout=20 -rss_limit_mb=2048 \
+    -artifact_prefix="$PWD/artifacts/$t/" >"$log" 2>&1
   rc=$?
   after=$(ls "artifacts/$t" | wc -l)
   crashes=$((after - before))
@@ -56,12 +65,12 @@ for t in "${targets[@]}"; do
   # The last status line (`#N DONE cov: .. ft: .. exec/s: ..`, or the last pulse before
   # a crash) and the final stats.
   last=$(grep -E '^#[0-9]+' "$log" | tail -n 1)
-  execs=$(grep -oP 'stat::number_of_executed_units: \K[0-9]+' "$log" || echo "${last%%[[:space:]]*}")
-  eps=$(grep -oP 'stat::average_exec_per_sec: \K[0-9]+' "$log" || echo "?")
+  execs=$(grep -oP 'stat::number_of_executed_units:\s*\K[0-9]+' "$log" || echo "${last%%[[:space:]]*}")
+  eps=$(grep -oP 'stat::average_exec_per_sec:\s*\K[0-9]+' "$log" || echo "?")
   cov=$(grep -oP 'cov: \K[0-9]+' <<<"$last" || echo "?")
   ft=$(grep -oP 'ft: \K[0-9]+' <<<"$last" || echo "?")
   corp=$(grep -oP 'corp: \K[^ ]+' <<<"$last" || echo "?")
-  rss=$(grep -oP 'stat::peak_rss_mb: \K[0-9]+' "$log" || echo "?")
+  rss=$(grep -oP 'stat::peak_rss_mb:\s*\K[0-9]+' "$log" || echo "?")
   line="$(date -u +%F)	$t	$seconds	$execs	$eps	$cov	$ft	$corp	${rss}MB	crashes=$crashes	rc=$rc"
   echo "$line" | tee -a logs/summary.tsv
 done

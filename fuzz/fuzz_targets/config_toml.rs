@@ -23,6 +23,11 @@ fuzz_target!(|data: &[u8]| {
     if text.contains("/dev/") || text.contains("/proc/") || text.contains("/sys/") {
         return;
     }
+    // Known crash (reported, `fuzz/regressions/config_toml/`): a duration whose parts sum
+    // past `Duration::MAX` panics in `parse_duration`. Masked so the run looks for others.
+    if broker_fuzz::has_known_duration_overflow(text) {
+        return;
+    }
     let path = base.path().join("broker.toml");
     match Config::from_toml(text, &path, base.path()) {
         Ok(c) => {

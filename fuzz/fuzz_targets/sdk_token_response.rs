@@ -5,6 +5,13 @@
 //! directly from the body.
 //!
 //! Input: byte 0 picks the status, byte 1 the `Retry-After` header, the rest is the body.
+//!
+//! Known crash, masked so the run can look for others (set `FUZZ_UNMASK_KNOWN=1` to see
+//! it; inputs in `fuzz/regressions/sdk_token_response/`): a 2xx answer whose
+//! `expires_in` is near `u64::MAX` panics in `client-sdk/src/source.rs` (`sent_at +
+//! tr.expires_in` overflows, line 488, with debug assertions; `Instant::now() + renew_in`
+//! panics "overflow when adding duration to instant", line 499, in release builds too).
+//! The mask skips bodies whose `expires_in` is above 10^15 s (30 million years).
 #![no_main]
 
 use std::sync::OnceLock;
@@ -29,7 +36,13 @@ fuzz_target!(|data: &[u8]| {
     let [s, h, body @ ..] = data else {
         return;
     };
-    let _ = serde_json::from_slice::<TokenResponse>(body);
+    let tr = serde_json::from_slice::<TokenResponse>(body);
+    if let Ok(tr) = &tr
+        && tr.expires_in > 1_000_000_000_000_000
+        && std::env::var_os("FUZZ_UNMASK_KNOWN").is_none()
+    {
+        return;
+    }
     let _ = serde_json::from_slice::<ErrorResponse>(body);
     let _ = serde_json::from_slice::<IntrospectionResponse>(body);
     let _ = serde_json::from_slice::<RevocationResponse>(body);

@@ -241,3 +241,51 @@ pub fn access_claims(iss: &str, aud: &str) -> serde_json::Value {
         "bg": "grant-1"
     })
 }
+
+/// Whether `broker::config::parse_duration(s)` would hit the known overflow panic
+/// (`total += unit` in `broker/src/config.rs`: the sum of the parts passes
+/// `Duration::MAX`, e.g. `"18446744073709551615s1s"`), replicating its arithmetic with
+/// checked additions. Inputs in `fuzz/regressions/config_toml/`.
+pub fn duration_would_overflow(s: &str) -> bool {
+    use std::time::Duration;
+    let mut total = Duration::ZERO;
+    let mut num = String::new();
+    let mut chars = s.trim().chars().peekable();
+    while let Some(c) = chars.next() {
+        if c.is_ascii_digit() {
+            num.push(c);
+            continue;
+        }
+        let Ok(n) = num.parse::<u64>() else {
+            return false;
+        };
+        num.clear();
+        let unit = match c {
+            'm' if chars.peek() == Some(&'s') => {
+                chars.next();
+                Duration::from_millis(n)
+            }
+            's' => Duration::from_secs(n),
+            'm' => Duration::from_secs(n.saturating_mul(60)),
+            'h' => Duration::from_secs(n.saturating_mul(3600)),
+            'd' => Duration::from_secs(n.saturating_mul(86400)),
+            _ => return false,
+        };
+        match total.checked_add(unit) {
+            Some(t) => total = t,
+            None => return true,
+        }
+    }
+    false
+}
+
+/// The known-crash mask of the TOML targets: true when a line or a quoted string of
+/// `text` is a duration that would overflow (see [`duration_would_overflow`]), unless
+/// `FUZZ_UNMASK_KNOWN` is set.
+pub fn has_known_duration_overflow(text: &str) -> bool {
+    if std::env::var_os("FUZZ_UNMASK_KNOWN").is_some() {
+        return false;
+    }
+    text.lines().any(duration_would_overflow)
+        || text.split(['"', '\'']).any(duration_would_overflow)
+}
