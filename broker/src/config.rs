@@ -696,6 +696,17 @@ pub fn normalized_typ(typ: &str) -> String {
         .unwrap_or(t)
 }
 
+#[cfg(test)]
+mod duration_regressions {
+    /// Found by the `config_toml` fuzz target: adding the parts overflowed `Duration`.
+    #[test]
+    fn an_overflowing_duration_is_an_error_not_a_panic() {
+        let e = super::parse_duration("99999s00000000007386721425538678782d").unwrap_err();
+        assert!(e.contains("too"), "{e}");
+        assert!(super::parse_duration(&format!("{}s{}s", u64::MAX, u64::MAX)).is_err());
+    }
+}
+
 /// The JWS algorithms a trusted issuer may be allowed to use.
 pub const ACCEPTABLE_ISSUER_ALGORITHMS: &[&str] = &[
     "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA",
@@ -765,7 +776,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
                 ));
             }
         };
-        total += unit;
+        total = total
+            .checked_add(unit)
+            .ok_or_else(|| format!("invalid duration {s:?}: too long"))?;
     }
     if !num.is_empty() {
         return Err(format!(

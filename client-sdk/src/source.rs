@@ -283,8 +283,14 @@ impl std::fmt::Debug for TokenSource {
 /// whatever the configured fraction and jitter add up to) and at least 0.5 s.
 fn renew_delay(expires_in: u64, fraction: f64, jitter: f64) -> Duration {
     let factor = (fraction + jitter).clamp(0.05, 0.95);
+    let expires_in = expires_in.min(MAX_EXPIRES_IN);
     Duration::from_secs_f64((expires_in as f64 * factor).max(0.5))
 }
+
+/// Longest `expires_in` taken from a token response: the broker never issues tokens
+/// longer than 24 h; a larger value (a broken or hostile server) is cut to it, never
+/// overflowing the clock arithmetic.
+const MAX_EXPIRES_IN: u64 = 24 * 3600;
 
 fn jitter_unit() -> f64 {
     let mut b = [0u8; 4];
@@ -485,7 +491,7 @@ async fn fetch(inner: &Inner) -> Result<Token, Error> {
             })?;
         let token = Token {
             secret: Arc::new(Zeroizing::new(tr.access_token)),
-            expires_at: sent_at + tr.expires_in,
+            expires_at: sent_at.saturating_add(tr.expires_in.min(MAX_EXPIRES_IN)),
             scope: tr.scope,
         };
         let renew_in = renew_delay(
@@ -628,6 +634,17 @@ mod tests {
         assert_eq!(renew_delay(0, 0.75, 0.0), Duration::from_millis(500));
         for draw in [-0.5, -0.25, 0.0, 0.25, 0.5] {
             assert!(renew_delay(60, 0.95, draw) < Duration::from_secs(60));
+        }
+    }
+
+    /// Found by the `sdk_token_response` fuzz target: `expires_in` of u64::MAX or 1.8e19
+    /// overflowed the renewal arithmetic (a panic in the caller's task); it is cut to 24 h.
+    #[test]
+    fn a_huge_expires_in_is_cut_not_a_panic() {
+        for e in [u64::MAX, 18_000_000_000_000_000_000] {
+            let d = renew_delay(e, 0.75, 0.1);
+            assert!(d <= Duration::from_secs(MAX_EXPIRES_IN), "{d:?}");
+            let _ = std::time::Instant::now() + d;
         }
     }
 }
