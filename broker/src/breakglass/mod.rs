@@ -210,6 +210,12 @@ impl Grants {
         map.remove(&base.id).unwrap_or_else(|| base.clone())
     }
 
+    /// Grant `id` as the shared store has it now: reads (and applies) what other
+    /// replicas committed that this one has not applied yet; appends nothing.
+    pub fn catch_up(&self, id: &str) -> Result<Option<Grant>, StoreError> {
+        Ok(self.decide(id, |_| Err::<Vec<StateChange>, ()>(()))?.grant)
+    }
+
     /// Appends `changes` in one transaction if grant `id`'s newest state (read under the
     /// journal's lock, with what other replicas committed) is still `expected`, and
     /// applies them; `Ok(None)` (nothing appended) if it changed. Returns the grant after

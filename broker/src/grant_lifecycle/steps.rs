@@ -39,7 +39,17 @@ async fn run(
     let grants = &st.break_glass.grants;
     let _serial = grants.one_step_at_a_time().await;
     for _ in 0..ATTEMPTS {
-        let base = grants.get(id).ok_or(StepError::UnknownGrant)?;
+        let base = match grants.get(id) {
+            Some(g) => g,
+            // Perhaps requested on another replica a moment ago: read the shared store.
+            None => grants
+                .catch_up(id)
+                .map_err(|e| {
+                    tracing::error!(error = %e, "state store read failed");
+                    StepError::Failed(ApiError::store_unavailable())
+                })?
+                .ok_or(StepError::UnknownGrant)?,
+        };
         let Some(step) = plan(&base)? else {
             return Ok(base);
         };
