@@ -25,6 +25,8 @@ pub(crate) struct InProcess {
     broker: Broker,
     /// The broker's clock: move it with `advance`.
     pub(crate) clock: Arc<ManualClock>,
+    /// Whether each call first runs the key lifecycle's tick (as the server's loop would).
+    pub(crate) key_ticks: std::sync::atomic::AtomicBool,
 }
 
 /// An answer: status, headers, JSON body.
@@ -55,7 +57,12 @@ impl InProcess {
         let broker = start_with_clock(&config, Arc::clone(&clock) as Arc<dyn Clock>)
             .await
             .unwrap_or_else(|e| panic!("in-process broker: {e}"));
-        Self { dir, broker, clock }
+        Self {
+            dir,
+            broker,
+            clock,
+            key_ticks: std::sync::atomic::AtomicBool::new(true),
+        }
     }
 
     /// `POST /oauth2/token` for the dev workload's task, with a workload JWT issued at the
@@ -81,6 +88,13 @@ impl InProcess {
     }
 
     async fn call(&self, mut req: Request<Body>, peer: &str) -> Answer {
+        // What the server's background loop does every 500 ms: the signing-key lifecycle
+        // (lease extensions, scheduled steps) catches up with the clock.
+        if self.key_ticks.load(std::sync::atomic::Ordering::Relaxed)
+            && let Ok(audit) = self.broker.state().keys.tick()
+        {
+            crate::mint::lifecycle::KeyService::record(&self.broker.state().audit, audit).await;
+        }
         let addr: SocketAddr = peer.parse().unwrap();
         req.extensions_mut().insert(ConnectInfo(addr));
         let res = self.broker.router().oneshot(req).await.unwrap();
@@ -439,7 +453,12 @@ impl InProcess {
         let broker = start_with_clock(&config, Arc::clone(&clock) as Arc<dyn Clock>)
             .await
             .unwrap_or_else(|e| panic!("in-process broker restart: {e}"));
-        Self { dir, broker, clock }
+        Self {
+            dir,
+            broker,
+            clock,
+            key_ticks: std::sync::atomic::AtomicBool::new(true),
+        }
     }
 
     /// Sends `req` as from `peer`.

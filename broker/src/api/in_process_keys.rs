@@ -322,6 +322,8 @@ async fn no_token_outlives_its_keys_lease() {
     assert!(exp <= lease, "exp {exp} <= lease {lease}");
     assert!(exp < b.clock.unix_secs() + 600, "cut below the 10m max_ttl");
     // Without ticks (no lease extension) the lease runs out: no token.
+    b.key_ticks
+        .store(false, std::sync::atomic::Ordering::Relaxed);
     b.clock
         .advance(Duration::from_secs(lease - b.clock.unix_secs() + 1));
     let r = b.token(PEER).await;
