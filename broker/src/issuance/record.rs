@@ -38,7 +38,13 @@ pub fn mint(
         })
         .map_err(|e| {
             tracing::error!(error = %e, "minting failed");
-            Refusal::internal("mint_failed")
+            if matches!(e, crate::mint::MintError::NoActiveKey) {
+                // No key's publication is guaranteed (the store could not extend its
+                // lease): retryable, like an audit log that cannot be written.
+                Refusal::AuditUnavailable
+            } else {
+                Refusal::internal("mint_failed")
+            }
         })
 }
 
