@@ -57,7 +57,7 @@ impl Chain {
         if self.seq == Some(seq) {
             return Ok(false);
         }
-        let signer = minter.key_ring().current();
+        let signer = minter.anchor_signer();
         let cp = Checkpoint::sign(
             signer.as_ref(),
             CheckpointPoint {

@@ -892,14 +892,7 @@ impl FileConfig {
                 &self.signing.key_lease,
                 Duration::from_secs(crate::revocation::MAX_TOKEN_LIFETIME_SECS),
             )?,
-            keys_in_token: self.signing.pkcs11.is_some(),
         };
-        if self.signing.pkcs11.is_some() && rotation.rotate_every.is_some() {
-            return Err(invalid(
-                "signing.rotate_every cannot be used with signing.pkcs11 (yet): rotate HSM keys by generating a new key in the token (`broker keys hsm-generate`) and changing key_label"
-                    .into(),
-            ));
-        }
         let pkcs11 = self.signing.pkcs11.clone().map(|mut p| {
             p.module = resolve(&p.module);
             p.pin_file = resolve(&p.pin_file);
@@ -1298,7 +1291,7 @@ environment = "prod"
     }
 
     #[test]
-    fn pkcs11_signing_key_resolves_its_paths_and_refuses_scheduled_rotation() {
+    fn pkcs11_signing_key_resolves_its_paths_and_allows_scheduled_rotation() {
         let text = SAMPLE.replace(
             "algorithm = \"EdDSA\"",
             "pkcs11 = { module = \"lib/softhsm2.so\", token_label = \"broker\", pin_file = \"hsm.pin\", key_label = \"signing-1\" }",
@@ -1310,17 +1303,16 @@ environment = "prod"
         assert_eq!(p.token_label.as_deref(), Some("broker"));
         assert_eq!(p.slot, None);
         assert_eq!(p.key_label, "signing-1");
-        assert!(c.rotation.keys_in_token);
         assert!(load(SAMPLE).unwrap().pkcs11.is_none());
-        let err = load(&text.replace(
+        // Scheduled rotation generates the successors in the token.
+        let rotating = load(&text.replace(
             "key_dir = \"keys\"",
             "key_dir = \"keys\"\nrotate_every = \"30d\"",
         ))
-        .unwrap_err()
-        .to_string();
-        assert!(
-            err.contains("rotate_every") && err.contains("key_label"),
-            "{err}"
+        .unwrap();
+        assert_eq!(
+            rotating.rotation.rotate_every,
+            Some(Duration::from_secs(30 * 86_400))
         );
         let err = load(&text.replace("key_label", "colour")).unwrap_err();
         assert!(err.to_string().contains("colour"), "{err}");

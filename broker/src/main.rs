@@ -269,7 +269,8 @@ enum KeysCommand {
     /// Stop signing with KID now (a successor signs at once); it stays published until
     /// its last token has expired (needs `admin`).
     Retire {
-        /// The key id.
+        /// The key id (a kid may start with `-`: base64url).
+        #[arg(allow_hyphen_values = true)]
         kid: String,
         #[command(flatten)]
         auth: admin_cli::AdminAuth,
@@ -277,7 +278,8 @@ enum KeysCommand {
     /// Emergency: remove KID from the JWKS at once and revoke every token it signed; a
     /// new key signs at once (needs `revoke`).
     Revoke {
-        /// The key id.
+        /// The key id (a kid may start with `-`: base64url).
+        #[arg(allow_hyphen_values = true)]
         kid: String,
         /// Why (recorded in the audit log).
         #[arg(long)]
@@ -954,6 +956,34 @@ fn audit_verify(
         Err(e) => {
             println!("FAILED: {e}");
             Ok(ExitCode::from(1))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::{Cli, Command, KeysCommand};
+
+    /// A base64url kid may start with `-`; the CLI takes it as the KID, not an option.
+    #[test]
+    fn a_kid_starting_with_a_hyphen_is_a_kid() {
+        for sub in ["revoke", "retire"] {
+            let mut args = vec!["broker", "keys", sub, "-dRShQGejIHa5Gzl1t"];
+            if sub == "revoke" {
+                args.extend(["--reason", "leak"]);
+            }
+            args.extend(["--url", "http://127.0.0.1:8080"]);
+            let cli = Cli::try_parse_from(&args).unwrap_or_else(|e| panic!("{sub}: {e}"));
+            let Command::Keys { command } = cli.command else {
+                panic!("not keys");
+            };
+            let kid = match command {
+                KeysCommand::Revoke { kid, .. } | KeysCommand::Retire { kid, .. } => kid,
+                _ => panic!("{sub}"),
+            };
+            assert_eq!(kid, "-dRShQGejIHa5Gzl1t");
         }
     }
 }

@@ -181,6 +181,10 @@ pub async fn start_with_clock(
     let minter = Arc::new(minter);
     let (keys, key_audit) = crate::mint::lifecycle::KeyService::start(
         &config.key_dir,
+        match &config.pkcs11 {
+            Some(token) => crate::mint::lifecycle::KeyHome::Token(token.clone()),
+            None => crate::mint::lifecycle::KeyHome::Files,
+        },
         config.replica_id.as_deref().unwrap_or_default(),
         config.rotation,
         &minter.key_ring(),
@@ -190,6 +194,7 @@ pub async fn start_with_clock(
         Arc::clone(&clock),
     )
     .map_err(StartError::KeyLifecycle)?;
+    keys.bind_audit(audit.clone());
     let identities = policies.current().len();
 
     let mut ev = AuditEvent::new(EventKind::BrokerStarted);

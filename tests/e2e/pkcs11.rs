@@ -2,8 +2,9 @@
 //! throw-away SoftHSM2 token, `broker keys hsm-generate` into it, `broker serve` with
 //! `[signing] pkcs11 = { .. }` and no key file, a token verified from the published JWKS
 //! by `jsonwebtoken` and by an outside JOSE library (PyJWT), a restart that keeps the key,
-//! `broker keys rotate` refused, and `broker audit verify --config` of anchors the token's
-//! key signed.
+//! rotation with the successors generated in the token (across a restart mid-rotation),
+//! emergency revocation that destroys the key pair in the token, and `broker audit verify
+//! --config` of anchors the tokens' keys signed.
 //!
 //! SoftHSM2 reads `SOFTHSM2_CONF` once per process, so the test points each child process
 //! (softhsm2-util, the CLI, the broker) at its own config through the environment. Without
@@ -290,49 +291,133 @@ async fn softhsm2_key_signs_tokens_that_outside_libraries_verify() {
         eprintln!("PyJWT {} verified the PKCS#11-signed token", out["version"]);
     }
 
-    // No key file, before and after a refused rotation.
+    // Rotation in the token: `rotate --now` generates the successor in the token (no
+    // key file), which signs at once; the old key is retiring, still published.
+    let admin_bearer = b.dir().join("bearer-admin.jwt");
+    std::fs::write(&admin_bearer, rs256("admin:keys")).expect("the bearer file");
+    let secops_bearer = b.dir().join("bearer-secops.jwt");
+    std::fs::write(&secops_bearer, broker_tests::admin::admin_bearer()).expect("the bearer");
+    let keys_cli = |url: &str, bearer: &Path, args: &[&str]| -> Value {
+        let mut all: Vec<&OsStr> = vec![OsStr::new("keys")];
+        all.extend(args.iter().map(OsStr::new));
+        all.extend([
+            OsStr::new("--url"),
+            OsStr::new(url),
+            OsStr::new("--bearer-file"),
+            bearer.as_os_str(),
+        ]);
+        let out = token.broker(all);
+        assert!(out.success(), "broker keys {args:?}: {out}");
+        assert!(!out.stdout.contains(PIN) && !out.stderr.contains(PIN));
+        serde_json::from_str(&out.stdout).unwrap_or(Value::Null)
+    };
+    let state_of = |listed: &Value, kid: &str| -> String {
+        listed
+            .as_array()
+            .and_then(|a| a.iter().find(|k| k["kid"] == kid))
+            .and_then(|k| k["state"].as_str())
+            .unwrap_or("absent")
+            .to_owned()
+    };
+    let listed = keys_cli(b.base_url(), &admin_bearer, &["rotate", "--now"]);
+    assert_eq!(state_of(&listed, &kid), "retiring", "{listed}");
+    let second = b.issue(SUBJECT, TASK, None).await;
+    let k2 = header_kid(&second);
+    assert_ne!(k2, kid, "the successor signs");
+    assert_eq!(state_of(&listed, &k2), "active", "{listed}");
+    b.verify_access_token(&second, PROD_LEDGER).await;
+    b.verify_access_token(&access, PROD_LEDGER).await;
+    if let Some(venv) = python_env(test) {
+        let jwks = serde_json::to_value(b.jwks().await).expect("the JWKS as JSON");
+        assert_eq!(pyjwt_verify(&venv, &second, &jwks)["kid"], k2.as_str());
+        assert_eq!(pyjwt_verify(&venv, &access, &jwks)["kid"], kid.as_str());
+    }
     assert!(
         key_files(&key_dir).is_empty(),
-        "no file key in {}",
+        "the successor is in the token, not in {}",
         key_dir.display()
     );
-    let bearer = b.dir().join("bearer-rotate.jwt");
-    std::fs::write(&bearer, rs256("admin:keys")).expect("the bearer file");
-    let rotate = token.broker([
-        OsStr::new("keys"),
-        OsStr::new("rotate"),
-        OsStr::new("--now"),
-        OsStr::new("--url"),
-        OsStr::new(b.base_url()),
-        OsStr::new("--bearer-file"),
-        bearer.as_os_str(),
-    ]);
-    assert!(
-        !rotate.success(),
-        "rotation with a PKCS#11 key is refused: {rotate}"
-    );
-    let said = format!("{}{}", rotate.stdout, rotate.stderr);
-    assert!(
-        said.contains("PKCS#11") && said.contains("key_label"),
-        "the refusal says how to rotate: {rotate}"
-    );
-    assert!(key_files(&key_dir).is_empty(), "no file key after rotate");
-    assert_eq!(header_kid(&b.issue(SUBJECT, TASK, None).await), kid);
 
-    // A restart keeps signing with the token's key.
+    // A rotation in progress across a restart: `rotate` prepares a key (published, not
+    // signing for `prepublish`); after the restart it is still prepared, found in the
+    // token by the label the broker gave it, and the successor still signs.
+    let listed = keys_cli(b.base_url(), &admin_bearer, &["rotate"]);
+    let k3 = listed
+        .as_array()
+        .and_then(|a| a.iter().find(|k| k["state"] == "prepared"))
+        .and_then(|k| k["kid"].as_str())
+        .unwrap_or_else(|| panic!("a prepared key in {listed}"))
+        .to_owned();
     assert!(b.stop().success());
     if let Err(e) = b.launch() {
         panic!("{e}");
     }
+    let listed = keys_cli(b.base_url(), &admin_bearer, &["list"]);
+    assert_eq!(state_of(&listed, &k3), "prepared", "{listed}");
+    assert_eq!(state_of(&listed, &k2), "active", "{listed}");
+    assert_eq!(state_of(&listed, &kid), "retiring", "{listed}");
     let after = b.issue(SUBJECT, TASK, None).await;
-    assert_eq!(header_kid(&after), kid);
-    b.verify_access_token(&after, PROD_LEDGER).await;
-    assert!(!b.stderr().contains(PIN), "the PIN is never logged");
-    assert!(b.stop().success());
+    assert_eq!(
+        header_kid(&after),
+        k2,
+        "the successor signs after the restart"
+    );
+    let published: Vec<String> = b
+        .jwks()
+        .await
+        .keys
+        .iter()
+        .filter_map(|k| k.common.key_id.clone())
+        .collect();
+    for k in [&kid, &k2, &k3] {
+        assert!(published.contains(k), "{k} published: {published:?}");
+    }
+
+    // Emergency revocation of the signing key: it leaves the JWKS, its tokens are
+    // inactive, a new key generated in the token signs at once.
+    keys_cli(
+        b.base_url(),
+        &secops_bearer,
+        &["revoke", &k2, "--reason", "HSM partition exposed"],
+    );
+    assert!(b.jwks().await.find(&k2).is_none(), "gone from the JWKS");
+    assert!(!b.is_active(&second).await, "its tokens are revoked");
+    let fourth = b.issue(SUBJECT, TASK, None).await;
+    let k4 = header_kid(&fourth);
+    assert!(![&kid, &k2].contains(&&k4), "a new key signs: {k4}");
+    b.verify_access_token(&fourth, PROD_LEDGER).await;
+    assert!(b.is_active(&fourth).await);
+    // And the original key, retiring: revoked, destroyed in the token.
+    keys_cli(
+        b.base_url(),
+        &secops_bearer,
+        &["revoke", &kid, "--reason", "token backup lost"],
+    );
+    assert!(!b.is_active(&access).await);
     assert!(
         key_files(&key_dir).is_empty(),
-        "no file key after a restart"
+        "no file key after rotations"
     );
+    assert!(!b.stderr().contains(PIN), "the PIN is never logged");
+    assert!(b.stop().success());
+    // The revoked key pair is gone from the token: its label is free again.
+    let regen = token.broker([
+        OsStr::new("keys"),
+        OsStr::new("hsm-generate"),
+        OsStr::new("--module"),
+        module().as_os_str(),
+        OsStr::new("--token-label"),
+        OsStr::new("broker"),
+        OsStr::new("--pin-file"),
+        pin_file.as_os_str(),
+        OsStr::new("--label"),
+        OsStr::new(LABEL),
+    ]);
+    assert!(
+        regen.success(),
+        "the revoked key was destroyed, so its label is free: {regen}"
+    );
+    assert!(!regen.stdout.contains(&kid), "a different key: {regen}");
 
     // The head anchors the token's key signed verify with `--config`.
     let verify = token.broker([

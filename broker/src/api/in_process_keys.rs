@@ -15,7 +15,7 @@ use crate::mint::keys::Jwks;
 use crate::mint::lifecycle::{KeyService, KeyState, RETIRED_KEYS_FILE};
 
 /// 2098-10-01: inside the dev registration, outside its recertification window.
-const T0: u64 = 4_070_908_800 - 92 * 86_400;
+pub(crate) const T0: u64 = 4_070_908_800 - 92 * 86_400;
 const ISSUER: &str = "http://127.0.0.1:8080";
 const PEER: &str = "127.0.0.1:5000";
 
@@ -32,6 +32,23 @@ fn rotation_config(text: &str) -> String {
 
 async fn start(unix: u64) -> InProcess {
     InProcess::start_edited(unix, |_, text| rotation_config(&text)).await
+}
+
+/// The rotation broker with its signing keys in a PKCS#11 token: `pkcs11_line` is the
+/// `[signing] pkcs11 = { .. }` line; the key file `dev` made is removed first.
+pub(crate) async fn start_in_token(unix: u64, pkcs11_line: &str) -> InProcess {
+    InProcess::start_edited(unix, |dir, text| {
+        for f in crate::mint::keys::key_files(&dir.join("keys")).unwrap() {
+            std::fs::remove_file(f).unwrap();
+        }
+        let with = text.replace(
+            "key_dir = \"keys\"\n",
+            &format!("key_dir = \"keys\"\n{pkcs11_line}\n"),
+        );
+        assert_ne!(with, text);
+        rotation_config(&with)
+    })
+    .await
 }
 
 async fn jwks(b: &InProcess) -> Jwks {
@@ -75,6 +92,14 @@ fn state_of(b: &InProcess, kid: &str) -> KeyState {
         .state
 }
 
+/// The `kid` that signed the audit log's head anchor on disk.
+fn head_kid(b: &InProcess) -> String {
+    let head: Value =
+        serde_json::from_slice(&std::fs::read(b.dir().join("audit").join("head.json")).unwrap())
+            .unwrap();
+    head["kid"].as_str().unwrap().to_owned()
+}
+
 /// The rotation invariant, from the verifier's side: `token` verifies with `jwks`.
 fn verifies(token: &str, jwks: &Jwks) -> bool {
     crate::mint::verify::verify_signature(token, jwks, ISSUER).is_ok()
@@ -87,17 +112,26 @@ fn verifies(token: &str, jwks: &Jwks) -> bool {
 #[tokio::test]
 async fn a_scheduled_rotation_never_breaks_a_verifier() {
     let b = start(T0).await;
-    let (_, k1, _) = token(&b).await;
-    assert_eq!(state_of(&b, &k1), KeyState::Active);
+    let (k1, _) = scheduled_rotation_cycle(&b).await;
+    // The retired key's private file is gone.
+    let ring = crate::mint::keys::KeyRing::load_dir(&b.dir().join("keys")).unwrap();
+    assert!(!ring.signers().any(|s| s.kid() == k1));
+}
+
+/// The body of [`a_scheduled_rotation_never_breaks_a_verifier`], wherever the keys
+/// live; returns the first key and its successor.
+pub(crate) async fn scheduled_rotation_cycle(b: &InProcess) -> (String, String) {
+    let (_, k1, _) = token(b).await;
+    assert_eq!(state_of(b, &k1), KeyState::Active);
     let mut fetched: Vec<(u64, Jwks)> = Vec::new();
     let mut tokens: Vec<(String, String, u64)> = Vec::new();
     let mut k2 = None;
     for _minute in 0..(60 + 30) {
         b.clock.advance(Duration::from_secs(60));
-        tick(&b).await;
+        tick(b).await;
         let now = b.clock.unix_secs();
-        fetched.push((now, jwks(&b).await));
-        let (t, kid, exp) = token(&b).await;
+        fetched.push((now, jwks(b).await));
+        let (t, kid, exp) = token(b).await;
         // The lease of the key that signed it covers its exp.
         let info = b
             .state()
@@ -124,7 +158,7 @@ async fn a_scheduled_rotation_never_breaks_a_verifier() {
         }
         tokens.push((t, kid, exp));
         // Every unexpired token still verifies with the JWKS served now.
-        let current = jwks(&b).await;
+        let current = jwks(b).await;
         for (t, kid, exp) in &tokens {
             if *exp > now {
                 assert!(
@@ -136,18 +170,21 @@ async fn a_scheduled_rotation_never_breaks_a_verifier() {
     }
     let k2 = k2.expect("the scheduled rotation activated a new key within the hour");
     assert_eq!(
-        state_of(&b, &k1),
+        state_of(b, &k1),
         KeyState::Retired,
         "k1 retired after its lease"
     );
-    assert!(!jwks(&b).await.keys.iter().any(|k| k.kid == k1));
-    assert_eq!(state_of(&b, &k2), KeyState::Active);
+    assert!(!jwks(b).await.keys.iter().any(|k| k.kid == k1));
+    assert_eq!(state_of(b, &k2), KeyState::Active);
+    assert_eq!(
+        head_kid(b),
+        k2,
+        "the head anchor is signed by the active key"
+    );
     // The retired key's private half is gone; its public half is kept for audit verify.
     let retired = crate::mint::lifecycle::retired_public_keys(&b.dir().join("keys"));
     assert!(retired.keys.iter().any(|k| k.kid == k1));
     assert!(b.dir().join("keys").join(RETIRED_KEYS_FILE).exists());
-    let ring = crate::mint::keys::KeyRing::load_dir(&b.dir().join("keys")).unwrap();
-    assert!(!ring.signers().any(|s| s.kid() == k1));
     // Each transition is in the audit log, in order.
     let events: Vec<String> = b
         .records()
@@ -187,13 +224,19 @@ async fn a_scheduled_rotation_never_breaks_a_verifier() {
         .find(|k| k.kid == k2)
         .unwrap();
     assert!(prepared_at.activate_at >= prepared_at.prepared_at + 600);
+    (k1, k2)
 }
 
 /// A broker restarted while its successor key is prepared resumes the rotation: the
 /// prepared key is still published and activates at its time.
 #[tokio::test]
 async fn a_restart_in_the_middle_of_a_rotation_resumes_it() {
-    let b = start(T0).await;
+    restart_mid_rotation(start(T0).await).await;
+}
+
+/// The body of [`a_restart_in_the_middle_of_a_rotation_resumes_it`], wherever the keys
+/// live.
+pub(crate) async fn restart_mid_rotation(b: InProcess) {
     let (_, k1, _) = token(&b).await;
     b.clock.advance(Duration::from_secs(52 * 60));
     tick(&b).await;
@@ -239,7 +282,16 @@ async fn a_restart_in_the_middle_of_a_rotation_resumes_it() {
 #[tokio::test]
 async fn an_emergency_key_revocation_takes_effect_at_once() {
     let b = start(T0).await;
-    let (old_token, k1, _) = token(&b).await;
+    let k1 = emergency_revocation(&b).await;
+    // The private key file is destroyed.
+    let ring = crate::mint::keys::KeyRing::load_dir(&b.dir().join("keys")).unwrap();
+    assert!(!ring.signers().any(|s| s.kid() == k1));
+}
+
+/// The body of [`an_emergency_key_revocation_takes_effect_at_once`], wherever the keys
+/// live; returns the revoked key's id.
+pub(crate) async fn emergency_revocation(b: &InProcess) -> String {
+    let (old_token, k1, _) = token(b).await;
     let r = b
         .admin_post(
             &format!("/v1/admin/keys/{k1}/revoke"),
@@ -247,17 +299,23 @@ async fn an_emergency_key_revocation_takes_effect_at_once() {
         )
         .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
-    assert_eq!(state_of(&b, &k1), KeyState::Revoked);
-    let served = jwks(&b).await;
+    assert_eq!(state_of(b, &k1), KeyState::Revoked);
+    let served = jwks(b).await;
     assert!(
         !served.keys.iter().any(|k| k.kid == k1),
         "gone from the JWKS"
     );
     assert!(!verifies(&old_token, &served));
-    // A new key signs at once.
-    let (new_token, k2, _) = token(&b).await;
+    // A new key signs at once, tokens and the audit log's head anchors alike.
+    let (new_token, k2, _) = token(b).await;
     assert_ne!(k2, k1);
-    assert!(verifies(&new_token, &jwks(&b).await));
+    assert!(verifies(&new_token, &jwks(b).await));
+    assert_eq!(
+        b.state().audit.anchor_kid(),
+        k2,
+        "the revoked key signs no anchor"
+    );
+    assert_eq!(head_kid(b), k2);
     // The feed carries a rule by kid for offline verifiers.
     let feed = b.state().revocations.feed(0, b.clock.unix_secs()).0;
     assert!(
@@ -276,9 +334,7 @@ async fn an_emergency_key_revocation_takes_effect_at_once() {
         .unwrap();
     let r = b.call_raw(req, PEER).await;
     assert_eq!(r.body, json!({"active": false}), "{}", r.body);
-    // The private key is destroyed; the record says who and why.
-    let ring = crate::mint::keys::KeyRing::load_dir(&b.dir().join("keys")).unwrap();
-    assert!(!ring.signers().any(|s| s.kid() == k1));
+    // The record says who and why.
     let rec = b
         .records_of("key_revoked")
         .pop()
@@ -295,6 +351,7 @@ async fn an_emergency_key_revocation_takes_effect_at_once() {
         .await;
     assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.body);
     assert_eq!(b.records_of("key_revoked").len(), 1);
+    k1
 }
 
 /// The invariant at mint: with a lease shorter than the task's `max_ttl`, tokens are

@@ -14,7 +14,7 @@ mod in_process_feed;
 #[cfg(test)]
 mod in_process_governance;
 #[cfg(test)]
-mod in_process_keys;
+pub(crate) mod in_process_keys;
 #[cfg(test)]
 mod in_process_record_first;
 pub mod record;

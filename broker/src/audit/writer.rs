@@ -48,9 +48,14 @@ impl std::fmt::Debug for AuditLog {
     }
 }
 
+/// The key that signs head anchors, shared by the log and its writer thread, replaced
+/// when the active signing key changes.
+type AnchorSigner = Arc<std::sync::Mutex<Arc<dyn Signer>>>;
+
 struct Inner {
     queue: Arc<Queue>,
     done: watch::Receiver<bool>,
+    anchor: AnchorSigner,
     stats: Arc<CommitCounters>,
     /// Written into every record.
     replica: Option<String>,
@@ -121,6 +126,7 @@ impl AuditLog {
             }
         }
         let stats = Arc::clone(&writer.stats);
+        let anchor = Arc::clone(&writer.anchor);
         let queue = Arc::new(Queue::default());
         let (done_tx, done) = watch::channel(false);
         let q = Arc::clone(&queue);
@@ -136,12 +142,39 @@ impl AuditLog {
             inner: Arc::new(Inner {
                 queue,
                 done,
+                anchor,
                 stats,
                 replica,
                 #[cfg(test)]
                 hooks,
             }),
         })
+    }
+
+    /// Signs the head anchors from the next batch on with `signer` (the key lifecycle
+    /// calls this when the active key changes, so that a retired or revoked key signs no
+    /// anchor; `audit verify` finds every key's public half in the JWKS or in the kept
+    /// retired keys).
+    pub fn set_anchor_signer(&self, signer: Arc<dyn Signer>) {
+        let mut current = self
+            .inner
+            .anchor
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if current.kid() != signer.kid() {
+            tracing::info!(kid = %signer.kid(), "audit head anchors are now signed by a new key");
+            *current = signer;
+        }
+    }
+
+    /// The `kid` of the key that signs the head anchors.
+    pub fn anchor_kid(&self) -> String {
+        self.inner
+            .anchor
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .kid()
+            .to_owned()
     }
 
     /// Appends one event; returns its sequence number only once the record is durable
@@ -492,7 +525,7 @@ struct Chunk {
 struct Writer {
     dir: PathBuf,
     max: u64,
-    signer: Arc<dyn Signer>,
+    anchor: AnchorSigner,
     clock: Arc<dyn Clock>,
     /// The segment being appended to, its file and its durable length.
     segment: u32,
@@ -724,7 +757,7 @@ impl Writer {
         let mut writer = Writer {
             dir,
             max: opts.segment_max_bytes,
-            signer,
+            anchor: Arc::new(std::sync::Mutex::new(signer)),
             clock,
             segment,
             file: Arc::new(file),
@@ -1133,8 +1166,14 @@ impl Writer {
         }
         let end_segment = segment_name(end_segment);
         let durable_segment = segment_name(self.last_segment);
+        let signer = Arc::clone(
+            &self
+                .anchor
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
         let head = Head::sign(
-            self.signer.as_ref(),
+            signer.as_ref(),
             Point {
                 seq: end.seq,
                 hash: &end.hash,

@@ -406,7 +406,8 @@ impl Jwks {
     }
 }
 
-fn key_files(dir: &Path) -> Result<Vec<PathBuf>, KeyError> {
+/// The private key files (`*.pem`) in `dir`.
+pub(crate) fn key_files(dir: &Path) -> Result<Vec<PathBuf>, KeyError> {
     let rd = match fs::read_dir(dir) {
         Ok(rd) => rd,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {

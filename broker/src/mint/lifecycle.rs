@@ -24,6 +24,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use super::keys::{self, Jwks, KeyRing, PublicJwk, Signer, SigningAlgorithm};
+use super::pkcs11::Pkcs11Config;
 use super::{ActiveKey, Minter, Signing};
 use crate::audit::AuditLog;
 use crate::audit::event::{AuditEvent, EventKind};
@@ -44,10 +45,6 @@ pub struct RotationPolicy {
     /// How far ahead an active key's publication is guaranteed (`key_lease`): the
     /// longest a token can live, and how long a retiring key stays published.
     pub lease: Duration,
-    /// The signing key is in a PKCS#11 token (`[signing] pkcs11`): the broker never makes
-    /// a key file; a rotation, or a replacement for a retired or revoked key, is refused
-    /// ([`LifecycleError::KeysInToken`]).
-    pub keys_in_token: bool,
 }
 
 impl Default for RotationPolicy {
@@ -56,7 +53,6 @@ impl Default for RotationPolicy {
             rotate_every: None,
             prepublish: Duration::from_secs(3600),
             lease: Duration::from_secs(crate::revocation::MAX_TOKEN_LIFETIME_SECS),
-            keys_in_token: false,
         }
     }
 }
@@ -190,11 +186,17 @@ pub enum LifecycleError {
     /// A key could not be made or removed.
     #[error(transparent)]
     Key(#[from] keys::KeyError),
-    /// The signing key is in a PKCS#11 token: the broker makes no key of its own.
-    #[error(
-        "the signing key is in a PKCS#11 token ([signing] pkcs11): the broker does not make keys; rotate HSM keys by generating a new key in the token (`broker keys hsm-generate`) and changing key_label, then restart"
-    )]
-    KeysInToken,
+}
+
+/// Where this replica's private keys live, and so where a rotation makes the next one
+/// and where a retired or revoked one is destroyed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyHome {
+    /// PEM files in the key directory.
+    Files,
+    /// A PKCS#11 token (`[signing] pkcs11`): new keys are generated in the token, never
+    /// leave it, and are destroyed in it.
+    Token(Pkcs11Config),
 }
 
 struct Inner {
@@ -206,18 +208,22 @@ struct Inner {
 /// The key lifecycle of this replica over the shared state.
 pub struct KeyService {
     dir: PathBuf,
+    home: KeyHome,
     replica: String,
     policy: RotationPolicy,
     store: Arc<dyn StateStore>,
     minter: Arc<Minter>,
     clock: Arc<dyn Clock>,
     inner: Mutex<Inner>,
+    /// The audit log whose head anchors the active key signs ([`KeyService::bind_audit`]).
+    audit: std::sync::OnceLock<AuditLog>,
 }
 
 impl std::fmt::Debug for KeyService {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("KeyService")
             .field("dir", &self.dir)
+            .field("home", &self.home)
             .field("replica", &self.replica)
             .finish_non_exhaustive()
     }
@@ -242,10 +248,13 @@ impl KeyService {
     /// from `dir`): reconciles the two (a new key file an operator made signs at once,
     /// the way `keygen` + restart always did; a key whose file is gone stops signing;
     /// a retired or revoked key's leftover file is removed), records what changed, and
-    /// installs what signs into `minter`. Returns the audit records to write.
+    /// installs what signs into `minter`. Returns the audit records to write. `home`
+    /// says where `ring`'s private keys live (files in `dir`, or a PKCS#11 token); the
+    /// public halves of retired keys are kept in `dir` either way.
     #[allow(clippy::too_many_arguments)]
     pub fn start(
         dir: &Path,
+        home: KeyHome,
         replica: &str,
         policy: RotationPolicy,
         ring: &KeyRing,
@@ -266,16 +275,26 @@ impl KeyService {
         }
         let svc = Arc::new(Self {
             dir: dir.to_path_buf(),
+            home,
             replica: replica.to_owned(),
             policy,
             store,
             minter,
             clock,
             inner: Mutex::new(inner),
+            audit: std::sync::OnceLock::new(),
         });
         let audit = svc.reconcile(ring)?;
         svc.install();
         Ok((svc, audit))
+    }
+
+    /// From now on, `audit`'s head anchors are signed by this replica's active key,
+    /// switched whenever the active key changes (a retired or revoked key signs no
+    /// anchor).
+    pub fn bind_audit(&self, audit: AuditLog) {
+        audit.set_anchor_signer(self.minter.anchor_signer());
+        let _ = self.audit.set(audit);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -495,6 +514,9 @@ impl KeyService {
             by_alg,
             published: Arc::new(Jwks { keys: published }),
         });
+        if let Some(audit) = self.audit.get() {
+            audit.set_anchor_signer(self.minter.anchor_signer());
+        }
     }
 
     /// Applies a change another replica made (or this one, seen again): its keys'
@@ -610,19 +632,29 @@ impl KeyService {
         Ok(audit)
     }
 
-    /// Makes a new key of `alg` in the key directory and records it as prepared, to sign
-    /// from `activate_at`. Refused when the keys are in a PKCS#11 token.
+    /// Makes a new key of `alg` where this replica's keys live (a file in the key
+    /// directory, or a key pair generated in the PKCS#11 token).
+    fn make_key(&self, alg: SigningAlgorithm, now: u64) -> Result<Arc<dyn Signer>, LifecycleError> {
+        Ok(match &self.home {
+            KeyHome::Files => {
+                let (path, _) = keys::generate(&self.dir, alg, now)?;
+                KeyRing::load_dir_file(&path)?
+            }
+            KeyHome::Token(config) => {
+                super::pkcs11::generate_rotated(config, alg, now).map_err(keys::KeyError::from)?
+            }
+        })
+    }
+
+    /// Makes a new key of `alg` and records it as prepared, to sign from `activate_at`.
     fn prepare(
         &self,
         alg: SigningAlgorithm,
         activate_at: u64,
     ) -> Result<Vec<AuditEvent>, LifecycleError> {
-        if self.policy.keys_in_token {
-            return Err(LifecycleError::KeysInToken);
-        }
         let now = self.now();
-        let (path, kid) = keys::generate(&self.dir, alg, now)?;
-        let signer = KeyRing::load_dir_file(&path)?;
+        let signer = self.make_key(alg, now)?;
+        let kid = signer.kid().to_owned();
         let change = StateChange::Key(KeyChange::Prepared {
             jwk: signer.public_jwk(),
             replica: self.replica.clone(),
@@ -780,8 +812,8 @@ impl KeyService {
         Ok(audit)
     }
 
-    /// Removes `kid`'s private key file and keeps its public half in
-    /// [`RETIRED_KEYS_FILE`].
+    /// Destroys `kid`'s private key (its file zeroed and removed, or its key pair
+    /// destroyed in the token) and keeps its public half in [`RETIRED_KEYS_FILE`].
     fn destroy(&self, kid: &str) -> Result<(), LifecycleError> {
         let jwk = {
             let mut inner = self.lock();
@@ -791,7 +823,15 @@ impl KeyService {
         if let Some(jwk) = jwk {
             keep_retired_public_key(&self.dir, jwk)?;
         }
-        keys::remove_key_file(&self.dir, kid)?;
+        match &self.home {
+            KeyHome::Files => keys::remove_key_file(&self.dir, kid)?,
+            KeyHome::Token(config) => {
+                if !super::pkcs11::destroy_in_token(config, kid).map_err(keys::KeyError::from)? {
+                    // A key file (from before the token was configured) may hold it.
+                    keys::remove_key_file(&self.dir, kid)?;
+                }
+            }
+        }
         Ok(())
     }
 

@@ -228,7 +228,19 @@ impl Minter {
         &self.issuer
     }
 
-    /// The key ring loaded at start (the audit anchors' signer comes from it).
+    /// The key that signs audit head anchors and checkpoints: the active key of the
+    /// default algorithm, else any active key, else the newest key loaded at start.
+    pub fn anchor_signer(&self) -> Arc<dyn keys::Signer> {
+        let signing = self.signing();
+        signing
+            .by_alg
+            .get(&self.default_alg)
+            .or_else(|| signing.by_alg.values().next())
+            .map(|a| Arc::clone(&a.signer))
+            .unwrap_or_else(|| self.keys.current())
+    }
+
+    /// The key ring loaded at start.
     pub fn key_ring(&self) -> Arc<KeyRing> {
         Arc::clone(&self.keys)
     }

@@ -631,10 +631,155 @@ pub fn key_ring(key_dir: &Path, pkcs11: Option<&Pkcs11Config>) -> Result<KeyRing
         }
         Err(e) => return Err(e),
     };
-    let token_key = open(config)?;
-    keys.retain(|k| k.kid() != token_key.kid());
-    keys.push(token_key);
+    for token_key in token_keys(config)? {
+        keys.retain(|k| k.kid() != token_key.kid());
+        keys.push(token_key);
+    }
     KeyRing::new(keys).ok_or_else(|| KeyError::NoKeys(key_dir.to_path_buf()))
+}
+
+/// What separates `key_label` from the suffix of the keys the broker generates in the
+/// token when it rotates: `<key_label>@<unix seconds, 12 digits>.<8 hex digits>`.
+pub const ROTATED_LABEL_SEPARATOR: char = '@';
+
+/// Whether `label` is the configured `base` label or one the broker made from it.
+fn is_broker_label(label: &str, base: &str) -> bool {
+    label == base
+        || label
+            .strip_prefix(base)
+            .is_some_and(|rest| rest.starts_with(ROTATED_LABEL_SEPARATOR))
+}
+
+/// The labels of the token's private keys the configuration covers: `key_label` itself
+/// (or the key whose `CKA_ID` is hex `key_label`) first, then the ones the broker
+/// generated from it, oldest first (their labels sort by creation time).
+fn broker_labels(session: &Session, config: &Pkcs11Config) -> Result<Vec<String>, Pkcs11Error> {
+    let mut rotated = Vec::new();
+    let all = session
+        .find_objects(&[Attribute::Class(ObjectClass::PRIVATE_KEY)])
+        .map_err(call("C_FindObjects"))?;
+    for key in all {
+        let Some(label) = attr_bytes(session, key, AttributeType::Label)? else {
+            continue;
+        };
+        let Ok(label) = String::from_utf8(label) else {
+            continue;
+        };
+        if label != config.key_label && is_broker_label(&label, &config.key_label) {
+            rotated.push(label);
+        }
+    }
+    rotated.sort();
+    rotated.dedup();
+    let mut labels = Vec::with_capacity(rotated.len() + 1);
+    if !find_private_keys(session, &config.key_label)?.is_empty() {
+        labels.push(config.key_label.clone());
+    }
+    labels.extend(rotated);
+    Ok(labels)
+}
+
+/// A session on the configured token (read-write with `rw`), logged in.
+fn logged_in_session(config: &Pkcs11Config, rw: bool) -> Result<(Session, String), Pkcs11Error> {
+    let ctx = module(&config.module)?;
+    let (slot, token) = find_slot(&ctx, config)?;
+    let session = if rw {
+        ctx.open_rw_session(slot)
+    } else {
+        ctx.open_ro_session(slot)
+    }
+    .map_err(call("C_OpenSession"))?;
+    login(&session, config, &token)?;
+    Ok((session, token))
+}
+
+/// Every signing key of the configuration in the token, oldest first: the key labelled
+/// `key_label` and the ones the broker generated from it when rotating
+/// ([`generate_rotated`]). None at all is [`Pkcs11Error::KeyNotFound`].
+pub fn token_keys(config: &Pkcs11Config) -> Result<Vec<Arc<dyn Signer>>, Pkcs11Error> {
+    let (session, token) = logged_in_session(config, false)?;
+    let labels = broker_labels(&session, config)?;
+    if labels.is_empty() {
+        return Err(Pkcs11Error::KeyNotFound {
+            token,
+            label: config.key_label.clone(),
+        });
+    }
+    // Keep `session` (and its login) open until every signer has its own sessions.
+    let mut keys: Vec<Arc<dyn Signer>> = Vec::with_capacity(labels.len());
+    for label in labels {
+        let one = Pkcs11Config {
+            key_label: label,
+            ..config.clone()
+        };
+        keys.push(open(&one)?);
+    }
+    drop(session);
+    Ok(keys)
+}
+
+/// Generates a successor key of `alg` in the token for a rotation, labelled
+/// `<key_label>@<created_unix>.<random>` so that [`token_keys`] finds it after a restart.
+pub fn generate_rotated(
+    config: &Pkcs11Config,
+    alg: SigningAlgorithm,
+    created_unix: u64,
+) -> Result<Arc<dyn Signer>, Pkcs11Error> {
+    let mut suffix = [0u8; 4];
+    SystemRandom::new()
+        .fill(&mut suffix)
+        .map_err(|_| Pkcs11Error::Module {
+            path: config.module.clone(),
+            reason: "random number generator failed".into(),
+        })?;
+    let hex: String = suffix.iter().map(|b| format!("{b:02x}")).collect();
+    let one = Pkcs11Config {
+        key_label: format!(
+            "{}{ROTATED_LABEL_SEPARATOR}{created_unix:012}.{hex}",
+            config.key_label
+        ),
+        ..config.clone()
+    };
+    Ok(Arc::new(generate_in_token(&one, alg)?))
+}
+
+/// Destroys the key pair whose `kid` is `kid` among the configuration's keys in the token
+/// (its private and public objects). Returns whether one was found. A destroyed key can
+/// sign nothing again, in this process or any other.
+pub fn destroy_in_token(config: &Pkcs11Config, kid: &str) -> Result<bool, Pkcs11Error> {
+    let (session, _) = logged_in_session(config, true)?;
+    let mut found = false;
+    for label in broker_labels(&session, config)? {
+        for key in find_private_keys(&session, &label)? {
+            let Ok((alg, public)) = public_key(&session, key, &label) else {
+                continue;
+            };
+            if jwk_for(alg, &public).kid != kid {
+                continue;
+            }
+            found = true;
+            let mut objects = vec![key];
+            if let Some(id) =
+                attr_bytes(&session, key, AttributeType::Id)?.filter(|i| !i.is_empty())
+            {
+                objects.extend(
+                    session
+                        .find_objects(&[
+                            Attribute::Class(ObjectClass::PUBLIC_KEY),
+                            Attribute::Id(id),
+                        ])
+                        .map_err(call("C_FindObjects"))?,
+                );
+            }
+            for obj in objects {
+                session
+                    .destroy_object(obj)
+                    .map_err(call("C_DestroyObject"))?;
+            }
+            tracing::info!(%kid, %label, "destroyed a key in the PKCS#11 token");
+        }
+    }
+    Ok(found)
 }
 
 /// Creates a non-extractable key pair of `alg` in the token (`CKA_SENSITIVE` true,
@@ -1000,7 +1145,7 @@ pin = "1234""#,
     /// The SoftHSM2 library `.ci/run` installs (Debian's `softhsm2`).
     const SOFTHSM2: &str = "/usr/lib/softhsm/libsofthsm2.so";
     /// How many `in_token` tests the child process must pass.
-    const IN_TOKEN_TESTS: usize = 7;
+    const IN_TOKEN_TESTS: usize = 11;
 
     fn softhsm2_module() -> PathBuf {
         std::env::var_os("BROKER_TEST_PKCS11_MODULE")
@@ -1366,6 +1511,114 @@ pin = "1234""#,
             cfg.module = dir.join("no-such-module.so");
             let err = Pkcs11Signer::open(&cfg).unwrap_err();
             assert!(matches!(err, Pkcs11Error::Module { .. }), "{err}");
+        }
+
+        #[test]
+        #[ignore = "run by softhsm2_tokens_sign_in_a_child_process"]
+        fn rotated_keys_are_found_by_their_label_and_destroyed() {
+            let Some(dir) = dir() else { return };
+            let cfg = config(&dir, "test", "pin", "rot-unit");
+            let base = generate_in_token(&cfg, SigningAlgorithm::ES256).unwrap();
+            let r1 = generate_rotated(&cfg, SigningAlgorithm::ES256, 1_000).unwrap();
+            let r2 = generate_rotated(&cfg, SigningAlgorithm::EdDSA, 2_000);
+            // A key whose label merely starts with the base is not the broker's.
+            generate_in_token(
+                &config(&dir, "test", "pin", "rot-unitx"),
+                SigningAlgorithm::ES256,
+            )
+            .unwrap();
+            let kids = |c: &Pkcs11Config| -> Vec<String> {
+                token_keys(c)
+                    .unwrap()
+                    .iter()
+                    .map(|k| k.kid().to_owned())
+                    .collect()
+            };
+            let mut want = vec![base.kid().to_owned(), r1.kid().to_owned()];
+            if let Ok(r2) = &r2 {
+                want.push(r2.kid().to_owned());
+            }
+            assert_eq!(kids(&cfg), want, "base first, then oldest first");
+            assert!(destroy_in_token(&cfg, r1.kid()).unwrap());
+            assert!(!destroy_in_token(&cfg, r1.kid()).unwrap(), "gone");
+            want.remove(1);
+            assert_eq!(kids(&cfg), want);
+            // The base key destroyed: its label is free, its successors remain.
+            assert!(destroy_in_token(&cfg, base.kid()).unwrap());
+            want.remove(0);
+            if want.is_empty() {
+                assert!(matches!(
+                    token_keys(&cfg),
+                    Err(Pkcs11Error::KeyNotFound { .. })
+                ));
+            } else {
+                assert_eq!(kids(&cfg), want);
+            }
+            generate_in_token(&cfg, SigningAlgorithm::ES256).unwrap();
+        }
+
+        /// `[signing] pkcs11` for the in-process broker: a new ES256 key labelled
+        /// `label` in the token `test`.
+        fn in_process_line(dir: &Path, label: &str) -> (Pkcs11Config, String) {
+            let cfg = config(dir, "test", "pin", label);
+            generate_in_token(&cfg, SigningAlgorithm::ES256).unwrap();
+            let line = format!(
+                "pkcs11 = {{ module = {:?}, token_label = \"test\", pin_file = {:?}, key_label = {label:?} }}",
+                cfg.module.display().to_string(),
+                cfg.pin_file.display().to_string(),
+            );
+            (cfg, line)
+        }
+
+        fn token_kids(cfg: &Pkcs11Config) -> Vec<String> {
+            token_keys(cfg)
+                .unwrap()
+                .iter()
+                .map(|k| k.kid().to_owned())
+                .collect()
+        }
+
+        /// The in-process scheduled rotation (`api::in_process_keys`) with the keys in
+        /// the token: the successor is generated there, the retired key destroyed there,
+        /// and no key file is ever written.
+        #[tokio::test]
+        #[ignore = "run by softhsm2_tokens_sign_in_a_child_process"]
+        async fn a_scheduled_rotation_in_the_token_never_breaks_a_verifier() {
+            use crate::api::in_process_keys::{T0, scheduled_rotation_cycle, start_in_token};
+            let Some(dir) = dir() else { return };
+            let (cfg, line) = in_process_line(&dir, "rot-cycle");
+            let b = start_in_token(T0, &line).await;
+            let (k1, k2) = scheduled_rotation_cycle(&b).await;
+            assert_eq!(token_kids(&cfg), vec![k2], "k1 destroyed in the token");
+            assert!(!token_kids(&cfg).contains(&k1));
+            assert!(
+                crate::mint::keys::key_files(&b.dir().join("keys"))
+                    .unwrap()
+                    .is_empty()
+            );
+        }
+
+        #[tokio::test]
+        #[ignore = "run by softhsm2_tokens_sign_in_a_child_process"]
+        async fn a_restart_in_the_middle_of_a_rotation_in_the_token_resumes_it() {
+            use crate::api::in_process_keys::{T0, restart_mid_rotation, start_in_token};
+            let Some(dir) = dir() else { return };
+            let (cfg, line) = in_process_line(&dir, "rot-restart");
+            restart_mid_rotation(start_in_token(T0, &line).await).await;
+            assert_eq!(token_kids(&cfg).len(), 2, "k1 retiring, k2 active");
+        }
+
+        #[tokio::test]
+        #[ignore = "run by softhsm2_tokens_sign_in_a_child_process"]
+        async fn an_emergency_revocation_destroys_the_key_in_the_token() {
+            use crate::api::in_process_keys::{T0, emergency_revocation, start_in_token};
+            let Some(dir) = dir() else { return };
+            let (cfg, line) = in_process_line(&dir, "rot-revoke");
+            let b = start_in_token(T0, &line).await;
+            let k1 = emergency_revocation(&b).await;
+            let left = token_kids(&cfg);
+            assert!(!left.contains(&k1), "destroyed: {left:?}");
+            assert_eq!(left.len(), 1, "its replacement, made in the token");
         }
     }
 }

@@ -48,9 +48,7 @@ fn refused(e: &LifecycleError) -> Response {
         LifecycleError::UnknownKey(_) => {
             ApiError::new(StatusCode::NOT_FOUND, "invalid_request", e.to_string()).into_response()
         }
-        LifecycleError::NotOurs { .. }
-        | LifecycleError::WrongState { .. }
-        | LifecycleError::KeysInToken => {
+        LifecycleError::NotOurs { .. } | LifecycleError::WrongState { .. } => {
             ApiError::new(StatusCode::CONFLICT, "invalid_request", e.to_string()).into_response()
         }
         LifecycleError::Store(_) => ApiError::store_unavailable().into_response(),
