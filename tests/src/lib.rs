@@ -1331,32 +1331,44 @@ impl TestBroker {
         issuer: Option<&str>,
     ) -> Verified {
         let jwks = self.jwks().await;
-        let header = jsonwebtoken::decode_header(token).expect("a JWS header");
-        let kid = header.kid.clone().expect("the token header has a kid");
-        let jwk = jwks
-            .find(&kid)
-            .unwrap_or_else(|| panic!("kid {kid} is not in the broker's JWKS"));
-        let key = DecodingKey::from_jwk(jwk).expect("a usable JWK");
-        // The algorithm the published key is for (never the token header's say).
-        let alg = match jwk.common.key_algorithm {
-            Some(jsonwebtoken::jwk::KeyAlgorithm::ES256) => Algorithm::ES256,
-            _ => Algorithm::EdDSA,
-        };
-        let mut v = Validation::new(alg);
-        v.set_audience(&[audience]);
-        if let Some(iss) = issuer {
-            v.set_issuer(&[iss]);
-        }
-        v.set_required_spec_claims(&["iss", "sub", "aud", "exp", "nbf", "iat"]);
-        v.validate_nbf = true;
-        v.leeway = 5;
-        let data = jsonwebtoken::decode::<Value>(token, &key, &v)
-            .unwrap_or_else(|e| panic!("the broker's token does not verify with its JWKS: {e}"));
-        Verified {
-            header: data.header,
-            claims: data.claims,
-        }
+        verify_with_jwks(token, &jwks, audience, issuer)
+            .unwrap_or_else(|e| panic!("the broker's token does not verify with its JWKS: {e}"))
     }
+}
+
+/// Verifies a broker token against `jwks` (as a verifier holding that JWKS would): the
+/// key by the token's `kid`, the algorithm the JWK names, `aud`, `iss` (unless `None`),
+/// `exp` and `nbf` with 5 s of leeway.
+pub fn verify_with_jwks(
+    token: &str,
+    jwks: &jsonwebtoken::jwk::JwkSet,
+    audience: &str,
+    issuer: Option<&str>,
+) -> Result<Verified, String> {
+    let header = jsonwebtoken::decode_header(token).map_err(|e| e.to_string())?;
+    let kid = header.kid.clone().ok_or("the token header has no kid")?;
+    let jwk = jwks
+        .find(&kid)
+        .ok_or_else(|| format!("kid {kid} is not in the JWKS"))?;
+    let key = DecodingKey::from_jwk(jwk).map_err(|e| e.to_string())?;
+    // The algorithm the published key is for (never the token header's say).
+    let alg = match jwk.common.key_algorithm {
+        Some(jsonwebtoken::jwk::KeyAlgorithm::ES256) => Algorithm::ES256,
+        _ => Algorithm::EdDSA,
+    };
+    let mut v = Validation::new(alg);
+    v.set_audience(&[audience]);
+    if let Some(iss) = issuer {
+        v.set_issuer(&[iss]);
+    }
+    v.set_required_spec_claims(&["iss", "sub", "aud", "exp", "nbf", "iat"]);
+    v.validate_nbf = true;
+    v.leeway = 5;
+    let data = jsonwebtoken::decode::<Value>(token, &key, &v).map_err(|e| e.to_string())?;
+    Ok(Verified {
+        header: data.header,
+        claims: data.claims,
+    })
 }
 
 impl Drop for TestBroker {

@@ -310,6 +310,15 @@ impl KeyService {
             .saturating_add(self.lease_step())
     }
 
+    /// When a key published at `now` (whole seconds) may first sign: `prepublish` later,
+    /// plus one second, because the key may have been published as late as the end of the
+    /// second `now` names; so every verifier gets at least `prepublish` of real time to
+    /// refetch its JWKS.
+    fn activation_after_prepublish(&self, now: u64) -> u64 {
+        now.saturating_add(self.policy.prepublish.as_secs())
+            .saturating_add(1)
+    }
+
     /// How much beyond the need a lease is extended, so extensions are rare.
     fn lease_step(&self) -> u64 {
         (self.policy.lease.as_secs() / 4).max(1)
@@ -626,7 +635,7 @@ impl KeyService {
             self.destroy(&kid)?;
         }
         for alg in prepare {
-            audit.extend(self.prepare(alg, now.saturating_add(self.policy.prepublish.as_secs()))?);
+            audit.extend(self.prepare(alg, self.activation_after_prepublish(now))?);
         }
         self.install();
         Ok(audit)
@@ -673,7 +682,7 @@ impl KeyService {
         let activate_at = if immediately {
             now
         } else {
-            now.saturating_add(self.policy.prepublish.as_secs())
+            self.activation_after_prepublish(now)
         };
         let mut audit = Vec::new();
         for alg in self.minter.algorithms() {
