@@ -105,6 +105,7 @@ fn mint(c: &mut Criterion) {
             break_glass: None,
             min_iat: 0,
             not_after: None,
+            actor: None,
         };
         minter.mint(&req).unwrap();
         group.bench_function(alg.as_str(), |b| {

@@ -146,6 +146,7 @@ fn claims(identity: &str, iat: u64, exp: u64) -> AccessTokenClaims {
         env: "dev".into(),
         cnf: None,
         bg: None,
+        act: None,
     }
 }
 
@@ -161,6 +162,7 @@ fn mint_request(scopes: &[String]) -> MintRequest<'_> {
         break_glass: None,
         min_iat: 0,
         not_after: None,
+        actor: None,
     }
 }
 

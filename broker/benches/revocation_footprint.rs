@@ -87,6 +87,7 @@ fn claims(identity: &str, iat: u64, exp: u64) -> AccessTokenClaims {
         env: "dev".into(),
         cnf: None,
         bg: None,
+        act: None,
     }
 }
 

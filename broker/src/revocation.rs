@@ -445,6 +445,7 @@ mod tests {
             env: "e".into(),
             cnf: None,
             bg: None,
+            act: None,
         }
     }
 

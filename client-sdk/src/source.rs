@@ -170,6 +170,7 @@ pub struct TokenSourceBuilder {
     scopes: Vec<String>,
     ttl: Option<u64>,
     credential: Option<Credential>,
+    acting_for: Option<Credential>,
     ca: Option<PathBuf>,
     renew_fraction: f64,
     jitter: f64,
@@ -181,6 +182,14 @@ impl TokenSourceBuilder {
     /// The workload credential (required).
     pub fn credential(mut self, c: Credential) -> Self {
         self.credential = Some(c);
+        self
+    }
+    /// Act for another identity (RFC 8693 delegation): `subject` supplies the workload JWT
+    /// of the identity acted for (the token's `sub`), and this source's own credential,
+    /// which must then be a workload JWT, is sent as the `actor_token` (the token's
+    /// `act`). The broker's policy decides who may act for whom (`[[task.delegation]]`).
+    pub fn acting_for(mut self, subject: Credential) -> Self {
+        self.acting_for = Some(subject);
         self
     }
     /// The CA bundle (PEM) of the broker's TLS certificate.
@@ -227,6 +236,14 @@ impl TokenSourceBuilder {
             .credential
             .clone()
             .ok_or_else(|| Error::Config("a credential is required".into()))?;
+        if let Some(subject) = &self.acting_for
+            && (matches!(subject, Credential::ClientCert { .. })
+                || matches!(credential, Credential::ClientCert { .. }))
+        {
+            return Err(Error::Config(
+                "delegation (acting_for) needs workload JWTs for both the actor (credential) and the subject".into(),
+            ));
+        }
         let runtime = tokio::runtime::Handle::try_current()
             .map_err(|_| Error::Config("TokenSource::build needs a Tokio runtime".into()))?;
         let inner = Arc::new(Inner {
@@ -308,6 +325,7 @@ impl TokenSource {
             scopes: Vec::new(),
             ttl: None,
             credential: None,
+            acting_for: None,
             ca: None,
             renew_fraction: 0.75,
             jitter: 0.1,
@@ -428,14 +446,25 @@ async fn fetch(inner: &Inner) -> Result<Token, Error> {
     let cfg = &inner.cfg;
     let jwt = inner.credential.jwt()?;
     let client = client_for(inner)?;
+    let subject = match &cfg.acting_for {
+        Some(s) => s.jwt()?,
+        None => None,
+    };
     let mut form: Vec<(&str, String)> = vec![("task", cfg.task.clone())];
-    match &jwt {
-        Some(jwt) => {
+    match (&subject, &jwt) {
+        (Some(subject), Some(actor)) => {
+            form.push(("grant_type", GRANT_TYPE_TOKEN_EXCHANGE.into()));
+            form.push(("subject_token_type", TOKEN_TYPE_JWT.into()));
+            form.push(("subject_token", subject.to_string()));
+            form.push(("actor_token_type", TOKEN_TYPE_JWT.into()));
+            form.push(("actor_token", actor.to_string()));
+        }
+        (_, Some(jwt)) => {
             form.push(("grant_type", GRANT_TYPE_TOKEN_EXCHANGE.into()));
             form.push(("subject_token_type", TOKEN_TYPE_JWT.into()));
             form.push(("subject_token", jwt.to_string()));
         }
-        None => form.push(("grant_type", GRANT_TYPE_CLIENT_CREDENTIALS.into())),
+        (_, None) => form.push(("grant_type", GRANT_TYPE_CLIENT_CREDENTIALS.into())),
     }
     if let Some(a) = &cfg.audience {
         form.push(("audience", a.clone()));

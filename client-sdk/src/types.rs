@@ -80,6 +80,38 @@ pub struct AccessTokenClaims {
     /// Break-glass grant id when issued under break-glass.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bg: Option<String>,
+    /// The acting party when the token was delegated (RFC 8693 §4.1): `sub` acts for
+    /// this token's `sub`; nested `act`s are the actors it acts through in turn.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub act: Option<Actor>,
+}
+
+/// RFC 8693 §4.1 actor claim: who acts, and, nested, the earlier actors of the chain.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Actor {
+    /// The acting identity.
+    pub sub: String,
+    /// The actor this one acts through (the next one back in the delegation chain).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub act: Option<Box<Actor>>,
+}
+
+impl Actor {
+    /// The chain of actors, the current (outermost) actor first.
+    pub fn chain(&self) -> Vec<&str> {
+        let mut out = vec![self.sub.as_str()];
+        let mut next = self.act.as_deref();
+        while let Some(a) = next {
+            out.push(a.sub.as_str());
+            next = a.act.as_deref();
+        }
+        out
+    }
+
+    /// How many actors the chain has.
+    pub fn depth(&self) -> usize {
+        1 + self.act.as_deref().map_or(0, Actor::depth)
+    }
 }
 
 /// RFC 8705 confirmation claim.
@@ -325,6 +357,70 @@ pub struct InventoryResponse {
     pub now: u64,
     /// Every registered identity (those the filters keep).
     pub identities: Vec<InventoryEntry>,
+}
+
+/// Answer of `GET /.well-known/oauth-authorization-server`: the broker's authorization
+/// server metadata (RFC 8414 §2). The members are in alphabetical order, the order the
+/// broker has always sent them.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AuthorizationServerMetadata {
+    /// Algorithms the broker signs access tokens with.
+    pub access_token_signing_alg_values_supported: Vec<String>,
+    /// [`GRANT_TYPE_TOKEN_EXCHANGE`] and [`GRANT_TYPE_CLIENT_CREDENTIALS`].
+    pub grant_types_supported: Vec<String>,
+    /// URL of `POST /oauth2/introspect` (RFC 7662).
+    pub introspection_endpoint: String,
+    /// How callers authenticate at the introspection endpoint.
+    pub introspection_endpoint_auth_methods_supported: Vec<String>,
+    /// Algorithms of the client assertions the introspection endpoint accepts.
+    pub introspection_endpoint_auth_signing_alg_values_supported: Vec<String>,
+    /// The broker's issuer URL (the `iss` of its tokens).
+    pub issuer: String,
+    /// URL of the JWKS (RFC 7517).
+    pub jwks_uri: String,
+    /// Always `["none"]`: the broker has no authorization endpoint.
+    pub response_types_supported: Vec<String>,
+    /// URL of `POST /oauth2/revoke` (RFC 7009).
+    pub revocation_endpoint: String,
+    /// How callers authenticate at the revocation endpoint.
+    pub revocation_endpoint_auth_methods_supported: Vec<String>,
+    /// Algorithms of the client assertions the revocation endpoint accepts.
+    pub revocation_endpoint_auth_signing_alg_values_supported: Vec<String>,
+    /// Every scope a loaded policy grants.
+    pub scopes_supported: Vec<String>,
+    /// Always `true`: tokens issued over mTLS are bound to the certificate (RFC 8705 §3.3).
+    pub tls_client_certificate_bound_access_tokens: bool,
+    /// URL of `POST /oauth2/token`.
+    pub token_endpoint: String,
+    /// How callers authenticate at the token endpoint.
+    pub token_endpoint_auth_methods_supported: Vec<String>,
+    /// Algorithms of the client assertions the token endpoint accepts.
+    pub token_endpoint_auth_signing_alg_values_supported: Vec<String>,
+}
+
+/// Answer of `GET /.well-known/openid-configuration`: OpenID Provider metadata (OIDC
+/// Discovery 1.0 §3) for relying parties that discover keys that way. The members are in
+/// alphabetical order, the order the broker has always sent them.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct OpenIdConfiguration {
+    /// Claims the broker's tokens carry.
+    pub claims_supported: Vec<String>,
+    /// [`GRANT_TYPE_TOKEN_EXCHANGE`] and [`GRANT_TYPE_CLIENT_CREDENTIALS`].
+    pub grant_types_supported: Vec<String>,
+    /// Algorithms the broker signs tokens with.
+    pub id_token_signing_alg_values_supported: Vec<String>,
+    /// The broker's issuer URL (the `iss` of its tokens).
+    pub issuer: String,
+    /// URL of the JWKS (RFC 7517).
+    pub jwks_uri: String,
+    /// Always `["id_token"]` (the specification requires the member).
+    pub response_types_supported: Vec<String>,
+    /// Every scope a loaded policy grants.
+    pub scopes_supported: Vec<String>,
+    /// Always `["public"]`: `sub` is the NHI id for every relying party.
+    pub subject_types_supported: Vec<String>,
+    /// URL of `POST /oauth2/token`.
+    pub token_endpoint: String,
 }
 
 #[cfg(test)]

@@ -32,6 +32,7 @@ mod audit;
 mod break_glass;
 mod concurrency;
 mod conformance;
+mod delegation;
 mod denial_flood;
 mod denials;
 mod dev;

@@ -152,9 +152,16 @@ pub struct AuditEvent {
     /// Approval ticket.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ticket: Option<String>,
-    /// Who acted (admin calls).
+    /// Who acted (admin calls), or the acting identity of a delegated token request.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub actor: Option<String>,
+    /// A delegated token request (RFC 8693 `actor_token`): the actor chain, the acting
+    /// identity first, then the actors it acts through.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delegation: Option<Vec<String>>,
+    /// The actor's evidence in a delegated token request.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub actor_evidence: Option<Evidence>,
     /// Extra structured detail (counts, file names, repaired byte ranges).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub detail: Option<serde_json::Value>,
@@ -185,6 +192,8 @@ impl AuditEvent {
             approved_by: None,
             ticket: None,
             actor: None,
+            delegation: None,
+            actor_evidence: None,
             detail: None,
             replica: None,
         }

@@ -5,7 +5,8 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use super::parse::Params;
+use super::authenticate::ActingParty;
+use super::parse::{Params, clip};
 use super::refusal::Refusal;
 use crate::anomaly::{Anomaly, AnomalyAction};
 use crate::audit::event::{AuditEvent, EventKind};
@@ -63,6 +64,54 @@ pub fn decide(
         (Decision::Allow(g), None) => Ok((g, None)),
         (Decision::Deny(d), None) => Err(Refusal::policy(&d)),
     }
+}
+
+/// A delegated request's grant: the subject's grant narrowed by the delegation rule of
+/// its task that names the actor (scopes, lifetime, chain depth). Asking beyond the rule
+/// is refused, never silently narrowed; break-glass is never delegated.
+pub fn delegate(
+    identity: &Identity,
+    mut grant: policy::Grant,
+    actor: &ActingParty<'_>,
+    params: &Params,
+    break_glass: bool,
+) -> Result<policy::Grant, Refusal> {
+    if break_glass {
+        return Err(Refusal::DelegationBreakGlass);
+    }
+    let not_allowed =
+        || Refusal::delegation_not_allowed(&actor.identity.id, &identity.id, &grant.task);
+    let rule = identity
+        .task(&grant.task)
+        .and_then(|t| t.delegation_for(&actor.identity.id))
+        .ok_or_else(not_allowed)?;
+    let depth = actor.act.depth();
+    if depth > rule.max_depth {
+        return Err(Refusal::DelegationChainTooDeep {
+            depth,
+            max: rule.max_depth,
+        });
+    }
+    if let Some(asked) = &params.scopes
+        && let Some(beyond) = asked.iter().find(|s| !rule.scopes.contains(s))
+    {
+        return Err(Refusal::DelegationScope {
+            scope: clip(beyond),
+            actor: actor.identity.id.clone(),
+            task: grant.task.clone(),
+        });
+    }
+    if let Some(asked) = params.requested_ttl
+        && asked > rule.max_ttl
+    {
+        return Err(Refusal::DelegationTtl {
+            asked: asked.as_secs(),
+            max: rule.max_ttl.as_secs(),
+        });
+    }
+    grant.scopes.retain(|s| rule.scopes.contains(s));
+    grant.ttl = grant.ttl.min(rule.max_ttl);
+    Ok(grant)
 }
 
 /// The grant for a break-glass task under an active grant: the break-glass policy's task,

@@ -5,7 +5,9 @@
 
 use axum::Extension;
 
-use super::parse::{Credential, Params};
+use broker_client::types::Actor;
+
+use super::parse::{Credential, Params, clip};
 use super::refusal::Refusal;
 use crate::audit::event::{AuditEvent, Evidence};
 use crate::authn::VerifiedJwt;
@@ -70,16 +72,137 @@ pub fn assertion_audiences(st: &AppState, endpoint_path: &str) -> Vec<String> {
     out
 }
 
-/// The identity the request's credentials prove. `ev` gets the evidence, and the
-/// identity as soon as it is known.
+/// Who asks: the identity the token is for and, in a delegated request, who acts for it.
+pub struct Caller<'p> {
+    /// The identity the token is for (`sub`).
+    pub identity: &'p Identity,
+    /// The acting party of a delegated request.
+    pub actor: Option<ActingParty<'p>>,
+}
+
+/// The acting party of a delegated request (RFC 8693 §4.1).
+pub struct ActingParty<'p> {
+    /// The acting identity (authenticated by the `actor_token`).
+    pub identity: &'p Identity,
+    /// The token's `act` claim: the actor, nesting the chain the subject token carried.
+    pub act: Actor,
+}
+
+/// The identity the request's credentials prove (and, with an `actor_token`, the actor).
+/// `ev` gets the evidence, and the identity as soon as it is known.
 pub async fn authenticate<'p>(
     st: &AppState,
     policies: &'p PolicySet,
     params: &Params,
     cert: Option<&PeerCert>,
     ev: &mut AuditEvent,
-) -> Result<&'p Identity, Refusal> {
+) -> Result<Caller<'p>, Refusal> {
     let client = client_authentication(st, policies, params, cert, ev).await?;
+    if let (Credential::SubjectToken(subject), Some(actor)) =
+        (&params.credential, params.actor_token.as_deref())
+    {
+        return delegated(st, policies, subject, actor, client, cert, ev).await;
+    }
+    let identity = one_identity(st, policies, params, client, cert, ev).await?;
+    Ok(Caller {
+        identity,
+        actor: None,
+    })
+}
+
+/// A delegated request: the subject token proves the identity acted for, the actor
+/// token the identity acting; the client authentication (a certificate, a client
+/// assertion), if any, must be the actor's. The subject token's own `act` (an earlier
+/// delegation) becomes the rest of the chain.
+async fn delegated<'p>(
+    st: &AppState,
+    policies: &'p PolicySet,
+    subject_token: &str,
+    actor_token: &str,
+    client: Option<ClientAuth<'p>>,
+    cert: Option<&PeerCert>,
+    ev: &mut AuditEvent,
+) -> Result<Caller<'p>, Refusal> {
+    let subject = st
+        .authn
+        .authenticate_jwt(subject_token)
+        .await
+        .map_err(|e| Refusal::subject_token(&e))?;
+    ev.evidence = Some(jwt_evidence(&subject, None));
+    let Some(identity) = policies.match_jwt(&subject.issuer, &subject.subject, &subject.claims)
+    else {
+        return Err(Refusal::unknown_identity(&subject.issuer, &subject.subject));
+    };
+    ev.identity = Some(identity.id.clone());
+    let prior = prior_chain(subject.claims.get("act"))?;
+    let jwt = st
+        .authn
+        .authenticate_jwt(actor_token)
+        .await
+        .map_err(|e| Refusal::actor_token(&e))?;
+    ev.actor_evidence = Some(jwt_evidence(&jwt, cert));
+    let Some(actor) = policies.match_jwt(&jwt.issuer, &jwt.subject, &jwt.claims) else {
+        return Err(Refusal::unknown_identity(&jwt.issuer, &jwt.subject));
+    };
+    ev.actor = Some(actor.id.clone());
+    if let Some(pc) = cert {
+        let by_cert = pc.identity(policies).map_err(Refusal::certificate)?;
+        if by_cert.id != actor.id {
+            return Err(Refusal::identity_mismatch(
+                &actor.id,
+                &by_cert.id,
+                "client certificate",
+            ));
+        }
+    }
+    if let Some(ClientAuth::Assertion(by_assertion)) = client
+        && by_assertion.id != actor.id
+    {
+        return Err(Refusal::identity_mismatch(
+            &actor.id,
+            &by_assertion.id,
+            "client assertion",
+        ));
+    }
+    let act = Actor {
+        sub: actor.id.clone(),
+        act: prior.map(Box::new),
+    };
+    ev.delegation = Some(act.chain().into_iter().map(clip).collect());
+    Ok(Caller {
+        identity,
+        actor: Some(ActingParty {
+            identity: actor,
+            act,
+        }),
+    })
+}
+
+/// The subject token's `act` claim as an actor chain: absent, or RFC 8693 objects
+/// nested by `act`, no longer than any delegation rule may allow.
+fn prior_chain(act: Option<&serde_json::Value>) -> Result<Option<Actor>, Refusal> {
+    let Some(v) = act else { return Ok(None) };
+    let prior: Actor = serde_json::from_value(v.clone()).map_err(|_| Refusal::ActClaimMalformed)?;
+    let depth = prior.depth() + 1;
+    if depth > crate::policy::MAX_DELEGATION_DEPTH {
+        return Err(Refusal::DelegationChainTooDeep {
+            depth,
+            max: crate::policy::MAX_DELEGATION_DEPTH,
+        });
+    }
+    Ok(Some(prior))
+}
+
+/// A request without delegation: one identity from the subject token or the client
+/// authentication.
+async fn one_identity<'p>(
+    st: &AppState,
+    policies: &'p PolicySet,
+    params: &Params,
+    client: Option<ClientAuth<'p>>,
+    cert: Option<&PeerCert>,
+    ev: &mut AuditEvent,
+) -> Result<&'p Identity, Refusal> {
     match &params.credential {
         Credential::SubjectToken(token) => {
             let identity = by_jwt(st, policies, token, cert, ev).await?;

@@ -100,15 +100,23 @@ impl<'a> TokenService<'a> {
         let params = parse::parse(call.content_type, call.body, ev)?;
         let cert = authenticate::peer_cert(call.client_cert, ev)?;
         let policies = st.policies.current();
-        let identity = authenticate::authenticate(st, &policies, &params, cert, ev).await?;
+        let caller = authenticate::authenticate(st, &policies, &params, cert, ev).await?;
+        let identity = caller.identity;
         ev.identity = Some(identity.id.clone());
         ev.environment = Some(identity.environment.clone());
         admission::not_disabled(st, identity)?;
-        let (grant, break_glass) =
+        if let Some(actor) = &caller.actor {
+            admission::not_disabled(st, actor.identity)?;
+        }
+        let (mut grant, break_glass) =
             admission::decide(st, &policies, identity, &params, call.peer, cert.is_some())?;
+        if let Some(actor) = &caller.actor {
+            grant = admission::delegate(identity, grant, actor, &params, break_glass.is_some())?;
+        }
         admission::rate_limit(st, identity, &grant.task)?;
         admission::monitor(st, identity, &grant, call.peer, ev).await?;
-        let token = record::mint(st, identity, &grant, cert, break_glass.as_ref())?;
+        let act = caller.actor.as_ref().map(|a| &a.act);
+        let token = record::mint(st, identity, &grant, cert, break_glass.as_ref(), act)?;
         let recertify = record::fill_record(st, ev, identity, &grant, &token, break_glass.as_ref());
         let issued = std::mem::replace(ev, AuditEvent::new(EventKind::Denied));
         if let Err(e) = st.audit.append(issued).await {

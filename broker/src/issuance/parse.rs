@@ -23,6 +23,7 @@ struct TokenForm {
     subject_token_type: Option<String>,
     requested_token_type: Option<String>,
     actor_token: Option<String>,
+    actor_token_type: Option<String>,
     task: Option<String>,
     audience: Option<String>,
     resource: Option<String>,
@@ -49,6 +50,8 @@ pub enum Credential {
 pub struct Params {
     /// The credential.
     pub credential: Credential,
+    /// RFC 8693 delegation: the actor's workload JWT (never logged).
+    pub actor_token: Option<String>,
     /// An RFC 7523 client assertion (a workload JWT whose `aud` names this broker),
     /// authenticating the client (never logged).
     pub client_assertion: Option<String>,
@@ -71,6 +74,7 @@ pub fn parse(
 ) -> Result<Params, Refusal> {
     let form = form(content_type, body)?;
     let credential = credential(&form)?;
+    let actor_token = actor_token(&form, &credential)?;
     let client_assertion = client_assertion(
         form.client_assertion_type.as_deref(),
         form.client_assertion.as_deref(),
@@ -106,6 +110,7 @@ pub fn parse(
     };
     Ok(Params {
         credential,
+        actor_token,
         client_assertion,
         task,
         audience,
@@ -175,9 +180,6 @@ fn exchange_params(form: &TokenForm) -> Result<String, Refusal> {
         Some(other) => return Err(Refusal::unsupported_subject_token_type(other)),
         None => return Err(Refusal::missing("subject_token_type is required")),
     }
-    if form.actor_token.is_some() {
-        return Err(Refusal::delegation_unsupported());
-    }
     if let Some(t) = form.requested_token_type.as_deref()
         && t != TOKEN_TYPE_ACCESS_TOKEN
         && t != TOKEN_TYPE_JWT
@@ -188,6 +190,26 @@ fn exchange_params(form: &TokenForm) -> Result<String, Refusal> {
         .clone()
         .filter(|t| !t.is_empty())
         .ok_or_else(|| Refusal::missing("subject_token is required"))
+}
+
+/// The RFC 8693 §2.1 actor token, if one was sent: with its type (a JWT), and only in a
+/// token exchange.
+fn actor_token(form: &TokenForm, credential: &Credential) -> Result<Option<String>, Refusal> {
+    let token = form.actor_token.as_deref().filter(|t| !t.is_empty());
+    match (token, form.actor_token_type.as_deref()) {
+        (None, None) => Ok(None),
+        (Some(_), None) => Err(Refusal::missing(
+            "actor_token_type is required with actor_token (RFC 8693 §2.1)",
+        )),
+        (None, Some(_)) => Err(Refusal::missing(
+            "actor_token is required with actor_token_type (RFC 8693 §2.1)",
+        )),
+        (Some(_), Some(t)) if t != TOKEN_TYPE_JWT => Err(Refusal::unsupported_actor_token_type(t)),
+        (Some(_), Some(_)) if !matches!(credential, Credential::SubjectToken(_)) => {
+            Err(Refusal::delegation_needs_exchange())
+        }
+        (Some(t), Some(_)) => Ok(Some(t.to_owned())),
+    }
 }
 
 /// Most scopes a record lists, and the longest each is shown: what a caller sends must
@@ -244,6 +266,41 @@ mod tests {
         assert_eq!(p.audience.as_deref(), Some("https://a"));
         assert_eq!(p.scopes, Some(vec!["s1".into(), "s2".into()]));
         assert_eq!(p.requested_ttl, Some(Duration::from_secs(60)));
+    }
+
+    #[test]
+    fn an_actor_token_needs_its_type_and_a_token_exchange() {
+        let jwt_type = "urn%3Aietf%3Aparams%3Aoauth%3Atoken-type%3Ajwt";
+        let p = parse_form(&format!(
+            "{EXCHANGE}&task=t&actor_token=a.b.c&actor_token_type={jwt_type}"
+        ))
+        .unwrap();
+        assert_eq!(p.actor_token.as_deref(), Some("a.b.c"));
+        let err = |body: String| parse_form(&body).err().unwrap().error().description;
+        assert!(
+            err(format!("{EXCHANGE}&task=t&actor_token=a.b.c"))
+                .contains("actor_token_type is required")
+        );
+        assert!(
+            err(format!("{EXCHANGE}&task=t&actor_token_type={jwt_type}"))
+                .contains("actor_token is required")
+        );
+        assert!(
+            err(format!(
+                "{EXCHANGE}&task=t&actor_token=a.b.c&actor_token_type=urn%3Ax"
+            ))
+            .contains("actor_token_type \"urn:x\" is not supported")
+        );
+        assert!(
+            err(format!(
+                "grant_type=client_credentials&task=t&actor_token=a.b.c&actor_token_type={jwt_type}"
+            ))
+            .contains("only with grant_type")
+        );
+        assert_eq!(
+            rule(&format!("{EXCHANGE}&task=t&actor_token=a.b.c")),
+            "malformed_request"
+        );
     }
 
     #[test]

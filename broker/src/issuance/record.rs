@@ -18,6 +18,7 @@ pub fn mint(
     grant: &policy::Grant,
     cert: Option<&PeerCert>,
     break_glass: Option<&BreakGlassGrant>,
+    actor: Option<&broker_client::types::Actor>,
 ) -> Result<MintedToken, Refusal> {
     st.minter
         .mint(&MintRequest {
@@ -30,6 +31,7 @@ pub fn mint(
             cert_thumbprint: cert.map(|c| c.x5t_s256.clone()),
             break_glass: break_glass.map(|g| g.id.clone()),
             not_after: break_glass.and_then(|g| g.ends_at),
+            actor: actor.cloned(),
             // A token minted in the second of a rule covering it must carry a later iat.
             min_iat: st
                 .revocations

@@ -36,8 +36,56 @@ pub enum Refusal {
     Missing(&'static str),
     /// An unsupported `subject_token_type`.
     UnsupportedSubjectTokenType(String),
-    /// `actor_token` was sent (delegation is not supported).
-    DelegationUnsupported,
+    /// `actor_token` was sent outside a token exchange.
+    DelegationNeedsExchange,
+    /// An unsupported `actor_token_type`.
+    UnsupportedActorTokenType(String),
+    /// The actor token was refused.
+    ActorToken {
+        /// The validation rule.
+        rule: &'static str,
+        /// What the caller is told.
+        message: String,
+        /// The full error when the broker is at fault, for the audit record and the log.
+        detail: Option<String>,
+    },
+    /// The subject token's own `act` claim (an earlier delegation) is not an RFC 8693
+    /// actor chain.
+    ActClaimMalformed,
+    /// No `[[task.delegation]]` of the subject's task names the actor.
+    DelegationNotAllowed {
+        /// The actor.
+        actor: String,
+        /// The identity acted for.
+        identity: String,
+        /// The task.
+        task: String,
+    },
+    /// A scope beyond what the delegation rule allows.
+    DelegationScope {
+        /// The scope.
+        scope: String,
+        /// The actor.
+        actor: String,
+        /// The task.
+        task: String,
+    },
+    /// A lifetime beyond the delegation rule's `max_ttl`.
+    DelegationTtl {
+        /// Seconds asked.
+        asked: u64,
+        /// The rule's `max_ttl`, seconds.
+        max: u64,
+    },
+    /// The actor chain is longer than the delegation rule allows.
+    DelegationChainTooDeep {
+        /// Actors in the chain.
+        depth: usize,
+        /// The rule's `max_depth`.
+        max: usize,
+    },
+    /// Break-glass tokens are never delegated.
+    DelegationBreakGlass,
     /// An unsupported `requested_token_type`.
     UnsupportedRequestedTokenType(String),
     /// `audience` and `resource` disagree.
@@ -190,8 +238,15 @@ impl Refusal {
             | Missing(_)
             | BadTtl(_)
             | UnsupportedSubjectTokenType(_)
-            | DelegationUnsupported
+            | DelegationNeedsExchange
+            | UnsupportedActorTokenType(_)
             | UnsupportedRequestedTokenType(_) => "malformed_request",
+            ActorToken { rule, .. } => rule,
+            ActClaimMalformed => "act_claim_malformed",
+            DelegationNotAllowed { .. } | DelegationBreakGlass => "delegation_not_allowed",
+            DelegationScope { .. } => "delegation_scope",
+            DelegationTtl { .. } => "delegation_ttl",
+            DelegationChainTooDeep { .. } => "delegation_chain_too_deep",
             UnsupportedGrantType(_) => "unsupported_grant_type",
             AudienceConflict => "audience_conflict",
             CertificateUnusable(_) => "client_certificate_unusable",
@@ -245,7 +300,65 @@ impl Refusal {
             UnsupportedSubjectTokenType(t) => bad(format!(
                 "subject_token_type {t:?} is not supported: use {TOKEN_TYPE_JWT}"
             )),
-            DelegationUnsupported => bad("delegation (actor_token) is not supported".into()),
+            DelegationNeedsExchange => bad(format!(
+                "actor_token (delegation) is accepted only with grant_type={GRANT_TYPE_TOKEN_EXCHANGE}"
+            )),
+            UnsupportedActorTokenType(t) => bad(format!(
+                "actor_token_type {t:?} is not supported: use {TOKEN_TYPE_JWT}"
+            )),
+            ActorToken {
+                message,
+                detail: Some(detail),
+                ..
+            } => {
+                let mut e = err(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "temporarily_unavailable",
+                    format!("cannot check the actor_token: {message}"),
+                )
+                .with_operator_detail(format!("cannot check the actor_token: {detail}"));
+                e.retry_after = Some(crate::authn::issuers::MIN_REFRESH_INTERVAL.as_secs());
+                e
+            }
+            ActorToken { message, .. } => err(
+                StatusCode::BAD_REQUEST,
+                "invalid_grant",
+                format!("actor_token rejected: {message}"),
+            ),
+            ActClaimMalformed => err(
+                StatusCode::BAD_REQUEST,
+                "invalid_grant",
+                "the subject_token's act claim is not an RFC 8693 actor chain (objects with a string sub, nested by act)".into(),
+            ),
+            DelegationNotAllowed { actor, identity, task } => err(
+                StatusCode::FORBIDDEN,
+                "access_denied",
+                format!(
+                    "identity {actor} may not act for {identity} on task {task}: add it to a [[task.delegation]] actors list of {identity}'s task"
+                ),
+            ),
+            DelegationScope { scope, actor, task } => err(
+                StatusCode::BAD_REQUEST,
+                "invalid_scope",
+                format!(
+                    "scope {scope} is beyond what task {task}'s delegation rule lets {actor} ask for"
+                ),
+            ),
+            DelegationTtl { asked, max } => bad(format!(
+                "requested_ttl {asked}s is over the delegation rule's max_ttl of {max}s"
+            )),
+            DelegationChainTooDeep { depth, max } => err(
+                StatusCode::FORBIDDEN,
+                "access_denied",
+                format!(
+                    "the actor chain would have {depth} actors; the delegation rule allows at most {max} (max_depth)"
+                ),
+            ),
+            DelegationBreakGlass => err(
+                StatusCode::FORBIDDEN,
+                "access_denied",
+                "break-glass tokens are never delegated: the person's workload asks for them itself".into(),
+            ),
             UnsupportedRequestedTokenType(t) => {
                 bad(format!("requested_token_type {t:?} is not supported"))
             }
@@ -342,7 +455,7 @@ impl Refusal {
                 StatusCode::FORBIDDEN,
                 "access_denied",
                 format!(
-                    "the subject_token proves identity {by_jwt} but the {how} proves {by_cert}: present credentials of one workload (acting for another identity needs delegation, which this broker does not support yet)"
+                    "the subject_token proves identity {by_jwt} but the {how} proves {by_cert}: present credentials of one workload (to act for another identity, send your own workload JWT as actor_token: RFC 8693 delegation)"
                 ),
             ),
             IdentityDisabled { identity, why } => err(
@@ -429,9 +542,13 @@ impl Refusal {
     pub fn unsupported_subject_token_type(other: &str) -> Self {
         Self::UnsupportedSubjectTokenType(clip(other))
     }
-    /// See [`Refusal::DelegationUnsupported`].
-    pub fn delegation_unsupported() -> Self {
-        Self::DelegationUnsupported
+    /// See [`Refusal::DelegationNeedsExchange`].
+    pub fn delegation_needs_exchange() -> Self {
+        Self::DelegationNeedsExchange
+    }
+    /// See [`Refusal::UnsupportedActorTokenType`].
+    pub fn unsupported_actor_token_type(other: &str) -> Self {
+        Self::UnsupportedActorTokenType(clip(other))
     }
     /// See [`Refusal::UnsupportedRequestedTokenType`].
     pub fn unsupported_requested_token_type(other: &str) -> Self {
@@ -478,6 +595,26 @@ impl Refusal {
             rule: e.rule(),
             message: e.public_message(),
             detail,
+        }
+    }
+    /// See [`Refusal::ActorToken`].
+    pub fn actor_token(e: &AuthnError) -> Self {
+        let detail = e.is_unavailable().then(|| {
+            tracing::warn!(error = %e, "actor_token not checked");
+            e.to_string()
+        });
+        Self::ActorToken {
+            rule: e.rule(),
+            message: e.public_message(),
+            detail,
+        }
+    }
+    /// See [`Refusal::DelegationNotAllowed`].
+    pub fn delegation_not_allowed(actor: &str, identity: &str, task: &str) -> Self {
+        Self::DelegationNotAllowed {
+            actor: actor.to_owned(),
+            identity: identity.to_owned(),
+            task: task.to_owned(),
         }
     }
     /// See [`Refusal::ClientAssertion`].

@@ -48,6 +48,8 @@ pub struct MintRequest<'a> {
     /// Latest `exp` allowed (a break-glass grant's end): `ttl_secs` was computed at the
     /// decision, and the clock may have moved to the next second before the mint.
     pub not_after: Option<u64>,
+    /// The acting party of a delegated token (`act`, RFC 8693 §4.1).
+    pub actor: Option<broker_client::types::Actor>,
 }
 
 /// Errors while minting.
@@ -310,6 +312,7 @@ impl Minter {
                 .clone()
                 .map(|x5t_s256| Confirmation { x5t_s256 }),
             bg: req.break_glass.clone(),
+            act: req.actor.clone(),
         };
         let signer = &active.signer;
         let header = format!(
@@ -362,6 +365,7 @@ mod tests {
                 break_glass: None,
                 min_iat: 0,
                 not_after: None,
+                actor: None,
             })
             .unwrap();
         let parts: Vec<&str> = t.expose_token().split('.').collect();

@@ -103,6 +103,7 @@ mod tests {
                 break_glass: None,
                 min_iat: 0,
                 not_after: None,
+                actor: None,
             })
             .unwrap();
         let c = verify_signature(t.expose_token(), &ring.jwks(), "https://b").unwrap();

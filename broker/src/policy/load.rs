@@ -446,6 +446,7 @@ impl Ctx<'_> {
             source_cidrs,
             require_binding,
             rate_limit,
+            delegation,
         } = t;
         let at = if name.is_empty() {
             format!("task #{n}")
@@ -544,6 +545,11 @@ impl Ctx<'_> {
                 None
             }
         };
+        let delegation = delegation
+            .into_iter()
+            .enumerate()
+            .filter_map(|(i, d)| delegation_rule(&at, i, d, &scopes, max_ttl, problems))
+            .collect();
         (problems.len() == before).then_some(Task {
             name,
             audience,
@@ -552,8 +558,71 @@ impl Ctx<'_> {
             source_cidrs,
             require_binding,
             rate_limit,
+            delegation,
         })
     }
+}
+
+/// One `[[task.delegation]]` of the task `at`: actors named, scopes within the task's,
+/// `max_ttl` within the task's, `max_depth` from 1 to [`super::MAX_DELEGATION_DEPTH`].
+fn delegation_rule(
+    at: &str,
+    i: usize,
+    d: super::model::DelegationFile,
+    task_scopes: &[String],
+    task_ttl: Duration,
+    problems: &mut Vec<String>,
+) -> Option<super::Delegation> {
+    let at = format!("{at}: delegation #{}", i + 1);
+    let before = problems.len();
+    if d.actors.is_empty() {
+        problems.push(format!(
+            "{at}: actors is empty: name the identities that may act for this one"
+        ));
+    }
+    for a in &d.actors {
+        check_name(&format!("{at}: actor"), a, problems);
+    }
+    let scopes = d.scopes.unwrap_or_else(|| task_scopes.to_vec());
+    for s in &scopes {
+        if !task_scopes.contains(s) {
+            problems.push(format!(
+                "{at}: scope {s:?} is not one of the task's scopes: a delegated token is never wider than the task"
+            ));
+        }
+    }
+    if scopes.is_empty() {
+        problems.push(format!(
+            "{at}: scopes is empty: a delegated token would grant nothing"
+        ));
+    }
+    let max_ttl = match d.max_ttl.as_deref().map(parse_duration) {
+        None => task_ttl,
+        Some(Ok(t)) if !t.is_zero() && t.subsec_nanos() == 0 && t <= task_ttl => t,
+        Some(Ok(_)) => {
+            problems.push(format!(
+                "{at}: max_ttl must be a whole number of seconds, more than 0 and at most the task's max_ttl"
+            ));
+            task_ttl
+        }
+        Some(Err(e)) => {
+            problems.push(format!("{at}: max_ttl: {e}"));
+            task_ttl
+        }
+    };
+    let max_depth = d.max_depth.unwrap_or(1);
+    if !(1..=super::MAX_DELEGATION_DEPTH).contains(&max_depth) {
+        problems.push(format!(
+            "{at}: max_depth must be from 1 to {}",
+            super::MAX_DELEGATION_DEPTH
+        ));
+    }
+    (problems.len() == before).then_some(super::Delegation {
+        actors: d.actors,
+        scopes,
+        max_ttl,
+        max_depth,
+    })
 }
 
 /// Ids, environments and task names: 1 to 128 of `A-Z a-z 0-9 . _ -`.

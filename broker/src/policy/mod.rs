@@ -194,6 +194,34 @@ pub struct Task {
     pub require_binding: bool,
     /// Issuance rate limit of this task (per identity), if any.
     pub rate_limit: Option<crate::ratelimit::Rate>,
+    /// Who may act for the identity on this task (RFC 8693 delegation), and how far.
+    pub delegation: Vec<Delegation>,
+}
+
+/// The longest delegation chain any rule may allow.
+pub const MAX_DELEGATION_DEPTH: usize = 4;
+
+/// One `[[task.delegation]]` rule: these actors may get tokens for this task on the
+/// identity's behalf, with at most these scopes and this lifetime.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delegation {
+    /// The identity ids that may act.
+    pub actors: Vec<String>,
+    /// The scopes a delegated token may carry (a subset of the task's; default: all).
+    pub scopes: Vec<String>,
+    /// The longest lifetime of a delegated token (at most the task's `max_ttl`).
+    pub max_ttl: Duration,
+    /// The most actors in the chain (1: the actor acts directly for the identity).
+    pub max_depth: usize,
+}
+
+impl Task {
+    /// The delegation rule that lets `actor` act on this task, if any.
+    pub fn delegation_for(&self, actor: &str) -> Option<&Delegation> {
+        self.delegation
+            .iter()
+            .find(|d| d.actors.iter().any(|a| a == actor))
+    }
 }
 
 impl Identity {

@@ -86,6 +86,22 @@ pub(crate) struct TaskFile {
     /// Token bucket for this task, e.g. `"10/m"` (burst = the count).
     #[serde(default)]
     pub(crate) rate_limit: Option<String>,
+    /// `[[task.delegation]]`: who may act for this identity on this task.
+    #[serde(default)]
+    pub(crate) delegation: Vec<DelegationFile>,
+}
+
+/// `[[task.delegation]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct DelegationFile {
+    pub(crate) actors: Vec<String>,
+    #[serde(default)]
+    pub(crate) scopes: Option<Vec<String>>,
+    #[serde(default)]
+    pub(crate) max_ttl: Option<String>,
+    #[serde(default)]
+    pub(crate) max_depth: Option<usize>,
 }
 
 /// The text of a date value: a TOML string, or a TOML date/datetime rendered back to text

@@ -1239,3 +1239,74 @@ fn third_party_registrations_are_capped_at_lint_time() {
             .is_empty()
     );
 }
+
+/// `[[task.delegation]]` loads with its defaults (the task's scopes and `max_ttl`, a
+/// direct delegation), and each bad rule is a precise problem.
+#[test]
+fn delegation_rules_load_and_lint() {
+    let from = "max_ttl     = \"5m\"\n";
+    let with =
+        |rule: &str| PAYMENTS.replacen(from, &format!("{from}\n[[task.delegation]]\n{rule}\n"), 1);
+    let set = load(&[("pay.toml", &with("actors = [\"agent\"]"))]).unwrap();
+    let task = set
+        .identity("payments-api")
+        .and_then(|i| i.task("ledger-read"))
+        .unwrap();
+    let rule = task.delegation_for("agent").expect("a rule for the agent");
+    assert_eq!(rule.scopes, vec!["ledger:read".to_owned()]);
+    assert_eq!(rule.max_ttl, Duration::from_secs(300));
+    assert_eq!(rule.max_depth, 1);
+    assert!(task.delegation_for("someone-else").is_none());
+    let set = load(&[(
+        "pay.toml",
+        &with("actors = [\"a\", \"b\"]\nmax_ttl = \"1m\"\nmax_depth = 3"),
+    )])
+    .unwrap();
+    let rule = set
+        .identity("payments-api")
+        .unwrap()
+        .task("ledger-read")
+        .unwrap()
+        .delegation_for("b")
+        .unwrap()
+        .clone();
+    assert_eq!((rule.max_ttl, rule.max_depth), (Duration::from_secs(60), 3));
+
+    for (rule, needle) in [
+        ("actors = []", "actors is empty"),
+        ("actors = [\"bad name!\"]", "actor"),
+        (
+            "actors = [\"a\"]\nscopes = [\"ledger:write\"]",
+            "not one of the task's scopes",
+        ),
+        (
+            "actors = [\"a\"]\nmax_ttl = \"10m\"",
+            "at most the task's max_ttl",
+        ),
+        ("actors = [\"a\"]\nmax_ttl = \"soon\"", "max_ttl"),
+        (
+            "actors = [\"a\"]\nmax_depth = 0",
+            "max_depth must be from 1 to 4",
+        ),
+        (
+            "actors = [\"a\"]\nmax_depth = 9",
+            "max_depth must be from 1 to 4",
+        ),
+        ("actors = [\"a\"]\ncolour = \"red\"", "colour"),
+    ] {
+        let errs = load(&[("pay.toml", &with(rule))]).unwrap_err();
+        assert_eq!(errs.len(), 1, "{rule}: {errs:#?}");
+        assert!(
+            errs[0].message.contains(needle),
+            "{rule}: {}",
+            errs[0].message
+        );
+        if !rule.contains("colour") {
+            assert!(
+                errs[0].message.contains("task ledger-read: delegation #1"),
+                "{}",
+                errs[0].message
+            );
+        }
+    }
+}
