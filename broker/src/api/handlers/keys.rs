@@ -171,6 +171,15 @@ pub struct RevokeKeyBody {
     reason: Option<String>,
 }
 
+/// The reason the body of a key revocation gives, or why the body is refused.
+fn reason_of(body: &[u8]) -> Result<String, ApiError> {
+    let req: RevokeKeyBody = serde_json::from_slice(body)
+        .map_err(|e| ApiError::invalid_request(format!("invalid JSON body: {e}")))?;
+    req.reason
+        .filter(|r| !r.trim().is_empty())
+        .ok_or_else(|| ApiError::invalid_request("reason is required"))
+}
+
 /// `POST /v1/admin/keys/{kid}/revoke`: the key leaves every replica's JWKS at once, a
 /// feed rule revokes every token it signed, and (for this replica's key) a new key
 /// signs at once.
@@ -195,26 +204,9 @@ pub async fn revoke(
         Ok(c) => c,
         Err(res) => return res,
     };
-    let req: RevokeKeyBody = match serde_json::from_slice(&body) {
+    let reason = match reason_of(&body) {
         Ok(r) => r,
-        Err(e) => {
-            return record::deny(
-                &st,
-                ev,
-                "malformed_request",
-                ApiError::invalid_request(format!("invalid JSON body: {e}")),
-            )
-            .await;
-        }
-    };
-    let Some(reason) = req.reason.filter(|r| !r.trim().is_empty()) else {
-        return record::deny(
-            &st,
-            ev,
-            "malformed_request",
-            ApiError::invalid_request("reason is required"),
-        )
-        .await;
+        Err(e) => return record::deny(&st, ev, "malformed_request", e).await,
     };
     let changes = match st.keys.revocation_changes(&kid, &caller.actor(), &reason) {
         Ok(c) => c,

@@ -9,12 +9,13 @@ use axum::body::Bytes;
 use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use serde::Deserialize;
+use broker_client::types::AccessTokenClaims;
+use serde::{Deserialize, Serialize};
 
 use crate::api::caller::{self, Caller};
 use crate::api::refusal::{self, CallRefusal};
 use crate::api::{ApiError, AppState, record};
-use crate::audit::event::EventKind;
+use crate::audit::event::{AuditEvent, EventKind};
 use crate::authn::mtls::ClientCert;
 use crate::config::Role;
 use crate::mint::verify;
@@ -27,6 +28,36 @@ struct RevokeForm {
     token_type_hint: Option<String>,
 }
 
+/// What a revocation request came to: `detail.outcome` of its `revoked` record. Every
+/// outcome answers 200 (RFC 7009 §2.2).
+#[derive(Clone, Copy, Serialize)]
+#[serde(rename_all = "snake_case")]
+enum Outcome {
+    /// Not a token this broker signed.
+    UnknownToken,
+    /// Signed by this broker but past its `exp`.
+    AlreadyExpired,
+    /// Its `jti` is revoked now.
+    Revoked,
+}
+
+impl Outcome {
+    /// The record's `reason`.
+    fn reason(self) -> &'static str {
+        match self {
+            Outcome::UnknownToken => "not a token issued by this broker; nothing to revoke",
+            Outcome::AlreadyExpired => "token had already expired; nothing to revoke",
+            Outcome::Revoked => "revoked through /oauth2/revoke",
+        }
+    }
+
+    /// Writes the outcome into the record.
+    fn note(self, ev: &mut AuditEvent) {
+        ev.reason = Some(self.reason().into());
+        ev.detail = Some(serde_json::json!({ "outcome": self }));
+    }
+}
+
 /// The revocation endpoint.
 #[tracing::instrument(skip_all, fields(source = %peer.ip()))]
 pub async fn revoke(
@@ -37,90 +68,86 @@ pub async fn revoke(
     body: Bytes,
 ) -> Response {
     let mut ev = record::event(EventKind::Revoked, peer);
-    let caller = match caller::require_form(
-        &st,
-        &mut ev,
-        &headers,
-        client_cert.as_ref().map(|e| &e.0),
-        &body,
-        crate::api::REVOCATION_PATH,
-    )
-    .await
-    {
+    let cert = client_cert.as_ref().map(|e| &e.0);
+    let path = crate::api::REVOCATION_PATH;
+    let caller = match caller::require_form(&st, &mut ev, &headers, cert, &body, path).await {
         Ok(c) => c,
         Err(res) => return res,
     };
-    let form: RevokeForm = match serde_urlencoded::from_bytes(&body) {
-        Ok(f) => f,
-        Err(e) => {
-            return record::deny(
-                &st,
-                ev,
-                "malformed_request",
-                ApiError::invalid_request(format!("malformed form body: {e}")),
-            )
-            .await;
-        }
-    };
-    let Some(token) = form.token.filter(|t| !t.is_empty()) else {
-        return record::deny(
-            &st,
-            ev,
-            "malformed_request",
-            ApiError::invalid_request("token is required"),
-        )
-        .await;
+    let token = match token_of(&body) {
+        Ok(t) => t,
+        Err(e) => return record::deny(&st, ev, "malformed_request", e).await,
     };
     let now = st.clock.unix_secs();
-    let claims = match verify::verify_signature(&token, &st.minter.jwks(), st.minter.issuer()) {
-        Ok(c) => c,
-        Err(_) => {
-            ev.reason = Some("not a token issued by this broker; nothing to revoke".into());
-            ev.detail = Some(serde_json::json!({ "outcome": "unknown_token" }));
-            return match record::allow(&st, ev).await {
-                Ok(()) => StatusCode::OK.into_response(),
-                Err(e) => e.into_response(),
-            };
-        }
+    let Ok(claims) = verify::verify_signature(&token, &st.minter.jwks(), st.minter.issuer()) else {
+        return settled(&st, ev, Outcome::UnknownToken).await;
     };
+    describe(&mut ev, &claims);
+    if !may_revoke(&caller, &claims) {
+        let refusal = CallRefusal::NotTokenOwner {
+            actor: caller.actor(),
+            owner: claims.sub,
+        };
+        return refusal::deny(&st, ev, refusal).await;
+    }
+    if now >= claims.exp {
+        return settled(&st, ev, Outcome::AlreadyExpired).await;
+    }
+    revoke_jti(&st, ev, &claims, now, caller.actor()).await
+}
+
+/// The token the form names, or why the form is refused.
+fn token_of(body: &[u8]) -> Result<String, ApiError> {
+    let form: RevokeForm = serde_urlencoded::from_bytes(body)
+        .map_err(|e| ApiError::invalid_request(format!("malformed form body: {e}")))?;
+    form.token
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| ApiError::invalid_request("token is required"))
+}
+
+/// Puts the token's id, expiry, identity and task in the record.
+fn describe(ev: &mut AuditEvent, claims: &AccessTokenClaims) {
     ev.jti = Some(claims.jti.clone());
     ev.exp = Some(claims.exp);
     ev.identity = Some(claims.sub.clone());
     ev.task = Some(claims.task.clone());
-    let allowed = caller.has_role(Role::Revoke)
-        || matches!(&caller, Caller::Workload { identity, .. } if *identity == claims.sub);
-    if !allowed {
-        return refusal::deny(
-            &st,
-            ev,
-            CallRefusal::NotTokenOwner {
-                actor: caller.actor(),
-                owner: claims.sub.clone(),
-            },
-        )
-        .await;
-    }
-    if now >= claims.exp {
-        ev.reason = Some("token had already expired; nothing to revoke".into());
-        ev.detail = Some(serde_json::json!({ "outcome": "already_expired" }));
-    } else {
-        let change = StateChange::RevokeJti {
-            jti: claims.jti.clone(),
-            exp: claims.exp,
-            at: now,
-            actor: caller.actor(),
-            reason: "revoked through /oauth2/revoke".into(),
-        };
-        ev.reason = Some("revoked through /oauth2/revoke".into());
-        ev.detail = Some(serde_json::json!({ "outcome": "revoked" }));
-        // Recorded first, like every admin change (docs/audit-log.md).
-        return match record::change(&st, ev, || st.revocations.commit(&change)).await {
-            Ok(()) => StatusCode::OK.into_response(),
-            Err(res) => res,
-        };
-    }
-    match record::allow(&st, ev).await {
+}
+
+/// An admin with the `revoke` role may revoke any token, a workload its own.
+fn may_revoke(caller: &Caller, claims: &AccessTokenClaims) -> bool {
+    caller.has_role(Role::Revoke)
+        || matches!(caller, Caller::Workload { identity, .. } if *identity == claims.sub)
+}
+
+/// Records an outcome that changes nothing, and answers 200.
+async fn settled(st: &AppState, mut ev: AuditEvent, outcome: Outcome) -> Response {
+    outcome.note(&mut ev);
+    match record::allow(st, ev).await {
         Ok(()) => StatusCode::OK.into_response(),
         Err(e) => e.into_response(),
+    }
+}
+
+/// Revokes the token's `jti`: recorded first, like every admin change
+/// (docs/audit-log.md), then committed; 200 once both are durable.
+async fn revoke_jti(
+    st: &AppState,
+    mut ev: AuditEvent,
+    claims: &AccessTokenClaims,
+    now: u64,
+    actor: String,
+) -> Response {
+    let outcome = Outcome::Revoked;
+    let change = StateChange::RevokeJti {
+        jti: claims.jti.clone(),
+        exp: claims.exp,
+        at: now,
+        actor,
+        reason: outcome.reason().into(),
+    };
+    outcome.note(&mut ev);
+    match record::change(st, ev, || st.revocations.commit(&change)).await {
+        Ok(()) => StatusCode::OK.into_response(),
+        Err(res) => res,
     }
 }
