@@ -106,6 +106,7 @@ fn mint(c: &mut Criterion) {
             min_iat: 0,
             not_after: None,
             actor: None,
+            dpop_jkt: None,
         };
         minter.mint(&req).unwrap();
         group.bench_function(alg.as_str(), |b| {

@@ -163,6 +163,7 @@ fn mint_request(scopes: &[String]) -> MintRequest<'_> {
         min_iat: 0,
         not_after: None,
         actor: None,
+        dpop_jkt: None,
     }
 }
 

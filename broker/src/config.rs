@@ -83,6 +83,9 @@ pub struct FileConfig {
     /// `[http]`: connection and request limits ([`crate::http_limits`]).
     #[serde(default)]
     pub http: Option<crate::http_limits::HttpFile>,
+    /// `[dpop]`: DPoP proofs at the token endpoint ([`crate::dpop`]).
+    #[serde(default)]
+    pub dpop: Option<crate::dpop::DpopFile>,
 }
 
 /// `[governance]`.
@@ -598,6 +601,8 @@ pub struct Config {
     pub third_party_max_registration: Option<Duration>,
     /// Connection and request limits (`[http]`).
     pub http: crate::http_limits::HttpLimits,
+    /// DPoP settings (`[dpop]`).
+    pub dpop: crate::dpop::DpopSettings,
 }
 
 impl Config {
@@ -1219,6 +1224,7 @@ impl FileConfig {
                 Duration::from_secs(10),
             )?,
             http: crate::http_limits::from_file(self.http.as_ref()).map_err(&invalid)?,
+            dpop: crate::dpop::DpopSettings::from_file(self.dpop.as_ref()).map_err(&invalid)?,
             key_dir: resolve(&self.signing.key_dir),
             pkcs11,
             algorithm,

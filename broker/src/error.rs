@@ -24,6 +24,8 @@ pub struct ApiError {
     /// errors): recorded as the audit record's `reason` instead of `description`, never
     /// sent.
     pub operator_detail: Option<String>,
+    /// A `DPoP-Nonce` to hand the caller (RFC 9449 §8).
+    pub dpop_nonce: Option<String>,
 }
 
 impl ApiError {
@@ -35,6 +37,7 @@ impl ApiError {
             description: description.into(),
             retry_after: None,
             operator_detail: None,
+            dpop_nonce: None,
         }
     }
 
@@ -107,6 +110,13 @@ impl IntoResponse for ApiError {
         h.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
         if let Some(secs) = self.retry_after {
             h.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        if let Some(v) = self
+            .dpop_nonce
+            .as_deref()
+            .and_then(|n| HeaderValue::from_str(n).ok())
+        {
+            h.insert("dpop-nonce", v);
         }
         if self.status == StatusCode::UNAUTHORIZED {
             h.insert(

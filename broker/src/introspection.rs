@@ -27,7 +27,14 @@ pub fn introspect(st: &AppState, token: &str) -> IntrospectionResponse {
     match active_claims(st, token) {
         Some(claims) => IntrospectionResponse {
             active: true,
-            token_type: Some("Bearer".into()),
+            token_type: Some(
+                if claims.cnf.as_ref().is_some_and(|c| c.jkt.is_some()) {
+                    "DPoP"
+                } else {
+                    "Bearer"
+                }
+                .into(),
+            ),
             claims: Some(claims),
         },
         None => IntrospectionResponse {

@@ -41,6 +41,7 @@ pub mod clock;
 pub mod config;
 pub mod denial_budget;
 pub mod dev;
+pub mod dpop;
 pub mod error;
 pub mod grant_lifecycle;
 pub mod http_limits;

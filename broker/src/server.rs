@@ -43,6 +43,9 @@ use crate::tls::{TlsReloader, TlsSpec};
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StartError {
+    /// The random number generator failed making a secret.
+    #[error("random number generator failed making {0}")]
+    Random(&'static str),
     /// Signing keys.
     #[error("signing keys: {0}")]
     Keys(#[from] crate::mint::keys::KeyError),
@@ -224,6 +227,10 @@ pub async fn start_with_clock(
             minter,
             keys,
             jwks_max_age: config.jwks_max_age,
+            dpop: Arc::new(
+                crate::dpop::DpopService::new(config.dpop)
+                    .map_err(|_| StartError::Random("the DPoP nonce key"))?,
+            ),
             denials: Arc::new(crate::denial_budget::DenialBudget::new(
                 crate::denial_budget::DenialBudgetConfig::default(),
             )),

@@ -25,6 +25,8 @@ pub struct AppState {
     pub minter: Arc<Minter>,
     /// The signing keys' lifecycle (rotation, retirement, revocation).
     pub keys: Arc<crate::mint::lifecycle::KeyService>,
+    /// DPoP proofs at the token endpoint (replay memory, nonces).
+    pub dpop: Arc<crate::dpop::DpopService>,
     /// Per-source budgets of refusals recorded one by one at the token endpoint.
     pub denials: Arc<crate::denial_budget::DenialBudget>,
     /// `Cache-Control: max-age` of the JWKS (`[signing] jwks_max_age`).

@@ -107,4 +107,10 @@ pub enum VerifyError {
     /// The broker's keys could not be fetched.
     #[error("broker keys unavailable: {0}")]
     KeysUnavailable(String),
+    /// The token is DPoP-bound (`cnf.jkt`) and was presented without a DPoP proof.
+    #[error("token is DPoP-bound: present it with a DPoP proof (Authorization: DPoP)")]
+    DpopRequired,
+    /// The DPoP proof was refused.
+    #[error("{0}")]
+    Dpop(crate::dpop::DpopError),
 }

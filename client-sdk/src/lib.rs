@@ -47,6 +47,8 @@
 pub mod jws;
 pub mod types;
 
+#[cfg(feature = "dpop")]
+pub mod dpop;
 #[cfg(feature = "client")]
 mod error;
 #[cfg(feature = "client")]
@@ -70,4 +72,4 @@ pub use http::RequestError;
 #[cfg(feature = "client")]
 pub use source::{Credential, JwtProvider, Token, TokenSource, TokenSourceBuilder};
 #[cfg(feature = "client")]
-pub use verifier::{DEFAULT_JWKS_MAX_AGE, FeedCredential, Verifier, VerifierBuilder};
+pub use verifier::{DEFAULT_JWKS_MAX_AGE, DpopRequest, FeedCredential, Verifier, VerifierBuilder};

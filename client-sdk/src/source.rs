@@ -131,6 +131,7 @@ pub struct Token {
     secret: Arc<Zeroizing<String>>,
     expires_at: u64,
     scope: String,
+    dpop: Option<Arc<crate::dpop::DpopKey>>,
 }
 
 impl std::fmt::Debug for Token {
@@ -144,6 +145,10 @@ impl std::fmt::Debug for Token {
 }
 
 impl Token {
+    /// The DPoP key the token is bound to, if the source asked for DPoP tokens.
+    pub(crate) fn dpop_key(&self) -> Option<&Arc<crate::dpop::DpopKey>> {
+        self.dpop.as_ref()
+    }
     /// The bearer token. Send it; never log it.
     pub fn expose(&self) -> &str {
         &self.secret
@@ -171,6 +176,7 @@ pub struct TokenSourceBuilder {
     ttl: Option<u64>,
     credential: Option<Credential>,
     acting_for: Option<Credential>,
+    dpop: Option<Arc<crate::dpop::DpopKey>>,
     ca: Option<PathBuf>,
     renew_fraction: f64,
     jitter: f64,
@@ -190,6 +196,13 @@ impl TokenSourceBuilder {
     /// `act`). The broker's policy decides who may act for whom (`[[task.delegation]]`).
     pub fn acting_for(mut self, subject: Credential) -> Self {
         self.acting_for = Some(subject);
+        self
+    }
+    /// Ask for DPoP-bound tokens (RFC 9449): every token request carries a proof made
+    /// with `key`, the tokens are bound to it (`cnf.jkt`), and [`crate::AuthorizedClient`]
+    /// sends them as `Authorization: DPoP` with a fresh proof per request.
+    pub fn dpop(mut self, key: Arc<crate::dpop::DpopKey>) -> Self {
+        self.dpop = Some(key);
         self
     }
     /// The CA bundle (PEM) of the broker's TLS certificate.
@@ -326,6 +339,7 @@ impl TokenSource {
             ttl: None,
             credential: None,
             acting_for: None,
+            dpop: None,
             ca: None,
             renew_fraction: 0.75,
             jitter: 0.1,
@@ -484,12 +498,17 @@ async fn fetch(inner: &Inner) -> Result<Token, Error> {
     // Before the request: the broker's `exp` is its own now (at or after this) plus
     // `expires_in`, so counting from here never puts `expires_at` after the real `exp`.
     let sent_at = unix_now();
-    let resp = client
-        .post(&url)
-        .header(
-            reqwest::header::CONTENT_TYPE,
-            "application/x-www-form-urlencoded",
-        )
+    let mut post = client.post(&url).header(
+        reqwest::header::CONTENT_TYPE,
+        "application/x-www-form-urlencoded",
+    );
+    if let Some(key) = &cfg.dpop {
+        let proof = key
+            .proof("POST", &url, None, None)
+            .map_err(|e| Error::Config(e.to_string()))?;
+        post = post.header("DPoP", proof);
+    }
+    let resp = post
         .body(body.to_string())
         .send()
         .await
@@ -522,6 +541,11 @@ async fn fetch(inner: &Inner) -> Result<Token, Error> {
             secret: Arc::new(Zeroizing::new(tr.access_token)),
             expires_at: sent_at.saturating_add(tr.expires_in.min(MAX_EXPIRES_IN)),
             scope: tr.scope,
+            // Bound to the key only if the broker says so (`token_type: DPoP`).
+            dpop: cfg
+                .dpop
+                .clone()
+                .filter(|_| tr.token_type.eq_ignore_ascii_case("DPoP")),
         };
         let renew_in = renew_delay(
             tr.expires_in,

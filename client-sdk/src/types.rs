@@ -114,12 +114,17 @@ impl Actor {
     }
 }
 
-/// RFC 8705 confirmation claim.
+/// Confirmation claim (`cnf`): the certificate (RFC 8705) or DPoP key (RFC 9449) the
+/// token is bound to.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Confirmation {
-    /// base64url SHA-256 of the DER client certificate.
-    #[serde(rename = "x5t#S256")]
+    /// base64url SHA-256 of the DER client certificate (RFC 8705); empty when the token
+    /// is not certificate-bound.
+    #[serde(rename = "x5t#S256", default, skip_serializing_if = "String::is_empty")]
     pub x5t_s256: String,
+    /// RFC 7638 thumbprint of the DPoP key the token is bound to (RFC 9449 §6).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jkt: Option<String>,
 }
 
 /// Answer of `POST /oauth2/introspect` (RFC 7662 §2.2): `{"active": false}`, or for an
@@ -366,6 +371,8 @@ pub struct InventoryResponse {
 pub struct AuthorizationServerMetadata {
     /// Algorithms the broker signs access tokens with.
     pub access_token_signing_alg_values_supported: Vec<String>,
+    /// Algorithms of the DPoP proofs the token endpoint accepts (RFC 9449 §5.1).
+    pub dpop_signing_alg_values_supported: Vec<String>,
     /// [`GRANT_TYPE_TOKEN_EXCHANGE`] and [`GRANT_TYPE_CLIENT_CREDENTIALS`].
     pub grant_types_supported: Vec<String>,
     /// URL of `POST /oauth2/introspect` (RFC 7662).

@@ -34,9 +34,17 @@ pub struct VerifierBuilder {
     feed: Option<(FeedCredential, Duration)>,
     timeout: Duration,
     jwks_max_age: Duration,
+    dpop_origin: Option<String>,
 }
 
 impl VerifierBuilder {
+    /// This resource's origin as clients address it (`https://ledger.example.org`), for the
+    /// `htu` of DPoP proofs checked by the axum extractor (default: `http://` and the
+    /// request's `Host`).
+    pub fn dpop_origin(mut self, origin: impl Into<String>) -> Self {
+        self.dpop_origin = Some(origin.into());
+        self
+    }
     /// The expected `iss` (default: the broker URL).
     pub fn issuer(mut self, iss: impl Into<String>) -> Self {
         self.issuer = Some(iss.into());
@@ -92,6 +100,7 @@ impl VerifierBuilder {
             revoked: RwLock::new(Revoked::default()),
             http,
             feed_http,
+            dpop_replay: crate::dpop::ReplayGuard::new(DPOP_REPLAY_CAPACITY),
             cfg: self,
         });
         if let Some((_, every)) = &inner.cfg.feed {
@@ -179,6 +188,22 @@ struct VInner {
     revoked: RwLock<Revoked>,
     http: reqwest::Client,
     feed_http: Option<reqwest::Client>,
+    /// DPoP proofs seen within their `iat` window.
+    dpop_replay: crate::dpop::ReplayGuard,
+}
+
+/// Proofs a verifier remembers at once (the `iat` window's worth of requests).
+const DPOP_REPLAY_CAPACITY: usize = 100_000;
+
+/// A DPoP proof that came with a request (RFC 9449 §7).
+#[derive(Debug, Clone, Copy)]
+pub struct DpopRequest<'a> {
+    /// The `DPoP` header.
+    pub proof: &'a str,
+    /// The request's method.
+    pub method: &'a str,
+    /// The request's URL as the client addressed it.
+    pub url: &'a str,
 }
 
 /// Verifies broker tokens offline; cheap to clone.
@@ -196,9 +221,16 @@ impl std::fmt::Debug for Verifier {
 }
 
 impl Verifier {
+    /// The origin (`https://host[:port]`) DPoP proofs of this resource must name in
+    /// `htu`, if configured.
+    pub fn dpop_origin(&self) -> Option<&str> {
+        self.inner.cfg.dpop_origin.as_deref()
+    }
+
     /// Starts building a verifier for tokens of the broker at `url` meant for `audience`.
     pub fn builder(url: impl Into<String>, audience: impl Into<String>) -> VerifierBuilder {
         VerifierBuilder {
+            dpop_origin: None,
             url: url.into(),
             issuer: None,
             audience: audience.into(),
@@ -217,6 +249,66 @@ impl Verifier {
         &self,
         token: &str,
         client_cert_der: Option<&[u8]>,
+    ) -> Result<AccessTokenClaims, VerifyError> {
+        self.verify_with(token, client_cert_der, None).await
+    }
+
+    /// Verifies a DPoP-bound `token` presented with `Authorization: DPoP` and its proof
+    /// (RFC 9449 §7): the proof's signature, `htm`, `htu`, `iat`, `ath` (this token), that
+    /// its key is the token's `cnf.jkt`, and that it was not seen before.
+    pub async fn verify_dpop(
+        &self,
+        token: &str,
+        dpop: DpopRequest<'_>,
+        client_cert_der: Option<&[u8]>,
+    ) -> Result<AccessTokenClaims, VerifyError> {
+        self.verify_with(token, client_cert_der, Some(dpop)).await
+    }
+
+    /// Checks the token's DPoP binding against `dpop`.
+    fn check_dpop(
+        &self,
+        token: &str,
+        claims: &AccessTokenClaims,
+        dpop: Option<DpopRequest<'_>>,
+    ) -> Result<(), VerifyError> {
+        use crate::dpop::{DEFAULT_PROOF_MAX_AGE, DpopError, ProofCheck, verify_proof};
+        let jkt = claims.cnf.as_ref().and_then(|c| c.jkt.as_deref());
+        match (jkt, dpop) {
+            (None, None) => Ok(()),
+            (Some(_), None) => Err(VerifyError::DpopRequired),
+            // `Authorization: DPoP` with a token that is not DPoP-bound.
+            (None, Some(_)) => Err(VerifyError::Dpop(DpopError::WrongKey)),
+            (Some(jkt), Some(d)) => {
+                let now = unix_now();
+                let proof = verify_proof(
+                    d.proof,
+                    &ProofCheck {
+                        method: d.method,
+                        urls: &[d.url],
+                        now,
+                        max_age: DEFAULT_PROOF_MAX_AGE,
+                        access_token: Some(token),
+                        nonce: None,
+                    },
+                )
+                .map_err(VerifyError::Dpop)?;
+                if proof.jkt != jkt {
+                    return Err(VerifyError::Dpop(DpopError::WrongKey));
+                }
+                self.inner
+                    .dpop_replay
+                    .first_use(&proof, proof.iat.saturating_add(DEFAULT_PROOF_MAX_AGE), now)
+                    .map_err(VerifyError::Dpop)
+            }
+        }
+    }
+
+    async fn verify_with(
+        &self,
+        token: &str,
+        client_cert_der: Option<&[u8]>,
+        dpop: Option<DpopRequest<'_>>,
     ) -> Result<AccessTokenClaims, VerifyError> {
         let (kid, alg, msg, sig, claims) = jose::split(token)?;
         if self.keys_expired()
@@ -257,7 +349,9 @@ impl Verifier {
                 return Err(VerifyError::MissingScope(s.clone()));
             }
         }
-        if let Some(cnf) = &claims.cnf {
+        if let Some(cnf) = &claims.cnf
+            && !cnf.x5t_s256.is_empty()
+        {
             match client_cert_der {
                 Some(der) if jose::thumbprint(der) == cnf.x5t_s256 => {}
                 _ => return Err(VerifyError::CertificateMismatch),
@@ -266,6 +360,7 @@ impl Verifier {
         if self.is_revoked(&claims, &kid) {
             return Err(VerifyError::Revoked);
         }
+        self.check_dpop(token, &claims, dpop)?;
         Ok(claims)
     }
 

@@ -38,7 +38,7 @@ use serde_json::{Value, json};
 /// The pinned Node project (package.json, package-lock.json, the scripts).
 const NODE_SRC: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/conformance/node");
 /// The pinned Python requirements and the script.
-const PYTHON_SRC: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/conformance/python");
+pub(crate) const PYTHON_SRC: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/conformance/python");
 /// The trusted test issuer's EC key, which signs the client assertions.
 const ISSUER_EC_KEY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/issuer-ec.pem");
 /// The scopes of [`TASK`] as one `scope` string.

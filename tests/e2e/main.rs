@@ -36,6 +36,7 @@ mod delegation;
 mod denial_flood;
 mod denials;
 mod dev;
+mod dpop;
 mod explain;
 mod full_disk;
 mod governance;

@@ -162,6 +162,9 @@ pub struct AuditEvent {
     /// The actor's evidence in a delegated token request.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub actor_evidence: Option<Evidence>,
+    /// Thumbprint of the DPoP key a token request proved (RFC 9449 `cnf.jkt`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dpop_jkt: Option<String>,
     /// Extra structured detail (counts, file names, repaired byte ranges).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub detail: Option<serde_json::Value>,
@@ -194,6 +197,7 @@ impl AuditEvent {
             actor: None,
             delegation: None,
             actor_evidence: None,
+            dpop_jkt: None,
             detail: None,
             replica: None,
         }

@@ -114,6 +114,21 @@ pub fn delegate(
     Ok(grant)
 }
 
+/// The task's binding rule: a task that requires DPoP gets only DPoP-bound tokens.
+pub fn binding(
+    identity: &Identity,
+    grant: &policy::Grant,
+    dpop_jkt: Option<&str>,
+) -> Result<(), Refusal> {
+    let requires = identity.task(&grant.task).is_some_and(|t| t.require_dpop);
+    if requires && dpop_jkt.is_none() {
+        return Err(Refusal::DpopRequired {
+            task: grant.task.clone(),
+        });
+    }
+    Ok(())
+}
+
 /// The grant for a break-glass task under an active grant: the break-glass policy's task,
 /// narrowed as asked (never widened), and never outliving the grant.
 fn break_glass_grant(

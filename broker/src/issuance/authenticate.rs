@@ -42,6 +42,43 @@ pub fn jwt_evidence(jwt: &VerifiedJwt, cert: Option<&PeerCert>) -> Evidence {
     }
 }
 
+/// The `DPoP` proof of a token request, checked (RFC 9449 §4.3): the key thumbprint the
+/// token is to be bound to, or `None` for a bearer request. The proof may name the broker
+/// by its issuer URL or by the `Host` it was sent to.
+pub fn dpop(
+    st: &AppState,
+    header: Result<Option<&str>, ()>,
+    host: Option<&str>,
+    ev: &mut AuditEvent,
+) -> Result<Option<String>, Refusal> {
+    use broker_client::dpop::DpopError;
+    let now = st.clock.unix_secs();
+    let nonce = || st.dpop.nonce(now);
+    let proof = header.map_err(|()| {
+        Refusal::Dpop(
+            DpopError::Malformed("send exactly one DPoP header"),
+            nonce(),
+        )
+    })?;
+    if proof.is_none() {
+        return Ok(None);
+    }
+    let iss = st.minter.issuer().trim_end_matches('/');
+    let path = crate::api::TOKEN_PATH;
+    let mut urls = vec![format!("{iss}{path}")];
+    if let Some(h) = host.filter(|h| h.len() <= 255) {
+        urls.push(format!("http://{h}{path}"));
+        urls.push(format!("https://{h}{path}"));
+    }
+    let urls: Vec<&str> = urls.iter().map(String::as_str).collect();
+    let jkt = st
+        .dpop
+        .check(proof, &urls, now)
+        .map_err(|e| Refusal::Dpop(e, nonce()))?;
+    ev.dpop_jkt.clone_from(&jkt);
+    Ok(jkt)
+}
+
 /// The usable client certificate, if one was presented (an unusable one is refused).
 pub fn peer_cert<'c>(
     client_cert: Option<&'c Extension<ClientCert>>,

@@ -36,6 +36,11 @@ pub struct TokenCall<'a> {
     pub client_cert: Option<&'a Extension<ClientCert>>,
     /// `Content-Type`.
     pub content_type: Option<&'a str>,
+    /// The `DPoP` proof header, if one was sent; `Err` when there were several or it is
+    /// not text.
+    pub dpop: Result<Option<&'a str>, ()>,
+    /// The `Host` header (DPoP proofs may name the broker by it).
+    pub host: Option<&'a str>,
     /// The body, or why it could not be read.
     pub body: Result<Bytes, BytesRejection>,
 }
@@ -98,6 +103,7 @@ impl<'a> TokenService<'a> {
             return Err(Refusal::state_stale());
         }
         let params = parse::parse(call.content_type, call.body, ev)?;
+        let dpop_jkt = authenticate::dpop(st, call.dpop, call.host, ev)?;
         let cert = authenticate::peer_cert(call.client_cert, ev)?;
         let policies = st.policies.current();
         let caller = authenticate::authenticate(st, &policies, &params, cert, ev).await?;
@@ -113,10 +119,19 @@ impl<'a> TokenService<'a> {
         if let Some(actor) = &caller.actor {
             grant = admission::delegate(identity, grant, actor, &params, break_glass.is_some())?;
         }
+        admission::binding(identity, &grant, dpop_jkt.as_deref())?;
         admission::rate_limit(st, identity, &grant.task)?;
         admission::monitor(st, identity, &grant, call.peer, ev).await?;
         let act = caller.actor.as_ref().map(|a| &a.act);
-        let token = record::mint(st, identity, &grant, cert, break_glass.as_ref(), act)?;
+        let token = record::mint(
+            st,
+            identity,
+            &grant,
+            cert,
+            break_glass.as_ref(),
+            act,
+            dpop_jkt.as_deref(),
+        )?;
         let recertify = record::fill_record(st, ev, identity, &grant, &token, break_glass.as_ref());
         let issued = std::mem::replace(ev, AuditEvent::new(EventKind::Denied));
         if let Err(e) = st.audit.append(issued).await {

@@ -19,6 +19,7 @@ pub fn mint(
     cert: Option<&PeerCert>,
     break_glass: Option<&BreakGlassGrant>,
     actor: Option<&broker_client::types::Actor>,
+    dpop_jkt: Option<&str>,
 ) -> Result<MintedToken, Refusal> {
     st.minter
         .mint(&MintRequest {
@@ -32,6 +33,7 @@ pub fn mint(
             break_glass: break_glass.map(|g| g.id.clone()),
             not_after: break_glass.and_then(|g| g.ends_at),
             actor: actor.cloned(),
+            dpop_jkt: dpop_jkt.map(str::to_owned),
             // A token minted in the second of a rule covering it must carry a later iat.
             min_iat: st
                 .revocations

@@ -86,6 +86,13 @@ pub enum Refusal {
     },
     /// Break-glass tokens are never delegated.
     DelegationBreakGlass,
+    /// The DPoP proof was refused; with the nonce to use when one is required.
+    Dpop(broker_client::dpop::DpopError, Option<String>),
+    /// The task requires DPoP-bound tokens and no proof was sent.
+    DpopRequired {
+        /// The task.
+        task: String,
+    },
     /// An unsupported `requested_token_type`.
     UnsupportedRequestedTokenType(String),
     /// `audience` and `resource` disagree.
@@ -247,6 +254,8 @@ impl Refusal {
             DelegationScope { .. } => "delegation_scope",
             DelegationTtl { .. } => "delegation_ttl",
             DelegationChainTooDeep { .. } => "delegation_chain_too_deep",
+            Dpop(e, _) => e.rule(),
+            DpopRequired { .. } => "dpop_required",
             UnsupportedGrantType(_) => "unsupported_grant_type",
             AudienceConflict => "audience_conflict",
             CertificateUnusable(_) => "client_certificate_unusable",
@@ -352,6 +361,27 @@ impl Refusal {
                 "access_denied",
                 format!(
                     "the actor chain would have {depth} actors; the delegation rule allows at most {max} (max_depth)"
+                ),
+            ),
+            Dpop(broker_client::dpop::DpopError::Busy, _) => {
+                let mut e = err(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "temporarily_unavailable",
+                    broker_client::dpop::DpopError::Busy.to_string(),
+                );
+                e.retry_after = Some(1);
+                e
+            }
+            Dpop(e, nonce) => {
+                let mut out = err(StatusCode::BAD_REQUEST, e.code(), e.to_string());
+                out.dpop_nonce.clone_from(nonce);
+                out
+            }
+            DpopRequired { task } => err(
+                StatusCode::BAD_REQUEST,
+                "invalid_dpop_proof",
+                format!(
+                    "task {task} issues only DPoP-bound tokens: send a DPoP proof header (RFC 9449)"
                 ),
             ),
             DelegationBreakGlass => err(

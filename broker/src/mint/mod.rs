@@ -50,6 +50,8 @@ pub struct MintRequest<'a> {
     pub not_after: Option<u64>,
     /// The acting party of a delegated token (`act`, RFC 8693 §4.1).
     pub actor: Option<broker_client::types::Actor>,
+    /// RFC 9449 DPoP key thumbprint the token is bound to (`cnf.jkt`).
+    pub dpop_jkt: Option<String>,
 }
 
 /// Errors while minting.
@@ -307,10 +309,10 @@ impl Minter {
                 .min(active.lease_until),
             task: req.task.to_owned(),
             env: req.environment.to_owned(),
-            cnf: req
-                .cert_thumbprint
-                .clone()
-                .map(|x5t_s256| Confirmation { x5t_s256 }),
+            cnf: (req.cert_thumbprint.is_some() || req.dpop_jkt.is_some()).then(|| Confirmation {
+                x5t_s256: req.cert_thumbprint.clone().unwrap_or_default(),
+                jkt: req.dpop_jkt.clone(),
+            }),
             bg: req.break_glass.clone(),
             act: req.actor.clone(),
         };
@@ -366,6 +368,7 @@ mod tests {
                 min_iat: 0,
                 not_after: None,
                 actor: None,
+                dpop_jkt: None,
             })
             .unwrap();
         let parts: Vec<&str> = t.expose_token().split('.').collect();

@@ -659,8 +659,15 @@ fn broker_labels(session: &Session, config: &Pkcs11Config) -> Result<Vec<String>
         .find_objects(&[Attribute::Class(ObjectClass::PRIVATE_KEY)])
         .map_err(call("C_FindObjects"))?;
     for key in all {
-        let Some(label) = attr_bytes(session, key, AttributeType::Label)? else {
-            continue;
+        // Another session (another process) may destroy a key meanwhile: skip it.
+        let label = match attr_bytes(session, key, AttributeType::Label) {
+            Ok(Some(label)) => label,
+            Ok(None) => continue,
+            Err(Pkcs11Error::Call {
+                source: CkError::Pkcs11(RvError::ObjectHandleInvalid, _),
+                ..
+            }) => continue,
+            Err(e) => return Err(e),
         };
         let Ok(label) = String::from_utf8(label) else {
             continue;
@@ -712,7 +719,12 @@ pub fn token_keys(config: &Pkcs11Config) -> Result<Vec<Arc<dyn Signer>>, Pkcs11E
             key_label: label,
             ..config.clone()
         };
-        keys.push(open(&one)?);
+        match open(&one) {
+            Ok(k) => keys.push(k),
+            // Destroyed since it was listed.
+            Err(Pkcs11Error::KeyNotFound { .. }) => {}
+            Err(e) => return Err(e),
+        }
     }
     drop(session);
     Ok(keys)

@@ -104,6 +104,7 @@ mod tests {
                 min_iat: 0,
                 not_after: None,
                 actor: None,
+                dpop_jkt: None,
             })
             .unwrap();
         let c = verify_signature(t.expose_token(), &ring.jwks(), "https://b").unwrap();

@@ -545,6 +545,20 @@ impl Ctx<'_> {
                 None
             }
         };
+        let (require_binding, require_dpop) = match require_binding {
+            super::model::BindingFile::Unset | super::model::BindingFile::Flag(false) => {
+                (false, false)
+            }
+            super::model::BindingFile::Flag(true) => (true, false),
+            super::model::BindingFile::Kind(k) if k == "mtls" => (true, false),
+            super::model::BindingFile::Kind(k) if k == "dpop" => (false, true),
+            super::model::BindingFile::Kind(k) => {
+                problems.push(format!(
+                    "{at}: require_binding {k:?} is not one of true, false, \"mtls\", \"dpop\""
+                ));
+                (false, false)
+            }
+        };
         let delegation = delegation
             .into_iter()
             .enumerate()
@@ -557,6 +571,7 @@ impl Ctx<'_> {
             max_ttl,
             source_cidrs,
             require_binding,
+            require_dpop,
             rate_limit,
             delegation,
         })

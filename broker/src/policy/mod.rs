@@ -192,6 +192,8 @@ pub struct Task {
     pub source_cidrs: Vec<IpNet>,
     /// Whether tokens must be certificate-bound (requested over mTLS).
     pub require_binding: bool,
+    /// Whether tokens must be DPoP-bound (`require_binding = "dpop"`).
+    pub require_dpop: bool,
     /// Issuance rate limit of this task (per identity), if any.
     pub rate_limit: Option<crate::ratelimit::Rate>,
     /// Who may act for the identity on this task (RFC 8693 delegation), and how far.

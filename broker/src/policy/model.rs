@@ -82,13 +82,28 @@ pub(crate) struct TaskFile {
     #[serde(default)]
     pub(crate) source_cidrs: Option<Vec<String>>,
     #[serde(default)]
-    pub(crate) require_binding: bool,
+    pub(crate) require_binding: BindingFile,
     /// Token bucket for this task, e.g. `"10/m"` (burst = the count).
     #[serde(default)]
     pub(crate) rate_limit: Option<String>,
     /// `[[task.delegation]]`: who may act for this identity on this task.
     #[serde(default)]
     pub(crate) delegation: Vec<DelegationFile>,
+}
+
+/// `require_binding`: `true` or `"mtls"` (certificate-bound, RFC 8705), `"dpop"` (DPoP-
+/// bound, RFC 9449), or `false` (default).
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(untagged)]
+pub(crate) enum BindingFile {
+    /// `true` (mTLS) or `false`.
+    Flag(bool),
+    /// `"mtls"` or `"dpop"`.
+    Kind(String),
+    /// Not set.
+    #[default]
+    #[serde(skip)]
+    Unset,
 }
 
 /// `[[task.delegation]]`.

@@ -113,6 +113,10 @@ struct Args {
     /// Also write the JSON report to this file.
     #[arg(long)]
     json_out: Option<PathBuf>,
+    /// Send a fresh DPoP proof (RFC 9449, Ed25519) with every request, so tokens are
+    /// DPoP-bound; the proof is made in the generator, outside the measured broker.
+    #[arg(long)]
+    dpop: bool,
 }
 
 fn main() -> ExitCode {
@@ -152,6 +156,8 @@ struct Plan {
     measure_from: Instant,
     stop_at: Instant,
     timeout: Duration,
+    /// With `--dpop`: the key proofs are made with, and the `htu` they name.
+    dpop: Option<(broker_client::dpop::DpopKey, String)>,
 }
 
 /// One worker's counts; merged at the end.
@@ -363,7 +369,17 @@ async fn worker(plan: Arc<Plan>, first: SendRequest<Full<Bytes>>, index: usize) 
             None => break,
         };
         next_body = (next_body + 1) % plan.bodies.len();
-        let request = Request::builder()
+        let mut request = Request::builder();
+        if let Some((key, htu)) = &plan.dpop {
+            match key.proof("POST", htu, None, None) {
+                Ok(p) => request = request.header("dpop", p),
+                Err(e) => {
+                    tally.error(true, format!("DPoP proof: {e}"));
+                    break;
+                }
+            }
+        }
+        let request = request
             .method(Method::POST)
             .uri(plan.uri.clone())
             .header(header::HOST, plan.host.clone())
@@ -556,6 +572,16 @@ async fn run(args: &Args) -> anyhow::Result<ExitCode> {
         measure_from: start + args.warmup,
         stop_at: start + args.warmup + args.duration,
         timeout: args.timeout,
+        dpop: if args.dpop {
+            let key = broker_client::dpop::DpopKey::generate_ed25519()
+                .map_err(|e| anyhow::anyhow!("DPoP key: {e}"))?;
+            Some((
+                key,
+                format!("{}{}", args.url.trim_end_matches('/'), args.path),
+            ))
+        } else {
+            None
+        },
     });
     let mon = tokio::spawn(monitor(args.pid, Arc::clone(&plan), hz));
     let workers: Vec<_> = senders

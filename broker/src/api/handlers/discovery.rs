@@ -81,6 +81,7 @@ pub async fn metadata(State(st): State<AppState>) -> Response {
     let assertion_algs = st.authn.algorithms();
     Json(AuthorizationServerMetadata {
         access_token_signing_alg_values_supported: signing_algs(&st),
+        dpop_signing_alg_values_supported: strings(broker_client::dpop::DPOP_SIGNING_ALGS),
         grant_types_supported: grant_types(),
         introspection_endpoint: format!("{iss}{}", crate::api::INTROSPECTION_PATH),
         introspection_endpoint_auth_methods_supported: caller_auth.clone(),

@@ -40,12 +40,24 @@ pub async fn token(
         content_type: headers
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok()),
+        dpop: dpop_header(&headers),
+        host: headers.get(header::HOST).and_then(|v| v.to_str().ok()),
         body,
     };
     match TokenService::new(&st).issue(call).await {
         Ok(issued) => answer(&issued),
         Err(NotIssued::Refused { refusal, record }) => refused(&st, peer, &refusal, *record).await,
         Err(NotIssued::AuditFailed) => ApiError::audit_unavailable().into_response(),
+    }
+}
+
+/// The `DPoP` header: none, one (text), or an error.
+fn dpop_header(headers: &HeaderMap) -> Result<Option<&str>, ()> {
+    let mut all = headers.get_all("dpop").iter();
+    match (all.next(), all.next()) {
+        (None, _) => Ok(None),
+        (Some(v), None) => v.to_str().map(Some).map_err(|_| ()),
+        (Some(_), Some(_)) => Err(()),
     }
 }
 
@@ -93,7 +105,12 @@ fn answer(issued: &Issued) -> Response {
     let body = TokenResponse {
         access_token: t.expose_token().to_owned(),
         issued_token_type: TOKEN_TYPE_ACCESS_TOKEN.to_owned(),
-        token_type: "Bearer".to_owned(),
+        // RFC 9449 §5: a DPoP-bound token is of type DPoP.
+        token_type: if t.claims.cnf.as_ref().is_some_and(|c| c.jkt.is_some()) {
+            "DPoP".to_owned()
+        } else {
+            "Bearer".to_owned()
+        },
         expires_in: t.claims.exp.saturating_sub(t.claims.nbf),
         scope: t.claims.scope.clone(),
     };
