@@ -280,13 +280,59 @@ impl Refusal {
         }
     }
 
-    /// The answer: status, OAuth error code and description (and `Retry-After`).
+    /// The answer: status, OAuth error code and description (and `Retry-After`). Each
+    /// category has its own function below; this only says which one answers.
     pub fn error(&self) -> ApiError {
         use Refusal::*;
-        let bad = |d: String| ApiError::invalid_request(d);
-        let err = |status, code, d: String| ApiError::new(status, code, d);
         match self {
             StateStale => ApiError::state_stale(),
+            AuditUnavailable => ApiError::audit_unavailable(),
+            Internal(_) => ApiError::internal(),
+            BodyTooLarge
+            | BodyUnreadable
+            | NotAForm
+            | MalformedForm(_)
+            | UnsupportedGrantType(_)
+            | Missing(_)
+            | UnsupportedSubjectTokenType(_)
+            | DelegationNeedsExchange
+            | UnsupportedActorTokenType(_)
+            | UnsupportedRequestedTokenType(_)
+            | AudienceConflict
+            | BadTtl(_) => self.request_error(),
+            CertificateUnusable(_)
+            | CertificateRequired
+            | Certificate { .. }
+            | ClientIdMismatch { .. }
+            | ClientAssertion { .. }
+            | UnsupportedClientAssertionType(_)
+            | ClientAuthMismatch { .. } => self.client_error(),
+            SubjectToken { .. }
+            | UnknownIdentity { .. }
+            | IdentityMismatch { .. }
+            | IdentityDisabled { .. } => self.identity_error(),
+            Policy { .. }
+            | NoBreakGlassPolicy { .. }
+            | BreakGlassAudience { .. }
+            | BreakGlassScope { .. }
+            | BreakGlassTtl { .. }
+            | RateLimited { .. }
+            | HeldByAnomaly { .. } => self.policy_error(),
+            ActorToken { .. }
+            | ActClaimMalformed
+            | DelegationNotAllowed { .. }
+            | DelegationScope { .. }
+            | DelegationTtl { .. }
+            | DelegationChainTooDeep { .. }
+            | DelegationBreakGlass => self.delegation_error(),
+            Dpop(..) | DpopRequired { .. } => self.dpop_error(),
+        }
+    }
+
+    /// The request itself: its body, form, grant type and parameters.
+    fn request_error(&self) -> ApiError {
+        use Refusal::*;
+        match self {
             BodyTooLarge => err(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "invalid_request",
@@ -315,20 +361,181 @@ impl Refusal {
             UnsupportedActorTokenType(t) => bad(format!(
                 "actor_token_type {t:?} is not supported: use {TOKEN_TYPE_JWT}"
             )),
+            UnsupportedRequestedTokenType(t) => {
+                bad(format!("requested_token_type {t:?} is not supported"))
+            }
+            AudienceConflict => err(
+                StatusCode::BAD_REQUEST,
+                "invalid_target",
+                "audience and resource name different targets; a token has exactly one audience"
+                    .into(),
+            ),
+            BadTtl(s) => bad(format!(
+                "requested_ttl {s:?} must be a positive number of seconds"
+            )),
+            _ => unreachable!("Refusal::error answers {self:?} elsewhere"),
+        }
+    }
+
+    /// Client authentication: the TLS client certificate, the client assertion, `client_id`.
+    fn client_error(&self) -> ApiError {
+        use Refusal::*;
+        match self {
+            CertificateUnusable(why) => err(StatusCode::UNAUTHORIZED, "invalid_client", why.clone()),
+            CertificateRequired => err(
+                StatusCode::UNAUTHORIZED,
+                "invalid_client",
+                "client_credentials needs client authentication: a TLS client certificate (tls_client_auth, RFC 8705) or a client assertion (client_assertion_type=urn:ietf:params:oauth:client-assertion-type:jwt-bearer, RFC 7523); none was presented".into(),
+            ),
+            Certificate { rule, reason } if *rule == "unknown_identity" => {
+                err(StatusCode::FORBIDDEN, "unauthorized_client", reason.clone())
+            }
+            Certificate { reason, .. } => {
+                err(StatusCode::UNAUTHORIZED, "invalid_client", reason.clone())
+            }
+            ClientIdMismatch { client_id, identity } => err(
+                StatusCode::UNAUTHORIZED,
+                "invalid_client",
+                format!(
+                    "client_id {client_id:?} does not match the identity {identity} the certificate proves"
+                ),
+            ),
+            ClientAssertion {
+                message,
+                detail: Some(detail),
+                ..
+            } => cannot_check("client_assertion", message, detail),
+            ClientAssertion { message, .. } => err(
+                StatusCode::UNAUTHORIZED,
+                "invalid_client",
+                format!("client_assertion rejected: {message}"),
+            ),
+            UnsupportedClientAssertionType(t) => err(
+                StatusCode::UNAUTHORIZED,
+                "invalid_client",
+                format!(
+                    "client_assertion_type {t:?} is not supported: send client_assertion_type={} with client_assertion (RFC 7523 §2.2)",
+                    crate::authn::CLIENT_ASSERTION_TYPE_JWT_BEARER
+                ),
+            ),
+            ClientAuthMismatch { by_assertion, by_cert } => err(
+                StatusCode::UNAUTHORIZED,
+                "invalid_client",
+                format!(
+                    "the client assertion proves identity {by_assertion} but the client certificate proves {by_cert}: authenticate as one client"
+                ),
+            ),
+            _ => unreachable!("Refusal::error answers {self:?} elsewhere"),
+        }
+    }
+
+    /// Who the workload is: the subject token and the identity it maps to.
+    fn identity_error(&self) -> ApiError {
+        use Refusal::*;
+        match self {
+            SubjectToken {
+                message,
+                detail: Some(detail),
+                ..
+            } => cannot_check("subject_token", message, detail),
+            SubjectToken { message, .. } => err(
+                StatusCode::BAD_REQUEST,
+                "invalid_grant",
+                format!("subject_token rejected: {message}"),
+            ),
+            UnknownIdentity { issuer, subject } => err(
+                StatusCode::FORBIDDEN,
+                policy::Rule::UnknownIdentity.oauth_error(),
+                format!(
+                    "no registered identity matches issuer {issuer} subject {subject}: register it with an [[identity.match]] in the policy directory"
+                ),
+            ),
+            IdentityMismatch {
+                by_jwt,
+                by_cert,
+                how,
+            } => err(
+                StatusCode::FORBIDDEN,
+                "access_denied",
+                format!(
+                    "the subject_token proves identity {by_jwt} but the {how} proves {by_cert}: present credentials of one workload (to act for another identity, send your own workload JWT as actor_token: RFC 8693 delegation)"
+                ),
+            ),
+            IdentityDisabled { identity, why } => err(
+                StatusCode::FORBIDDEN,
+                "access_denied",
+                format!("identity {identity} is disabled ({why}): an admin must enable it"),
+            ),
+            _ => unreachable!("Refusal::error answers {self:?} elsewhere"),
+        }
+    }
+
+    /// What the policy decides: its rules, break-glass tasks, rate limits and anomalies.
+    fn policy_error(&self) -> ApiError {
+        use Refusal::*;
+        match self {
+            Policy { rule, reason } => err(
+                StatusCode::from_u16(rule.http_status()).unwrap_or(StatusCode::FORBIDDEN),
+                rule.oauth_error(),
+                reason.clone(),
+            ),
+            NoBreakGlassPolicy { grant, task } => err(
+                StatusCode::FORBIDDEN,
+                "access_denied",
+                format!(
+                    "grant {grant} names task {task} that no break-glass policy allows any more"
+                ),
+            ),
+            BreakGlassAudience {
+                task,
+                audience,
+                asked,
+            } => err(
+                StatusCode::BAD_REQUEST,
+                "invalid_target",
+                format!("break-glass task {task} is for audience {audience}, not {asked}"),
+            ),
+            BreakGlassScope { task, scope } => err(
+                StatusCode::BAD_REQUEST,
+                "invalid_scope",
+                format!("scope {scope} is not granted by break-glass task {task}"),
+            ),
+            BreakGlassTtl { asked, task, max } => bad(format!(
+                "requested_ttl {asked}s is over break-glass task {task}'s max_ttl of {max}s"
+            )),
+            RateLimited { what, retry_after } => {
+                let mut e = err(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "temporarily_unavailable",
+                    format!("{what}; retry after {retry_after}s"),
+                );
+                e.retry_after = Some(*retry_after);
+                e
+            }
+            HeldByAnomaly {
+                identity,
+                anomaly,
+                kind,
+            } => err(
+                StatusCode::FORBIDDEN,
+                "access_denied",
+                format!(
+                    "identity {identity} is held by anomaly {anomaly} ({kind}): an admin must acknowledge it (POST /v1/admin/anomalies/{anomaly}/ack)"
+                ),
+            ),
+            _ => unreachable!("Refusal::error answers {self:?} elsewhere"),
+        }
+    }
+
+    /// Delegation (RFC 8693): the actor token, the actor chain and the delegation rules.
+    fn delegation_error(&self) -> ApiError {
+        use Refusal::*;
+        match self {
             ActorToken {
                 message,
                 detail: Some(detail),
                 ..
-            } => {
-                let mut e = err(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "temporarily_unavailable",
-                    format!("cannot check the actor_token: {message}"),
-                )
-                .with_operator_detail(format!("cannot check the actor_token: {detail}"));
-                e.retry_after = Some(crate::authn::issuers::MIN_REFRESH_INTERVAL.as_secs());
-                e
-            }
+            } => cannot_check("actor_token", message, detail),
             ActorToken { message, .. } => err(
                 StatusCode::BAD_REQUEST,
                 "invalid_grant",
@@ -363,6 +570,19 @@ impl Refusal {
                     "the actor chain would have {depth} actors; the delegation rule allows at most {max} (max_depth)"
                 ),
             ),
+            DelegationBreakGlass => err(
+                StatusCode::FORBIDDEN,
+                "access_denied",
+                "break-glass tokens are never delegated: the person's workload asks for them itself".into(),
+            ),
+            _ => unreachable!("Refusal::error answers {self:?} elsewhere"),
+        }
+    }
+
+    /// DPoP (RFC 9449): the proof, its nonce, and tasks that require one.
+    fn dpop_error(&self) -> ApiError {
+        use Refusal::*;
+        match self {
             Dpop(broker_client::dpop::DpopError::Busy, _) => {
                 let mut e = err(
                     StatusCode::SERVICE_UNAVAILABLE,
@@ -384,158 +604,34 @@ impl Refusal {
                     "task {task} issues only DPoP-bound tokens: send a DPoP proof header (RFC 9449)"
                 ),
             ),
-            DelegationBreakGlass => err(
-                StatusCode::FORBIDDEN,
-                "access_denied",
-                "break-glass tokens are never delegated: the person's workload asks for them itself".into(),
-            ),
-            UnsupportedRequestedTokenType(t) => {
-                bad(format!("requested_token_type {t:?} is not supported"))
-            }
-            AudienceConflict => err(
-                StatusCode::BAD_REQUEST,
-                "invalid_target",
-                "audience and resource name different targets; a token has exactly one audience"
-                    .into(),
-            ),
-            BadTtl(s) => bad(format!(
-                "requested_ttl {s:?} must be a positive number of seconds"
-            )),
-            CertificateUnusable(why) => err(StatusCode::UNAUTHORIZED, "invalid_client", why.clone()),
-            CertificateRequired => err(
-                StatusCode::UNAUTHORIZED,
-                "invalid_client",
-                "client_credentials needs client authentication: a TLS client certificate (tls_client_auth, RFC 8705) or a client assertion (client_assertion_type=urn:ietf:params:oauth:client-assertion-type:jwt-bearer, RFC 7523); none was presented".into(),
-            ),
-            Certificate { rule, reason } if *rule == "unknown_identity" => {
-                err(StatusCode::FORBIDDEN, "unauthorized_client", reason.clone())
-            }
-            Certificate { reason, .. } => {
-                err(StatusCode::UNAUTHORIZED, "invalid_client", reason.clone())
-            }
-            ClientIdMismatch { client_id, identity } => err(
-                StatusCode::UNAUTHORIZED,
-                "invalid_client",
-                format!(
-                    "client_id {client_id:?} does not match the identity {identity} the certificate proves"
-                ),
-            ),
-            SubjectToken {
-                message,
-                detail: Some(detail),
-                ..
-            } => {
-                // Issuer keys that failed to load are fetched again at most this often.
-                let mut e = err(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "temporarily_unavailable",
-                    format!("cannot check the subject_token: {message}"),
-                )
-                .with_operator_detail(format!("cannot check the subject_token: {detail}"));
-                e.retry_after = Some(crate::authn::issuers::MIN_REFRESH_INTERVAL.as_secs());
-                e
-            }
-            SubjectToken { message, .. } => err(
-                StatusCode::BAD_REQUEST,
-                "invalid_grant",
-                format!("subject_token rejected: {message}"),
-            ),
-            ClientAssertion {
-                message,
-                detail: Some(detail),
-                ..
-            } => {
-                let mut e = err(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "temporarily_unavailable",
-                    format!("cannot check the client_assertion: {message}"),
-                )
-                .with_operator_detail(format!("cannot check the client_assertion: {detail}"));
-                e.retry_after = Some(crate::authn::issuers::MIN_REFRESH_INTERVAL.as_secs());
-                e
-            }
-            ClientAssertion { message, .. } => err(
-                StatusCode::UNAUTHORIZED,
-                "invalid_client",
-                format!("client_assertion rejected: {message}"),
-            ),
-            UnsupportedClientAssertionType(t) => err(
-                StatusCode::UNAUTHORIZED,
-                "invalid_client",
-                format!(
-                    "client_assertion_type {t:?} is not supported: send client_assertion_type={} with client_assertion (RFC 7523 §2.2)",
-                    crate::authn::CLIENT_ASSERTION_TYPE_JWT_BEARER
-                ),
-            ),
-            ClientAuthMismatch { by_assertion, by_cert } => err(
-                StatusCode::UNAUTHORIZED,
-                "invalid_client",
-                format!(
-                    "the client assertion proves identity {by_assertion} but the client certificate proves {by_cert}: authenticate as one client"
-                ),
-            ),
-            UnknownIdentity { issuer, subject } => err(
-                StatusCode::FORBIDDEN,
-                policy::Rule::UnknownIdentity.oauth_error(),
-                format!(
-                    "no registered identity matches issuer {issuer} subject {subject}: register it with an [[identity.match]] in the policy directory"
-                ),
-            ),
-            IdentityMismatch { by_jwt, by_cert, how } => err(
-                StatusCode::FORBIDDEN,
-                "access_denied",
-                format!(
-                    "the subject_token proves identity {by_jwt} but the {how} proves {by_cert}: present credentials of one workload (to act for another identity, send your own workload JWT as actor_token: RFC 8693 delegation)"
-                ),
-            ),
-            IdentityDisabled { identity, why } => err(
-                StatusCode::FORBIDDEN,
-                "access_denied",
-                format!("identity {identity} is disabled ({why}): an admin must enable it"),
-            ),
-            Policy { rule, reason } => err(
-                StatusCode::from_u16(rule.http_status()).unwrap_or(StatusCode::FORBIDDEN),
-                rule.oauth_error(),
-                reason.clone(),
-            ),
-            NoBreakGlassPolicy { grant, task } => err(
-                StatusCode::FORBIDDEN,
-                "access_denied",
-                format!("grant {grant} names task {task} that no break-glass policy allows any more"),
-            ),
-            BreakGlassAudience { task, audience, asked } => err(
-                StatusCode::BAD_REQUEST,
-                "invalid_target",
-                format!("break-glass task {task} is for audience {audience}, not {asked}"),
-            ),
-            BreakGlassScope { task, scope } => err(
-                StatusCode::BAD_REQUEST,
-                "invalid_scope",
-                format!("scope {scope} is not granted by break-glass task {task}"),
-            ),
-            BreakGlassTtl { asked, task, max } => bad(format!(
-                "requested_ttl {asked}s is over break-glass task {task}'s max_ttl of {max}s"
-            )),
-            RateLimited { what, retry_after } => {
-                let mut e = err(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "temporarily_unavailable",
-                    format!("{what}; retry after {retry_after}s"),
-                );
-                e.retry_after = Some(*retry_after);
-                e
-            }
-            HeldByAnomaly { identity, anomaly, kind } => err(
-                StatusCode::FORBIDDEN,
-                "access_denied",
-                format!(
-                    "identity {identity} is held by anomaly {anomaly} ({kind}): an admin must acknowledge it (POST /v1/admin/anomalies/{anomaly}/ack)"
-                ),
-            ),
-            AuditUnavailable => ApiError::audit_unavailable(),
-            Internal(_) => ApiError::internal(),
+            _ => unreachable!("Refusal::error answers {self:?} elsewhere"),
         }
     }
+}
+
+/// A `400 invalid_request`.
+fn bad(d: String) -> ApiError {
+    ApiError::invalid_request(d)
+}
+
+/// An error with this status, OAuth code and description.
+fn err(status: StatusCode, code: &'static str, d: String) -> ApiError {
+    ApiError::new(status, code, d)
+}
+
+/// The broker could not check a credential (`what`: `subject_token`, `actor_token`,
+/// `client_assertion`) for a fault of its own: the caller is told `message` and to come
+/// back, the audit record and the log get `detail`.
+fn cannot_check(what: &str, message: &str, detail: &str) -> ApiError {
+    // Issuer keys that failed to load are fetched again at most this often.
+    let mut e = err(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "temporarily_unavailable",
+        format!("cannot check the {what}: {message}"),
+    )
+    .with_operator_detail(format!("cannot check the {what}: {detail}"));
+    e.retry_after = Some(crate::authn::issuers::MIN_REFRESH_INTERVAL.as_secs());
+    e
 }
 
 /// The constructors the stages use (they clip what the caller sent).
@@ -756,6 +852,8 @@ impl Refusal {
 
 #[cfg(test)]
 mod tests {
+    use broker_client::dpop::DpopError;
+
     use super::*;
 
     /// Rule, status and OAuth code come from the variant: a table of the ones callers see
@@ -846,6 +944,284 @@ mod tests {
         }
         let e = Refusal::rate_limited("limit", Duration::from_millis(1500)).error();
         assert_eq!(e.retry_after, Some(2), "rounded up");
+    }
+
+    /// Each refusal's status and OAuth code: one table per category of [`Refusal::error`],
+    /// every variant in one, so that moving an arm between categories cannot change an
+    /// answer.
+    fn answers(cases: Vec<(Refusal, u16, &str)>) {
+        for (r, status, code) in cases {
+            let e = r.error();
+            assert_eq!((e.status.as_u16(), e.code), (status, code), "{r:?}");
+        }
+    }
+
+    fn s(v: &str) -> String {
+        v.to_owned()
+    }
+
+    fn not_a_jwt() -> AuthnError {
+        AuthnError::Malformed("not a JWT".into())
+    }
+
+    fn keys_unavailable() -> AuthnError {
+        AuthnError::KeysUnavailable("https://issuer.internal/jwks".into())
+    }
+
+    /// The broker's own state and the request itself.
+    #[test]
+    fn broker_and_request_refusals() {
+        answers(vec![
+            // Answered by `error` itself.
+            (Refusal::StateStale, 503, "temporarily_unavailable"),
+            (Refusal::AuditUnavailable, 503, "temporarily_unavailable"),
+            (Refusal::Internal("internal_error"), 500, "server_error"),
+            // The request.
+            (Refusal::BodyTooLarge, 413, "invalid_request"),
+            (Refusal::BodyUnreadable, 400, "invalid_request"),
+            (Refusal::NotAForm, 400, "invalid_request"),
+            (Refusal::MalformedForm(s("x")), 400, "invalid_request"),
+            (
+                Refusal::UnsupportedGrantType(s("password")),
+                400,
+                "unsupported_grant_type",
+            ),
+            (Refusal::Missing("subject_token"), 400, "invalid_request"),
+            (
+                Refusal::UnsupportedSubjectTokenType(s("x")),
+                400,
+                "invalid_request",
+            ),
+            (Refusal::DelegationNeedsExchange, 400, "invalid_request"),
+            (
+                Refusal::UnsupportedActorTokenType(s("x")),
+                400,
+                "invalid_request",
+            ),
+            (
+                Refusal::UnsupportedRequestedTokenType(s("x")),
+                400,
+                "invalid_request",
+            ),
+            (Refusal::AudienceConflict, 400, "invalid_target"),
+            (Refusal::BadTtl(s("-1")), 400, "invalid_request"),
+        ]);
+    }
+
+    /// Client authentication, the subject token and the identity.
+    #[test]
+    fn client_and_identity_refusals() {
+        answers(vec![
+            // Client authentication.
+            (Refusal::CertificateUnusable(s("x")), 401, "invalid_client"),
+            (Refusal::CertificateRequired, 401, "invalid_client"),
+            (
+                Refusal::Certificate {
+                    rule: "unknown_identity",
+                    reason: s("x"),
+                },
+                403,
+                "unauthorized_client",
+            ),
+            (
+                Refusal::Certificate {
+                    rule: "certificate_unmapped",
+                    reason: s("x"),
+                },
+                401,
+                "invalid_client",
+            ),
+            (Refusal::client_id_mismatch("a", "b"), 401, "invalid_client"),
+            (
+                Refusal::client_assertion(&not_a_jwt()),
+                401,
+                "invalid_client",
+            ),
+            (
+                Refusal::client_assertion(&keys_unavailable()),
+                503,
+                "temporarily_unavailable",
+            ),
+            (
+                Refusal::UnsupportedClientAssertionType(s("x")),
+                401,
+                "invalid_client",
+            ),
+            (
+                Refusal::client_auth_mismatch("a", "b"),
+                401,
+                "invalid_client",
+            ),
+            // The subject token and the identity.
+            (Refusal::subject_token(&not_a_jwt()), 400, "invalid_grant"),
+            (
+                Refusal::subject_token(&keys_unavailable()),
+                503,
+                "temporarily_unavailable",
+            ),
+            (
+                Refusal::unknown_identity("i", "s"),
+                403,
+                "unauthorized_client",
+            ),
+            (
+                Refusal::identity_mismatch("a", "b", "client certificate"),
+                403,
+                "access_denied",
+            ),
+            (Refusal::identity_disabled("a", "why"), 403, "access_denied"),
+        ]);
+    }
+
+    /// Policy, break-glass, rate limits and anomalies.
+    #[test]
+    fn policy_refusals() {
+        answers(vec![
+            // Policy, break-glass, rate limits, anomalies.
+            (
+                Refusal::Policy {
+                    rule: policy::Rule::TtlTooLong,
+                    reason: s("x"),
+                },
+                400,
+                "invalid_request",
+            ),
+            (
+                Refusal::Policy {
+                    rule: policy::Rule::SourceNotAllowed,
+                    reason: s("x"),
+                },
+                403,
+                "access_denied",
+            ),
+            (
+                Refusal::no_break_glass_policy("g", "t"),
+                403,
+                "access_denied",
+            ),
+            (
+                Refusal::break_glass_audience("t", "a", "b"),
+                400,
+                "invalid_target",
+            ),
+            (Refusal::break_glass_scope("t", "s"), 400, "invalid_scope"),
+            (Refusal::break_glass_ttl(9, "t", 1), 400, "invalid_request"),
+            (
+                Refusal::rate_limited("limit", Duration::from_secs(3)),
+                429,
+                "temporarily_unavailable",
+            ),
+            (
+                Refusal::HeldByAnomaly {
+                    identity: s("a"),
+                    anomaly: s("an-1"),
+                    kind: "burst",
+                },
+                403,
+                "access_denied",
+            ),
+        ]);
+    }
+
+    /// Delegation and DPoP.
+    #[test]
+    fn delegation_and_dpop_refusals() {
+        answers(vec![
+            // Delegation.
+            (Refusal::actor_token(&not_a_jwt()), 400, "invalid_grant"),
+            (
+                Refusal::actor_token(&keys_unavailable()),
+                503,
+                "temporarily_unavailable",
+            ),
+            (Refusal::ActClaimMalformed, 400, "invalid_grant"),
+            (
+                Refusal::delegation_not_allowed("a", "b", "t"),
+                403,
+                "access_denied",
+            ),
+            (
+                Refusal::DelegationScope {
+                    scope: s("x"),
+                    actor: s("a"),
+                    task: s("t"),
+                },
+                400,
+                "invalid_scope",
+            ),
+            (
+                Refusal::DelegationTtl { asked: 9, max: 1 },
+                400,
+                "invalid_request",
+            ),
+            (
+                Refusal::DelegationChainTooDeep { depth: 3, max: 2 },
+                403,
+                "access_denied",
+            ),
+            (Refusal::DelegationBreakGlass, 403, "access_denied"),
+            // DPoP.
+            (
+                Refusal::Dpop(DpopError::Busy, None),
+                503,
+                "temporarily_unavailable",
+            ),
+            (
+                Refusal::Dpop(DpopError::Signature, None),
+                400,
+                "invalid_dpop_proof",
+            ),
+            (
+                Refusal::Dpop(DpopError::NonceRequired, Some(s("n-1"))),
+                400,
+                "use_dpop_nonce",
+            ),
+            (
+                Refusal::DpopRequired { task: s("t") },
+                400,
+                "invalid_dpop_proof",
+            ),
+        ]);
+    }
+
+    /// What comes with some answers besides status and code: the operator detail and
+    /// `Retry-After` of checks the broker could not make, and DPoP nonces.
+    #[test]
+    fn retry_after_operator_detail_and_nonce() {
+        for (r, what) in [
+            (Refusal::subject_token(&keys_unavailable()), "subject_token"),
+            (Refusal::actor_token(&keys_unavailable()), "actor_token"),
+            (
+                Refusal::client_assertion(&keys_unavailable()),
+                "client_assertion",
+            ),
+        ] {
+            let e = r.error();
+            assert_eq!(
+                e.description,
+                format!(
+                    "cannot check the {what}: the broker cannot load this issuer's signing keys right now; retry later"
+                )
+            );
+            let detail = format!(
+                "cannot check the {what}: issuer keys unavailable: https://issuer.internal/jwks"
+            );
+            assert_eq!(e.operator_detail, Some(detail));
+            assert_eq!(
+                e.retry_after,
+                Some(crate::authn::issuers::MIN_REFRESH_INTERVAL.as_secs())
+            );
+        }
+        let e = Refusal::Dpop(DpopError::Busy, Some(s("n-1"))).error();
+        assert_eq!((e.retry_after, e.dpop_nonce), (Some(1), None));
+        let e = Refusal::Dpop(DpopError::NonceRequired, Some(s("n-1"))).error();
+        assert_eq!(
+            (e.retry_after, e.dpop_nonce.as_deref()),
+            (None, Some("n-1"))
+        );
+        let e = Refusal::rate_limited("limit", Duration::from_secs(3)).error();
+        assert_eq!(e.retry_after, Some(3));
+        assert_eq!(Refusal::BodyTooLarge.error().retry_after, None);
     }
 
     #[test]
