@@ -270,6 +270,43 @@ fn benches(c: &mut Criterion) {
         });
     }
     g.finish();
+    dpop(c);
+}
+
+/// DPoP (RFC 9449): making a proof (client side) and checking one (broker and resource
+/// side), per algorithm.
+fn dpop(c: &mut Criterion) {
+    use broker_client::dpop::{DpopKey, ProofCheck, verify_proof};
+    let url = "http://127.0.0.1:8080/oauth2/token";
+    let mut g = c.benchmark_group("dpop");
+    g.throughput(Throughput::Elements(1));
+    g.measurement_time(Duration::from_secs(5));
+    for (name, key) in [
+        ("EdDSA", DpopKey::generate_ed25519().unwrap()),
+        ("ES256", DpopKey::generate_es256().unwrap()),
+    ] {
+        g.bench_function(format!("{name}_proof"), |b| {
+            b.iter(|| key.proof("POST", url, None, None).unwrap())
+        });
+        let proof = key.proof("POST", url, None, None).unwrap();
+        #[allow(clippy::disallowed_methods)]
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let check = ProofCheck {
+            method: "POST",
+            urls: &[url],
+            now,
+            max_age: 300,
+            access_token: None,
+            nonce: None,
+        };
+        g.bench_function(format!("{name}_verify"), |b| {
+            b.iter(|| verify_proof(&proof, &check).unwrap())
+        });
+    }
+    g.finish();
 }
 
 criterion_group!(sdk, benches);

@@ -324,7 +324,10 @@ fn looks_like_token_response(body: &[u8], thorough: bool) -> bool {
             return false;
         };
         v.get("access_token").and_then(|t| t.as_str()).is_some()
-            && v.get("token_type").and_then(|t| t.as_str()) == Some("Bearer")
+            && matches!(
+                v.get("token_type").and_then(|t| t.as_str()),
+                Some("Bearer" | "DPoP")
+            )
     } else {
         const NEEDLE: &[u8] = b"\"access_token\"";
         body.windows(NEEDLE.len()).any(|w| w == NEEDLE)
