@@ -93,6 +93,23 @@ async fn dpop_proofs_from_an_outside_library_bind_tokens_and_bad_ones_are_refuse
         return;
     };
     let b = start();
+    let md: Value = b
+        .client()
+        .get(format!(
+            "{}/.well-known/oauth-authorization-server",
+            b.base_url()
+        ))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        md["dpop_signing_alg_values_supported"],
+        json!(["ES256", "EdDSA"]),
+        "{md}"
+    );
     let htu = format!("{}/oauth2/token", b.base_url());
     let a = authlib_proofs(
         &venv,
@@ -167,6 +184,8 @@ async fn dpop_proofs_from_an_outside_library_bind_tokens_and_bad_ones_are_refuse
             { "htm": "GET", "htu": RESOURCE_URL, "ath_of": token },
             { "htm": "GET", "htu": "http://ledger.test/v1/other", "ath_of": token },
             { "htm": "GET", "htu": RESOURCE_URL },
+            { "htm": "POST", "htu": RESOURCE_URL, "ath_of": token },
+            { "htm": "GET", "htu": RESOURCE_URL, "ath_of": token, "iat_offset": -600 },
         ]),
     );
     assert_eq!(rs["jkt"], jkt.as_str(), "the same key");
@@ -204,6 +223,16 @@ async fn dpop_proofs_from_an_outside_library_bind_tokens_and_bad_ones_are_refuse
         v.verify_dpop(&token, req(&rs["proofs"][2]), None).await,
         Err(VerifyError::Dpop(DpopError::AccessTokenHash)),
         "a proof without ath"
+    );
+    assert_eq!(
+        v.verify_dpop(&token, req(&rs["proofs"][3]), None).await,
+        Err(VerifyError::Dpop(DpopError::Method)),
+        "a proof for another method"
+    );
+    assert_eq!(
+        v.verify_dpop(&token, req(&rs["proofs"][4]), None).await,
+        Err(VerifyError::Dpop(DpopError::Stale)),
+        "a stale iat"
     );
     assert_eq!(
         v.verify_dpop(&token, req(&other_key["proofs"][0]), None)
