@@ -281,9 +281,10 @@ pub fn duration_would_overflow(s: &str) -> bool {
 
 /// The known-crash mask of the TOML targets: true when a line or a quoted string of
 /// `text` is a duration that would overflow (see [`duration_would_overflow`]), unless
-/// `FUZZ_UNMASK_KNOWN` is set.
+/// `FUZZ_MASK_KNOWN` is set. The overflow is fixed (`parse_duration` adds with
+/// `checked_add`), so the mask is off by default: the runs check the fix.
 pub fn has_known_duration_overflow(text: &str) -> bool {
-    if std::env::var_os("FUZZ_UNMASK_KNOWN").is_some() {
+    if std::env::var_os("FUZZ_MASK_KNOWN").is_none() {
         return false;
     }
     text.lines().any(duration_would_overflow)

@@ -43,8 +43,11 @@ pub fn jwt_evidence(jwt: &VerifiedJwt, cert: Option<&PeerCert>) -> Evidence {
 }
 
 /// The `DPoP` proof of a token request, checked (RFC 9449 §4.3): the key thumbprint the
-/// token is to be bound to, or `None` for a bearer request. The proof may name the broker
-/// by its issuer URL or by the `Host` it was sent to.
+/// token is to be bound to, or `None` for a bearer request. The proof's `htu` must be the
+/// token endpoint under the broker's issuer URL; a request to a loopback `Host`
+/// (`127.0.0.0/8`, `[::1]`, `localhost`: development and sidecars) may also name that host.
+/// Any other `Host` is not trusted for `htu`: a proof made for another server, replayed
+/// here with that server's name in `Host`, would otherwise pass.
 pub fn dpop(
     st: &AppState,
     header: Result<Option<&str>, ()>,
@@ -66,7 +69,7 @@ pub fn dpop(
     let iss = st.minter.issuer().trim_end_matches('/');
     let path = crate::api::TOKEN_PATH;
     let mut urls = vec![format!("{iss}{path}")];
-    if let Some(h) = host.filter(|h| h.len() <= 255) {
+    if let Some(h) = host.filter(|h| h.len() <= 255 && is_loopback_host(h)) {
         urls.push(format!("http://{h}{path}"));
         urls.push(format!("https://{h}{path}"));
     }
@@ -77,6 +80,18 @@ pub fn dpop(
         .map_err(|e| Refusal::Dpop(e, nonce()))?;
     ev.dpop_jkt.clone_from(&jkt);
     Ok(jkt)
+}
+
+/// Whether a `Host` header value names a loopback address (with or without a port).
+fn is_loopback_host(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(rest) => rest.split(']').next().unwrap_or_default(),
+        None => host.rsplit_once(':').map_or(host, |(h, _)| h),
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// The usable client certificate, if one was presented (an unusable one is refused).
@@ -347,4 +362,30 @@ async fn by_jwt<'p>(
         }
     }
     Ok(identity)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_loopback_host;
+
+    #[test]
+    fn only_loopback_hosts_may_name_the_token_endpoint_in_a_dpop_proof() {
+        for h in [
+            "127.0.0.1:8080",
+            "127.9.9.9",
+            "localhost:1",
+            "[::1]:443",
+            "[::1]",
+        ] {
+            assert!(is_loopback_host(h), "{h}");
+        }
+        for h in [
+            "broker.example.org",
+            "10.0.0.1:443",
+            "[2001:db8::1]:8080",
+            "evil.test:80",
+        ] {
+            assert!(!is_loopback_host(h), "{h}");
+        }
+    }
 }
