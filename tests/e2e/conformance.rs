@@ -633,3 +633,35 @@ pub(crate) fn python_env(test: &str) -> Option<PathBuf> {
     }
     Some(venv)
 }
+
+/// Runs the venv's python with `args`, `input` as JSON on stdin; panics (naming `what`)
+/// unless it succeeds; returns the JSON it prints.
+pub(crate) fn python_json(
+    venv: &Path,
+    args: &[&std::ffi::OsStr],
+    input: &serde_json::Value,
+    what: &str,
+) -> serde_json::Value {
+    use std::io::Write as _;
+    let mut child = Command::new(venv.join("bin").join("python"))
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("running the venv's python");
+    child
+        .stdin
+        .take()
+        .expect("piped stdin")
+        .write_all(input.to_string().as_bytes())
+        .expect("writing to python");
+    let out = child.wait_with_output().expect("python");
+    assert!(
+        out.status.success(),
+        "{what}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{what} prints JSON: {e}"))
+}

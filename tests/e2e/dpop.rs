@@ -5,9 +5,7 @@
 //! resource server the SDK verifier accepts the holder's proof and refuses a replay,
 //! another URL, another key, and the token presented as a bearer token.
 
-use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 
 use broker_client::dpop::{DpopError, DpopKey};
@@ -19,7 +17,7 @@ use broker_tests::{
 };
 use serde_json::{Value, json};
 
-use crate::conformance::{PYTHON_SRC, python_env};
+use crate::conformance::{PYTHON_SRC, python_env, python_json};
 
 /// A task of the payments identity that issues only DPoP-bound tokens.
 const DPOP_TASK: &str = "ledger-dpop";
@@ -43,28 +41,9 @@ fn start() -> TestBroker {
 /// Proofs from authlib: `specs` as `tests/conformance/python/dpop.py` takes them, with
 /// the key `key` (a private JWK from an earlier call) or a new one of `alg`.
 fn authlib_proofs(venv: &Path, alg: &str, key: Option<&Value>, specs: &Value) -> Value {
-    let mut child = Command::new(venv.join("bin").join("python"))
-        .arg(Path::new(PYTHON_SRC).join("dpop.py"))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("running the venv's python");
+    let script = Path::new(PYTHON_SRC).join("dpop.py");
     let input = json!({ "alg": alg, "key": key, "proofs": specs });
-    child
-        .stdin
-        .take()
-        .expect("piped stdin")
-        .write_all(input.to_string().as_bytes())
-        .expect("writing to python");
-    let out = child.wait_with_output().expect("python");
-    assert!(
-        out.status.success(),
-        "dpop.py: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("dpop.py prints JSON")
+    python_json(venv, &[script.as_os_str()], &input, "dpop.py")
 }
 
 async fn token_with_proof(b: &TestBroker, task: &str, proof: Option<&str>) -> Reply {

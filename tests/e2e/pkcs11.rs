@@ -23,7 +23,7 @@ use broker_tests::{
 };
 use serde_json::{Value, json};
 
-use crate::conformance::python_env;
+use crate::conformance::{python_env, python_json};
 
 /// The SoftHSM2 library `.ci/run` installs (Debian's `softhsm2`).
 const SOFTHSM2: &str = "/usr/lib/softhsm/libsofthsm2.so";
@@ -160,28 +160,13 @@ print(json.dumps({"version": jwt.__version__, "kid": kid, "alg": key.algorithm_n
 "#;
 
 fn pyjwt_verify(venv: &Path, token: &str, jwks: &Value) -> Value {
-    let mut child = Command::new(venv.join("bin").join("python"))
-        .args(["-c", PYJWT_CHECK])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("running the venv's python");
     let input = json!({ "token": token, "jwks": jwks, "aud": PROD_LEDGER, "iss": BROKER_ISSUER });
-    child
-        .stdin
-        .take()
-        .expect("piped stdin")
-        .write_all(input.to_string().as_bytes())
-        .expect("writing to python");
-    let out = child.wait_with_output().expect("python");
-    assert!(
-        out.status.success(),
-        "PyJWT refused the token: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("PyJWT check prints JSON")
+    python_json(
+        venv,
+        &[OsStr::new("-c"), OsStr::new(PYJWT_CHECK)],
+        &input,
+        "PyJWT refused the token",
+    )
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -207,18 +192,21 @@ async fn softhsm2_key_signs_tokens_that_outside_libraries_verify() {
     std::fs::write(&pin_file, format!("{PIN}\n")).expect("the PIN file");
 
     // Keygen into the token.
-    let out = token.broker([
-        OsStr::new("keys"),
-        OsStr::new("hsm-generate"),
-        OsStr::new("--module"),
-        module().as_os_str(),
-        OsStr::new("--token-label"),
-        OsStr::new("broker"),
-        OsStr::new("--pin-file"),
-        pin_file.as_os_str(),
-        OsStr::new("--label"),
-        OsStr::new(LABEL),
-    ]);
+    let hsm_generate = || {
+        token.broker([
+            OsStr::new("keys"),
+            OsStr::new("hsm-generate"),
+            OsStr::new("--module"),
+            module().as_os_str(),
+            OsStr::new("--token-label"),
+            OsStr::new("broker"),
+            OsStr::new("--pin-file"),
+            pin_file.as_os_str(),
+            OsStr::new("--label"),
+            OsStr::new(LABEL),
+        ])
+    };
+    let out = hsm_generate();
     assert!(out.success(), "broker keys hsm-generate: {out}");
     assert!(
         !out.stdout.contains(PIN) && !out.stderr.contains(PIN),
@@ -233,18 +221,7 @@ async fn softhsm2_key_signs_tokens_that_outside_libraries_verify() {
         .to_owned();
     assert!(out.stdout.starts_with("generated ES256 key "), "{out}");
     // The same label again is refused: never two keys of one name.
-    let again = token.broker([
-        OsStr::new("keys"),
-        OsStr::new("hsm-generate"),
-        OsStr::new("--module"),
-        module().as_os_str(),
-        OsStr::new("--token-label"),
-        OsStr::new("broker"),
-        OsStr::new("--pin-file"),
-        pin_file.as_os_str(),
-        OsStr::new("--label"),
-        OsStr::new(LABEL),
-    ]);
+    let again = hsm_generate();
     assert!(
         !again.success() && again.stderr.contains("already exists"),
         "{again}"
@@ -401,18 +378,7 @@ async fn softhsm2_key_signs_tokens_that_outside_libraries_verify() {
     assert!(!b.stderr().contains(PIN), "the PIN is never logged");
     assert!(b.stop().success());
     // The revoked key pair is gone from the token: its label is free again.
-    let regen = token.broker([
-        OsStr::new("keys"),
-        OsStr::new("hsm-generate"),
-        OsStr::new("--module"),
-        module().as_os_str(),
-        OsStr::new("--token-label"),
-        OsStr::new("broker"),
-        OsStr::new("--pin-file"),
-        pin_file.as_os_str(),
-        OsStr::new("--label"),
-        OsStr::new(LABEL),
-    ]);
+    let regen = hsm_generate();
     assert!(
         regen.success(),
         "the revoked key was destroyed, so its label is free: {regen}"
