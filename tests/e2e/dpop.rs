@@ -58,6 +58,24 @@ async fn token_with_proof(b: &TestBroker, task: &str, proof: Option<&str>) -> Re
     Reply::from(req.send().await.expect("the token request")).await
 }
 
+/// The SDK verifier of the ledger's tokens.
+fn verifier(b: &TestBroker) -> Verifier {
+    Verifier::builder(b.base_url(), PROD_LEDGER)
+        .issuer(BROKER_ISSUER)
+        .build()
+        .unwrap()
+}
+
+/// A token source for the DPoP-only task, binding its tokens to `key`.
+fn dpop_source(b: &TestBroker, key: &Arc<DpopKey>) -> TokenSource {
+    let jwt = rs256(SUBJECT);
+    TokenSource::builder(b.base_url(), DPOP_TASK)
+        .credential(Credential::provider(move || Ok(jwt.clone())))
+        .dpop(Arc::clone(key))
+        .build()
+        .unwrap()
+}
+
 fn last_rule(b: &TestBroker) -> String {
     b.records_of("denied").pop().expect("a denied record")["rule"]
         .as_str()
@@ -174,10 +192,7 @@ async fn dpop_proofs_from_an_outside_library_bind_tokens_and_bad_ones_are_refuse
         None,
         &json!([{ "htm": "GET", "htu": RESOURCE_URL, "ath_of": token }]),
     );
-    let v = Verifier::builder(b.base_url(), PROD_LEDGER)
-        .issuer(BROKER_ISSUER)
-        .build()
-        .unwrap();
+    let v = verifier(&b);
     fn req(proof: &Value) -> DpopRequest<'_> {
         DpopRequest {
             proof: proof.as_str().unwrap(),
@@ -231,18 +246,10 @@ async fn dpop_proofs_from_an_outside_library_bind_tokens_and_bad_ones_are_refuse
 async fn the_sdk_makes_dpop_bound_tokens_and_proofs() {
     let b = start();
     let key = Arc::new(DpopKey::generate_ed25519().unwrap());
-    let jwt = rs256(SUBJECT);
-    let source = TokenSource::builder(b.base_url(), DPOP_TASK)
-        .credential(Credential::provider(move || Ok(jwt.clone())))
-        .dpop(Arc::clone(&key))
-        .build()
-        .unwrap();
+    let source = dpop_source(&b, &key);
     let t = source.token().await.unwrap();
     assert_eq!(insecure_claims(t.expose())["cnf"]["jkt"], key.thumbprint());
-    let v = Verifier::builder(b.base_url(), PROD_LEDGER)
-        .issuer(BROKER_ISSUER)
-        .build()
-        .unwrap();
+    let v = verifier(&b);
     let proof = key
         .proof("GET", RESOURCE_URL, Some(t.expose()), None)
         .unwrap();
@@ -266,22 +273,14 @@ async fn whoami(
 #[tokio::test(flavor = "multi_thread")]
 async fn the_axum_extractor_checks_dpop_proofs() {
     let b = start();
-    let v = Verifier::builder(b.base_url(), PROD_LEDGER)
-        .issuer(BROKER_ISSUER)
-        .build()
-        .unwrap();
+    let v = verifier(&b);
     let app = axum::Router::new()
         .route("/whoami", axum::routing::get(whoami))
         .with_state(v);
     let base = broker_tests::sdk_support::serve(app).await;
     let url = format!("{base}/whoami");
     let key = Arc::new(DpopKey::generate_es256().unwrap());
-    let jwt = rs256(SUBJECT);
-    let source = TokenSource::builder(b.base_url(), DPOP_TASK)
-        .credential(Credential::provider(move || Ok(jwt.clone())))
-        .dpop(Arc::clone(&key))
-        .build()
-        .unwrap();
+    let source = dpop_source(&b, &key);
     let client = broker_client::AuthorizedClient::new(reqwest::Client::new(), source.clone());
     for _ in 0..2 {
         let req = client.client().get(&url).build().unwrap();
