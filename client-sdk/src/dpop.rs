@@ -263,18 +263,10 @@ pub fn htu_of(url: &str) -> String {
 /// RFC 7638 thumbprint of a public EC P-256 or Ed25519 JWK (its required members only).
 pub fn jwk_thumbprint(jwk: &Map<String, Value>) -> Option<String> {
     let s = |k: &str| jwk.get(k).and_then(Value::as_str);
-    let canonical = match (s("kty")?, s("crv")?) {
-        ("EC", crv @ "P-256") => format!(
-            r#"{{"crv":"{crv}","kty":"EC","x":"{}","y":"{}"}}"#,
-            s("x")?,
-            s("y")?
-        ),
-        ("OKP", crv @ "Ed25519") => format!(r#"{{"crv":"{crv}","kty":"OKP","x":"{}"}}"#, s("x")?),
-        _ => return None,
-    };
+    let input = crate::jwk::thumbprint_input(s("kty")?, s("crv")?, s("x")?, s("y"))?;
     Some(URL_SAFE_NO_PAD.encode(ring::digest::digest(
         &ring::digest::SHA256,
-        canonical.as_bytes(),
+        input.as_bytes(),
     )))
 }
 

@@ -13,6 +13,7 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use serde::Deserialize;
 
 use crate::error::VerifyError;
+use crate::jwk::{self, JwkSet};
 use crate::types::AccessTokenClaims;
 
 /// A broker public key.
@@ -22,51 +23,26 @@ pub(crate) struct PublicKey {
     bytes: Vec<u8>,
 }
 
-#[derive(Deserialize)]
-struct RawJwks {
-    keys: Vec<RawJwk>,
-}
-
-#[derive(Deserialize)]
-struct RawJwk {
-    kty: String,
-    kid: Option<String>,
-    crv: Option<String>,
-    x: Option<String>,
-    y: Option<String>,
-}
-
-/// Parses a JWKS into keys by `kid` (unsupported keys are skipped).
+/// Parses a JWKS into keys by `kid`. Keys this verifier cannot use (no `kid`, `use`
+/// other than `sig`, a type or curve other than Ed25519 and P-256) are skipped.
 pub(crate) fn parse_jwks(bytes: &[u8]) -> Result<HashMap<String, PublicKey>, String> {
-    let raw: RawJwks = serde_json::from_slice(bytes).map_err(|e| format!("not a JWKS: {e}"))?;
-    let dec = |s: &Option<String>| s.as_deref().and_then(|s| URL_SAFE_NO_PAD.decode(s).ok());
     let mut out = HashMap::new();
-    for k in raw.keys {
-        let Some(kid) = k.kid.clone() else { continue };
-        let key = match (k.kty.as_str(), k.crv.as_deref()) {
-            ("OKP", Some("Ed25519")) => {
-                dec(&k.x).filter(|x| x.len() == 32).map(|bytes| PublicKey {
-                    alg: "EdDSA",
-                    bytes,
-                })
-            }
-            ("EC", Some("P-256")) => match (dec(&k.x), dec(&k.y)) {
-                (Some(x), Some(y)) if x.len() == 32 && y.len() == 32 => {
-                    let mut bytes = vec![4];
-                    bytes.extend_from_slice(&x);
-                    bytes.extend_from_slice(&y);
-                    Some(PublicKey {
-                        alg: "ES256",
-                        bytes,
-                    })
-                }
-                _ => None,
-            },
-            _ => None,
-        };
-        if let Some(key) = key {
-            out.insert(kid, key);
+    for jwk in JwkSet::from_json(bytes)?.keys {
+        if jwk.kid.is_empty() || !jwk.is_for_signing() {
+            continue;
         }
+        let key = match jwk.public_key() {
+            Some(jwk::PublicKey::Ed25519(bytes)) => PublicKey {
+                alg: "EdDSA",
+                bytes,
+            },
+            Some(jwk::PublicKey::P256(bytes)) => PublicKey {
+                alg: "ES256",
+                bytes,
+            },
+            _ => continue,
+        };
+        out.insert(jwk.kid, key);
     }
     Ok(out)
 }

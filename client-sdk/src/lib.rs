@@ -44,6 +44,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod jwk;
 pub mod jws;
 pub mod types;
 

@@ -13,7 +13,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::{Deserialize, Serialize};
 
-use crate::mint::keys::{Jwks, KeyError, Signer};
+use crate::mint::keys::{Jwks, KeyError, Signer, VerifyingKey};
 
 /// One checkpoint as stored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -94,7 +94,7 @@ impl Checkpoint {
 
     /// True when `sig` verifies with the `keys` entry of `kid`, whose algorithm is `alg`.
     pub fn signature_valid(&self, keys: &Jwks) -> bool {
-        let Some(key) = keys.verifying_key(&self.kid) else {
+        let Some(key) = VerifyingKey::in_set(keys, &self.kid) else {
             return false;
         };
         if key.algorithm().as_str() != self.alg {

@@ -329,7 +329,7 @@ mod tests {
             assert_eq!(bytes.len(), SLOT);
             let back = Head::parse(&bytes).unwrap();
             assert_eq!(back, head);
-            let vk = ring.jwks().verifying_key(&back.kid).unwrap();
+            let vk = VerifyingKey::in_set(&ring.jwks(), &back.kid).unwrap();
             assert!(back.signature_valid(&vk));
             let forged = Head {
                 seq: seq + 1,
@@ -360,7 +360,7 @@ mod tests {
         let back = Head::parse(&serde_json::to_vec(&v1).unwrap()).unwrap();
         assert_eq!((back.version, back.durable_seq), (1, 9));
         assert_eq!(back.durable_segment, "audit-000002.log");
-        let vk = ring.jwks().verifying_key(&back.kid).unwrap();
+        let vk = VerifyingKey::in_set(&ring.jwks(), &back.kid).unwrap();
         assert!(back.signature_valid(&vk));
         assert!(!Head { seq: 10, ..back }.signature_valid(&vk));
     }

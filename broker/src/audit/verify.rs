@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use super::chain::{self, GENESIS, Link, RecordProblem};
 use super::head::{self, Head};
 use super::segment::{self, HEAD_FILE};
-use crate::mint::keys::Jwks;
+use crate::mint::keys::{Jwks, VerifyingKey};
 
 /// What a successful [`verify`] found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -317,11 +317,9 @@ pub fn verify(dir: &Path, keys: &Jwks) -> Result<VerifyReport, VerifyError> {
     }
 
     // The signature before the positions: only a genuine anchor's positions mean anything.
-    let key = keys
-        .verifying_key(&head.kid)
-        .ok_or_else(|| VerifyError::UnknownKid {
-            kid: head.kid.clone(),
-        })?;
+    let key = VerifyingKey::in_set(keys, &head.kid).ok_or_else(|| VerifyError::UnknownKid {
+        kid: head.kid.clone(),
+    })?;
     if !head.signature_valid(&key) {
         return Err(VerifyError::BadSignature {
             kid: head.kid.clone(),

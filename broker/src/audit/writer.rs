@@ -31,7 +31,7 @@ use super::stats::{AuditStats, CommitCounters};
 use super::verify::{self, VerifyError};
 use super::{AuditError, AuditOptions};
 use crate::clock::Clock;
-use crate::mint::keys::Signer;
+use crate::mint::keys::{Signer, VerifyingKey};
 
 /// The audit log: cheap to clone (an `Arc` inside); every clone appends to the same chain.
 ///
@@ -567,7 +567,7 @@ impl Writer {
         fs::create_dir_all(&dir).map_err(io_err("create the directory", &dir))?;
         let head = verify::read_head(&dir)?;
         if let Some(h) = head.as_ref().filter(|h| h.kid == signer.kid()) {
-            let key = signer.public_jwk().verifying_key();
+            let key = VerifyingKey::from_jwk(&signer.public_jwk());
             if !key.is_some_and(|k| h.signature_valid(&k)) {
                 return Err(VerifyError::BadSignature {
                     kid: h.kid.clone(),

@@ -7,8 +7,7 @@
 
 use std::collections::HashMap;
 
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use broker_client::jwk::{Jwk, JwkSet};
 use ring::signature::{self, RsaPublicKeyComponents, UnparsedPublicKey};
 use serde::Deserialize;
 
@@ -73,23 +72,8 @@ impl JwsAlgorithm {
     }
 }
 
-/// A parsed public key from an issuer's JWKS.
-#[derive(Clone, Debug)]
-pub enum PublicKey {
-    /// RSA modulus and exponent, big-endian.
-    Rsa {
-        /// Modulus.
-        n: Vec<u8>,
-        /// Exponent.
-        e: Vec<u8>,
-    },
-    /// Uncompressed P-256 point.
-    P256(Vec<u8>),
-    /// Uncompressed P-384 point.
-    P384(Vec<u8>),
-    /// Ed25519 public key.
-    Ed25519(Vec<u8>),
-}
+/// A decoded public key from an issuer's JWKS: the SDK's one JWK model.
+pub use broker_client::jwk::PublicKey;
 
 /// One key of a key set, with the `alg` its JWK pins, if any.
 #[derive(Clone, Debug)]
@@ -107,104 +91,39 @@ pub struct KeySet {
     pub keys: HashMap<String, IssuerKey>,
 }
 
-#[derive(Deserialize)]
-struct RawJwks {
-    keys: Vec<RawJwk>,
-}
-
-#[derive(Deserialize)]
-struct RawJwk {
-    kty: String,
-    #[serde(default)]
-    kid: Option<String>,
-    #[serde(default)]
-    alg: Option<String>,
-    #[serde(default, rename = "use")]
-    use_: Option<String>,
-    #[serde(default)]
-    crv: Option<String>,
-    #[serde(default)]
-    n: Option<String>,
-    #[serde(default)]
-    e: Option<String>,
-    #[serde(default)]
-    x: Option<String>,
-    #[serde(default)]
-    y: Option<String>,
-}
-
-fn b64(s: &Option<String>) -> Option<Vec<u8>> {
-    URL_SAFE_NO_PAD
-        .decode(s.as_deref()?.trim_end_matches('='))
-        .ok()
-}
-
 impl KeySet {
     /// Parses a JWKS document. Keys that are not usable for signature verification
-    /// (symmetric keys, `use: enc`, unknown curves) are skipped; the count of skipped keys
-    /// is returned for the logs.
+    /// (symmetric keys, `use: enc`, unknown curves or algorithms, a missing `kid` beside
+    /// other keys) are skipped; the count of skipped keys is returned for the logs.
     pub fn from_jwks_json(bytes: &[u8]) -> Result<(KeySet, usize), String> {
-        let raw: RawJwks =
-            serde_json::from_slice(bytes).map_err(|e| format!("not a JWKS document: {e}"))?;
+        let doc = JwkSet::from_json(bytes)?;
+        let single = doc.keys.len() == 1;
         let mut set = KeySet::default();
         let mut skipped = 0;
-        let single = raw.keys.len() == 1;
-        for k in raw.keys {
-            if k.use_.as_deref().is_some_and(|u| u != "sig") {
-                skipped += 1;
-                continue;
+        for jwk in doc.keys {
+            let usable = Self::issuer_key(&jwk).filter(|_| single || !jwk.kid.is_empty());
+            match usable {
+                Some(key) => {
+                    set.keys.insert(jwk.kid, key);
+                }
+                None => skipped += 1,
             }
-            let key = match (k.kty.as_str(), k.crv.as_deref()) {
-                ("RSA", _) => match (b64(&k.n), b64(&k.e)) {
-                    (Some(n), Some(e)) if n.len() >= 256 => Some(PublicKey::Rsa { n, e }),
-                    _ => None,
-                },
-                ("EC", Some("P-256")) => ec_point(&k.x, &k.y, 32).map(PublicKey::P256),
-                ("EC", Some("P-384")) => ec_point(&k.x, &k.y, 48).map(PublicKey::P384),
-                ("OKP", Some("Ed25519")) => {
-                    b64(&k.x).filter(|x| x.len() == 32).map(PublicKey::Ed25519)
-                }
-                _ => None,
-            };
-            let Some(key) = key else {
-                skipped += 1;
-                continue;
-            };
-            let alg = match k.alg.as_deref() {
-                None => None,
-                Some(a) => match JwsAlgorithm::parse(a) {
-                    Some(a) => Some(a),
-                    None => {
-                        skipped += 1;
-                        continue;
-                    }
-                },
-            };
-            // A key without `kid` is usable only when it is the only key.
-            let kid = match k.kid {
-                Some(kid) => kid,
-                None if single => String::new(),
-                None => {
-                    skipped += 1;
-                    continue;
-                }
-            };
-            set.keys.insert(kid, IssuerKey { key, alg });
         }
         Ok((set, skipped))
     }
-}
 
-fn ec_point(x: &Option<String>, y: &Option<String>, len: usize) -> Option<Vec<u8>> {
-    let (x, y) = (b64(x)?, b64(y)?);
-    if x.len() != len || y.len() != len {
-        return None;
+    /// The key of one JWK, or `None` when it cannot verify signatures here.
+    fn issuer_key(jwk: &Jwk) -> Option<IssuerKey> {
+        if !jwk.is_for_signing() {
+            return None;
+        }
+        let key = jwk.public_key()?;
+        let alg = match jwk.alg.as_deref() {
+            None => None,
+            Some(a) => Some(JwsAlgorithm::parse(a)?),
+        };
+        Some(IssuerKey { key, alg })
     }
-    let mut p = Vec::with_capacity(1 + 2 * len);
-    p.push(4);
-    p.extend_from_slice(&x);
-    p.extend_from_slice(&y);
-    Some(p)
 }
 
 /// The protected header fields the broker reads.
@@ -424,6 +343,8 @@ pub fn verify_signature(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use base64::Engine as _;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
     #[test]
     fn none_and_hmac_are_always_refused() {

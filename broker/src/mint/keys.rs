@@ -17,6 +17,7 @@ use std::sync::Arc;
 
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use broker_client::jwk::PublicKey;
 use ring::rand::SystemRandom;
 use ring::signature::{self, EcdsaKeyPair, Ed25519KeyPair, KeyPair};
 use serde::{Deserialize, Serialize};
@@ -108,54 +109,10 @@ pub trait Signer: Send + Sync {
     fn public_jwk(&self) -> PublicJwk;
 }
 
-/// A public key as published in the JWKS (RFC 7517).
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
-pub struct PublicJwk {
-    /// `OKP` or `EC`.
-    pub kty: String,
-    /// `Ed25519` or `P-256`.
-    pub crv: String,
-    /// base64url public key (Ed25519) or x coordinate (EC).
-    pub x: String,
-    /// base64url y coordinate (EC only).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub y: Option<String>,
-    /// The key id.
-    pub kid: String,
-    /// The algorithm.
-    pub alg: String,
-    /// Always `sig`.
-    #[serde(rename = "use")]
-    pub use_: String,
-}
-
-impl PublicJwk {
-    /// The verifier for this key, or `None` if the JWK is not a supported key.
-    pub fn verifying_key(&self) -> Option<VerifyingKey> {
-        let x = URL_SAFE_NO_PAD.decode(&self.x).ok()?;
-        match (self.kty.as_str(), self.crv.as_str()) {
-            ("OKP", "Ed25519") if x.len() == 32 => Some(VerifyingKey {
-                alg: SigningAlgorithm::EdDSA,
-                bytes: x,
-            }),
-            ("EC", "P-256") => {
-                let y = URL_SAFE_NO_PAD.decode(self.y.as_ref()?).ok()?;
-                if x.len() != 32 || y.len() != 32 {
-                    return None;
-                }
-                let mut bytes = Vec::with_capacity(65);
-                bytes.push(4);
-                bytes.extend_from_slice(&x);
-                bytes.extend_from_slice(&y);
-                Some(VerifyingKey {
-                    alg: SigningAlgorithm::ES256,
-                    bytes,
-                })
-            }
-            _ => None,
-        }
-    }
-}
+/// A public key as published in the JWKS: the one JWK model shared with the SDK.
+pub use broker_client::jwk::Jwk as PublicJwk;
+/// A JSON Web Key Set (RFC 7517 §5): the one model shared with the SDK.
+pub use broker_client::jwk::JwkSet as Jwks;
 
 /// The public half of a signing key, able to verify its signatures.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -165,6 +122,26 @@ pub struct VerifyingKey {
 }
 
 impl VerifyingKey {
+    /// The verifier for a published JWK, or `None` if it is not an Ed25519 or P-256 key.
+    pub fn from_jwk(jwk: &PublicJwk) -> Option<Self> {
+        match jwk.public_key()? {
+            PublicKey::Ed25519(bytes) => Some(Self {
+                alg: SigningAlgorithm::EdDSA,
+                bytes,
+            }),
+            PublicKey::P256(bytes) => Some(Self {
+                alg: SigningAlgorithm::ES256,
+                bytes,
+            }),
+            _ => None,
+        }
+    }
+
+    /// The verifier for `kid` in `set`, if present and supported.
+    pub fn in_set(set: &Jwks, kid: &str) -> Option<Self> {
+        set.get(kid).and_then(Self::from_jwk)
+    }
+
     /// True when `sig` is a valid signature of `msg` by this key.
     pub fn verify(&self, msg: &[u8], sig: &[u8]) -> bool {
         let alg: &dyn signature::VerificationAlgorithm = match self.alg {
@@ -209,17 +186,8 @@ impl LocalSigner {
     pub fn from_pkcs8(der: &[u8]) -> Result<Self, String> {
         let rng = SystemRandom::new();
         if let Ok(kp) = Ed25519KeyPair::from_pkcs8_maybe_unchecked(der) {
-            let x = URL_SAFE_NO_PAD.encode(kp.public_key().as_ref());
-            let kid = thumbprint_okp(&x);
-            let jwk = PublicJwk {
-                kty: "OKP".into(),
-                crv: "Ed25519".into(),
-                x,
-                y: None,
-                kid: kid.clone(),
-                alg: "EdDSA".into(),
-                use_: "sig".into(),
-            };
+            let jwk = with_thumbprint_kid(PublicJwk::ed25519(kp.public_key().as_ref()));
+            let kid = jwk.kid.clone();
             return Ok(Self {
                 kind: KeyPairKind::Ed25519(kp),
                 kid,
@@ -233,18 +201,8 @@ impl LocalSigner {
                 if point.len() != 65 {
                     return Err("P-256 public key has an unexpected encoding".into());
                 }
-                let x = URL_SAFE_NO_PAD.encode(&point[1..33]);
-                let y = URL_SAFE_NO_PAD.encode(&point[33..65]);
-                let kid = thumbprint_ec(&x, &y);
-                let jwk = PublicJwk {
-                    kty: "EC".into(),
-                    crv: "P-256".into(),
-                    x,
-                    y: Some(y),
-                    kid: kid.clone(),
-                    alg: "ES256".into(),
-                    use_: "sig".into(),
-                };
+                let jwk = with_thumbprint_kid(PublicJwk::p256(&point[1..33], &point[33..65]));
+                let kid = jwk.kid.clone();
                 Ok(Self {
                     kind: KeyPairKind::Es256(kp),
                     kid,
@@ -284,21 +242,14 @@ impl Signer for LocalSigner {
     }
 }
 
-fn thumbprint_okp(x: &str) -> String {
-    // RFC 7638 §3.2: required members in lexicographic order, no whitespace.
-    let canonical = format!(r#"{{"crv":"Ed25519","kty":"OKP","x":"{x}"}}"#);
-    URL_SAFE_NO_PAD.encode(ring::digest::digest(
+/// `jwk` with its `kid` set to its RFC 7638 thumbprint (SHA-256 of the required members).
+pub(crate) fn with_thumbprint_kid(jwk: PublicJwk) -> PublicJwk {
+    let input = jwk.thumbprint_input().unwrap_or_default();
+    let kid = URL_SAFE_NO_PAD.encode(ring::digest::digest(
         &ring::digest::SHA256,
-        canonical.as_bytes(),
-    ))
-}
-
-fn thumbprint_ec(x: &str, y: &str) -> String {
-    let canonical = format!(r#"{{"crv":"P-256","kty":"EC","x":"{x}","y":"{y}"}}"#);
-    URL_SAFE_NO_PAD.encode(ring::digest::digest(
-        &ring::digest::SHA256,
-        canonical.as_bytes(),
-    ))
+        input.as_bytes(),
+    ));
+    jwk.with_kid(kid)
 }
 
 /// The broker's signing keys: the newest signs, all are published.
@@ -385,24 +336,7 @@ impl KeyRing {
         self.keys
             .iter()
             .find(|k| k.kid() == kid)
-            .and_then(|k| k.public_jwk().verifying_key())
-    }
-}
-
-/// A JSON Web Key Set (RFC 7517 §5).
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
-pub struct Jwks {
-    /// The keys.
-    pub keys: Vec<PublicJwk>,
-}
-
-impl Jwks {
-    /// The verifier for `kid`, if present and supported.
-    pub fn verifying_key(&self, kid: &str) -> Option<VerifyingKey> {
-        self.keys
-            .iter()
-            .find(|k| k.kid == kid)
-            .and_then(PublicJwk::verifying_key)
+            .and_then(|k| VerifyingKey::from_jwk(&k.public_jwk()))
     }
 }
 
@@ -553,7 +487,7 @@ mod tests {
             assert_eq!(signer.kid(), kid);
             assert_eq!(signer.algorithm(), alg);
             let sig = signer.sign(b"hello").unwrap();
-            let vk = ring.jwks().verifying_key(&kid).unwrap();
+            let vk = VerifyingKey::in_set(&ring.jwks(), &kid).unwrap();
             assert!(vk.verify(b"hello", &sig));
             assert!(!vk.verify(b"hellp", &sig));
         }
@@ -596,9 +530,11 @@ mod tests {
     #[test]
     fn rfc7638_thumbprint_example() {
         // RFC 8037 Appendix A.3: thumbprint of the Ed25519 example key.
-        let x = "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo";
+        let x = URL_SAFE_NO_PAD
+            .decode("11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo")
+            .unwrap();
         assert_eq!(
-            thumbprint_okp(x),
+            with_thumbprint_kid(PublicJwk::ed25519(&x)).kid,
             "kPrK_qmxVWaYVA9wwBF6Iuo3vVzz7TxHCTwXBygrS4k"
         );
     }

@@ -115,7 +115,7 @@ struct Record {
 
 impl Record {
     fn alg(&self) -> Option<SigningAlgorithm> {
-        self.jwk.alg.parse().ok()
+        self.jwk.alg.as_deref()?.parse().ok()
     }
 
     fn apply(&mut self, change: &KeyChange) {
@@ -857,7 +857,7 @@ impl KeyService {
 fn info_of(r: &Record) -> KeyInfo {
     KeyInfo {
         kid: r.jwk.kid.clone(),
-        alg: r.jwk.alg.clone(),
+        alg: r.jwk.alg.clone().unwrap_or_default(),
         state: r.state,
         replica: r.replica.clone(),
         prepared_at: r.prepared_at,

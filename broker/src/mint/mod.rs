@@ -342,6 +342,7 @@ impl Minter {
 mod tests {
     use super::*;
     use crate::clock::ManualClock;
+    use crate::mint::keys::VerifyingKey;
 
     fn minter() -> (Minter, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
@@ -381,7 +382,7 @@ mod tests {
         assert_eq!(t.claims.exp - t.claims.iat, 600);
         assert_eq!(t.claims.scope, "a b");
         assert_eq!(URL_SAFE_NO_PAD.decode(&t.claims.jti).unwrap().len(), 16);
-        let vk = m.jwks().verifying_key(&t.kid).unwrap();
+        let vk = VerifyingKey::in_set(&m.jwks(), &t.kid).unwrap();
         let sig = URL_SAFE_NO_PAD.decode(parts[2]).unwrap();
         let signed = &t.expose_token()[..parts[0].len() + 1 + parts[1].len()];
         assert!(vk.verify(signed.as_bytes(), &sig));

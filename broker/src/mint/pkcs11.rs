@@ -30,8 +30,6 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, LazyLock, Mutex, MutexGuard, PoisonError};
 
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Function, Pkcs11};
 use cryptoki::error::{Error as CkError, RvError};
 use cryptoki::mechanism::eddsa::{EddsaParams, EddsaSignatureScheme};
@@ -44,7 +42,7 @@ use ring::rand::{SecureRandom, SystemRandom};
 use serde::Deserialize;
 use zeroize::Zeroizing;
 
-use super::keys::{KeyError, KeyRing, PublicJwk, Signer, SigningAlgorithm};
+use super::keys::{self, KeyError, KeyRing, PublicJwk, Signer, SigningAlgorithm, VerifyingKey};
 
 /// DER of the OID 1.2.840.10045.3.1.7 (P-256, `secp256r1`), the `CKA_EC_PARAMS` of a P-256 key.
 const P256_PARAMS: &[u8] = &[0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
@@ -388,48 +386,11 @@ fn parse_ec_point(value: &[u8], len: usize) -> Option<Vec<u8>> {
     Some(raw.to_vec())
 }
 
-/// RFC 7638 thumbprint of a JWK: SHA-256 of its required members, in lexicographic order,
-/// without whitespace.
-fn thumbprint(jwk: &PublicJwk) -> String {
-    let canonical = match &jwk.y {
-        Some(y) => format!(
-            r#"{{"crv":"{}","kty":"{}","x":"{}","y":"{y}"}}"#,
-            jwk.crv, jwk.kty, jwk.x
-        ),
-        None => format!(
-            r#"{{"crv":"{}","kty":"{}","x":"{}"}}"#,
-            jwk.crv, jwk.kty, jwk.x
-        ),
-    };
-    URL_SAFE_NO_PAD.encode(ring::digest::digest(
-        &ring::digest::SHA256,
-        canonical.as_bytes(),
-    ))
-}
-
 fn jwk_for(alg: SigningAlgorithm, public: &[u8]) -> PublicJwk {
-    let mut jwk = match alg {
-        SigningAlgorithm::ES256 => PublicJwk {
-            kty: "EC".into(),
-            crv: "P-256".into(),
-            x: URL_SAFE_NO_PAD.encode(&public[1..33]),
-            y: Some(URL_SAFE_NO_PAD.encode(&public[33..65])),
-            kid: String::new(),
-            alg: "ES256".into(),
-            use_: "sig".into(),
-        },
-        SigningAlgorithm::EdDSA => PublicJwk {
-            kty: "OKP".into(),
-            crv: "Ed25519".into(),
-            x: URL_SAFE_NO_PAD.encode(public),
-            y: None,
-            kid: String::new(),
-            alg: "EdDSA".into(),
-            use_: "sig".into(),
-        },
-    };
-    jwk.kid = thumbprint(&jwk);
-    jwk
+    keys::with_thumbprint_kid(match alg {
+        SigningAlgorithm::ES256 => PublicJwk::p256(&public[1..33], &public[33..65]),
+        SigningAlgorithm::EdDSA => PublicJwk::ed25519(public),
+    })
 }
 
 /// The algorithm of the private key `key`, and its public half read from the token.
@@ -927,10 +888,7 @@ impl Pkcs11Signer {
         };
         let probe = b"broker pkcs11 self-test";
         let sig = signer.try_sign(probe)?;
-        let verifies = signer
-            .jwk
-            .verifying_key()
-            .is_some_and(|vk| vk.verify(probe, &sig));
+        let verifies = VerifyingKey::from_jwk(&signer.jwk).is_some_and(|vk| vk.verify(probe, &sig));
         if !verifies {
             return Err(Pkcs11Error::SelfTest(config.key_label.clone()));
         }
@@ -1091,6 +1049,8 @@ impl Signer for Pkcs11Signer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use base64::Engine as _;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
     #[test]
     fn config_parses_and_refuses_unknown_fields() {
@@ -1282,29 +1242,31 @@ pin = "1234""#,
 
         /// RFC 7638 by another road: serde_json of a sorted map of the required members.
         fn thumbprint_via_json(jwk: &PublicJwk) -> String {
+            use base64::Engine as _;
             let mut m = BTreeMap::new();
-            m.insert("crv", jwk.crv.clone());
+            m.insert("crv", jwk.crv.clone().unwrap());
             m.insert("kty", jwk.kty.clone());
-            m.insert("x", jwk.x.clone());
+            m.insert("x", jwk.x.clone().unwrap());
             if let Some(y) = &jwk.y {
                 m.insert("y", y.clone());
             }
             let json = serde_json::to_string(&m).unwrap();
-            URL_SAFE_NO_PAD.encode(ring::digest::digest(&ring::digest::SHA256, json.as_bytes()))
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .encode(ring::digest::digest(&ring::digest::SHA256, json.as_bytes()))
         }
 
         fn check_signs_and_verifies(signer: &dyn Signer, alg: SigningAlgorithm) {
             assert_eq!(signer.algorithm(), alg);
             let jwk = signer.public_jwk();
-            assert_eq!(jwk.alg, alg.as_str());
-            assert_eq!(jwk.use_, "sig");
+            assert_eq!(jwk.alg.as_deref(), Some(alg.as_str()));
+            assert_eq!(jwk.use_.as_deref(), Some("sig"));
             assert_eq!(signer.kid(), jwk.kid);
             assert_eq!(
                 jwk.kid,
                 thumbprint_via_json(&jwk),
                 "kid is the RFC 7638 thumbprint"
             );
-            let vk = jwk.verifying_key().expect("a supported JWK");
+            let vk = VerifyingKey::from_jwk(&jwk).expect("a supported JWK");
             let msg = b"eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJ4In0";
             let sig = signer.sign(msg).unwrap();
             assert_eq!(sig.len(), 64, "JOSE signature form");
@@ -1313,7 +1275,7 @@ pin = "1234""#,
             // The JWK survives the JWKS's JSON.
             let back: PublicJwk =
                 serde_json::from_str(&serde_json::to_string(&jwk).unwrap()).unwrap();
-            assert!(back.verifying_key().unwrap().verify(msg, &sig));
+            assert!(VerifyingKey::from_jwk(&back).unwrap().verify(msg, &sig));
         }
 
         #[test]
@@ -1451,7 +1413,7 @@ pin = "1234""#,
             let Some(dir) = dir() else { return };
             let cfg = config(&dir, "test", "pin", "es256-busy");
             let signer = Arc::new(generate_in_token(&cfg, SigningAlgorithm::ES256).unwrap());
-            let vk = signer.public_jwk().verifying_key().unwrap();
+            let vk = VerifyingKey::from_jwk(&signer.public_jwk()).unwrap();
             let threads: Vec<_> = (0..8)
                 .map(|t| {
                     let signer: Arc<dyn Signer> = signer.clone();

@@ -4,7 +4,7 @@
 use broker_client::types::AccessTokenClaims;
 use serde::Deserialize;
 
-use super::keys::Jwks;
+use super::keys::{Jwks, VerifyingKey};
 
 /// Longest token accepted for verification, bytes.
 pub const MAX_OWN_TOKEN_LEN: usize = 8 * 1024;
@@ -44,9 +44,7 @@ pub fn verify_signature(
     if header.typ.as_deref() != Some("at+jwt") {
         return Err(OwnTokenError::Foreign);
     }
-    let key = keys
-        .verifying_key(&header.kid)
-        .ok_or(OwnTokenError::Foreign)?;
+    let key = VerifyingKey::in_set(keys, &header.kid).ok_or(OwnTokenError::Foreign)?;
     if key.algorithm().as_str() != header.alg {
         return Err(OwnTokenError::Foreign);
     }

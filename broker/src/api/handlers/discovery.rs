@@ -32,7 +32,7 @@ fn signing_algs(st: &AppState) -> Vec<String> {
         .jwks()
         .keys
         .iter()
-        .map(|k| k.alg.clone())
+        .filter_map(|k| k.alg.clone())
         .collect();
     algs.sort();
     algs.dedup();
