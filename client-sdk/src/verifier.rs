@@ -5,12 +5,10 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant};
 
-use serde::Deserialize;
-
 use crate::error::{Error, VerifyError};
 use crate::jose::{self, PublicKey};
 use crate::source::{Credential, unix_now};
-use crate::types::{AccessTokenClaims, ErrorResponse};
+use crate::types::{AccessTokenClaims, ErrorResponse, RevocationFeed, RevocationFeedRule};
 
 /// How the verifier authenticates to read the revocation feed (a registry identity with
 /// `may_introspect = true`).
@@ -117,61 +115,38 @@ impl VerifierBuilder {
 struct Revoked {
     cursor: u64,
     jtis: HashMap<String, u64>,
-    rules: Vec<FeedRule>,
+    rules: Vec<HeldRule>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
-struct FeedRule {
-    #[serde(default)]
-    id: String,
-    by: String,
-    #[serde(default)]
-    identity: Option<String>,
-    #[serde(default)]
-    task: Option<String>,
-    #[serde(default)]
-    grant: Option<String>,
-    #[serde(default)]
-    kid: Option<String>,
-    #[serde(default)]
-    identities: Vec<String>,
-    issued_before: u64,
-    #[serde(skip)]
+/// A revocation rule the verifier holds, until every token it covers has expired.
+#[derive(Debug, Clone)]
+struct HeldRule {
+    rule: RevocationFeedRule,
     until: u64,
 }
 
-#[derive(Deserialize)]
-struct FeedEntry {
-    #[serde(default)]
-    jti: Option<String>,
-    #[serde(default)]
-    rule: Option<FeedRule>,
-    until: u64,
-}
-
-#[derive(Deserialize)]
-struct FeedPage {
-    cursor: u64,
-    entries: Vec<FeedEntry>,
-}
-
-impl FeedRule {
+impl HeldRule {
     fn covers(&self, c: &AccessTokenClaims, kid: &str) -> bool {
-        if c.iat > self.issued_before {
+        let rule = &self.rule;
+        if c.iat > rule.issued_before {
             return false;
         }
-        match self.by.as_str() {
-            "identity" => self.identity.as_deref() == Some(c.sub.as_str()),
+        match rule.by.as_str() {
+            "identity" => rule.identity.as_deref() == Some(c.sub.as_str()),
             "task" => {
-                self.task.as_deref() == Some(c.task.as_str())
-                    && self.identity.as_ref().is_none_or(|i| *i == c.sub)
+                rule.task.as_deref() == Some(c.task.as_str())
+                    && rule.identity.as_ref().is_none_or(|i| *i == c.sub)
             }
-            "grant" => self.grant.is_some() && self.grant == c.bg,
+            "grant" => rule.grant.is_some() && rule.grant == c.bg,
             // A revoked signing key: every token it signed.
-            "key" => self.kid.as_deref() == Some(kid),
+            "key" => rule.kid.as_deref() == Some(kid),
             // Owner rules list the owner's identities when the broker knows them; with no
             // list the verifier cannot tell, and fails closed.
-            "owner" => self.identities.is_empty() || self.identities.contains(&c.sub),
+            "owner" => rule
+                .identities
+                .as_ref()
+                .is_none_or(|ids| ids.is_empty() || ids.contains(&c.sub)),
+            // A rule kind this SDK does not know: fail closed.
             _ => true,
         }
     }
@@ -463,15 +438,16 @@ async fn sync_feed(inner: &VInner) -> Result<(), Error> {
         if let Some(j) = e.jti {
             r.jtis.insert(j, e.until);
         }
-        if let Some(mut rule) = e.rule {
-            rule.until = e.until;
-            if !r
+        if let Some(rule) = e.rule
+            && !r
                 .rules
                 .iter()
-                .any(|x| x.id == rule.id && x.issued_before == rule.issued_before)
-            {
-                r.rules.push(rule);
-            }
+                .any(|x| x.rule.id == rule.id && x.rule.issued_before == rule.issued_before)
+        {
+            r.rules.push(HeldRule {
+                rule,
+                until: e.until,
+            });
         }
     }
     r.cursor = if page.cursor < since {
@@ -485,7 +461,7 @@ async fn sync_feed(inner: &VInner) -> Result<(), Error> {
 }
 
 /// One `GET /v1/revocations?since=`; errors typed like the token endpoint's.
-async fn feed_page(inner: &VInner, since: u64) -> Result<FeedPage, Error> {
+async fn feed_page(inner: &VInner, since: u64) -> Result<RevocationFeed, Error> {
     let (Some((cred, _)), Some(http)) = (&inner.cfg.feed, &inner.feed_http) else {
         return Err(Error::Config("no revocation feed configured".into()));
     };
@@ -531,5 +507,90 @@ async fn poll_feed(weak: Weak<VInner>, every: Duration) {
         }
         drop(inner);
         tokio::time::sleep(every).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn claims() -> AccessTokenClaims {
+        serde_json::from_value(serde_json::json!({
+            "iss": "https://broker.test", "sub": "payments-api", "client_id": "payments-api",
+            "aud": "https://ledger.test", "scope": "ledger:read", "jti": "j1",
+            "iat": 100, "nbf": 100, "exp": 400, "task": "ledger-write", "env": "prod",
+        }))
+        .expect("claims")
+    }
+
+    fn held(rule: serde_json::Value) -> HeldRule {
+        HeldRule {
+            rule: serde_json::from_value(rule).expect("a feed rule"),
+            until: 1_000,
+        }
+    }
+
+    #[test]
+    fn rules_cover_what_they_select_and_unknown_kinds_fail_closed() {
+        let c = claims();
+        let cases = [
+            (
+                serde_json::json!({"id": "r", "by": "identity", "identity": "payments-api", "issued_before": 100}),
+                true,
+            ),
+            (
+                serde_json::json!({"id": "r", "by": "identity", "identity": "other", "issued_before": 100}),
+                false,
+            ),
+            (
+                serde_json::json!({"id": "r", "by": "identity", "identity": "payments-api", "issued_before": 99}),
+                false,
+            ),
+            (
+                serde_json::json!({"id": "r", "by": "task", "task": "ledger-write", "issued_before": 100}),
+                true,
+            ),
+            (
+                serde_json::json!({"id": "r", "by": "task", "task": "ledger-write", "identity": "other", "issued_before": 100}),
+                false,
+            ),
+            (
+                serde_json::json!({"id": "r", "by": "key", "kid": "k1", "issued_before": 100}),
+                true,
+            ),
+            (
+                serde_json::json!({"id": "r", "by": "key", "kid": "k2", "issued_before": 100}),
+                false,
+            ),
+            (
+                serde_json::json!({"id": "r", "by": "grant", "grant": "bg1", "issued_before": 100}),
+                false,
+            ),
+            (
+                serde_json::json!({"id": "r", "by": "owner", "owner": "team", "issued_before": 100}),
+                true,
+            ),
+            (
+                serde_json::json!({"id": "r", "by": "owner", "owner": "team", "identities": ["other"], "issued_before": 100}),
+                false,
+            ),
+            (
+                serde_json::json!({"id": "r", "by": "something-new", "issued_before": 100}),
+                true,
+            ),
+        ];
+        for (rule, covered) in cases {
+            assert_eq!(held(rule.clone()).covers(&c, "k1"), covered, "{rule}");
+        }
+    }
+
+    #[test]
+    fn a_feed_page_without_the_broker_time_or_a_rule_id_is_refused() {
+        let ok = r#"{"cursor":3,"now":50,"entries":[{"cursor":3,"rule":{"id":"r","by":"identity","identity":"a","issued_before":1},"until":9}]}"#;
+        assert!(serde_json::from_str::<RevocationFeed>(ok).is_ok());
+        let no_now = r#"{"cursor":3,"entries":[]}"#;
+        assert!(serde_json::from_str::<RevocationFeed>(no_now).is_err());
+        let no_id = r#"{"cursor":3,"now":50,"entries":[{"cursor":3,"rule":{"by":"identity","identity":"a","issued_before":1},"until":9}]}"#;
+        assert!(serde_json::from_str::<RevocationFeed>(no_id).is_err());
     }
 }
