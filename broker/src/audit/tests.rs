@@ -1354,3 +1354,87 @@ async fn replica_logs_verify_together_against_their_checkpoints() {
         "{err}"
     );
 }
+
+/// Appends `first` and, once the writer has taken it as its own batch, `second`, each on
+/// its own task; their seqs.
+async fn two_batches(log: &AuditLog, first: AuditEvent, second: AuditEvent) -> (u64, u64) {
+    let a = tokio::spawn({
+        let log = log.clone();
+        async move { log.append(first).await }
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while log.hooks().batches.load(Ordering::SeqCst) < 1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the writer never took the first batch"
+        );
+        tokio::task::yield_now().await;
+    }
+    let b = log.append(second).await;
+    let a = a.await.unwrap();
+    (a.unwrap_or(0), b.unwrap_or(0))
+}
+
+fn trace(log: &AuditLog) -> Vec<String> {
+    log.hooks().trace.lock().unwrap().clone()
+}
+
+fn at(trace: &[String], step: &str) -> usize {
+    trace
+        .iter()
+        .position(|s| s == step)
+        .unwrap_or_else(|| panic!("{step} not in {trace:?}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_is_answered_after_its_own_syncs_even_when_a_later_sync_finishes_first() {
+    let fx = fixture(1 << 20);
+    let log = fx.open().unwrap();
+    let hooks = log.hooks();
+    hooks.tracing.store(true, Ordering::SeqCst);
+    // The sync thread holds batch 1's sync until batch 2's is queued, then syncs batch
+    // 2 first and batch 1 30 ms later.
+    hooks.reorder_syncs.store(1, Ordering::SeqCst);
+    let (a, b) = two_batches(&log, event(1), event(2)).await;
+    assert_eq!((a, b), (1, 2));
+    let t = trace(&log);
+    // Tickets 0 and 1 are the two batches' syncs; batch 1 starts at seq 1, batch 2 at 2.
+    assert!(at(&t, "synced 1") < at(&t, "synced 0"), "{t:?}");
+    // Batch 1 is answered only after its own sync and its own anchor.
+    assert!(at(&t, "answered 1") > at(&t, "synced 0"), "{t:?}");
+    assert!(at(&t, "answered 1") > at(&t, "anchored 0"), "{t:?}");
+    // Batch 2's anchor waits for batch 1 to be durable; its answer for its own sync and
+    // anchor, and comes after batch 1's.
+    assert!(at(&t, "anchored 1") > at(&t, "synced 0"), "{t:?}");
+    assert!(at(&t, "answered 2") > at(&t, "anchored 1"), "{t:?}");
+    assert!(at(&t, "answered 2") > at(&t, "answered 1"), "{t:?}");
+    log.close().await;
+    let report = fx.verify().unwrap();
+    assert_eq!((report.records, report.anchor_seq), (2, 2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_sync_takes_back_the_batch_written_behind_it_too() {
+    let fx = fixture(1 << 20);
+    let log = fx.open_busy();
+    fx.fill(&log, 1, 2).await;
+    let hooks = log.hooks();
+    hooks.batches.store(0, Ordering::SeqCst);
+    // Batch 1's sync is held until batch 2 is written behind it, then fails.
+    hooks.pair_syncs.store(1, Ordering::SeqCst);
+    hooks.fail_thread_syncs.store(1, Ordering::SeqCst);
+    let (a, b) = two_batches(&log, event(3), event(4)).await;
+    assert_eq!((a, b), (0, 0), "neither batch is acknowledged");
+    // Both are gone from the log and the anchor is back at the durable point.
+    let head = live_head(&fx);
+    assert_eq!(
+        (head["seq"].as_u64(), head["durable_seq"].as_u64()),
+        (Some(2), Some(2))
+    );
+    assert_eq!(fx.verify().unwrap().records, 2);
+    // The log goes on from there.
+    assert_eq!(log.append(event(3)).await.unwrap(), 3);
+    log.close().await;
+    let report = fx.verify().unwrap();
+    assert_eq!((report.records, report.anchor_seq), (3, 3));
+}

@@ -17,12 +17,18 @@ use std::io;
 use std::mem;
 use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, mpsc};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::{oneshot, watch};
 
+#[path = "pipeline.rs"]
+mod pipeline;
+
+use std::collections::VecDeque;
+
+use self::pipeline::{InFlight, LogSync, SyncDone};
 use super::chain::{self, GENESIS, Link, RecordProblem};
 use super::event::{AuditEvent, EventKind};
 use super::head::{Head, HeadWriter, Point};
@@ -110,10 +116,12 @@ impl AuditLog {
         #[cfg(test)] hooks: Arc<Hooks>,
     ) -> Result<AuditLog, AuditError> {
         let replica = opts.replica.clone();
+        let queue = Arc::new(Queue::default());
         let (mut writer, repair) = Writer::recover(
             opts,
             signer,
             clock,
+            Arc::clone(&queue),
             #[cfg(test)]
             Arc::clone(&hooks),
         )?;
@@ -127,7 +135,6 @@ impl AuditLog {
         }
         let stats = Arc::clone(&writer.stats);
         let anchor = Arc::clone(&writer.anchor);
-        let queue = Arc::new(Queue::default());
         let (done_tx, done) = watch::channel(false);
         let q = Arc::clone(&queue);
         thread::Builder::new()
@@ -256,6 +263,10 @@ struct QueueState {
     idle: bool,
     closing: bool,
     failed: Option<String>,
+    /// Segment syncs the sync thread finished, not yet collected by the writer.
+    synced: Vec<SyncDone>,
+    /// The sync thread has stopped: results not in `synced` will not come.
+    sync_stopped: bool,
 }
 
 impl Queue {
@@ -284,50 +295,6 @@ impl Queue {
         Ok(())
     }
 
-    /// Moves everything pending into the (empty) vectors. With `idle_after`, gives up
-    /// waiting after that long with nothing queued and says so. A batch comes with the
-    /// total time its events waited in the queue.
-    fn take(
-        &self,
-        events: &mut Vec<Vec<u8>>,
-        waiters: &mut Vec<Waiter>,
-        idle_after: Option<Duration>,
-    ) -> Taken {
-        let mut st = self.lock();
-        let deadline = idle_after.map(|d| Instant::now() + d);
-        loop {
-            if !st.events.is_empty() {
-                st.idle = false;
-                let now = Instant::now();
-                let waited = st
-                    .queued
-                    .drain(..)
-                    .map(|q| now.saturating_duration_since(q))
-                    .sum();
-                mem::swap(&mut st.events, events);
-                mem::swap(&mut st.waiters, waiters);
-                return Taken::Batch { waited };
-            }
-            if st.closing || st.failed.is_some() {
-                return Taken::Stop;
-            }
-            st.idle = true;
-            st = match deadline {
-                None => self.wake.wait(st).unwrap_or_else(|e| e.into_inner()),
-                Some(deadline) => {
-                    let Some(left) = deadline.checked_duration_since(Instant::now()) else {
-                        st.idle = false;
-                        return Taken::Idle;
-                    };
-                    self.wake
-                        .wait_timeout(st, left)
-                        .unwrap_or_else(|e| e.into_inner())
-                        .0
-                }
-            };
-        }
-    }
-
     fn close(&self) {
         self.lock().closing = true;
         self.wake.notify_all();
@@ -349,16 +316,6 @@ impl Queue {
             let _ = w.send(Err(AuditError::Failed { reason }));
         }
     }
-}
-
-/// What [`Queue::take`] found.
-enum Taken {
-    /// A batch to commit; its events waited this long in the queue, together.
-    Batch { waited: Duration },
-    /// Nothing queued for the idle time asked for.
-    Idle,
-    /// The log is closing (or failed): the writer stops.
-    Stop,
 }
 
 /// How long the writer waits with nothing queued before it re-anchors with the durable
@@ -408,6 +365,16 @@ pub(crate) struct Hooks {
     /// The writer never re-anchors while idle (so a test can see a live anchor).
     pub(crate) never_idle: std::sync::atomic::AtomicBool,
     pub(crate) batches: std::sync::atomic::AtomicU64,
+    /// The sync thread holds a sync until the next is queued, then finishes the later
+    /// one first.
+    pub(crate) reorder_syncs: std::sync::atomic::AtomicU32,
+    /// The same, finishing both in order.
+    pub(crate) pair_syncs: std::sync::atomic::AtomicU32,
+    /// The sync thread's syncs report `EIO` (after syncing for real).
+    pub(crate) fail_thread_syncs: std::sync::atomic::AtomicU32,
+    /// What the writer and the sync thread did, in order, while `tracing` is set.
+    pub(crate) tracing: std::sync::atomic::AtomicBool,
+    pub(crate) trace: Mutex<Vec<String>>,
 }
 
 #[cfg(test)]
@@ -417,6 +384,15 @@ impl Hooks {
         counter
             .fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1))
             .is_ok()
+    }
+
+    fn trace(&self, step: String) {
+        if self.tracing.load(std::sync::atomic::Ordering::SeqCst) {
+            self.trace
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(step);
+        }
     }
 }
 
@@ -533,6 +509,13 @@ struct Writer {
     len: u64,
     /// Syncs the segment while this thread writes and syncs the anchor.
     log_sync: LogSync,
+    /// The next sync's ticket, and the results come back not yet applied.
+    next_ticket: u64,
+    synced: Vec<SyncDone>,
+    /// Batches written whose syncs or anchors are pending, oldest first.
+    in_flight: VecDeque<InFlight>,
+    /// Where appends come from and sync results come back.
+    queue: Arc<Queue>,
     /// Counters, and this batch's time in the log sync and in the anchor.
     stats: Arc<CommitCounters>,
     batch_log_sync: Duration,
@@ -561,6 +544,7 @@ impl Writer {
         opts: AuditOptions,
         signer: Arc<dyn Signer>,
         clock: Arc<dyn Clock>,
+        queue: Arc<Queue>,
         #[cfg(test)] hooks: Arc<Hooks>,
     ) -> Result<(Self, Option<Repair>), AuditError> {
         let dir = opts.dir;
@@ -749,7 +733,12 @@ impl Writer {
                 },
             ),
         };
-        let log_sync = LogSync::start().map_err(|source| AuditError::Io {
+        let log_sync = LogSync::start(
+            Arc::clone(&queue),
+            #[cfg(test)]
+            Arc::clone(&hooks),
+        )
+        .map_err(|source| AuditError::Io {
             op: "start the log sync thread",
             path: PathBuf::new(),
             source,
@@ -763,6 +752,10 @@ impl Writer {
             file: Arc::new(file),
             len,
             log_sync,
+            next_ticket: 0,
+            synced: Vec::new(),
+            in_flight: VecDeque::new(),
+            queue,
             stats: Arc::default(),
             batch_log_sync: Duration::ZERO,
             batch_head: Duration::ZERO,
@@ -783,118 +776,54 @@ impl Writer {
         }
         Ok((writer, repair))
     }
-
-    fn run(mut self, queue: Arc<Queue>, done: watch::Sender<bool>) {
-        let guard = ExitGuard { queue, done };
-        let queue = &guard.queue;
-        // What start-up left is durable and anchored.
-        self.stats.set_durable(self.last.seq, self.last.hash);
-        let mut events = Vec::new();
-        let mut waiters = Vec::new();
-        // Whether the anchor on disk has its durable point at its end.
-        let mut settled = true;
-        loop {
-            let idle_after = (!settled).then_some(IDLE_REANCHOR);
-            #[cfg(test)]
-            let idle_after = idle_after.filter(|_| {
-                !self
-                    .hooks
-                    .never_idle
-                    .load(std::sync::atomic::Ordering::Relaxed)
-            });
-            match queue.take(&mut events, &mut waiters, idle_after) {
-                Taken::Stop => break,
-                Taken::Batch { waited } => self.stats.queued(waited),
-                Taken::Idle => {
-                    // Settled either way: a failure here is logged once, not retried in a
-                    // loop; the next batch writes a new anchor anyway.
-                    settled = true;
-                    if let Err(e) = self.write_head() {
-                        tracing::warn!(
-                            op = e.op,
-                            path = %e.path.display(),
-                            error = %e.source,
-                            "audit log: could not re-anchor while idle"
-                        );
-                    }
-                    continue;
-                }
-            }
-            settled = false;
-            let first = self.last.seq + 1;
-            let started = Instant::now();
-            let (ok, err) = self.commit(&events);
-            if ok > 0 {
-                self.stats.set_durable(self.last.seq, self.last.hash);
-            }
-            self.stats.batch(
-                events.len(),
-                started.elapsed(),
-                mem::take(&mut self.batch_log_sync),
-                mem::take(&mut self.batch_head),
-            );
-            // What `/readyz` says (no path: it is unauthenticated).
-            self.stats.set_write_error(
-                err.as_ref()
-                    .map(|e| format!("{} failed: {}", e.op, e.source)),
-            );
-            if let Some(e) = &err {
-                tracing::error!(
-                    op = e.op,
-                    path = %e.path.display(),
-                    error = %e.source,
-                    failed = events.len() - ok,
-                    "audit log write failed; records not acknowledged"
-                );
-            }
-            for (i, tx) in waiters.drain(..).enumerate() {
-                let result = match &err {
-                    Some(e) if i >= ok => Err(e.to_error()),
-                    _ => Ok(first + i as u64),
-                };
-                let _ = tx.send(result);
-            }
-            events.clear();
-            if let Some(reason) = self.poisoned.take() {
-                tracing::error!(%reason, "audit log failed: appends refused until restart");
-                queue.fail(reason);
-                return;
-            }
-            // Let the callers just woken (on the runtime's threads) queue their next
-            // records before the next batch is taken: measured, this turns alternating
-            // batches of ~1 and ~30 into steady batches of ~30 (32 callers, 2 cores),
-            // for one syscall per batch and no added wait when nothing else is runnable.
-            thread::yield_now();
-        }
-        // A clean stop leaves an anchor whose durable point is its end, so that the last
-        // batch cut off later cannot pass for a commit interrupted by a crash.
-        if let Err(e) = self.write_head() {
-            tracing::warn!(
-                op = e.op,
-                path = %e.path.display(),
-                error = %e.source,
-                "audit log: could not write the closing head anchor"
-            );
-        }
-    }
 }
 
 impl Writer {
     /// Writes `events` (serialized `AuditEvent`s) as one batch. Returns how many of them,
     /// from the front, are durable and acknowledged, and the error for the rest.
     fn commit(&mut self, events: &[Vec<u8>]) -> (usize, Option<BatchError>) {
-        #[cfg(test)]
-        self.hooks
-            .batches
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let ts = format_ts(self.clock.now());
+        let chunks = self.encode(events, self.last, self.segment, self.len);
+        // Every chunk but the last is written and synced on its own: a batch moves to a new
+        // segment only once the old one is durable (start-up relies on it).
+        let Some((last_chunk, earlier)) = chunks.split_last() else {
+            return (0, None);
+        };
+        let mut durable = 0;
+        let mut start = 0;
+        for chunk in earlier {
+            let written = self
+                .enter(chunk.segment)
+                .and_then(|()| self.write_durably(start..chunk.end));
+            if let Err(e) = written {
+                return self.anchor_durable(durable, e);
+            }
+            self.advance(chunk, start);
+            durable = chunk.count;
+            start = chunk.end;
+        }
+        // The last chunk and the anchor for the whole batch, synced at the same time.
+        let written = self
+            .enter(last_chunk.segment)
+            .and_then(|()| self.write_and_anchor(start, last_chunk));
+        match written {
+            Ok(()) => (last_chunk.count, None),
+            Err(e) => self.anchor_durable(durable, e),
+        }
+    }
 
-        // Encode and chain every record; split the batch where segments rotate.
+    /// Encodes and chains `events` into the batch buffer after `link`, which ends at `len`
+    /// in `segment`; split where segments rotate.
+    fn encode(
+        &mut self,
+        events: &[Vec<u8>],
+        mut link: Link,
+        mut segment: u32,
+        len: u64,
+    ) -> Vec<Chunk> {
+        let ts = format_ts(self.clock.now());
         self.buf.clear();
         let mut chunks: Vec<Chunk> = Vec::with_capacity(1);
-        let mut link = self.last;
-        let mut segment = self.segment;
-        let mut seg_len = self.len;
+        let mut seg_len = len;
         for (i, event) in events.iter().enumerate() {
             let start = self.buf.len();
             let hash = chain::encode_record(&mut self.buf, link.seq + 1, &ts, &link.hash, event);
@@ -923,33 +852,7 @@ impl Writer {
             count: events.len(),
             last: link,
         });
-
-        // Every chunk but the last is written and synced on its own: a batch moves to a new
-        // segment only once the old one is durable (start-up relies on it).
-        let Some((last_chunk, earlier)) = chunks.split_last() else {
-            return (0, None);
-        };
-        let mut durable = 0;
-        let mut start = 0;
-        for chunk in earlier {
-            let written = self
-                .enter(chunk.segment)
-                .and_then(|()| self.write_durably(start..chunk.end));
-            if let Err(e) = written {
-                return self.anchor_durable(durable, e);
-            }
-            self.advance(chunk, start);
-            durable = chunk.count;
-            start = chunk.end;
-        }
-        // The last chunk and the anchor for the whole batch, synced at the same time.
-        let written = self
-            .enter(last_chunk.segment)
-            .and_then(|()| self.write_and_anchor(start, last_chunk));
-        match written {
-            Ok(()) => (last_chunk.count, None),
-            Err(e) => self.anchor_durable(durable, e),
-        }
+        chunks
     }
 
     /// After `failure`: anchors the `durable` records of the batch that are durable (those
@@ -994,11 +897,13 @@ impl Writer {
         if let Err(source) = self.write_at(&self.buf[start..chunk.end], self.len) {
             return Err(self.undo("write", source, path));
         }
-        let pending = self.start_sync();
+        let ticket = self.start_sync();
         let started = Instant::now();
         let anchored = self.write_head_to(chunk.last, chunk.segment);
         self.batch_head += started.elapsed();
-        match self.finish_sync(pending) {
+        let synced = self.wait_synced(ticket);
+        self.batch_log_sync += synced.took;
+        match synced.result {
             Ok(()) => {
                 self.advance(chunk, start);
                 anchored
@@ -1048,45 +953,6 @@ impl Writer {
             path,
             source: Arc::new(source),
         }
-    }
-
-    /// Hands the segment's `fdatasync` to the sync thread (or, if that is gone, leaves it
-    /// to [`Writer::finish_sync`]).
-    fn start_sync(&mut self) -> PendingSync {
-        #[cfg(test)]
-        if Hooks::take(&self.hooks.fail_syncs) {
-            return PendingSync::Failed(io::Error::from_raw_os_error(libc::EIO));
-        }
-        match self.log_sync.jobs.send(Arc::clone(&self.file)) {
-            Ok(()) => PendingSync::OnSyncThread,
-            Err(mpsc::SendError(file)) => {
-                if !mem::replace(&mut self.sync_thread_gone, true) {
-                    tracing::error!(
-                        "audit log sync thread is gone: syncing on the writer thread (each batch now costs both syncs in series)"
-                    );
-                }
-                PendingSync::Here(file)
-            }
-        }
-    }
-
-    /// Waits for the sync started by [`Writer::start_sync`].
-    fn finish_sync(&mut self, pending: PendingSync) -> io::Result<()> {
-        let (result, took) = match pending {
-            PendingSync::OnSyncThread => self.log_sync.results.recv().unwrap_or_else(|_| {
-                (
-                    Err(io::Error::other("the audit log sync thread stopped")),
-                    Duration::ZERO,
-                )
-            }),
-            PendingSync::Here(file) => {
-                let started = Instant::now();
-                (file.sync_data(), started.elapsed())
-            }
-            PendingSync::Failed(e) => (Err(e), Duration::ZERO),
-        };
-        self.batch_log_sync += took;
-        result
     }
 
     fn write_at(&self, bytes: &[u8], offset: u64) -> io::Result<()> {
@@ -1189,45 +1055,6 @@ impl Writer {
         self.head
             .write(&head)
             .map_err(|e| fail("write head anchor", e))
-    }
-}
-
-/// Where the segment's `fdatasync` for a batch is happening.
-enum PendingSync {
-    /// On the sync thread; its result comes back on `LogSync::results`.
-    OnSyncThread,
-    /// Not started: the sync thread is gone, so the writer thread does it.
-    Here(Arc<File>),
-    /// Failed before it started (test fault injection).
-    #[cfg_attr(not(test), allow(dead_code))]
-    Failed(io::Error),
-}
-
-/// The thread that `fdatasync`s the segment while the writer thread writes and syncs the
-/// head anchor, so a batch costs the longer of the two syncs instead of their sum. It
-/// stops when the writer (holding `jobs`) is dropped.
-struct LogSync {
-    jobs: mpsc::Sender<Arc<File>>,
-    /// Each sync's result and how long it took.
-    results: mpsc::Receiver<(io::Result<()>, Duration)>,
-}
-
-impl LogSync {
-    fn start() -> io::Result<Self> {
-        let (jobs, job_rx) = mpsc::channel::<Arc<File>>();
-        let (result_tx, results) = mpsc::channel();
-        thread::Builder::new()
-            .name("audit-log-sync".into())
-            .spawn(move || {
-                for file in job_rx {
-                    let started = Instant::now();
-                    let result = file.sync_data();
-                    if result_tx.send((result, started.elapsed())).is_err() {
-                        break;
-                    }
-                }
-            })?;
-        Ok(Self { jobs, results })
     }
 }
 
