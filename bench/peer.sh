@@ -32,7 +32,8 @@
 # threads), PEER_WORKERS (2), TASK (demo), IDLE_WAIT (60: seconds to wait for the machine
 # to go quiet before each measurement; 0: don't), NICE (unset; e.g. -20 runs the servers
 # and wrk at that nice level), KEEP_TMP=1 (keep the work directory and server logs),
-# BIN_DIR (target/release: the broker binary; it is not built here, see bench/issuance.sh).
+# BIN_DIR (target/release: the broker binary; it is not built here, see bench/issuance.sh),
+# PEER (1; 0: the broker only, for A/B runs of two broker builds with BIN_DIR).
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -56,15 +57,20 @@ if [[ -n "${NICE:-}" ]]; then
 fi
 BIN_DIR=${BIN_DIR:-$ROOT/target/release}
 BROKER="$BIN_DIR/broker"
+PEER=${PEER:-1}
 
 # The peer's one client (also in bench/peer/server.mjs's defaults).
 CLIENT_ID=bench
 CLIENT_SECRET=bench-secret
 PEER_SCOPE=api:read
 
-for tool in wrk node npm curl; do
+TOOLS=(wrk curl)
+if [[ "$PEER" != 0 ]]; then
+    TOOLS+=(node npm)
+fi
+for tool in "${TOOLS[@]}"; do
     if ! command -v "$tool" >/dev/null; then
-        echo "peer.sh: $tool is not installed (apt-get install -y wrk nodejs npm curl)" >&2
+        echo "peer.sh: $tool is not installed (apt-get install -y wrk curl; Node.js 20+ with npm)" >&2
         exit 1
     fi
 done
@@ -383,6 +389,9 @@ run_peer() {
 
 for ROUND in $(seq "$ROUNDS"); do
     run_broker
+    if [[ "$PEER" == 0 ]]; then
+        continue
+    fi
     run_peer
     if [[ "$BROKER_ALG" != "$PEER_ALG" ]]; then
         echo "WARNING: broker tokens are $BROKER_ALG, peer tokens $PEER_ALG (PEER_ALG=$BROKER_ALG to match)" >&2
@@ -409,12 +418,13 @@ awk -F'\t' '
     }
     END {
         for (r = 1; r <= rounds; r++) {
+            if (!((r, "peer") in rps)) continue
             printf "| %d | **broker / peer** | **%.2f×** | | %.2f× | | %.2f× | | | |\n", r,
                 rps[r, "broker"] / rps[r, "peer"], p99[r, "broker"] / p99[r, "peer"],
                 cpu[r, "broker"] / cpu[r, "peer"]
             sb += rps[r, "broker"]; sp += rps[r, "peer"]
         }
-        if (rounds > 1)
+        if (rounds > 1 && sp > 0)
             printf "| all | **broker / peer** (mean requests/s) | **%.2f×** | | | | | | | |\n", sb / sp
     }' "$RESULTS"
 echo

@@ -4,6 +4,7 @@
 //! timeout; header sizes are bounded by the connection settings in [`crate::server`].
 
 pub mod caller;
+pub mod caller_request;
 pub mod handlers;
 #[cfg(test)]
 mod in_process;

@@ -11,6 +11,8 @@
 //! start-up. A failed write or sync is undone by truncating back to the last durable length
 //! (and re-anchoring there); if that fails too the log is marked failed and every later
 //! append errors until restart. Nothing is acknowledged that is not durable and anchored.
+//! The batches are pipelined (`pipeline.rs`): the next one is written and its sync started
+//! while the one before is still syncing.
 
 use std::fs::{self, File, OpenOptions};
 use std::io;

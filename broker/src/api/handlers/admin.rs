@@ -8,49 +8,19 @@
 //! [`crate::admin_changes`] and back; each change is recorded before it is made
 //! ([`record::change`]).
 
-use std::net::SocketAddr;
-
+use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{ConnectInfo, Path, State};
-use axum::http::HeaderMap;
+use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
-use axum::{Extension, Json};
 use serde::Serialize;
 
 use crate::admin_changes::anomaly_ack::{self, AckError};
 use crate::admin_changes::{self as changes, ChangeRefusal, Planned};
-use crate::api::caller::{self, Caller};
+use crate::api::caller_request::CallerRequest;
 use crate::api::refusal::{self, CallRefusal};
 use crate::api::{AppState, record};
 use crate::audit::event::{AuditEvent, EventKind};
-use crate::authn::mtls::ClientCert;
 use crate::config::Role;
-
-/// Authenticates and requires an admin with the `revoke` role; records refusals. Returns
-/// the caller and the event (`kind`, from `peer`) the call's record starts from.
-async fn admin_caller(
-    st: &AppState,
-    kind: EventKind,
-    peer: SocketAddr,
-    headers: &HeaderMap,
-    client_cert: Option<&Extension<ClientCert>>,
-) -> Result<(Caller, AuditEvent), Response> {
-    let mut ev = record::event(kind, peer);
-    let caller = caller::require(st, &mut ev, headers, client_cert.map(|e| &e.0)).await?;
-    let role = Role::Revoke;
-    if caller.has_role(role) {
-        return Ok((caller, ev));
-    }
-    let refusal = match &caller {
-        Caller::Workload { .. } => CallRefusal::AdminRequired {
-            what: "workload identities cannot call the admin API".into(),
-        },
-        Caller::Admin(a) => CallRefusal::RoleRequired {
-            what: format!("admin {} lacks the {} role", a.name, role.as_str()),
-        },
-    };
-    Err(refusal::deny(st, ev, refusal).await)
-}
 
 /// Makes a planned change, recorded first, and answers with its answer; or records the
 /// refusal.
@@ -77,16 +47,9 @@ async fn make<A: Serialize>(
 }
 
 /// Revokes by selector.
-pub async fn revocations(
-    State(st): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    client_cert: Option<Extension<ClientCert>>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
+pub async fn revocations(State(st): State<AppState>, req: CallerRequest, body: Bytes) -> Response {
     let kind = EventKind::Revoked;
-    let (caller, mut ev) = match admin_caller(&st, kind, peer, &headers, client_cert.as_ref()).await
-    {
+    let (caller, mut ev) = match req.require_role(&st, kind, Role::Revoke).await {
         Ok(c) => c,
         Err(res) => return res,
     };
@@ -97,15 +60,12 @@ pub async fn revocations(
 /// The kill switch: no new tokens, every live token revoked, in one step.
 pub async fn disable(
     State(st): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(id): Path<String>,
-    client_cert: Option<Extension<ClientCert>>,
-    headers: HeaderMap,
+    req: CallerRequest,
     body: Bytes,
 ) -> Response {
     let kind = EventKind::IdentityDisabled;
-    let (caller, mut ev) = match admin_caller(&st, kind, peer, &headers, client_cert.as_ref()).await
-    {
+    let (caller, mut ev) = match req.require_role(&st, kind, Role::Revoke).await {
         Ok(c) => c,
         Err(res) => return res,
     };
@@ -117,15 +77,12 @@ pub async fn disable(
 /// Lifts the kill switch; tokens revoked by it stay revoked.
 pub async fn enable(
     State(st): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(id): Path<String>,
-    client_cert: Option<Extension<ClientCert>>,
-    headers: HeaderMap,
+    req: CallerRequest,
     body: Bytes,
 ) -> Response {
     let kind = EventKind::IdentityEnabled;
-    let (caller, mut ev) = match admin_caller(&st, kind, peer, &headers, client_cert.as_ref()).await
-    {
+    let (caller, mut ev) = match req.require_role(&st, kind, Role::Revoke).await {
         Ok(c) => c,
         Err(res) => return res,
     };
@@ -137,14 +94,11 @@ pub async fn enable(
 /// Acknowledges an anomaly: an identity held by a `deny` anomaly may get tokens again.
 pub async fn ack_anomaly(
     State(st): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(id): Path<String>,
-    client_cert: Option<Extension<ClientCert>>,
-    headers: HeaderMap,
+    req: CallerRequest,
 ) -> Response {
     let kind = EventKind::AnomalyAcknowledged;
-    let (caller, mut ev) = match admin_caller(&st, kind, peer, &headers, client_cert.as_ref()).await
-    {
+    let (caller, mut ev) = match req.require_role(&st, kind, Role::Revoke).await {
         Ok(c) => c,
         Err(res) => return res,
     };

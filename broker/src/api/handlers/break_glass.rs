@@ -6,37 +6,21 @@
 //! [`crate::grant_lifecycle`] and back; the rules, and the order of records and changes,
 //! live there.
 
-use std::net::SocketAddr;
-
+use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{ConnectInfo, Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::{Extension, Json};
 use serde_json::json;
 
-use crate::api::caller::{self, Caller};
+use crate::api::caller::Caller;
+use crate::api::caller_request::CallerRequest;
 use crate::api::refusal::{self, CallRefusal};
 use crate::api::{AppState, record};
 use crate::audit::event::{AuditEvent, EventKind};
-use crate::authn::mtls::ClientCert;
 use crate::breakglass::Grant;
 use crate::config::Role;
 use crate::grant_lifecycle::{self as lifecycle, StepError};
-
-/// The caller of a break-glass endpoint, with `ev` carrying the source and, once known,
-/// the actor.
-async fn authenticate(
-    st: &AppState,
-    kind: EventKind,
-    peer: SocketAddr,
-    headers: &HeaderMap,
-    client_cert: Option<&Extension<ClientCert>>,
-) -> Result<(Caller, AuditEvent), Response> {
-    let mut ev = record::event(kind, peer);
-    let caller = caller::require(st, &mut ev, headers, client_cert.map(|e| &e.0)).await?;
-    Ok((caller, ev))
-}
 
 /// The answer to a grant step: the grant, or its refusal recorded.
 async fn answer(
@@ -57,16 +41,9 @@ async fn answer(
 }
 
 /// Requests a grant.
-pub async fn request(
-    State(st): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    client_cert: Option<Extension<ClientCert>>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
+pub async fn request(State(st): State<AppState>, req: CallerRequest, body: Bytes) -> Response {
     let kind = EventKind::BreakGlassRequested;
-    let (caller, mut ev) = match authenticate(&st, kind, peer, &headers, client_cert.as_ref()).await
-    {
+    let (caller, mut ev) = match req.require(&st, kind).await {
         Ok(c) => c,
         Err(r) => return r,
     };
@@ -88,14 +65,11 @@ pub async fn request(
 /// Approves a grant (a different person with the `break_glass_approve` role).
 pub async fn approve(
     State(st): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(id): Path<String>,
-    client_cert: Option<Extension<ClientCert>>,
-    headers: HeaderMap,
+    req: CallerRequest,
 ) -> Response {
     let kind = EventKind::BreakGlassApproved;
-    let (caller, mut ev) = match authenticate(&st, kind, peer, &headers, client_cert.as_ref()).await
-    {
+    let (caller, mut ev) = match req.require(&st, kind).await {
         Ok(c) => c,
         Err(r) => return r,
     };
@@ -108,13 +82,11 @@ pub async fn approve(
 /// Closes a grant early.
 pub async fn close(
     State(st): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(id): Path<String>,
-    client_cert: Option<Extension<ClientCert>>,
-    headers: HeaderMap,
+    req: CallerRequest,
 ) -> Response {
     let kind = EventKind::BreakGlassClosed;
-    let (caller, ev) = match authenticate(&st, kind, peer, &headers, client_cert.as_ref()).await {
+    let (caller, ev) = match req.require(&st, kind).await {
         Ok(c) => c,
         Err(r) => return r,
     };
@@ -126,16 +98,13 @@ pub async fn close(
 /// The full account of a grant.
 pub async fn report(
     State(st): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(id): Path<String>,
-    client_cert: Option<Extension<ClientCert>>,
-    headers: HeaderMap,
+    req: CallerRequest,
 ) -> Response {
-    let (caller, ev) =
-        match authenticate(&st, EventKind::Denied, peer, &headers, client_cert.as_ref()).await {
-            Ok(c) => c,
-            Err(r) => return r,
-        };
+    let (caller, ev) = match req.require(&st, EventKind::Denied).await {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
     let admin = matches!(caller, Caller::Admin(_));
     match lifecycle::report(&st, &id, &caller.actor(), admin) {
         Ok(report) => Json(report).into_response(),

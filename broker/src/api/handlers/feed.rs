@@ -3,19 +3,16 @@
 //! `cursor` to get only newer entries. Entries drop out once every token they cover has
 //! expired. Callers authenticate like introspection callers.
 
-use std::net::SocketAddr;
-
-use axum::extract::{ConnectInfo, Query, State};
-use axum::http::HeaderMap;
+use axum::Json;
+use axum::extract::{Query, State};
 use axum::response::{IntoResponse, Response};
-use axum::{Extension, Json};
 use broker_client::types::{RevocationFeed, RevocationFeedEntry};
 use serde::Deserialize;
 
+use crate::api::caller_request::CallerRequest;
 use crate::api::refusal::{self, CallRefusal};
-use crate::api::{ApiError, AppState, caller, record};
+use crate::api::{ApiError, AppState};
 use crate::audit::event::EventKind;
-use crate::authn::mtls::ClientCert;
 use crate::revocation::FeedEntry;
 
 /// Query of the feed.
@@ -29,17 +26,13 @@ pub struct FeedQuery {
 /// The revocation feed.
 pub async fn revocations(
     State(st): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    client_cert: Option<Extension<ClientCert>>,
-    headers: HeaderMap,
+    req: CallerRequest,
     query: Result<Query<FeedQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
-    let mut ev = record::event(EventKind::Denied, peer);
-    let caller =
-        match caller::require(&st, &mut ev, &headers, client_cert.as_ref().map(|e| &e.0)).await {
-            Ok(c) => c,
-            Err(res) => return res,
-        };
+    let (caller, ev) = match req.require(&st, EventKind::Denied).await {
+        Ok(c) => c,
+        Err(res) => return res,
+    };
     if !caller.may_introspect() {
         return refusal::deny(
             &st,

@@ -3,19 +3,17 @@
 //! not-yet-valid and revoked tokens. Successful introspections are counted, not audited
 //! (resource servers call this on every request); refused callers are audited.
 
-use std::net::SocketAddr;
-
+use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{ConnectInfo, State};
-use axum::http::{HeaderMap, HeaderValue, header};
+use axum::extract::State;
+use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
-use axum::{Extension, Json};
 use serde::Deserialize;
 
+use crate::api::caller_request::CallerRequest;
 use crate::api::refusal::{self, CallRefusal};
-use crate::api::{ApiError, AppState, caller, record};
+use crate::api::{ApiError, AppState};
 use crate::audit::event::EventKind;
-use crate::authn::mtls::ClientCert;
 
 #[derive(Deserialize)]
 struct IntrospectForm {
@@ -31,25 +29,10 @@ fn no_store(mut res: Response) -> Response {
 }
 
 /// The introspection endpoint.
-#[tracing::instrument(skip_all, fields(source = %peer.ip()))]
-pub async fn introspect(
-    State(st): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    client_cert: Option<Extension<ClientCert>>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let mut ev = record::event(EventKind::Denied, peer);
-    let caller = match caller::require_form(
-        &st,
-        &mut ev,
-        &headers,
-        client_cert.as_ref().map(|e| &e.0),
-        &body,
-        crate::api::INTROSPECTION_PATH,
-    )
-    .await
-    {
+#[tracing::instrument(skip_all, fields(source = %req.peer.ip()))]
+pub async fn introspect(State(st): State<AppState>, req: CallerRequest, body: Bytes) -> Response {
+    let path = crate::api::INTROSPECTION_PATH;
+    let (caller, ev) = match req.require_form(&st, EventKind::Denied, &body, path).await {
         Ok(c) => c,
         Err(res) => return res,
     };

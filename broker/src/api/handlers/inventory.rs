@@ -5,20 +5,17 @@
 //! within that window (recertification review); `?unused=30d` adds, per identity, the
 //! tasks and scopes granted but not used in that window (least-privilege review).
 
-use std::net::SocketAddr;
-
-use axum::extract::{ConnectInfo, Query, State};
-use axum::http::HeaderMap;
+use axum::Json;
+use axum::extract::{Query, State};
 use axum::response::{IntoResponse, Response};
-use axum::{Extension, Json};
 use broker_client::types::{InventoryEntry, InventoryResponse};
 use serde::Deserialize;
 
 use crate::api::caller::Caller;
+use crate::api::caller_request::CallerRequest;
 use crate::api::refusal::{self, CallRefusal};
-use crate::api::{ApiError, AppState, caller, record};
+use crate::api::{ApiError, AppState};
 use crate::audit::event::EventKind;
-use crate::authn::mtls::ClientCert;
 use crate::config::{Role, parse_duration};
 use crate::policy::Identity;
 
@@ -34,17 +31,13 @@ pub struct InventoryQuery {
 /// The inventory.
 pub async fn inventory(
     State(st): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    client_cert: Option<Extension<ClientCert>>,
-    headers: HeaderMap,
+    req: CallerRequest,
     query: Result<Query<InventoryQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
-    let mut ev = record::event(EventKind::Denied, peer);
-    let caller =
-        match caller::require(&st, &mut ev, &headers, client_cert.as_ref().map(|e| &e.0)).await {
-            Ok(c) => c,
-            Err(res) => return res,
-        };
+    let (caller, ev) = match req.require(&st, EventKind::Denied).await {
+        Ok(c) => c,
+        Err(res) => return res,
+    };
     if !caller.has_role(Role::ReadAudit) {
         let what = format!("{} lacks the read_audit role", caller.actor());
         let refusal = if matches!(caller, Caller::Workload { .. }) {

@@ -4,44 +4,18 @@
 //! (`revoke`; the `key_revoked` record is written before the change, like every admin
 //! change). The domain logic is [`crate::mint::lifecycle::KeyService`].
 
-use std::net::SocketAddr;
-
+use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{ConnectInfo, Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::{Extension, Json};
 use serde::Deserialize;
 
-use crate::api::caller::{self, Caller};
-use crate::api::refusal::{self, CallRefusal};
+use crate::api::caller_request::CallerRequest;
 use crate::api::{ApiError, AppState, record};
-use crate::audit::event::{AuditEvent, EventKind};
-use crate::authn::mtls::ClientCert;
+use crate::audit::event::EventKind;
 use crate::config::Role;
 use crate::mint::lifecycle::{KeyService, LifecycleError};
-
-async fn admin_with(
-    st: &AppState,
-    ev: &mut AuditEvent,
-    headers: &HeaderMap,
-    client_cert: Option<&ClientCert>,
-    role: Role,
-) -> Result<Caller, Response> {
-    let caller = caller::require(st, ev, headers, client_cert).await?;
-    if caller.has_role(role) {
-        return Ok(caller);
-    }
-    let refusal = match &caller {
-        Caller::Workload { .. } => CallRefusal::AdminRequired {
-            what: "workload identities cannot call the admin API".into(),
-        },
-        Caller::Admin(a) => CallRefusal::RoleRequired {
-            what: format!("admin {} lacks the {} role", a.name, role.as_str()),
-        },
-    };
-    Err(refusal::deny(st, ev.clone(), refusal).await)
-}
 
 fn refused(e: &LifecycleError) -> Response {
     match e {
@@ -60,21 +34,10 @@ fn refused(e: &LifecycleError) -> Response {
 }
 
 /// `GET /v1/admin/keys`.
-pub async fn list(
-    State(st): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    client_cert: Option<Extension<ClientCert>>,
-    headers: HeaderMap,
-) -> Response {
-    let mut ev = record::event(EventKind::Denied, peer);
-    if let Err(res) = admin_with(
-        &st,
-        &mut ev,
-        &headers,
-        client_cert.as_ref().map(|e| &e.0),
-        Role::ReadAudit,
-    )
-    .await
+pub async fn list(State(st): State<AppState>, caller_req: CallerRequest) -> Response {
+    if let Err(res) = caller_req
+        .require_role(&st, EventKind::Denied, Role::ReadAudit)
+        .await
     {
         return res;
     }
@@ -94,20 +57,12 @@ pub struct RotateBody {
 /// `POST /v1/admin/keys/rotate`.
 pub async fn rotate(
     State(st): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    client_cert: Option<Extension<ClientCert>>,
-    headers: HeaderMap,
+    caller_req: CallerRequest,
     body: Bytes,
 ) -> Response {
-    let mut ev = record::event(EventKind::Denied, peer);
-    if let Err(res) = admin_with(
-        &st,
-        &mut ev,
-        &headers,
-        client_cert.as_ref().map(|e| &e.0),
-        Role::Admin,
-    )
-    .await
+    if let Err(res) = caller_req
+        .require_role(&st, EventKind::Denied, Role::Admin)
+        .await
     {
         return res;
     }
@@ -136,20 +91,12 @@ pub async fn rotate(
 /// `POST /v1/admin/keys/{kid}/retire`.
 pub async fn retire(
     State(st): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(kid): Path<String>,
-    client_cert: Option<Extension<ClientCert>>,
-    headers: HeaderMap,
+    caller_req: CallerRequest,
 ) -> Response {
-    let mut ev = record::event(EventKind::Denied, peer);
-    if let Err(res) = admin_with(
-        &st,
-        &mut ev,
-        &headers,
-        client_cert.as_ref().map(|e| &e.0),
-        Role::Admin,
-    )
-    .await
+    if let Err(res) = caller_req
+        .require_role(&st, EventKind::Denied, Role::Admin)
+        .await
     {
         return res;
     }
@@ -185,21 +132,13 @@ fn reason_of(body: &[u8]) -> Result<String, ApiError> {
 /// signs at once.
 pub async fn revoke(
     State(st): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(kid): Path<String>,
-    client_cert: Option<Extension<ClientCert>>,
-    headers: HeaderMap,
+    caller_req: CallerRequest,
     body: Bytes,
 ) -> Response {
-    let mut ev = record::event(EventKind::KeyRevoked, peer);
-    let caller = match admin_with(
-        &st,
-        &mut ev,
-        &headers,
-        client_cert.as_ref().map(|e| &e.0),
-        Role::Revoke,
-    )
-    .await
+    let (caller, mut ev) = match caller_req
+        .require_role(&st, EventKind::KeyRevoked, Role::Revoke)
+        .await
     {
         Ok(c) => c,
         Err(res) => return res,

@@ -2,21 +2,18 @@
 //! `revoke` role any. Unknown, foreign and already-expired tokens answer 200 as the RFC
 //! says; the audit log records what happened either way.
 
-use std::net::SocketAddr;
-
-use axum::Extension;
 use axum::body::Bytes;
-use axum::extract::{ConnectInfo, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::State;
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use broker_client::types::AccessTokenClaims;
 use serde::{Deserialize, Serialize};
 
-use crate::api::caller::{self, Caller};
+use crate::api::caller::Caller;
+use crate::api::caller_request::CallerRequest;
 use crate::api::refusal::{self, CallRefusal};
 use crate::api::{ApiError, AppState, record};
 use crate::audit::event::{AuditEvent, EventKind};
-use crate::authn::mtls::ClientCert;
 use crate::config::Role;
 use crate::mint::verify;
 use crate::store::StateChange;
@@ -59,18 +56,10 @@ impl Outcome {
 }
 
 /// The revocation endpoint.
-#[tracing::instrument(skip_all, fields(source = %peer.ip()))]
-pub async fn revoke(
-    State(st): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    client_cert: Option<Extension<ClientCert>>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let mut ev = record::event(EventKind::Revoked, peer);
-    let cert = client_cert.as_ref().map(|e| &e.0);
+#[tracing::instrument(skip_all, fields(source = %req.peer.ip()))]
+pub async fn revoke(State(st): State<AppState>, req: CallerRequest, body: Bytes) -> Response {
     let path = crate::api::REVOCATION_PATH;
-    let caller = match caller::require_form(&st, &mut ev, &headers, cert, &body, path).await {
+    let (caller, mut ev) = match req.require_form(&st, EventKind::Revoked, &body, path).await {
         Ok(c) => c,
         Err(res) => return res,
     };
