@@ -210,10 +210,10 @@ impl LogSync {
 pub(super) struct InFlight {
     first: u64,
     waiters: Vec<Waiter>,
-    /// The segment's length just past the batch, its last record, and its segment.
+    /// The segment's length just past the batch, and its last record (every batch in
+    /// flight is in the current segment).
     end_len: u64,
     last: Link,
-    segment: u32,
     ticket: u64,
     /// `Some` once its sync's result is applied: `Err` when the batch was taken back.
     durable: Option<Result<(), BatchError>>,
@@ -288,14 +288,7 @@ impl Writer {
                     // Settled either way: a failure here is logged once, not retried in a
                     // loop; the next batch writes a new anchor anyway.
                     settled = true;
-                    if let Err(e) = self.write_head() {
-                        tracing::warn!(
-                            op = e.op,
-                            path = %e.path.display(),
-                            error = %e.source,
-                            "audit log: could not re-anchor while idle"
-                        );
-                    }
+                    self.settle_anchor("while idle");
                     continue;
                 }
             }
@@ -316,12 +309,19 @@ impl Writer {
         }
         // A clean stop leaves an anchor whose durable point is its end, so that the last
         // batch cut off later cannot pass for a commit interrupted by a crash.
+        self.settle_anchor("at close");
+    }
+
+    /// Re-anchors with the durable point at the end; a failure is logged, not retried
+    /// (the next batch writes a new anchor anyway).
+    fn settle_anchor(&mut self, when: &'static str) {
         if let Err(e) = self.write_head() {
             tracing::warn!(
                 op = e.op,
                 path = %e.path.display(),
                 error = %e.source,
-                "audit log: could not write the closing head anchor"
+                when,
+                "audit log: could not re-anchor with the durable point at the end"
             );
         }
     }
@@ -339,14 +339,13 @@ impl Writer {
             .back()
             .map_or((self.last, self.len), |b| (b.last, b.end_len));
         let chunks = self.encode(events, tail, self.segment, tail_len);
-        let [chunk] = chunks.as_slice() else {
-            return self.begin_alone(events, waiters);
+        let last = match chunks.as_slice() {
+            [chunk] if chunk.segment == self.segment => chunk.last,
+            // It moves to a new segment: committed on its own (and encoded again, from
+            // wherever the batches now in flight leave the chain).
+            _ => return self.begin_alone(events, waiters),
         };
-        if chunk.segment != self.segment {
-            return self.begin_alone(events, waiters);
-        }
-        let (end_len, last, segment) =
-            (tail_len + self.buf.len() as u64, chunk.last, chunk.segment);
+        let end_len = tail_len + self.buf.len() as u64;
         if let Err(source) = self.write_at(&self.buf, tail_len) {
             self.drain();
             let path = self.dir.join(segment_name(self.segment));
@@ -368,7 +367,6 @@ impl Writer {
             waiters,
             end_len,
             last,
-            segment,
             ticket,
             durable: None,
             anchored: None,
@@ -421,9 +419,8 @@ impl Writer {
                     .all(|b| matches!(b.durable, Some(Ok(()))))
                 && self.in_flight[i].durable.as_ref().is_none_or(Result::is_ok)
             {
-                let (last, segment) = (self.in_flight[i].last, self.in_flight[i].segment);
                 let started = Instant::now();
-                let anchored = self.write_head_to(last, segment);
+                let anchored = self.write_head_to(self.in_flight[i].last, self.segment);
                 #[cfg(test)]
                 self.hooks
                     .trace(format!("anchored {}", self.in_flight[i].ticket));
@@ -454,23 +451,13 @@ impl Writer {
                 let b = &mut self.in_flight[i];
                 self.len = b.end_len;
                 self.last = b.last;
-                self.last_segment = b.segment;
+                self.last_segment = self.segment;
                 b.durable = Some(Ok(()));
             }
             Err(source) => {
                 // Every later batch follows it in the file and in the chain: all go back.
                 let path = self.dir.join(segment_name(self.segment));
-                let error = self.undo("fdatasync", source, path);
-                // The anchor may vouch for what was just taken back: anchor the durable
-                // point again before anything else is written.
-                if self.poisoned.is_none()
-                    && let Err(e) = self.write_head()
-                {
-                    self.poisoned = Some(format!(
-                        "{} failed ({}) and re-anchoring at seq {} failed ({})",
-                        error.op, error.source, self.last.seq, e.source
-                    ));
-                }
+                let error = self.undo_sync(source, path);
                 for j in i + 1..self.in_flight.len() {
                     // Their syncs were started; their results must not be mistaken for
                     // those of batches written later.

@@ -910,20 +910,7 @@ impl Writer {
                 self.advance(chunk, start);
                 anchored
             }
-            Err(source) => {
-                let error = self.undo("fdatasync", source, path);
-                // The anchor may vouch for what was just taken back: anchor the durable
-                // point again before anything else is written.
-                if self.poisoned.is_none()
-                    && let Err(e) = self.write_head()
-                {
-                    self.poisoned = Some(format!(
-                        "{} failed ({}) and re-anchoring at seq {} failed ({})",
-                        error.op, error.source, self.last.seq, e.source
-                    ));
-                }
-                Err(error)
-            }
+            Err(source) => Err(self.undo_sync(source, path)),
         }
     }
 
@@ -938,6 +925,23 @@ impl Writer {
             Ok(()) => Ok(()),
             Err((op, source)) => Err(self.undo(op, source, path)),
         }
+    }
+
+    /// After a failed `fdatasync` of the segment at `path`: truncates it back (as
+    /// [`Writer::undo`]) and, since the anchor may vouch for what was just taken back,
+    /// anchors the durable point again before anything else is written (marking the log
+    /// failed if that fails).
+    fn undo_sync(&mut self, source: io::Error, path: PathBuf) -> BatchError {
+        let error = self.undo("fdatasync", source, path);
+        if self.poisoned.is_none()
+            && let Err(e) = self.write_head()
+        {
+            self.poisoned = Some(format!(
+                "{} failed ({}) and re-anchoring at seq {} failed ({})",
+                error.op, error.source, self.last.seq, e.source
+            ));
+        }
+        error
     }
 
     /// After a failed `op` on the segment at `path`: truncates it back to its durable
