@@ -19,12 +19,12 @@ use broker_tests::admin::{
     auditor_bearer, feed_entries, jti_of, write_file,
 };
 use broker_tests::break_glass::{
-    APPROVER, BG_MAX_DURATION_SECS, BG_POLICY, BG_SCOPES, BG_TASK, BreakGlassOptions, COMMANDER,
+    APPROVER, BG_MAX_DURATION_SECS, BG_SCOPES, BG_TASK, BreakGlassOptions, COMMANDER,
     JUSTIFICATION, LIFECYCLE_EVENTS, ONCALL_IDENTITY, ONCALL_SUBJECT, SELF_SERVICE_TASK,
     SUPERVISOR, TICKET, TWO_PERSON_TASK, WebhookReceiver, actor_admin, approver_bearer,
     break_glass_policies, closed_port_webhook, commander_bearer, denied_with_rule, eventually,
-    grant_body, grant_id, grant_records, hanging_webhook, ledger_emergency_policy,
-    ledger_grant_body, supervisor_bearer, write_break_glass_files,
+    grant_body, grant_id, grant_records, hanging_webhook, ledger_emergency_file,
+    ledger_emergency_policy, ledger_grant_body, supervisor_bearer, write_break_glass_files,
 };
 use broker_tests::{
     BROKER_ISSUER, CmdOutput, IDENTITY, PROD_LEDGER, Reply, SUBJECT, TASK, TestBroker,
@@ -1172,7 +1172,9 @@ async fn a_webhook_that_never_answers_never_blocks_the_close_or_the_revoke() {
 /// file and the field) and fails `broker policy lint`; the valid set lints clean.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_break_glass_policy_without_max_duration_is_refused() {
-    let bad = ledger_emergency_policy().replace("max_duration = \"10m\"\n", "");
+    let mut no_max = ledger_emergency_file();
+    no_max.break_glass.max_duration = None;
+    let bad = no_max.render();
     assert_ne!(bad, ledger_emergency_policy());
     let opts = BreakGlassOptions {
         files: vec![("no-max.toml".into(), bad)],
@@ -1221,14 +1223,13 @@ async fn a_break_glass_policy_without_max_duration_is_refused() {
 async fn break_glass_policies_reload_and_a_broken_one_keeps_the_old_set() {
     let b = BreakGlassOptions::default().start();
     let bg_dir = b.dir().join("policies").join("break-glass");
-    let billing = ledger_emergency_policy()
-        .replace(BG_POLICY, "billing-emergency")
-        .replace(
-            &format!("identities   = [\"{IDENTITY}\"]"),
-            &format!("identities   = [\"{BILLING_IDENTITY}\"]"),
-        );
+    let mut billing_file = ledger_emergency_file();
+    billing_file.break_glass.name = "billing-emergency".to_owned();
+    billing_file.break_glass.identities = vec![BILLING_IDENTITY.to_owned()];
+    let billing = billing_file.render();
     assert_ne!(billing, ledger_emergency_policy());
-    let broken = billing.replace("max_duration = \"10m\"\n", "");
+    billing_file.break_glass.max_duration = None;
+    let broken = billing_file.render();
     std::fs::write(bg_dir.join("billing.toml"), &broken).unwrap();
     let failed = b
         .wait_for_record(Duration::from_secs(10), |r| {

@@ -5,7 +5,8 @@
 //! verifier and the audit record name both identities.
 
 use broker_client::{Credential, TokenSource, Verifier};
-use broker_tests::admin::{revocation_options, revocation_policies};
+use broker_tests::admin::{revocation_options, revocation_registry};
+use broker_tests::policy::{Delegation, Identity, PolicyFile, Task, entries, identity_mut};
 use broker_tests::{
     BROKER_ISSUER, IDENTITY, IssuerKey, PROD_LEDGER, Reply, SUBJECT, TASK, TestBroker,
     TokenRequest, insecure_claims, rs256, sign, workload_claims,
@@ -22,55 +23,43 @@ const RELAY_SUBJECT: &str = "system:serviceaccount:agents:relay";
 const STRANGER: &str = "stranger-agent";
 const STRANGER_SUBJECT: &str = "system:serviceaccount:agents:stranger";
 
-fn agent_policy(id: &str, subject: &str) -> String {
-    format!(
-        r#"[identity]
-id          = "{id}"
-owner       = "team-agents"
-steward     = "dave@example.com"
-purpose     = "An agent acting for other workloads"
-environment = "prod"
-ticket      = "CHG-5000"
-expires     = "2099-01-01"
-
-[[identity.match]]
-issuer  = "{}"
-subject = "{subject}"
-
-[[task]]
-name     = "own-work"
-audience = "{PROD_LEDGER}"
-scopes   = ["ledger:read"]
-max_ttl  = "5m"
-"#,
-        broker_tests::ISSUER
+fn agent_file(id: &str, subject: &str) -> PolicyFile {
+    PolicyFile::new(
+        Identity::prod(
+            id,
+            "team-agents",
+            "dave@example.com",
+            "An agent acting for other workloads",
+            "CHG-5000",
+        )
+        .jwt(subject),
     )
+    .task(Task::new("own-work", PROD_LEDGER, &["ledger:read"], "5m"))
 }
 
-fn start() -> TestBroker {
-    let mut policies = revocation_policies();
-    let payments = policies
-        .iter_mut()
-        .find(|(name, _)| name == "payments-api.toml")
-        .expect("the payments policy");
-    let from = "max_ttl  = \"10m\"\n";
-    assert!(payments.1.contains(from));
-    payments.1 = payments.1.replacen(
-        from,
-        &format!(
-            "{from}\n[[task.delegation]]\nactors  = [\"{AGENT}\"]\nscopes  = [\"ledger:read\"]\nmax_ttl = \"2m\"\n\n[[task.delegation]]\nactors    = [\"{RELAY}\"]\nmax_depth = 2\n\n"
-        ),
-        1,
-    );
+/// The revocation registry; [`TASK`] of [`IDENTITY`] may be delegated to [`AGENT`]
+/// (`ledger:read`, 2m) and to [`RELAY`] (chains of two); the three agents registered.
+fn registry() -> Vec<PolicyFile> {
+    let mut r = revocation_registry();
+    identity_mut(&mut r, IDENTITY).task_mut(TASK).delegations = vec![
+        Delegation::to(&[AGENT])
+            .scopes(&["ledger:read"])
+            .max_ttl("2m"),
+        Delegation::to(&[RELAY]).max_depth(2),
+    ];
     for (id, subject) in [
         (AGENT, AGENT_SUBJECT),
         (RELAY, RELAY_SUBJECT),
         (STRANGER, STRANGER_SUBJECT),
     ] {
-        policies.push((format!("{id}.toml"), agent_policy(id, subject)));
+        r.push(agent_file(id, subject));
     }
+    r
+}
+
+fn start() -> TestBroker {
     let mut opts = revocation_options();
-    opts.policies = policies;
+    opts.policies = entries(&registry());
     TestBroker::start(opts)
 }
 

@@ -10,10 +10,11 @@ use std::sync::Arc;
 
 use broker_client::dpop::{DpopError, DpopKey};
 use broker_client::{Credential, DpopRequest, TokenSource, Verifier, VerifyError};
-use broker_tests::admin::{revocation_options, revocation_policies};
+use broker_tests::admin::{revocation_options, revocation_registry};
+use broker_tests::policy::{Binding, Task, entries, identity_mut};
 use broker_tests::{
-    BROKER_ISSUER, PROD_LEDGER, Reply, SUBJECT, TASK, TestBroker, TokenRequest, insecure_claims,
-    rs256,
+    BROKER_ISSUER, IDENTITY, PROD_LEDGER, Reply, SUBJECT, TASK, TestBroker, TokenRequest,
+    insecure_claims, rs256,
 };
 use serde_json::{Value, json};
 
@@ -24,17 +25,14 @@ const DPOP_TASK: &str = "ledger-dpop";
 /// The resource URL the resource-side proofs are for.
 const RESOURCE_URL: &str = "http://ledger.test/v1/entries";
 
+/// The revocation registry with [`DPOP_TASK`] added to [`IDENTITY`].
 fn start() -> TestBroker {
-    let mut policies = revocation_policies();
-    let payments = policies
-        .iter_mut()
-        .find(|(name, _)| name == "payments-api.toml")
-        .expect("the payments policy");
-    payments.1.push_str(&format!(
-        "\n[[task]]\nname = \"{DPOP_TASK}\"\naudience = \"{PROD_LEDGER}\"\nscopes = [\"ledger:read\"]\nmax_ttl = \"5m\"\nrequire_binding = \"dpop\"\n"
-    ));
+    let mut registry = revocation_registry();
+    identity_mut(&mut registry, IDENTITY).tasks.push(
+        Task::new(DPOP_TASK, PROD_LEDGER, &["ledger:read"], "5m").require_binding(Binding::Dpop),
+    );
     let mut opts = revocation_options();
-    opts.policies = policies;
+    opts.policies = entries(&registry);
     TestBroker::start(opts)
 }
 

@@ -18,9 +18,9 @@ use broker_tests::break_glass::{WebhookReceiver, eventually};
 use broker_tests::governance::{
     ALERTING, ALERTING_SUBJECT, ALT_NETWORK, ALT_SOURCE, Answer, EXPIRING, EXPIRING_IN_DAYS,
     EXPIRING_OWNER, EXPIRING_SUBJECT, GUARDED, GUARDED_SUBJECT, GovOptions, SYNC_READ, SYNC_WRITE,
-    WATCHED, WATCHED_SUBJECT, anomaly_events, anomaly_id, date_in_days, entry, gov_admin_bearer,
-    governance_policies_with, guarded_policy, listed_ids, next_window, strings, task_toml,
-    wait_past, watched_policy,
+    WATCHED, WATCHED_SUBJECT, alerting_file, anomaly_events, anomaly_id, date_in_days, entry,
+    gov_admin_bearer, governance_policies_with, guarded_file, listed_ids, next_window, strings,
+    sync_task, wait_past, watched_file,
 };
 use broker_tests::sdk_support::{issued_record, write_atomically};
 use broker_tests::{
@@ -357,16 +357,15 @@ async fn the_identity_rate_limit_answers_429_with_retry_after_and_recovers() {
 /// task says to wait about a minute. `identity_rate_limit` in `/h` is accepted.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_task_rate_limit_from_the_policy_is_per_identity_and_task() {
-    let tasks = format!(
-        "{}{}",
-        task_toml(SYNC_READ, &["ledger:read"], "5m", Some("1/m")),
-        task_toml(
+    let tasks = [
+        sync_task(SYNC_READ, &["ledger:read"], "5m", Some("1/m")),
+        sync_task(
             SYNC_WRITE,
             &["ledger:read", "ledger:write"],
             "10m",
-            Some("2/s")
-        )
-    );
+            Some("2/s"),
+        ),
+    ];
     let b = GovOptions::with(r#"identity_rate_limit = "1000/h""#)
         .policies(governance_policies_with(&tasks))
         .start();
@@ -1175,32 +1174,21 @@ async fn a_widening_policy_reload_is_reported() {
     for s in [WATCHED_SUBJECT, GUARDED_SUBJECT] {
         b.ask_ok(s, SYNC_READ, None).await;
     }
-    let widened = format!(
-        "{}{}{}",
-        task_toml(SYNC_READ, &["ledger:read", "ledger:audit"], "5m", None),
-        task_toml(SYNC_WRITE, &["ledger:read", "ledger:write"], "30m", None),
-        task_toml("sync-admin", &["ledger:read"], "5m", None),
-    );
-    let narrowed = task_toml(SYNC_READ, &["ledger:read"], "5m", None);
+    let widened = [
+        sync_task(SYNC_READ, &["ledger:read", "ledger:audit"], "5m", None),
+        sync_task(SYNC_WRITE, &["ledger:read", "ledger:write"], "30m", None),
+        sync_task("sync-admin", &["ledger:read"], "5m", None),
+    ];
+    let narrowed = [sync_task(SYNC_READ, &["ledger:read"], "5m", None)];
     let dir = b.dir().join("policies");
-    write_atomically(
-        &dir.join(format!("{WATCHED}.toml")),
-        &watched_policy(&widened),
-    );
-    write_atomically(
-        &dir.join(format!("{GUARDED}.toml")),
-        &guarded_policy(&widened),
-    );
-    write_atomically(
-        &dir.join(format!("{ALERTING}.toml")),
-        &broker_tests::governance::governed_policy(
-            ALERTING,
-            ALERTING_SUBJECT,
-            Some("alert"),
-            "2099-01-01",
-            &narrowed,
-        ),
-    );
+    for file in [
+        watched_file(&widened),
+        guarded_file(&widened),
+        alerting_file(&narrowed),
+    ] {
+        let (name, text) = file.entry();
+        write_atomically(&dir.join(name), &text);
+    }
 
     let mut recs = Vec::new();
     for id in [WATCHED, GUARDED] {

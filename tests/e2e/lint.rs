@@ -5,11 +5,10 @@
 
 use std::path::PathBuf;
 
-use broker_tests::mtls::{Mtls, PROD_TRUST_DOMAIN};
+use broker_tests::mtls::{Mtls, PROD_TRUST_DOMAIN, reports_file};
 use broker_tests::pki::tools_present;
-use broker_tests::{
-    CmdOutput, DEV_LEDGER, ISSUER, Options, SUBJECT, TestBroker, lint, write_config,
-};
+use broker_tests::policy::{Identity, Matcher, PolicyFile, Task};
+use broker_tests::{CmdOutput, DEV_LEDGER, Options, SUBJECT, TestBroker, lint, write_config};
 use tempfile::TempDir;
 
 /// A temp dir with a broker config (for its audience catalogue) and `policies/` holding the
@@ -49,29 +48,15 @@ fn assert_lint_error<'a>(out: &'a CmdOutput, file: &str, gist: &[&str]) -> &'a s
     }
 }
 
+fn lint_identity(id: &str, env: &str) -> Identity {
+    Identity::prod(id, "team-x", "x@example.com", "lint test", "CHG-9").environment(env)
+}
+
 /// A valid single-identity policy file, `replace`d for the test at hand.
 fn identity(id: &str, subject: &str, env: &str, audience: &str) -> String {
-    format!(
-        r#"[identity]
-id          = "{id}"
-owner       = "team-x"
-steward     = "x@example.com"
-purpose     = "lint test"
-environment = "{env}"
-ticket      = "CHG-9"
-expires     = "2099-01-01"
-
-[[identity.match]]
-issuer  = "{ISSUER}"
-subject = "{subject}"
-
-[[task]]
-name     = "t"
-audience = "{audience}"
-scopes   = ["a:read"]
-max_ttl  = "5m"
-"#
-    )
+    PolicyFile::new(lint_identity(id, env).jwt(subject))
+        .task(Task::new("t", audience, &["a:read"], "5m"))
+        .render()
 }
 
 const PROD: &str = broker_tests::PROD_LEDGER;
@@ -86,7 +71,7 @@ fn clean_directory_passes() {
 #[test]
 fn missing_required_field_is_reported() {
     let text =
-        identity("no-owner", "sa:no-owner", "prod", PROD).replace("owner       = \"team-x\"\n", "");
+        identity("no-owner", "sa:no-owner", "prod", PROD).replace("owner = \"team-x\"\n", "");
     assert!(!text.contains("owner "));
     let (_d, _p, out) = lint_with(&[("no-owner.toml", text)]);
     assert_lint_error(&out, "no-owner.toml", &["missing", "owner"]);
@@ -164,26 +149,9 @@ fn task_audience_of_another_environment_is_reported() {
 
 /// A single-identity policy proved by `spiffe_id`.
 fn spiffe_identity(id: &str, spiffe_id: &str) -> String {
-    format!(
-        r#"[identity]
-id          = "{id}"
-owner       = "team-x"
-steward     = "x@example.com"
-purpose     = "lint test"
-environment = "prod"
-ticket      = "CHG-9"
-expires     = "2099-01-01"
-
-[[identity.match]]
-spiffe_id = "{spiffe_id}"
-
-[[task]]
-name     = "t"
-audience = "{PROD}"
-scopes   = ["a:read"]
-max_ttl  = "5m"
-"#
-    )
+    PolicyFile::new(lint_identity(id, "prod").matcher(Matcher::spiffe(spiffe_id)))
+        .task(Task::new("t", PROD, &["a:read"], "5m"))
+        .render()
 }
 
 #[test]
@@ -245,15 +213,15 @@ fn certificate_matcher_naming_an_unconfigured_ca_is_reported() {
     }
     let m = Mtls::new();
     let mut opts = m.options();
-    for (name, text) in &mut opts.policies {
-        if name == "reports-batch.toml" {
-            *text = text.replace(
-                "[[identity.match]]\ncert_subject",
-                "[[identity.match]]\nca = \"no-such-ca\"\ncert_subject",
-            );
-            assert!(text.contains("no-such-ca"), "test setup");
-        }
-    }
+    let mut reports = reports_file();
+    reports.identity.matchers[0].ca = Some("no-such-ca".to_owned());
+    let (file, text) = reports.entry();
+    let slot = opts
+        .policies
+        .iter_mut()
+        .find(|(name, _)| *name == file)
+        .expect("the mTLS registry has reports-batch.toml");
+    slot.1 = text;
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), &opts);
     let out = lint(&dir.path().join("policies"), Some(&config));

@@ -17,9 +17,10 @@ use std::process::ExitStatus;
 
 use serde_json::Value;
 
+use crate::policy::{Identity, PolicyFile, Task, entries};
 use crate::{
-    BROKER_ISSUER, ISSUER, Options, PROD_LEDGER, Reply, SUBJECT, TASK, TestBroker, TokenRequest,
-    default_policies, insecure_claims, rs256,
+    BROKER_ISSUER, ISSUER, Options, PROD_LEDGER, Reply, SUBJECT, TASK, TASK_SCOPES, TestBroker,
+    TokenRequest, default_registry, insecure_claims, rs256,
 };
 
 /// The owner of [`IDENTITY`](crate::IDENTITY) and [`BATCH_IDENTITY`].
@@ -51,82 +52,55 @@ pub const AUDITOR: &str = "auditor";
 /// The JWT subject that proves [`AUDITOR`].
 pub const AUDITOR_SUBJECT: &str = "admin:auditor";
 
-fn identity_policy(id: &str, owner: &str, subject: &str, extra: &str, tasks: &str) -> String {
-    format!(
-        r#"# e2e revocation test identity
-[identity]
-id          = "{id}"
-owner       = "{owner}"
-steward     = "carol@example.com"
-purpose     = "Revocation end-to-end tests"
-environment = "prod"
-ticket      = "CHG-4000"
-approved_by = "bob@example.com"
-expires     = "2099-01-01"
-{extra}
-[[identity.match]]
-issuer  = "{ISSUER}"
-subject = "{subject}"
-{tasks}"#
+fn revocation_identity(id: &str, owner: &str, subject: &str) -> Identity {
+    Identity::prod(
+        id,
+        owner,
+        "carol@example.com",
+        "Revocation end-to-end tests",
+        "CHG-4000",
     )
+    .approved_by("bob@example.com")
+    .jwt(subject)
 }
 
-fn read_task() -> String {
-    format!(
-        r#"
-[[task]]
-name     = "{READ_TASK}"
-audience = "{PROD_LEDGER}"
-scopes   = ["ledger:read"]
-max_ttl  = "5m"
-"#
-    )
+fn read_task() -> Task {
+    Task::new(READ_TASK, PROD_LEDGER, &["ledger:read"], "5m")
 }
 
-/// The default policies plus [`BATCH_IDENTITY`], [`BILLING_IDENTITY`] and [`RS_IDENTITY`].
-pub fn revocation_policies() -> Vec<(String, String)> {
-    let mut p = default_policies();
-    p.push((
-        format!("{BATCH_IDENTITY}.toml"),
-        identity_policy(
+/// The default registry plus [`BATCH_IDENTITY`], [`BILLING_IDENTITY`] and [`RS_IDENTITY`]
+/// (a resource server: `may_introspect`).
+pub fn revocation_registry() -> Vec<PolicyFile> {
+    let mut r = default_registry();
+    r.push(
+        PolicyFile::new(revocation_identity(
             BATCH_IDENTITY,
             PAYMENTS_OWNER,
             BATCH_SUBJECT,
-            "",
-            &read_task(),
-        ),
-    ));
-    let billing_tasks = format!(
-        r#"
-[[task]]
-name     = "{TASK}"
-audience = "{PROD_LEDGER}"
-scopes   = ["ledger:read", "ledger:write"]
-max_ttl  = "10m"
-{}"#,
-        read_task()
+        ))
+        .task(read_task()),
     );
-    p.push((
-        format!("{BILLING_IDENTITY}.toml"),
-        identity_policy(
+    r.push(
+        PolicyFile::new(revocation_identity(
             BILLING_IDENTITY,
             BILLING_OWNER,
             BILLING_SUBJECT,
-            "",
-            &billing_tasks,
-        ),
-    ));
-    p.push((
-        format!("{RS_IDENTITY}.toml"),
-        identity_policy(
-            RS_IDENTITY,
-            "team-ledger",
-            RS_SUBJECT,
-            "may_introspect = true\n",
-            &read_task(),
-        ),
-    ));
-    p
+        ))
+        .task(Task::new(TASK, PROD_LEDGER, TASK_SCOPES, "10m"))
+        .task(read_task()),
+    );
+    r.push(
+        PolicyFile::new(
+            revocation_identity(RS_IDENTITY, "team-ledger", RS_SUBJECT).may_introspect(),
+        )
+        .task(read_task()),
+    );
+    r
+}
+
+/// [`revocation_registry`]'s files.
+pub fn revocation_policies() -> Vec<(String, String)> {
+    entries(&revocation_registry())
 }
 
 /// `[state]` and the two `[[admin]]`s.

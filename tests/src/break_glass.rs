@@ -3,7 +3,7 @@
 //! `/v1/break-glass/...`, and webhook receivers (a recording one, a hanging one, a closed
 //! port).
 //!
-//! The registry is the revocation tests' one ([`revocation_policies`]: the resource server
+//! The registry is the revocation tests' one ([`revocation_registry`]: the resource server
 //! [`RS_IDENTITY`](crate::admin::RS_IDENTITY) judges "revoked" by introspection) plus the
 //! on-call identity [`ONCALL_IDENTITY`]. Break-glass policies live in
 //! `<policy dir>/break-glass/`:
@@ -29,7 +29,8 @@ use axum::http::StatusCode;
 use axum::routing::post;
 use serde_json::{Value, json};
 
-use crate::admin::{BATCH_IDENTITY, READ_TASK, admin_toml, revocation_policies};
+use crate::admin::{BATCH_IDENTITY, READ_TASK, admin_toml, revocation_registry};
+use crate::policy::{BreakGlassFile, Identity, PolicyFile, Task, entries};
 use crate::sdk_support::{free_port, serve};
 use crate::{
     IDENTITY, ISSUER, Options, PROD_LEDGER, Reply, SUBJECT, TestBroker, TokenRequest, rs256,
@@ -95,99 +96,78 @@ pub fn actor_admin(name: &str) -> String {
     format!("admin:{name}")
 }
 
-/// [`BG_POLICY`]'s file.
+/// [`BG_POLICY`]: a two-person rule (one approval) for [`IDENTITY`], requested by
+/// [`ONCALL_IDENTITY`]; [`BG_TASK`] with [`BG_SCOPES`].
+pub fn ledger_emergency_file() -> BreakGlassFile {
+    BreakGlassFile::new(
+        BG_POLICY,
+        &[IDENTITY],
+        "10m",
+        1,
+        Task::new(BG_TASK, PROD_LEDGER, BG_SCOPES, "15m"),
+    )
+    .requesters(&[ONCALL_IDENTITY])
+}
+
+/// [`ledger_emergency_file`]'s text.
 pub fn ledger_emergency_policy() -> String {
-    format!(
-        r#"# e2e break-glass policy: two-person rule
-[break_glass]
-name         = "{BG_POLICY}"
-identities   = ["{IDENTITY}"]
-requesters   = ["{ONCALL_IDENTITY}"]
-max_duration = "10m"
-approvals    = 1
+    ledger_emergency_file().render()
+}
 
-[[break_glass.task]]
-name     = "{BG_TASK}"
-audience = "{PROD_LEDGER}"
-scopes   = ["ledger:read", "ledger:write", "ledger:admin"]
-max_ttl  = "15m"
-"#
+/// [`SELF_SERVICE_POLICY`]: self-service (no approvals) for [`BATCH_IDENTITY`], but loud.
+pub fn self_service_file() -> BreakGlassFile {
+    BreakGlassFile::new(
+        SELF_SERVICE_POLICY,
+        &[BATCH_IDENTITY],
+        "30m",
+        0,
+        Task::new(
+            SELF_SERVICE_TASK,
+            PROD_LEDGER,
+            &["ledger:read", "ledger:write"],
+            "5m",
+        ),
     )
 }
 
-/// [`SELF_SERVICE_POLICY`]'s file.
-pub fn self_service_policy() -> String {
-    format!(
-        r#"# e2e break-glass policy: self-service, but loud
-[break_glass]
-name         = "{SELF_SERVICE_POLICY}"
-identities   = ["{BATCH_IDENTITY}"]
-max_duration = "30m"
-approvals    = 0
-
-[[break_glass.task]]
-name     = "{SELF_SERVICE_TASK}"
-audience = "{PROD_LEDGER}"
-scopes   = ["ledger:read", "ledger:write"]
-max_ttl  = "5m"
-"#
-    )
-}
-
-/// [`TWO_PERSON_POLICY`]'s file.
-pub fn two_person_policy() -> String {
-    format!(
-        r#"# e2e break-glass policy: two approvers
-[break_glass]
-name         = "{TWO_PERSON_POLICY}"
-identities   = ["{IDENTITY}"]
-max_duration = "10m"
-approvals    = 2
-
-[[break_glass.task]]
-name     = "{TWO_PERSON_TASK}"
-audience = "{PROD_LEDGER}"
-scopes   = ["ledger:admin"]
-max_ttl  = "5m"
-"#
+/// [`TWO_PERSON_POLICY`]: two approvers.
+pub fn two_person_file() -> BreakGlassFile {
+    BreakGlassFile::new(
+        TWO_PERSON_POLICY,
+        &[IDENTITY],
+        "10m",
+        2,
+        Task::new(TWO_PERSON_TASK, PROD_LEDGER, &["ledger:admin"], "5m"),
     )
 }
 
 /// The files of `<policy dir>/break-glass/`: [`BG_POLICY`], [`SELF_SERVICE_POLICY`] and
 /// [`TWO_PERSON_POLICY`].
 pub fn break_glass_policies() -> Vec<(String, String)> {
-    vec![
-        (format!("{BG_POLICY}.toml"), ledger_emergency_policy()),
-        (format!("{SELF_SERVICE_POLICY}.toml"), self_service_policy()),
-        (format!("{TWO_PERSON_POLICY}.toml"), two_person_policy()),
+    [
+        ledger_emergency_file(),
+        self_service_file(),
+        two_person_file(),
     ]
+    .iter()
+    .map(BreakGlassFile::entry)
+    .collect()
 }
 
 /// The registry file of [`ONCALL_IDENTITY`] (a `ledger-read` task of its own).
-pub fn oncall_policy() -> String {
-    format!(
-        r#"# e2e on-call identity (may request break-glass access)
-[identity]
-id          = "{ONCALL_IDENTITY}"
-owner       = "team-sre"
-steward     = "dave@example.com"
-purpose     = "On-call automation"
-environment = "prod"
-ticket      = "CHG-6000"
-approved_by = "bob@example.com"
-expires     = "2099-01-01"
-
-[[identity.match]]
-issuer  = "{ISSUER}"
-subject = "{ONCALL_SUBJECT}"
-
-[[task]]
-name     = "{READ_TASK}"
-audience = "{PROD_LEDGER}"
-scopes   = ["ledger:read"]
-max_ttl  = "5m"
-"#
+pub fn oncall_file() -> PolicyFile {
+    PolicyFile::new(
+        Identity::prod(
+            ONCALL_IDENTITY,
+            "team-sre",
+            "dave@example.com",
+            "On-call automation",
+            "CHG-6000",
+        )
+        .approved_by("bob@example.com")
+        .jwt(ONCALL_SUBJECT),
     )
+    .task(Task::new(READ_TASK, PROD_LEDGER, &["ledger:read"], "5m"))
 }
 
 /// How a break-glass test broker is set up. `Default`: no webhook, the default
@@ -258,13 +238,13 @@ subject = "{SUPERVISOR_SUBJECT}"
         t
     }
 
-    /// The harness options: [`revocation_policies`] plus [`oncall_policy`], and
+    /// The harness options: [`revocation_registry`] plus [`oncall_file`], and
     /// [`BreakGlassOptions::extra_toml`].
     pub fn options(&self) -> Options {
-        let mut policies = revocation_policies();
-        policies.push((format!("{ONCALL_IDENTITY}.toml"), oncall_policy()));
+        let mut registry = revocation_registry();
+        registry.push(oncall_file());
         Options {
-            policies,
+            policies: entries(&registry),
             extra_toml: self.extra_toml(),
             ..Options::default()
         }

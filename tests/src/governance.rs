@@ -3,7 +3,7 @@
 //! (`Retry-After`, `Registration-Expires`) and may come from another loopback source
 //! network, and clients for the inventory, anomaly acknowledgement and `/metrics`.
 //!
-//! The registry is [`default_policies`] ([`IDENTITY`](crate::IDENTITY), and the expired
+//! The registry is [`default_registry`](crate::default_registry) ([`IDENTITY`](crate::IDENTITY), and the expired
 //! [`EXPIRED_IDENTITY`](crate::EXPIRED_IDENTITY)) plus:
 //!
 //! | identity | `anomaly_action` | expires | tasks |
@@ -27,8 +27,9 @@ use serde_json::Value;
 
 use crate::admin::{admin_toml, auditor_bearer};
 use crate::break_glass::WebhookReceiver;
+use crate::policy::{Identity, PolicyFile, Task, entries};
 use crate::{
-    ISSUER, Options, PROD_LEDGER, Reply, TestBroker, TokenRequest, default_policies, now_secs,
+    ISSUER, Options, PROD_LEDGER, Reply, TestBroker, TokenRequest, default_registry, now_secs,
     rs256,
 };
 
@@ -84,111 +85,90 @@ pub fn date_in_days(days: u64) -> String {
     format!("{y:04}-{m:02}-{d:02}")
 }
 
-/// One `[[task]]` on [`PROD_LEDGER`] from `127.0.0.0/8`, with a `rate_limit` if given.
-pub fn task_toml(name: &str, scopes: &[&str], max_ttl: &str, rate_limit: Option<&str>) -> String {
-    let scopes: Vec<String> = scopes.iter().map(|s| format!("{s:?}")).collect();
-    let mut t = format!(
-        r#"
-[[task]]
-name         = "{name}"
-audience     = "{PROD_LEDGER}"
-scopes       = [{}]
-max_ttl      = "{max_ttl}"
-source_cidrs = ["127.0.0.0/8"]
-"#,
-        scopes.join(", ")
-    );
-    if let Some(r) = rate_limit {
-        t.push_str(&format!("rate_limit   = \"{r}\"\n"));
-    }
-    t
+/// One task on [`PROD_LEDGER`] from `127.0.0.0/8`, with a `rate_limit` if given.
+pub fn sync_task(name: &str, scopes: &[&str], max_ttl: &str, rate_limit: Option<&str>) -> Task {
+    Task::new(name, PROD_LEDGER, scopes, max_ttl)
+        .source_cidrs(&["127.0.0.0/8"])
+        .rate_limit(rate_limit)
 }
 
 /// [`SYNC_READ`] (5m) and [`SYNC_WRITE`] (10m), no rate limits.
-pub fn sync_tasks() -> String {
-    format!(
-        "{}{}",
-        task_toml(SYNC_READ, &["ledger:read"], "5m", None),
-        task_toml(SYNC_WRITE, &["ledger:read", "ledger:write"], "10m", None)
-    )
+pub fn sync_tasks() -> Vec<Task> {
+    vec![
+        sync_task(SYNC_READ, &["ledger:read"], "5m", None),
+        sync_task(SYNC_WRITE, &["ledger:read", "ledger:write"], "10m", None),
+    ]
 }
 
 /// A registry file: `id` proven by `subject` of the test issuer, with `anomaly_action` if
-/// given, registration valid until `expires`, and `tasks` (`[[task]]` TOML). Only
-/// [`EXPIRING`] is `third_party` (its registration is short, as a third party's should be).
-pub fn governed_policy(
+/// given, registration valid until `expires`, and `tasks`. Only [`EXPIRING`] is
+/// `third_party` (its registration is short, as a third party's should be).
+pub fn governed_file(
     id: &str,
     subject: &str,
     anomaly_action: Option<&str>,
     expires: &str,
-    tasks: &str,
-) -> String {
-    let third_party = id == EXPIRING;
-    let action = anomaly_action
-        .map(|a| format!("anomaly_action = \"{a}\"\n"))
-        .unwrap_or_default();
-    format!(
-        r#"# e2e governance test identity
-[identity]
-id          = "{id}"
-owner       = "team-ledger"
-steward     = "grace@example.com"
-purpose     = "Governance end-to-end tests"
-environment = "prod"
-ticket      = "CHG-7000"
-approved_by = "bob@example.com"
-expires     = "{expires}"
-third_party = {third_party}
-{action}
-[[identity.match]]
-issuer  = "{ISSUER}"
-subject = "{subject}"
-{tasks}"#
+    tasks: &[Task],
+) -> PolicyFile {
+    let identity = Identity::prod(
+        id,
+        "team-ledger",
+        "grace@example.com",
+        "Governance end-to-end tests",
+        "CHG-7000",
     )
+    .approved_by("bob@example.com")
+    .expires(expires)
+    .third_party(id == EXPIRING)
+    .anomaly_action(anomaly_action)
+    .jwt(subject);
+    PolicyFile {
+        identity,
+        tasks: tasks.to_vec(),
+    }
 }
 
 /// The file of [`WATCHED`] with `tasks`.
-pub fn watched_policy(tasks: &str) -> String {
-    governed_policy(WATCHED, WATCHED_SUBJECT, None, "2099-01-01", tasks)
+pub fn watched_file(tasks: &[Task]) -> PolicyFile {
+    governed_file(WATCHED, WATCHED_SUBJECT, None, "2099-01-01", tasks)
 }
 
 /// The file of [`GUARDED`] with `tasks`.
-pub fn guarded_policy(tasks: &str) -> String {
-    governed_policy(GUARDED, GUARDED_SUBJECT, Some("deny"), "2099-01-01", tasks)
+pub fn guarded_file(tasks: &[Task]) -> PolicyFile {
+    governed_file(GUARDED, GUARDED_SUBJECT, Some("deny"), "2099-01-01", tasks)
 }
 
-/// [`default_policies`] plus [`WATCHED`], [`GUARDED`], [`ALERTING`] and [`EXPIRING`]
+/// The file of [`ALERTING`] with `tasks`.
+pub fn alerting_file(tasks: &[Task]) -> PolicyFile {
+    governed_file(
+        ALERTING,
+        ALERTING_SUBJECT,
+        Some("alert"),
+        "2099-01-01",
+        tasks,
+    )
+}
+
+/// [`default_registry`] plus [`WATCHED`], [`GUARDED`], [`ALERTING`] and [`EXPIRING`]
 /// (each with [`sync_tasks`], [`EXPIRING`] with [`SYNC_READ`] only).
 pub fn governance_policies() -> Vec<(String, String)> {
     governance_policies_with(&sync_tasks())
 }
 
 /// [`governance_policies`] with `tasks` for [`WATCHED`], [`GUARDED`] and [`ALERTING`].
-pub fn governance_policies_with(tasks: &str) -> Vec<(String, String)> {
-    let mut p = default_policies();
-    p.push((format!("{WATCHED}.toml"), watched_policy(tasks)));
-    p.push((format!("{GUARDED}.toml"), guarded_policy(tasks)));
-    p.push((
-        format!("{ALERTING}.toml"),
-        governed_policy(
-            ALERTING,
-            ALERTING_SUBJECT,
-            Some("alert"),
-            "2099-01-01",
-            tasks,
-        ),
+pub fn governance_policies_with(tasks: &[Task]) -> Vec<(String, String)> {
+    let mut r = default_registry();
+    r.push(watched_file(tasks));
+    r.push(guarded_file(tasks));
+    r.push(alerting_file(tasks));
+    r.push(governed_file(
+        EXPIRING,
+        EXPIRING_SUBJECT,
+        None,
+        &date_in_days(EXPIRING_IN_DAYS),
+        &[sync_task(SYNC_READ, &["ledger:read"], "5m", None)],
     ));
-    p.push((
-        format!("{EXPIRING}.toml"),
-        governed_policy(
-            EXPIRING,
-            EXPIRING_SUBJECT,
-            None,
-            &date_in_days(EXPIRING_IN_DAYS),
-            &task_toml(SYNC_READ, &["ledger:read"], "5m", None),
-        ),
-    ));
-    p
+    entries(&r)
 }
 
 /// How a governance test broker is set up.
@@ -586,9 +566,10 @@ mod tests {
     }
 
     #[test]
-    fn task_toml_has_the_rate_limit() {
-        let t = task_toml("t", &["a", "b"], "5m", Some("2/s"));
-        assert!(t.contains("scopes       = [\"a\", \"b\"]"), "{t}");
-        assert!(t.contains("rate_limit   = \"2/s\""), "{t}");
+    fn a_sync_task_has_the_rate_limit_and_the_loopback_source() {
+        let t = sync_task("t", &["a", "b"], "5m", Some("2/s"));
+        assert_eq!(t.scopes, ["a", "b"]);
+        assert_eq!(t.rate_limit.as_deref(), Some("2/s"));
+        assert_eq!(t.source_cidrs, Some(vec!["127.0.0.0/8".to_owned()]));
     }
 }

@@ -37,6 +37,7 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use policy::{Identity, Matcher, PolicyFile, Task, entries};
 use serde_json::{Value, json};
 use tempfile::TempDir;
 
@@ -46,6 +47,7 @@ pub mod curl;
 pub mod governance;
 pub mod mtls;
 pub mod pki;
+pub mod policy;
 pub mod postgres;
 pub mod sdk_support;
 
@@ -347,66 +349,54 @@ pub fn insecure_claims(token: &str) -> Value {
 // Policies and config
 // ---------------------------------------------------------------------------------------
 
-/// The policy of [`IDENTITY`] (prod): tasks [`TASK`] (10m) and [`OFFICE_TASK`]
+/// The file of [`IDENTITY`] (prod): tasks [`TASK`] (10m) and [`OFFICE_TASK`]
 /// (`source_cidrs = ["10.0.0.0/8"]`).
-pub fn payments_policy() -> String {
-    format!(
-        r#"# e2e test identity (prod)
-[identity]
-id          = "{IDENTITY}"
-owner       = "team-payments"
-steward     = "alice@example.com"
-purpose     = "Charge cards through the ledger API"
-environment = "prod"
-ticket      = "CHG-1234"
-approved_by = "bob@example.com"
-expires     = "2099-01-01"
-third_party = false
-
-[[identity.match]]
-issuer  = "{ISSUER}"
-subject = "{SUBJECT}"
-
-[[task]]
-name     = "{TASK}"
-audience = "{PROD_LEDGER}"
-scopes   = ["ledger:read", "ledger:write"]
-max_ttl  = "10m"
-
-[[task]]
-name         = "{OFFICE_TASK}"
-audience     = "{PROD_LEDGER}"
-scopes       = ["ledger:read"]
-max_ttl      = "5m"
-source_cidrs = ["10.0.0.0/8"]
-"#
+pub fn payments_file() -> PolicyFile {
+    PolicyFile::new(
+        Identity::prod(
+            IDENTITY,
+            "team-payments",
+            "alice@example.com",
+            "Charge cards through the ledger API",
+            "CHG-1234",
+        )
+        .approved_by("bob@example.com")
+        .third_party(false)
+        .jwt(SUBJECT),
     )
+    .task(Task::new(TASK, PROD_LEDGER, TASK_SCOPES, "10m"))
+    .task(Task::new(OFFICE_TASK, PROD_LEDGER, &["ledger:read"], "5m").source_cidrs(&["10.0.0.0/8"]))
 }
 
-/// The policy of [`EXPIRED_IDENTITY`]: registration expired on 2020-01-01.
-pub fn expired_policy() -> String {
-    format!(
-        r#"# e2e test identity whose registration expired
-[identity]
-id          = "{EXPIRED_IDENTITY}"
-owner       = "team-legacy"
-steward     = "erin@example.com"
-purpose     = "A retired nightly job"
-environment = "prod"
-ticket      = "CHG-0001"
-expires     = "2020-01-01"
+/// [`payments_file`]'s text.
+pub fn payments_policy() -> String {
+    payments_file().render()
+}
 
-[[identity.match]]
-issuer  = "{ISSUER}"
-subject = "{EXPIRED_SUBJECT}"
-
-[[task]]
-name     = "ledger-read"
-audience = "{PROD_LEDGER}"
-scopes   = ["ledger:read"]
-max_ttl  = "5m"
-"#
+/// The file of [`EXPIRED_IDENTITY`]: registration expired on 2020-01-01.
+pub fn expired_file() -> PolicyFile {
+    PolicyFile::new(
+        Identity::prod(
+            EXPIRED_IDENTITY,
+            "team-legacy",
+            "erin@example.com",
+            "A retired nightly job",
+            "CHG-0001",
+        )
+        .expires("2020-01-01")
+        .jwt(EXPIRED_SUBJECT),
     )
+    .task(Task::new(
+        "ledger-read",
+        PROD_LEDGER,
+        &["ledger:read"],
+        "5m",
+    ))
+}
+
+/// [`expired_file`]'s text.
+pub fn expired_policy() -> String {
+    expired_file().render()
 }
 
 /// The registry id of the CI identity of [`ci_policy`].
@@ -418,36 +408,31 @@ pub const CI_SUBJECT: &str = "repo:acme/payments";
 /// [`CI_SUBJECT`] proves only with the exact claims `repository = "acme/payments"` and
 /// `ref = "refs/heads/main"`.
 pub fn ci_policy() -> String {
-    format!(
-        r#"[identity]
-id          = "{CI_IDENTITY}"
-owner       = "team-payments"
-steward     = "alice@example.com"
-purpose     = "Deploy the payments service from CI"
-environment = "prod"
-ticket      = "CHG-77"
-expires     = "2099-01-01"
-
-[[identity.match]]
-issuer  = "{ISSUER}"
-subject = "{CI_SUBJECT}"
-claims  = {{ repository = "acme/payments", ref = "refs/heads/main" }}
-
-[[task]]
-name     = "deploy"
-audience = "{PROD_LEDGER}"
-scopes   = ["ledger:read"]
-max_ttl  = "5m"
-"#
+    PolicyFile::new(
+        Identity::prod(
+            CI_IDENTITY,
+            "team-payments",
+            "alice@example.com",
+            "Deploy the payments service from CI",
+            "CHG-77",
+        )
+        .matcher(
+            Matcher::jwt(CI_SUBJECT)
+                .claims(&[("repository", "acme/payments"), ("ref", "refs/heads/main")]),
+        ),
     )
+    .task(Task::new("deploy", PROD_LEDGER, &["ledger:read"], "5m"))
+    .render()
+}
+
+/// The default registry: [`payments_file`] and [`expired_file`].
+pub fn default_registry() -> Vec<PolicyFile> {
+    vec![payments_file(), expired_file()]
 }
 
 /// The default policy directory: `payments-api.toml` and `legacy-job.toml`.
 pub fn default_policies() -> Vec<(String, String)> {
-    vec![
-        ("payments-api.toml".to_owned(), payments_policy()),
-        ("legacy-job.toml".to_owned(), expired_policy()),
-    ]
+    entries(&default_registry())
 }
 
 /// What [`TestBroker`] sets up. `Default` is a working broker with [`default_policies`].

@@ -4,16 +4,14 @@
 //!
 //! | client CA | `[[client_ca]]` name | trust domain | identities it proves |
 //! | --- | --- | --- | --- |
-//! | [`Mtls::prod_ca`] | [`PROD_CA`] | [`PROD_TRUST_DOMAIN`] | [`IDENTITY`] by SPIFFE ID [`PAYMENTS_SPIFFE_ID`] |
+//! | [`Mtls::prod_ca`] | [`PROD_CA`] | [`PROD_TRUST_DOMAIN`] | [`IDENTITY`](crate::IDENTITY) by SPIFFE ID [`PAYMENTS_SPIFFE_ID`] |
 //! | [`Mtls::corp_ca`] | [`CORP_CA`] | none | [`REPORTS_IDENTITY`] by subject CN, [`INVENTORY_IDENTITY`] by DNS SAN |
 
 use std::path::Path;
 
 use crate::pki::{Ca, Leaf, LeafSpec, Pki};
-use crate::{
-    ClientCaOptions, IDENTITY, ISSUER, OFFICE_TASK, Options, PROD_LEDGER, SUBJECT, TASK,
-    TlsOptions, expired_policy,
-};
+use crate::policy::{Binding, Identity, Matcher, PolicyFile, Task, entries};
+use crate::{ClientCaOptions, Options, PROD_LEDGER, TlsOptions, expired_file, payments_file};
 
 /// The SPIFFE trust domain of [`PROD_CA`].
 pub const PROD_TRUST_DOMAIN: &str = "prod.example.org";
@@ -21,12 +19,12 @@ pub const PROD_TRUST_DOMAIN: &str = "prod.example.org";
 pub const PROD_CA: &str = "prod-spiffe";
 /// `[[client_ca]]` name of the company CA (no trust domain; CN / DNS SAN mapping).
 pub const CORP_CA: &str = "corp";
-/// The SPIFFE ID that proves [`IDENTITY`] (payments-api).
+/// The SPIFFE ID that proves [`IDENTITY`](crate::IDENTITY) (payments-api).
 pub const PAYMENTS_SPIFFE_ID: &str = "spiffe://prod.example.org/ns/payments/sa/api";
 /// The subject CN of the payments workload certificate (informational; it proves nothing
 /// on its own, the SPIFFE ID decides).
 pub const PAYMENTS_CN: &str = "payments-api.prod";
-/// A task of [`IDENTITY`] with `require_binding = true` (`ledger:read`, 5m).
+/// A task of [`IDENTITY`](crate::IDENTITY) with `require_binding = true` (`ledger:read`, 5m).
 pub const BOUND_TASK: &str = "ledger-bound";
 /// A registered identity proved by a certificate subject CN ([`REPORTS_CN`]).
 pub const REPORTS_IDENTITY: &str = "reports-batch";
@@ -43,112 +41,69 @@ pub const INVENTORY_DNS: &str = "inventory.prod.example.org";
 /// [`INVENTORY_IDENTITY`]'s task: `ledger:read` on [`PROD_LEDGER`].
 pub const INVENTORY_TASK: &str = "ledger-read";
 
-/// [`IDENTITY`]'s policy for mTLS: the issue-2 JWT matcher, plus the SPIFFE ID matcher,
-/// plus [`BOUND_TASK`] (`require_binding = true`).
-pub fn payments_mtls_policy() -> String {
-    format!(
-        r#"# e2e test identity (prod), provable by a workload JWT or an X.509-SVID
-[identity]
-id          = "{IDENTITY}"
-owner       = "team-payments"
-steward     = "alice@example.com"
-purpose     = "Charge cards through the ledger API"
-environment = "prod"
-ticket      = "CHG-1234"
-approved_by = "bob@example.com"
-expires     = "2099-01-01"
-third_party = false
-
-[[identity.match]]
-issuer  = "{ISSUER}"
-subject = "{SUBJECT}"
-
-[[identity.match]]
-spiffe_id = "{PAYMENTS_SPIFFE_ID}"
-
-[[task]]
-name     = "{TASK}"
-audience = "{PROD_LEDGER}"
-scopes   = ["ledger:read", "ledger:write"]
-max_ttl  = "10m"
-
-[[task]]
-name         = "{OFFICE_TASK}"
-audience     = "{PROD_LEDGER}"
-scopes       = ["ledger:read"]
-max_ttl      = "5m"
-source_cidrs = ["10.0.0.0/8"]
-
-[[task]]
-name            = "{BOUND_TASK}"
-audience        = "{PROD_LEDGER}"
-scopes          = ["ledger:read"]
-max_ttl         = "5m"
-require_binding = true
-"#
+/// [`IDENTITY`](crate::IDENTITY)'s file for mTLS: [`payments_file`]'s JWT matcher, plus the SPIFFE ID
+/// matcher, plus [`BOUND_TASK`] (`require_binding = true`).
+pub fn payments_mtls_file() -> PolicyFile {
+    let mut p = payments_file();
+    p.identity
+        .matchers
+        .push(Matcher::spiffe(PAYMENTS_SPIFFE_ID));
+    p.task(
+        Task::new(BOUND_TASK, PROD_LEDGER, &["ledger:read"], "5m")
+            .require_binding(Binding::Certificate),
     )
 }
 
 /// [`REPORTS_IDENTITY`]: proved by a company-CA certificate with subject CN [`REPORTS_CN`].
-pub fn reports_policy() -> String {
-    format!(
-        r#"# e2e test identity proved by a certificate subject CN
-[identity]
-id          = "{REPORTS_IDENTITY}"
-owner       = "team-reports"
-steward     = "carol@example.com"
-purpose     = "Nightly revenue reports"
-environment = "prod"
-ticket      = "CHG-2001"
-expires     = "2099-01-01"
-
-[[identity.match]]
-cert_subject = "{REPORTS_CN}"
-
-[[task]]
-name     = "{REPORTS_TASK}"
-audience = "{REPORTS_AUDIENCE}"
-scopes   = ["reports:read"]
-max_ttl  = "5m"
-"#
+pub fn reports_file() -> PolicyFile {
+    PolicyFile::new(
+        Identity::prod(
+            REPORTS_IDENTITY,
+            "team-reports",
+            "carol@example.com",
+            "Nightly revenue reports",
+            "CHG-2001",
+        )
+        .matcher(Matcher::cert_subject(REPORTS_CN)),
     )
+    .task(Task::new(
+        REPORTS_TASK,
+        REPORTS_AUDIENCE,
+        &["reports:read"],
+        "5m",
+    ))
 }
 
 /// [`INVENTORY_IDENTITY`]: proved by a company-CA certificate with DNS SAN
 /// [`INVENTORY_DNS`].
-pub fn inventory_policy() -> String {
-    format!(
-        r#"# e2e test identity proved by a certificate DNS SAN
-[identity]
-id          = "{INVENTORY_IDENTITY}"
-owner       = "team-inventory"
-steward     = "dave@example.com"
-purpose     = "Reads ledger balances for stock valuation"
-environment = "prod"
-ticket      = "CHG-2002"
-expires     = "2099-01-01"
-
-[[identity.match]]
-dns_name = "{INVENTORY_DNS}"
-
-[[task]]
-name     = "{INVENTORY_TASK}"
-audience = "{PROD_LEDGER}"
-scopes   = ["ledger:read"]
-max_ttl  = "5m"
-"#
+pub fn inventory_file() -> PolicyFile {
+    PolicyFile::new(
+        Identity::prod(
+            INVENTORY_IDENTITY,
+            "team-inventory",
+            "dave@example.com",
+            "Reads ledger balances for stock valuation",
+            "CHG-2002",
+        )
+        .matcher(Matcher::dns_name(INVENTORY_DNS)),
     )
+    .task(Task::new(
+        INVENTORY_TASK,
+        PROD_LEDGER,
+        &["ledger:read"],
+        "5m",
+    ))
 }
 
 /// The mTLS policy directory: payments-api (JWT + SPIFFE), reports-batch (CN),
 /// inventory-svc (DNS SAN) and the expired legacy-job.
 pub fn mtls_policies() -> Vec<(String, String)> {
-    vec![
-        ("payments-api.toml".to_owned(), payments_mtls_policy()),
-        ("reports-batch.toml".to_owned(), reports_policy()),
-        ("inventory-svc.toml".to_owned(), inventory_policy()),
-        ("legacy-job.toml".to_owned(), expired_policy()),
-    ]
+    entries(&[
+        payments_mtls_file(),
+        reports_file(),
+        inventory_file(),
+        expired_file(),
+    ])
 }
 
 /// A PKI for a TLS broker: the server's CA and certificate, and the two client CAs.
