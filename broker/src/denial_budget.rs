@@ -139,6 +139,18 @@ impl DenialBudget {
     }
 }
 
+impl DenialBudget {
+    /// Every summary still pending, whatever the sources' quiet time (at shutdown, so that
+    /// no counted refusal is lost); the buckets themselves are kept.
+    pub fn drain(&self) -> Vec<AuditEvent> {
+        let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
+        buckets
+            .iter_mut()
+            .filter_map(|(key, b)| b.suppressed.take().map(|p| summary(key, &p)))
+            .collect()
+    }
+}
+
 fn summary(source: &str, p: &Pending) -> AuditEvent {
     let mut ev = AuditEvent::new(EventKind::DenialsSummarized);
     ev.source = Some(source.to_owned());
@@ -193,6 +205,32 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn drain_writes_every_pending_summary_at_once() {
+        let b = DenialBudget::new(DenialBudgetConfig {
+            rate: 1.0,
+            burst: 1.0,
+        });
+        for src in ["10.0.0.1", "10.0.0.2"] {
+            assert!(matches!(b.admit(ip(src), "r", 100.0), Admit::Record { .. }));
+            for _ in 0..3 {
+                assert!(matches!(
+                    b.admit(ip(src), "r", 100.0),
+                    Admit::Suppress { .. }
+                ));
+            }
+        }
+        assert!(b.flush(100.0, 10.0).is_empty(), "not quiet long enough");
+        let mut drained = b.drain();
+        drained.sort_by(|x, y| x.source.cmp(&y.source));
+        assert_eq!(drained.len(), 2);
+        for (ev, src) in drained.iter().zip(["10.0.0.1", "10.0.0.2"]) {
+            assert_eq!(ev.source.as_deref(), Some(src));
+            assert_eq!(ev.detail.as_ref().unwrap()["count"], 3);
+        }
+        assert!(b.drain().is_empty(), "each count is written once");
     }
 
     #[test]

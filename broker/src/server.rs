@@ -598,6 +598,12 @@ impl Broker {
         if let Err(e) = self.state.governance.usage.save() {
             tracing::warn!(error = %e, "could not snapshot usage at shutdown");
         }
+        // Refusals counted but not yet summarized would be lost with the process.
+        for summary in self.state.denials.drain() {
+            if let Err(e) = self.state.audit.append(summary).await {
+                tracing::error!(error = %e, "could not record a denial summary at shutdown");
+            }
+        }
         let ev = AuditEvent::new(EventKind::BrokerStopped);
         if let Err(e) = self.state.audit.append(ev).await {
             tracing::error!(error = %e, "could not record broker_stopped");

@@ -712,8 +712,24 @@ async fn usage_survives(sigkill: bool) {
     assert_eq!(p["status"], "active", "{p:#}");
 
     if sigkill {
-        // The snapshot is taken every 5 s: wait for one, then kill without warning.
-        tokio::time::sleep(Duration::from_secs(6)).await;
+        // The snapshot is taken every 5 s: wait until one holds the usage above, then
+        // kill without warning.
+        let snapshot = b.dir().join("state").join("usage.json");
+        let holds_the_usage = || {
+            let Ok(bytes) = std::fs::read(&snapshot) else {
+                return false;
+            };
+            let v: Value = serde_json::from_slice(&bytes).unwrap_or_default();
+            let tokens: u64 = v[IDENTITY]["hourly"]
+                .as_array()
+                .map(|hours| hours.iter().filter_map(|h| h[1].as_u64()).sum())
+                .unwrap_or(0);
+            tokens == counted && v[WATCHED]["tasks"].get(SYNC_READ).is_some()
+        };
+        assert!(
+            eventually(Duration::from_secs(15), async || holds_the_usage()).await,
+            "no usage snapshot with {counted} tokens of {IDENTITY} in 15 s"
+        );
         let st = b.sigkill();
         assert!(!st.success(), "killed: {st}");
     } else {

@@ -11,6 +11,8 @@ mod in_process;
 #[cfg(test)]
 mod in_process_client_auth;
 #[cfg(test)]
+mod in_process_denials;
+#[cfg(test)]
 mod in_process_feed;
 #[cfg(test)]
 mod in_process_governance;
