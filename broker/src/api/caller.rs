@@ -9,13 +9,13 @@
 //! identity. Admins are named in the config; everyone else must be a registry identity.
 //! A workload identity can never hold an admin role.
 
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, header};
 
 use crate::api::{ApiError, AppState};
 use crate::audit::event::Evidence;
-use crate::authn::AuthnError;
 use crate::authn::mtls::ClientCert;
 use crate::config::{Admin, AdminMatch, Role};
+use crate::issuance::Refusal;
 use crate::issuance::authenticate::{cert_evidence, jwt_evidence};
 
 /// An authenticated caller.
@@ -55,23 +55,30 @@ impl Caller {
     }
 }
 
-/// A refusal to authenticate: the answer, the rule, and what evidence was seen.
+/// A refusal to authenticate: why (the rule and the answer derive from it, see
+/// [`Refusal::caller_error`]), and what evidence was seen.
 #[derive(Debug)]
 pub struct CallerRefusal {
-    /// Stable rule name.
-    pub rule: &'static str,
-    /// The answer.
-    pub error: ApiError,
+    /// Why.
+    pub refusal: Refusal,
     /// Evidence seen so far.
     pub evidence: Option<Evidence>,
 }
 
-fn refuse(rule: &'static str, description: String, evidence: Option<Evidence>) -> CallerRefusal {
-    CallerRefusal {
-        rule,
-        error: ApiError::new(StatusCode::UNAUTHORIZED, "invalid_client", description),
-        evidence,
+impl CallerRefusal {
+    /// The stable rule name.
+    pub fn rule(&self) -> &'static str {
+        self.refusal.rule()
     }
+
+    /// The answer.
+    pub fn error(&self) -> ApiError {
+        self.refusal.caller_error()
+    }
+}
+
+fn refuse(refusal: Refusal, evidence: Option<Evidence>) -> CallerRefusal {
+    CallerRefusal { refusal, evidence }
 }
 
 /// An RFC 7523 client assertion sent in a form body, and the endpoint it was sent to
@@ -128,34 +135,19 @@ pub async fn authenticate_with(
         .map(str::trim);
     if let Some(a) = assertion {
         if bearer.is_some() {
-            let mut r = refuse(
-                "several_client_auth_methods",
-                "send either a client assertion or an Authorization header, not both (RFC 6749 §2.3)".into(),
-                None,
-            );
-            r.error.status = StatusCode::BAD_REQUEST;
-            r.error.code = "invalid_request";
-            return Err(r);
+            return Err(refuse(Refusal::SeveralClientAuthMethods, None));
         }
         return by_assertion(st, a, client_cert).await;
     }
     if let Some(jwt) = bearer {
         let v = st.authn.authenticate_jwt(jwt).await.map_err(|e| {
-            let mut r = refuse(
-                e.rule(),
-                format!("bearer credential rejected: {}", e.public_message()),
+            refuse(
+                Refusal::bearer_credential(&e),
                 Some(Evidence {
                     kind: "jwt",
                     ..Default::default()
                 }),
-            );
-            if matches!(e, AuthnError::KeysUnavailable(_)) {
-                tracing::warn!(error = %e, "bearer credential not checked: issuer keys unavailable");
-                r.error = r
-                    .error
-                    .with_operator_detail(format!("bearer credential rejected: {e}"));
-            }
-            r
+            )
         })?;
         let evidence = jwt_evidence(&v, None);
         if let Some(admin) = st.admins.iter().find(|a| {
@@ -173,11 +165,7 @@ pub async fn authenticate_with(
                 evidence,
             )),
             None => Err(refuse(
-                "unknown_identity",
-                format!(
-                    "no admin or registered identity matches issuer {} subject {}",
-                    v.issuer, v.subject
-                ),
+                Refusal::unknown_caller(&v.issuer, &v.subject, false),
                 Some(evidence),
             )),
         };
@@ -185,12 +173,12 @@ pub async fn authenticate_with(
     if let Some(ClientCert(cert)) = client_cert {
         let pc = match cert.as_ref() {
             Ok(pc) => pc,
-            Err(e) => return Err(refuse("client_certificate_unusable", e.clone(), None)),
+            Err(e) => return Err(refuse(Refusal::certificate_unusable(e.clone()), None)),
         };
         let evidence = cert_evidence(pc);
         let spiffe = pc
             .spiffe_id()
-            .map_err(|r| refuse(r.rule, r.reason, Some(evidence.clone())))?;
+            .map_err(|r| refuse(Refusal::certificate(r), Some(evidence.clone())))?;
         if let Some(admin) = st.admins.iter().find(|a| match &a.matcher {
             AdminMatch::SpiffeId(s) => spiffe == Some(s.as_str()),
             AdminMatch::CertSubject(c) => {
@@ -209,15 +197,10 @@ pub async fn authenticate_with(
                 },
                 evidence,
             )),
-            Err(r) => Err(refuse(r.rule, r.reason, Some(evidence))),
+            Err(r) => Err(refuse(Refusal::certificate(r), Some(evidence))),
         };
     }
-    Err(refuse(
-        "no_credentials",
-        "authenticate with a TLS client certificate or `Authorization: Bearer <workload JWT>`"
-            .into(),
-        None,
-    ))
+    Err(refuse(Refusal::NoCredentials, None))
 }
 
 /// A caller authenticated by an RFC 7523 client assertion (and, over mTLS, a
@@ -233,20 +216,18 @@ async fn by_assertion(
         .authenticate_client_assertion(a.assertion, &audiences)
         .await
         .map_err(|e| {
-            let r = crate::issuance::Refusal::client_assertion(&e);
-            CallerRefusal {
-                rule: r.rule(),
-                error: r.error(),
-                evidence: Some(Evidence {
+            refuse(
+                Refusal::client_assertion(&e),
+                Some(Evidence {
                     kind: "jwt",
                     ..Default::default()
                 }),
-            }
+            )
         })?;
     let pc = match client_cert {
         Some(ClientCert(cert)) => match cert.as_ref() {
             Ok(pc) => Some(pc),
-            Err(e) => return Err(refuse("client_certificate_unusable", e.clone(), None)),
+            Err(e) => return Err(refuse(Refusal::certificate_unusable(e.clone()), None)),
         },
         None => None,
     };
@@ -254,25 +235,19 @@ async fn by_assertion(
     let policies = st.policies.current();
     let Some(i) = policies.match_jwt(&v.issuer, &v.subject, &v.claims) else {
         return Err(refuse(
-            "unknown_identity",
-            format!(
-                "no registered identity matches issuer {} subject {} of the client assertion",
-                v.issuer, v.subject
-            ),
+            Refusal::unknown_caller(&v.issuer, &v.subject, true),
             Some(evidence),
         ));
     };
     if let Some(pc) = pc {
         let by_cert = pc
             .identity(&policies)
-            .map_err(|r| refuse(r.rule, r.reason, Some(evidence.clone())))?;
+            .map_err(|r| refuse(Refusal::certificate(r), Some(evidence.clone())))?;
         if by_cert.id != i.id {
-            let r = crate::issuance::Refusal::client_auth_mismatch(&i.id, &by_cert.id);
-            return Err(CallerRefusal {
-                rule: r.rule(),
-                error: r.error(),
-                evidence: Some(evidence),
-            });
+            return Err(refuse(
+                Refusal::client_auth_mismatch(&i.id, &by_cert.id),
+                Some(evidence),
+            ));
         }
     }
     Ok((
@@ -330,8 +305,9 @@ pub async fn require_with(
             Ok(caller)
         }
         Err(r) => {
+            let (rule, error) = (r.rule(), r.error());
             ev.evidence = r.evidence;
-            Err(crate::api::record::deny(st, ev.clone(), r.rule, r.error).await)
+            Err(crate::api::record::deny(st, ev.clone(), rule, error).await)
         }
     }
 }

@@ -1,4 +1,5 @@
-//! Every way the token endpoint refuses, as one typed enum: [`Refusal::rule`] (the audit
+//! Every way the token endpoint (and the caller path of the other authenticated
+//! endpoints) refuses, as one typed enum: [`Refusal::rule`] (the audit
 //! record's `rule`, the metric's label) and [`Refusal::error`] (the OAuth error, status
 //! and description) are derived from the variant, in this one place. The stages build
 //! refusals with the named constructors.
@@ -227,6 +228,28 @@ pub enum Refusal {
     },
     /// An anomaly record could not be made durable.
     AuditUnavailable,
+    /// Caller path: a client assertion and an `Authorization` header together.
+    SeveralClientAuthMethods,
+    /// Caller path: no certificate, bearer credential or client assertion.
+    NoCredentials,
+    /// Caller path: the `Authorization: Bearer` workload JWT was refused.
+    BearerCredential {
+        /// The validation rule.
+        rule: &'static str,
+        /// What the caller is told.
+        message: String,
+        /// The full error when the broker is at fault (issuer keys), for the log only.
+        detail: Option<String>,
+    },
+    /// Caller path: no admin or registered identity matches the JWT.
+    UnknownCaller {
+        /// `iss`.
+        issuer: String,
+        /// `sub`.
+        subject: String,
+        /// Proved by a client assertion (else a bearer credential).
+        by_assertion: bool,
+    },
     /// Something inside the broker failed (`mint_failed`, `internal_error`); the log has
     /// the detail.
     Internal(&'static str),
@@ -276,6 +299,10 @@ impl Refusal {
             RateLimited { .. } => "rate_limited",
             HeldByAnomaly { .. } => "anomaly_unacknowledged",
             AuditUnavailable => "audit_unavailable",
+            SeveralClientAuthMethods => "several_client_auth_methods",
+            NoCredentials => "no_credentials",
+            BearerCredential { rule, .. } => rule,
+            UnknownCaller { .. } => policy::Rule::UnknownIdentity.as_str(),
             Internal(rule) => rule,
         }
     }
@@ -326,6 +353,54 @@ impl Refusal {
             | DelegationChainTooDeep { .. }
             | DelegationBreakGlass => self.delegation_error(),
             Dpop(..) | DpopRequired { .. } => self.dpop_error(),
+            SeveralClientAuthMethods
+            | NoCredentials
+            | BearerCredential { .. }
+            | UnknownCaller { .. } => self.caller_error(),
+        }
+    }
+
+    /// The answer on the caller path (admin, introspection, revocation, feed, break-glass):
+    /// every failure to authenticate is `401 invalid_client`, except two credentials at
+    /// once (`400 invalid_request`) and a client assertion's own answers.
+    pub fn caller_error(&self) -> ApiError {
+        use Refusal::*;
+        let invalid_client = |why: String| err(StatusCode::UNAUTHORIZED, "invalid_client", why);
+        match self {
+            SeveralClientAuthMethods => err(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                "send either a client assertion or an Authorization header, not both (RFC 6749 §2.3)".into(),
+            ),
+            NoCredentials => invalid_client(
+                "authenticate with a TLS client certificate or `Authorization: Bearer <workload JWT>`"
+                    .into(),
+            ),
+            BearerCredential {
+                message, detail, ..
+            } => {
+                let e = invalid_client(format!("bearer credential rejected: {message}"));
+                match detail {
+                    Some(d) => e.with_operator_detail(format!("bearer credential rejected: {d}")),
+                    None => e,
+                }
+            }
+            UnknownCaller {
+                issuer,
+                subject,
+                by_assertion: false,
+            } => invalid_client(format!(
+                "no admin or registered identity matches issuer {issuer} subject {subject}"
+            )),
+            UnknownCaller {
+                issuer, subject, ..
+            } => invalid_client(format!(
+                "no registered identity matches issuer {issuer} subject {subject} of the client assertion"
+            )),
+            CertificateUnusable(why) | Certificate { reason: why, .. } => {
+                invalid_client(why.clone())
+            }
+            _ => self.error(),
         }
     }
 
@@ -753,6 +828,26 @@ impl Refusal {
             rule: e.rule(),
             message: e.public_message(),
             detail,
+        }
+    }
+    /// See [`Refusal::BearerCredential`].
+    pub fn bearer_credential(e: &AuthnError) -> Self {
+        let detail = matches!(e, AuthnError::KeysUnavailable(_)).then(|| {
+            tracing::warn!(error = %e, "bearer credential not checked: issuer keys unavailable");
+            e.to_string()
+        });
+        Self::BearerCredential {
+            rule: e.rule(),
+            message: e.public_message(),
+            detail,
+        }
+    }
+    /// See [`Refusal::UnknownCaller`].
+    pub fn unknown_caller(issuer: &str, subject: &str, by_assertion: bool) -> Self {
+        Self::UnknownCaller {
+            issuer: issuer.to_owned(),
+            subject: subject.to_owned(),
+            by_assertion,
         }
     }
     /// See [`Refusal::UnsupportedClientAssertionType`].
@@ -1186,6 +1281,94 @@ mod tests {
 
     /// What comes with some answers besides status and code: the operator detail and
     /// `Retry-After` of checks the broker could not make, and DPoP nonces.
+    /// The caller path (admin, introspection, revocation, feed): its own variants, and the
+    /// token path's certificate refusals, answer 401 `invalid_client` with their rule; a
+    /// certificate of no identity is 401 here, 403 on the token endpoint.
+    #[test]
+    fn caller_refusals() {
+        let unknown_cert = Refusal::certificate(CertRefusal {
+            rule: "unknown_identity",
+            reason: s("no identity"),
+        });
+        let cases: Vec<(Refusal, &str, u16, &str)> = vec![
+            (
+                Refusal::SeveralClientAuthMethods,
+                "several_client_auth_methods",
+                400,
+                "invalid_request",
+            ),
+            (
+                Refusal::NoCredentials,
+                "no_credentials",
+                401,
+                "invalid_client",
+            ),
+            (
+                Refusal::bearer_credential(&not_a_jwt()),
+                not_a_jwt().rule(),
+                401,
+                "invalid_client",
+            ),
+            (
+                Refusal::unknown_caller("iss", "sub", false),
+                "unknown_identity",
+                401,
+                "invalid_client",
+            ),
+            (
+                Refusal::unknown_caller("iss", "sub", true),
+                "unknown_identity",
+                401,
+                "invalid_client",
+            ),
+            (
+                Refusal::certificate_unusable(s("bad")),
+                "client_certificate_unusable",
+                401,
+                "invalid_client",
+            ),
+            (
+                unknown_cert.clone(),
+                "unknown_identity",
+                401,
+                "invalid_client",
+            ),
+            (
+                Refusal::client_assertion(&not_a_jwt()),
+                not_a_jwt().rule(),
+                401,
+                "invalid_client",
+            ),
+        ];
+        for (r, rule, status, code) in cases {
+            let e = r.caller_error();
+            assert_eq!(
+                (r.rule(), e.status.as_u16(), e.code),
+                (rule, status, code),
+                "{r:?}"
+            );
+        }
+        assert_eq!(unknown_cert.error().status.as_u16(), 403, "the token path");
+        let e = Refusal::bearer_credential(&keys_unavailable()).caller_error();
+        assert!(
+            !e.description.contains("issuer.internal"),
+            "{}",
+            e.description
+        );
+        assert_eq!(
+            e.operator_detail.as_deref(),
+            Some(
+                "bearer credential rejected: issuer keys unavailable: https://issuer.internal/jwks"
+            )
+        );
+        let e = Refusal::unknown_caller("https://i", "s", true).caller_error();
+        assert!(
+            e.description.contains("of the client assertion"),
+            "{}",
+            e.description
+        );
+    }
+
     #[test]
     fn retry_after_operator_detail_and_nonce() {
         for (r, what) in [
