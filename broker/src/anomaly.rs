@@ -276,6 +276,13 @@ impl Monitor {
             .collect()
     }
 
+    /// Every anomaly kept, newest first (the console's list).
+    pub fn all(&self) -> Vec<Anomaly> {
+        let mut all = self.lock().anomalies.clone();
+        all.sort_by(|a, b| b.at.cmp(&a.at).then_with(|| b.id.cmp(&a.id)));
+        all
+    }
+
     /// Waits for this replica's other acknowledgements (see [`Monitor::acknowledge`]).
     pub async fn one_ack_at_a_time(&self) -> tokio::sync::MutexGuard<'_, ()> {
         self.acks.lock().await

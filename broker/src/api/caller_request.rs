@@ -13,9 +13,9 @@ use axum::response::{IntoResponse, Response};
 use crate::api::caller::{self, Caller};
 use crate::api::refusal::{self, CallRefusal};
 use crate::api::{AppState, record};
-use crate::audit::event::{AuditEvent, EventKind};
+use crate::audit::event::{AuditEvent, EventKind, Evidence};
 use crate::authn::mtls::ClientCert;
-use crate::config::Role;
+use crate::config::{Admin, Role};
 
 /// The parts of a request that say who sent it.
 #[derive(Debug, Clone)]
@@ -26,6 +26,10 @@ pub struct CallerRequest {
     pub headers: HeaderMap,
     /// The verified client certificate, when the connection is mTLS.
     pub client_cert: Option<ClientCert>,
+    /// An admin signed in to the console (`crate::console`), when the console calls a
+    /// handler on the admin's behalf. Never set from the wire: the extractor leaves it
+    /// `None`, only the console's own code builds a request with it.
+    pub console_admin: Option<Admin>,
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for CallerRequest {
@@ -39,6 +43,7 @@ impl<S: Send + Sync> FromRequestParts<S> for CallerRequest {
             peer,
             headers: parts.headers.clone(),
             client_cert: parts.extensions.get::<ClientCert>().cloned(),
+            console_admin: None,
         })
     }
 }
@@ -57,8 +62,24 @@ impl CallerRequest {
         kind: EventKind,
     ) -> Result<(Caller, AuditEvent), Response> {
         let mut ev = self.event(kind);
+        if let Some(admin) = self.console_session(&mut ev) {
+            return Ok((admin, ev));
+        }
         let caller = caller::require(st, &mut ev, &self.headers, self.client_cert.as_ref()).await?;
         Ok((caller, ev))
+    }
+
+    /// The console's signed-in admin as the caller, the record naming the session as its
+    /// evidence.
+    fn console_session(&self, ev: &mut AuditEvent) -> Option<Caller> {
+        let admin = self.console_admin.clone()?;
+        let caller = Caller::Admin(admin);
+        ev.evidence = Some(Evidence {
+            kind: "console_session",
+            ..Default::default()
+        });
+        ev.actor = Some(caller.actor());
+        Some(caller)
     }
 
     /// [`CallerRequest::require`] for a form endpoint at `endpoint`, whose `body` may
@@ -71,6 +92,9 @@ impl CallerRequest {
         endpoint: &'static str,
     ) -> Result<(Caller, AuditEvent), Response> {
         let mut ev = self.event(kind);
+        if let Some(admin) = self.console_session(&mut ev) {
+            return Ok((admin, ev));
+        }
         let cert = self.client_cert.as_ref();
         let caller = caller::require_form(st, &mut ev, &self.headers, cert, body, endpoint).await?;
         Ok((caller, ev))

@@ -65,6 +65,10 @@ pub enum EventKind {
     KeyRetired,
     /// A signing key was revoked: gone from the JWKS at once, its tokens revoked.
     KeyRevoked,
+    /// An admin signed in to the console (or a sign-in was refused: `decision = deny`).
+    ConsoleLogin,
+    /// An admin signed out of the console.
+    ConsoleLogout,
 }
 
 /// Allow or deny.

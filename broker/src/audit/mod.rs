@@ -26,6 +26,7 @@ mod chain;
 pub mod checkpoint;
 mod head;
 mod replicas;
+pub mod search;
 mod segment;
 mod stats;
 mod verify;

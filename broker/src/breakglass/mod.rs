@@ -405,6 +405,17 @@ impl Grants {
         self.lock().get(id).cloned()
     }
 
+    /// Every grant, newest request first (the console's list).
+    pub fn all(&self) -> Vec<Grant> {
+        let mut all: Vec<Grant> = self.lock().values().cloned().collect();
+        all.sort_by(|a, b| {
+            b.requested_at
+                .cmp(&a.requested_at)
+                .then_with(|| b.id.cmp(&a.id))
+        });
+        all
+    }
+
     /// The active grant letting `identity` request `task` at `now`.
     pub fn active(&self, identity: &str, task: &str, now: u64) -> Option<Grant> {
         self.lock()
