@@ -17,7 +17,8 @@
 //!   ([`broker_command`], [`verify_audit`], [`lint`]);
 //! - for mTLS (issue 3): a PKI made by the `openssl` CLI ([`pki`]), the real `curl` as the
 //!   client ([`curl`]), a TLS listener with `[[client_ca]]` bundles ([`TlsOptions`]) and
-//!   the registry and CAs the mTLS tests share ([`mtls`]).
+//!   the registry and CAs the mTLS tests share ([`mtls`]);
+//! - for `/metrics`: sample readers and the `promtool` runner ([`prom`]).
 //!
 //! The harness never links the broker library: everything goes through the binary, its
 //! files and its HTTP API, so the tests see exactly what a user sees. It never starts a
@@ -47,6 +48,7 @@ pub mod governance;
 pub mod mtls;
 pub mod pki;
 pub mod postgres;
+pub mod prom;
 pub mod sdk_support;
 
 /// `iss` of the test workload issuer (the one the broker is configured to trust).
