@@ -2,11 +2,15 @@
 //! traffic (issuance by outcome, introspection, audit commit, log and anchor syncs, batch
 //! sizes, state-store calls), the counters the other groups read keep their names, and
 //! the real `promtool check metrics` accepts the page. OpenMetrics is served when asked
-//! for.
+//! for. The token path answers with a W3C `traceparent`, keeps a valid incoming trace id
+//! and logs it as `trace_id` in the JSON logs.
 
 use broker_tests::admin::{READ_TASK, RS_SUBJECT, revocation_options};
 use broker_tests::prom::{check_metrics, promtool_present, sample, sample_of};
-use broker_tests::{SUBJECT, TestBroker, TokenRequest, rs256};
+use std::time::{Duration, Instant};
+
+use broker_tests::{SUBJECT, TASK, TestBroker, TokenRequest, rs256};
+use serde_json::Value;
 
 /// The series the test reads, before and after traffic.
 const MOVING: [&str; 7] = [
@@ -139,4 +143,130 @@ async fn histograms_move_under_traffic_and_promtool_accepts_the_page() {
     assert!(ct.starts_with("application/openmetrics-text"), "{ct}");
     assert!(om.ends_with("# EOF\n"), "{om}");
     assert!(om.contains("# TYPE broker_tokens_issued counter\n"), "{om}");
+}
+
+/// A valid incoming `traceparent` (the W3C specification's example).
+const PARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+const PARENT_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+
+/// `POST /oauth2/token` with an optional `traceparent`: status, response `traceparent`,
+/// body.
+async fn token_traced(b: &TestBroker, traceparent: Option<&str>) -> (u16, String, Value) {
+    let req = TokenRequest::exchange(&rs256(SUBJECT), TASK);
+    let mut rb = b
+        .client()
+        .post(format!("{}/oauth2/token", b.base_url()))
+        .form(&req.params);
+    if let Some(t) = traceparent {
+        rb = rb.header("traceparent", t);
+    }
+    let res = rb.send().await.expect("POST /oauth2/token");
+    let status = res.status().as_u16();
+    let tp = res
+        .headers()
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_else(|| panic!("no traceparent on the token response ({status})"))
+        .to_owned();
+    (status, tp, res.json().await.unwrap_or(Value::Null))
+}
+
+/// `00-<32 hex>-<16 hex>-<2 hex>`, lowercase, ids not all zero: the trace id and span id.
+fn well_formed(tp: &str) -> (String, String) {
+    let parts: Vec<&str> = tp.split('-').collect();
+    assert_eq!(parts.len(), 4, "{tp}");
+    assert_eq!(parts[0], "00", "{tp}");
+    for (p, len) in parts[1..].iter().zip([32, 16, 2]) {
+        assert_eq!(p.len(), len, "{tp}");
+        assert!(
+            p.bytes()
+                .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c)),
+            "{tp}"
+        );
+    }
+    assert!(parts[1].bytes().any(|c| c != b'0') && parts[2].bytes().any(|c| c != b'0'));
+    (parts[1].to_owned(), parts[2].to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_token_path_keeps_a_valid_traceparent_and_logs_its_trace_id() {
+    let mut opts = revocation_options();
+    // The `issued` line of the token path is at debug.
+    opts.env
+        .push(("RUST_LOG".into(), "info,broker::issuance=debug".into()));
+    let mut b = TestBroker::prepare(opts);
+    b.serve_arg("--log-format").serve_arg("json");
+    b.launch().unwrap_or_else(|e| panic!("{e}"));
+
+    // A valid parent: its trace id is kept, the broker's span id is new, sampled is kept.
+    let (status, tp, body) = token_traced(&b, Some(PARENT)).await;
+    assert_eq!(status, 200, "{body}");
+    let (trace, span) = well_formed(&tp);
+    assert_eq!(trace, PARENT_TRACE);
+    assert_ne!(span, "00f067aa0ba902b7");
+    assert!(tp.ends_with("-01"), "{tp}");
+    let token = body["access_token"].as_str().expect("a token").to_owned();
+
+    // The JSON log line of that issuance carries the trace id at the top level.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let line = loop {
+        let logs = b.stderr();
+        let found = logs
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .find(|v| v["trace_id"] == PARENT_TRACE && v["fields"]["message"] == "issued");
+        if let Some(v) = found {
+            break v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no `issued` log line with trace_id {PARENT_TRACE}:\n{logs}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(line["fields"]["jti"].is_string(), "{line}");
+    let logs = b.stderr();
+    assert!(!logs.contains(&token), "a token in the logs:\n{logs}");
+
+    // No parent, or an invalid one (uppercase hex, all-zero trace id, too long, two
+    // headers' worth of text): a fresh trace each time, never the offered id.
+    let mut seen = Vec::new();
+    for bad in [
+        None,
+        Some("00-4BF92F3577B34DA6A3CE929D0E0E4736-00F067AA0BA902B7-01"),
+        Some("00-00000000000000000000000000000000-00f067aa0ba902b7-01"),
+        Some(&*format!("{PARENT}-{}", "a".repeat(300))),
+        Some(&*format!("{PARENT},{PARENT}")),
+    ] {
+        let (status, tp, body) = token_traced(&b, bad).await;
+        assert_eq!(status, 200, "{body}");
+        let (trace, _) = well_formed(&tp);
+        assert_ne!(trace, PARENT_TRACE, "{bad:?} was not refused");
+        assert!(tp.ends_with("-00"), "a new trace is not sampled: {tp}");
+        assert!(!seen.contains(&trace), "trace ids repeat: {trace}");
+        seen.push(trace);
+    }
+
+    // Refusals and introspection carry one too.
+    let denied = b
+        .client()
+        .post(format!("{}/oauth2/token", b.base_url()))
+        .form(&TokenRequest::exchange(&rs256(SUBJECT), "no-such-task").params)
+        .header("traceparent", PARENT)
+        .send()
+        .await
+        .unwrap();
+    assert!(denied.status().is_client_error());
+    let tp = denied.headers()["traceparent"].to_str().unwrap().to_owned();
+    assert_eq!(well_formed(&tp).0, PARENT_TRACE);
+    let intro = b
+        .client()
+        .post(format!("{}/oauth2/introspect", b.base_url()))
+        .bearer_auth(rs256(RS_SUBJECT))
+        .form(&[("token", token.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(intro.status().as_u16(), 200);
+    well_formed(intro.headers()["traceparent"].to_str().unwrap());
 }

@@ -1005,6 +1005,13 @@ impl TestBroker {
         b
     }
 
+    /// Adds `arg` to the `broker serve` command line of the next [`TestBroker::launch`]
+    /// (e.g. `--log-format json`).
+    pub fn serve_arg(&mut self, arg: impl Into<std::ffi::OsString>) -> &mut Self {
+        self.serve_args.push(arg.into());
+        self
+    }
+
     /// Starts (or restarts) the broker process and waits for its `listening on` line.
     pub fn launch(&mut self) -> Result<(), StartError> {
         assert!(self.running.is_none(), "the broker is already running");
@@ -1043,7 +1050,8 @@ impl TestBroker {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        if std::env::var_os("RUST_LOG").is_none() {
+        if std::env::var_os("RUST_LOG").is_none() && !self.env.iter().any(|(k, _)| k == "RUST_LOG")
+        {
             cmd.env("RUST_LOG", "info");
         }
         let mut child = cmd.spawn().expect("spawning the broker");
