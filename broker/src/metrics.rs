@@ -192,6 +192,10 @@ impl Metrics {
         let audit_failures = Counter::default();
         let denied = Family::<RuleLabel, Counter>::default();
         let anomalies = Family::<KindLabel, Counter>::default();
+        // Every kind from 0, so that a rate over the first anomaly of a kind is not lost.
+        for kind in crate::anomaly::KINDS {
+            let _ = anomalies.get_or_create(&KindLabel { kind });
+        }
         let policy_reloads = Counter::default();
         let policy_reload_failures = Counter::default();
         let introspections = Counter::default();
@@ -395,7 +399,7 @@ mod tests {
         let m = Metrics::new();
         m.issued();
         m.issued();
-        m.denied("task_unknown");
+        m.denied("unknown_task");
         m.anomaly("new_task");
         m.anomaly("new_task");
         m.audit_failure();
@@ -405,7 +409,7 @@ mod tests {
         let text = m.render().unwrap();
         for (series, v) in [
             ("broker_tokens_issued_total", 2.0),
-            ("broker_requests_denied_total{rule=\"task_unknown\"}", 1.0),
+            ("broker_requests_denied_total{rule=\"unknown_task\"}", 1.0),
             ("broker_anomalies_total{kind=\"new_task\"}", 2.0),
             ("broker_audit_failures_total", 1.0),
             ("broker_policy_reloads_total", 1.0),

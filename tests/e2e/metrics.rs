@@ -3,10 +3,13 @@
 //! sizes, state-store calls), the counters the other groups read keep their names, and
 //! the real `promtool check metrics` accepts the page. OpenMetrics is served when asked
 //! for. The token path answers with a W3C `traceparent`, keeps a valid incoming trace id
-//! and logs it as `trace_id` in the JSON logs.
+//! and logs it as `trace_id` in the JSON logs. The docs' alert rules pass `promtool check
+//! rules`, and the docs' dashboard and rules name only series the broker serves.
 
 use broker_tests::admin::{READ_TASK, RS_SUBJECT, revocation_options};
-use broker_tests::prom::{check_metrics, promtool_present, sample, sample_of};
+use broker_tests::prom::{
+    check_metrics, check_rules, docs_dir, families, promtool_present, sample, sample_of,
+};
 use std::time::{Duration, Instant};
 
 use broker_tests::{SUBJECT, TASK, TestBroker, TokenRequest, rs256};
@@ -269,4 +272,106 @@ async fn the_token_path_keeps_a_valid_traceparent_and_logs_its_trace_id() {
         .unwrap();
     assert_eq!(intro.status().as_u16(), 200);
     well_formed(intro.headers()["traceparent"].to_str().unwrap());
+}
+
+/// The `broker_…` identifiers in `text`.
+fn broker_names(text: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut rest = text;
+    while let Some(i) = rest.find("broker_") {
+        let tail = &rest[i..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'))
+            .unwrap_or(tail.len());
+        // Only whole identifiers (not e.g. `jit-broker_x` or a path segment).
+        let before = rest[..i].chars().last();
+        if !before.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_' || c == '/' || c == '.') {
+            names.push(tail[..end].to_owned());
+        }
+        rest = &tail[end..];
+    }
+    names.sort();
+    names.dedup();
+    names
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_dashboard_and_alert_rules_name_real_series_and_promtool_accepts_the_rules() {
+    let b = TestBroker::start(revocation_options());
+    // A denial, so that the per-rule family has a child (rules are not known up front).
+    let denied = b
+        .token(&TokenRequest::exchange(&rs256(SUBJECT), "no-such-task"))
+        .await;
+    assert!((400..500).contains(&denied.status), "{}", denied.text);
+    let (_, page) = scrape(&b, None).await;
+    let mut served = Vec::new();
+    for f in families(&page) {
+        let histogram = page.contains(&format!("# TYPE {f} histogram\n"));
+        if histogram {
+            for suffix in ["_bucket", "_count", "_sum"] {
+                served.push(format!("{f}{suffix}"));
+            }
+        }
+        served.push(f);
+    }
+
+    let dashboard_text = std::fs::read_to_string(docs_dir().join("grafana-dashboard.json"))
+        .expect("reading docs/grafana-dashboard.json");
+    let dashboard: Value = serde_json::from_str(&dashboard_text).expect("dashboard is JSON");
+    assert!(dashboard["title"].is_string() && dashboard["schemaVersion"].is_u64());
+    let panels = dashboard["panels"].as_array().expect("panels");
+    assert!(panels.len() >= 8, "{} panels", panels.len());
+    let mut exprs = String::new();
+    for p in panels {
+        assert!(p["title"].is_string() && p["type"].is_string() && p["gridPos"].is_object());
+        let targets = p["targets"].as_array().expect("targets");
+        assert!(!targets.is_empty(), "panel {} has no query", p["title"]);
+        for t in targets {
+            exprs.push_str(t["expr"].as_str().expect("a PromQL expr"));
+            exprs.push('\n');
+        }
+    }
+    let rules = docs_dir().join("prometheus-alerts.yml");
+    let rules_text = std::fs::read_to_string(&rules).expect("reading the alert rules");
+    for (what, text) in [("dashboard", &exprs), ("alert rules", &rules_text)] {
+        let names = broker_names(text);
+        assert!(names.len() >= 8, "{what}: {names:?}");
+        for n in names {
+            assert!(
+                served.contains(&n),
+                "{what} names {n}, which /metrics does not serve"
+            );
+        }
+    }
+    // What the issue asks the dashboard and the rules to show.
+    for needle in [
+        "broker_tokens_issued_total",
+        "broker_token_request_duration_seconds_bucket",
+        "broker_requests_denied_total",
+        "broker_audit_failures_total",
+        "broker_audit_log_sync_duration_seconds_bucket",
+        "broker_audit_anchor_sync_duration_seconds_bucket",
+        "broker_audit_batch_records",
+        "broker_anomalies_total",
+        "broker_state_store_stale",
+    ] {
+        assert!(exprs.contains(needle), "the dashboard shows {needle}");
+    }
+    for needle in [
+        "broker_audit_failures_total",
+        "broker_audit_write_failing",
+        "broker_state_store_stale",
+        "broker_anomalies_total",
+        "> 0.005",
+    ] {
+        assert!(rules_text.contains(needle), "the alert rules use {needle}");
+    }
+
+    if promtool_present(
+        "the_dashboard_and_alert_rules_name_real_series_and_promtool_accepts_the_rules",
+    ) {
+        let out = check_rules(&rules);
+        assert!(out.success(), "promtool check rules: {out}");
+        assert!(out.stdout.contains("SUCCESS"), "{out}");
+    }
 }
