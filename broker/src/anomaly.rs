@@ -189,8 +189,9 @@ impl std::fmt::Debug for Monitor {
     }
 }
 
-/// Anomaly kinds, for replaying the journal into `&'static str`s.
-const KINDS: &[&str] = &[
+/// Anomaly kinds, for replaying the journal into `&'static str`s (and the metric's
+/// children, made at start).
+pub(crate) const KINDS: &[&str] = &[
     "volume_spike",
     "new_source_network",
     "new_task",

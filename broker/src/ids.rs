@@ -1,4 +1,4 @@
-//! Random identifiers (grant, rule and anomaly ids): 64 bits from the operating system's
+//! Random identifiers (grant, rule and anomaly ids, and the bytes of trace ids): 64 bits from the operating system's
 //! generator, hex, after a prefix. A generator failure is an error, never an all-zero or
 //! repeated id.
 
@@ -9,10 +9,16 @@ use ring::rand::{SecureRandom, SystemRandom};
 #[error("the system random generator failed")]
 pub struct RandomError;
 
+/// `N` bytes from the operating system's generator (trace and span ids, [`random_id`]).
+pub fn random_bytes<const N: usize>() -> Result<[u8; N], RandomError> {
+    let mut b = [0u8; N];
+    SystemRandom::new().fill(&mut b).map_err(|_| RandomError)?;
+    Ok(b)
+}
+
 /// A new id: `prefix`, `-`, 16 lowercase hex digits.
 pub fn random_id(prefix: &str) -> Result<String, RandomError> {
-    let mut b = [0u8; 8];
-    SystemRandom::new().fill(&mut b).map_err(|_| RandomError)?;
+    let b = random_bytes::<8>()?;
     let mut id = String::with_capacity(prefix.len() + 17);
     id.push_str(prefix);
     id.push('-');

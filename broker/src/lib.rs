@@ -22,7 +22,8 @@
 //! - [`http_limits`]: connection admission (total, per source), per-connection deadlines
 //!   (first byte, header, idle, TLS handshake), header and body limits (`[http]`).
 //! - [`tls`]: server TLS on rustls/ring.
-//! - [`metrics`]: counters for `/metrics`.
+//! - [`metrics`]: counters and histograms for `/metrics` (`prometheus-client`).
+//! - [`trace`]: W3C `traceparent` on the OAuth endpoints, `trace_id` in the JSON logs.
 //! - [`ratelimit`]: issuance token buckets; [`usage`]: behaviour history; [`anomaly`]: behavioural monitoring.
 //! - [`revocation`], [`store`]: revocations, disabled identities, the state journal (file
 //!   or PostgreSQL, shared by replicas); [`checkpointer`]: audit checkpoints in the store.
@@ -59,6 +60,7 @@ pub mod server;
 pub mod state;
 pub mod store;
 pub mod tls;
+pub mod trace;
 pub mod usage;
 
 pub use server::{Broker, StartError, run, start};

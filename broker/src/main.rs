@@ -616,6 +616,8 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 fn init_logs(format: &str) {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
@@ -623,7 +625,15 @@ fn init_logs(format: &str) {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     if format == "json" {
-        builder.json().init();
+        // `trace_id` first on every line logged inside a traced request (broker::trace).
+        builder
+            .json()
+            .event_format(broker::trace::TraceIdJson(
+                tracing_subscriber::fmt::format().json(),
+            ))
+            .finish()
+            .with(broker::trace::TraceIdLayer)
+            .init();
     } else {
         builder.init();
     }

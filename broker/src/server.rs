@@ -129,7 +129,8 @@ pub async fn start_with_clock(
         config.third_party_max_registration,
     )
     .map_err(StartError::Policies)?;
-    let store = open_store(config)?;
+    let store_timings = crate::metrics::StoreTimings::default();
+    let store = crate::store::timed::Timed::wrap(open_store(config)?, store_timings.clone());
     // One load feeds every consumer, so they all start from the same journal position
     // (the one a shared store's polls continue from).
     let events = store.load()?;
@@ -217,6 +218,12 @@ pub async fn start_with_clock(
     ev.detail = Some(serde_json::json!({ "identities": identities, "trigger": "start" }));
     audit.append(ev).await?;
 
+    let revocations = Arc::new(revocations);
+    let mut metrics = Metrics::new();
+    metrics.register_audit(&audit);
+    metrics.register_store(&store_timings);
+    metrics.register_state_view(Arc::clone(&revocations));
+
     let broker = Broker {
         store: Arc::clone(&store),
         replica: config.replica_id.clone(),
@@ -236,8 +243,8 @@ pub async fn start_with_clock(
             )),
             audit,
             clock,
-            metrics: Arc::new(Metrics::default()),
-            revocations: Arc::new(revocations),
+            metrics: Arc::new(metrics),
+            revocations,
             admins: Arc::new(config.admins.clone()),
             webhook: crate::breakglass::webhook::Webhook::new(config.break_glass_webhook.clone()),
             break_glass: Arc::new(crate::state::BreakGlass {

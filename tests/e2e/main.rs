@@ -25,6 +25,9 @@
 //! - `pkcs11`: a signing key in a SoftHSM2 token (`broker keys hsm-generate`, `[signing]
 //!   pkcs11`), tokens verified from the JWKS by jsonwebtoken and PyJWT, no key file.
 //!
+//! - `metrics`: `/metrics` histograms under traffic, `promtool check metrics` and
+//!   `check rules`, and `traceparent` on the token path.
+//!
 //! Tests that need `openssl`, `curl`, Node or Python skip with a note when one is missing,
 //! and fail instead under `CI=true`.
 
@@ -45,6 +48,7 @@ mod issuance;
 mod issuer_keys;
 mod keys;
 mod lint;
+mod metrics;
 mod mtls;
 mod mtls_denials;
 mod pkcs11;

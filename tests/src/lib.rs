@@ -17,7 +17,8 @@
 //!   ([`broker_command`], [`verify_audit`], [`lint`]);
 //! - for mTLS (issue 3): a PKI made by the `openssl` CLI ([`pki`]), the real `curl` as the
 //!   client ([`curl`]), a TLS listener with `[[client_ca]]` bundles ([`TlsOptions`]) and
-//!   the registry and CAs the mTLS tests share ([`mtls`]).
+//!   the registry and CAs the mTLS tests share ([`mtls`]);
+//! - for `/metrics`: sample readers and the `promtool` runner ([`prom`]).
 //!
 //! The harness never links the broker library: everything goes through the binary, its
 //! files and its HTTP API, so the tests see exactly what a user sees. It never starts a
@@ -49,6 +50,7 @@ pub mod mtls;
 pub mod pki;
 pub mod policy;
 pub mod postgres;
+pub mod prom;
 pub mod sdk_support;
 
 /// `iss` of the test workload issuer (the one the broker is configured to trust).
@@ -988,6 +990,13 @@ impl TestBroker {
         b
     }
 
+    /// Adds `arg` to the `broker serve` command line of the next [`TestBroker::launch`]
+    /// (e.g. `--log-format json`).
+    pub fn serve_arg(&mut self, arg: impl Into<std::ffi::OsString>) -> &mut Self {
+        self.serve_args.push(arg.into());
+        self
+    }
+
     /// Starts (or restarts) the broker process and waits for its `listening on` line.
     pub fn launch(&mut self) -> Result<(), StartError> {
         assert!(self.running.is_none(), "the broker is already running");
@@ -1026,7 +1035,8 @@ impl TestBroker {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        if std::env::var_os("RUST_LOG").is_none() {
+        if std::env::var_os("RUST_LOG").is_none() && !self.env.iter().any(|(k, _)| k == "RUST_LOG")
+        {
             cmd.env("RUST_LOG", "info");
         }
         let mut child = cmd.spawn().expect("spawning the broker");

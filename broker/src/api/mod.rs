@@ -57,10 +57,18 @@ pub struct Limits {
 /// The broker's router.
 pub fn router(state: AppState, limits: Limits) -> Router {
     let timeout = limits.request_timeout;
+    // The OAuth endpoints run in a `request` span with a W3C trace id (`crate::trace`).
+    let traced = || middleware::from_fn(crate::trace::layer);
     Router::new()
-        .route(TOKEN_PATH, post(handlers::token::token))
-        .route(REVOCATION_PATH, post(handlers::revoke::revoke))
-        .route(INTROSPECTION_PATH, post(handlers::introspect::introspect))
+        .route(TOKEN_PATH, post(handlers::token::token).layer(traced()))
+        .route(
+            REVOCATION_PATH,
+            post(handlers::revoke::revoke).layer(traced()),
+        )
+        .route(
+            INTROSPECTION_PATH,
+            post(handlers::introspect::introspect).layer(traced()),
+        )
         .route("/v1/revocations", get(handlers::feed::revocations))
         .route("/v1/admin/revocations", post(handlers::admin::revocations))
         .route(

@@ -56,6 +56,41 @@ impl std::fmt::Debug for AuditLog {
     }
 }
 
+/// Reads the writer's counters and `broker_audit_write_failing` at each scrape; nothing
+/// once the log is gone.
+pub(crate) struct AuditCollector {
+    log: std::sync::Weak<Inner>,
+}
+
+impl std::fmt::Debug for AuditCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuditCollector").finish_non_exhaustive()
+    }
+}
+
+impl prometheus_client::collector::Collector for AuditCollector {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder<'_>,
+    ) -> std::fmt::Result {
+        use prometheus_client::encoding::EncodeMetric as _;
+        let Some(inner) = self.log.upgrade() else {
+            return Ok(());
+        };
+        let log = AuditLog { inner };
+        log.stats().encode(&mut encoder)?;
+        let failing = prometheus_client::metrics::gauge::ConstGauge::new(i64::from(
+            log.write_failure().is_some(),
+        ));
+        failing.encode(encoder.encode_descriptor(
+            "broker_audit_write_failing",
+            "1 while the audit log cannot be written (issuance answers 503)",
+            None,
+            failing.metric_type(),
+        )?)
+    }
+}
+
 /// The key that signs head anchors, shared by the log and its writer thread, replaced
 /// when the active signing key changes.
 type AnchorSigner = Arc<std::sync::Mutex<Arc<dyn Signer>>>;
@@ -203,7 +238,9 @@ impl AuditLog {
         let queued = Instant::now();
         self.inner.queue.push(json, queued, tx)?;
         let result = rx.await.unwrap_or(Err(AuditError::Closed));
-        self.inner.stats.acknowledged(queued.elapsed());
+        self.inner
+            .stats
+            .acknowledged(queued.elapsed(), result.is_ok());
         result
     }
 
@@ -226,6 +263,16 @@ impl AuditLog {
     /// The group-commit writer's counters (for `/metrics`).
     pub fn stats(&self) -> AuditStats {
         self.inner.stats.snapshot()
+    }
+
+    /// Registers the writer's metrics in `registry`: the commit, log sync, anchor sync and
+    /// batch size histograms, and a collector that reads the counters and the
+    /// write-failure gauge at each scrape (it holds no strong reference to the log).
+    pub fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
+        self.inner.stats.histograms().register(registry);
+        registry.register_collector(Box::new(AuditCollector {
+            log: Arc::downgrade(&self.inner),
+        }));
     }
 
     /// Why records cannot be made durable right now: the last batch's write or sync

@@ -20,6 +20,7 @@ use std::net::SocketAddr;
 use axum::Extension;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
+use tracing::Instrument as _;
 
 pub use refusal::Refusal;
 
@@ -106,7 +107,9 @@ impl<'a> TokenService<'a> {
         let dpop_jkt = authenticate::dpop(st, call.dpop, call.host, ev)?;
         let cert = authenticate::peer_cert(call.client_cert, ev)?;
         let policies = st.policies.current();
-        let caller = authenticate::authenticate(st, &policies, &params, cert, ev).await?;
+        let caller = authenticate::authenticate(st, &policies, &params, cert, ev)
+            .instrument(tracing::debug_span!("authenticate"))
+            .await?;
         let identity = caller.identity;
         ev.identity = Some(identity.id.clone());
         ev.environment = Some(identity.environment.clone());
@@ -114,8 +117,9 @@ impl<'a> TokenService<'a> {
         if let Some(actor) = &caller.actor {
             admission::not_disabled(st, actor.identity)?;
         }
-        let (mut grant, break_glass) =
-            admission::decide(st, &policies, identity, &params, call.peer, cert.is_some())?;
+        let (mut grant, break_glass) = tracing::debug_span!("policy").in_scope(|| {
+            admission::decide(st, &policies, identity, &params, call.peer, cert.is_some())
+        })?;
         if let Some(actor) = &caller.actor {
             grant = admission::delegate(identity, grant, actor, &params, break_glass.is_some())?;
         }
@@ -123,18 +127,25 @@ impl<'a> TokenService<'a> {
         admission::rate_limit(st, identity, &grant.task)?;
         admission::monitor(st, identity, &grant, call.peer, ev).await?;
         let act = caller.actor.as_ref().map(|a| &a.act);
-        let token = record::mint(
-            st,
-            identity,
-            &grant,
-            cert,
-            break_glass.as_ref(),
-            act,
-            dpop_jkt.as_deref(),
-        )?;
+        let token = tracing::debug_span!("mint").in_scope(|| {
+            record::mint(
+                st,
+                identity,
+                &grant,
+                cert,
+                break_glass.as_ref(),
+                act,
+                dpop_jkt.as_deref(),
+            )
+        })?;
         let recertify = record::fill_record(st, ev, identity, &grant, &token, break_glass.as_ref());
         let issued = std::mem::replace(ev, AuditEvent::new(EventKind::Denied));
-        if let Err(e) = st.audit.append(issued).await {
+        if let Err(e) = st
+            .audit
+            .append(issued)
+            .instrument(tracing::debug_span!("audit_append"))
+            .await
+        {
             tracing::error!(error = %e, jti = %token.claims.jti, "audit append failed; token discarded");
             st.metrics.audit_failure();
             return Ok(None);

@@ -5,6 +5,7 @@
 //! [`file::FileStore`] is the default (no database); [`memory::MemoryStore`] serves tests;
 //! [`postgres::PostgresStore`] keeps the journal in PostgreSQL so that several replicas
 //! can share it. All three run the same contract tests (`contract`, test-only).
+//! [`timed::Timed`] wraps whichever is open and times each call for `/metrics`.
 
 pub mod file;
 mod listen;
@@ -14,6 +15,7 @@ pub mod postgres;
 #[allow(unreachable_pub, dead_code)]
 #[path = "../../../tests/src/postgres.rs"]
 pub(crate) mod testpg;
+pub mod timed;
 
 use serde::{Deserialize, Serialize};
 

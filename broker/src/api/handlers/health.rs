@@ -1,10 +1,11 @@
 //! `GET /healthz` (process alive), `GET /readyz` (able to issue), `GET /metrics`.
 
 use axum::extract::State;
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 use crate::api::AppState;
+use crate::metrics::{OPENMETRICS_TEXT, PROMETHEUS_TEXT};
 
 /// Liveness.
 pub async fn healthz() -> &'static str {
@@ -32,18 +33,29 @@ pub async fn readyz(State(st): State<AppState>) -> Response {
     }
 }
 
-/// Prometheus text exposition.
-pub async fn metrics(State(st): State<AppState>) -> Response {
-    let mut text = st.metrics.render();
-    text.push_str(&st.audit.stats().render());
-    text.push_str(&format!(
-        "# HELP broker_audit_write_failing 1 while the audit log cannot be written (issuance answers 503).\n# TYPE broker_audit_write_failing gauge\nbroker_audit_write_failing {}\n",
-        u8::from(st.audit.write_failure().is_some())
-    ));
-    let mut res = text.into_response();
-    res.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; version=0.0.4"),
-    );
-    res
+/// The metrics: Prometheus text (0.0.4) by default, OpenMetrics text when the scraper's
+/// `Accept` asks for `application/openmetrics-text` (Prometheus itself does).
+pub async fn metrics(State(st): State<AppState>, headers: HeaderMap) -> Response {
+    let openmetrics = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains("application/openmetrics-text"));
+    let (text, content_type) = if openmetrics {
+        (st.metrics.render_openmetrics(), OPENMETRICS_TEXT)
+    } else {
+        (st.metrics.render(), PROMETHEUS_TEXT)
+    };
+    match text {
+        Ok(text) => {
+            let mut res = text.into_response();
+            res.headers_mut()
+                .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+            res
+        }
+        Err(_) => {
+            tracing::error!("could not encode the metrics");
+            StatusCode::INTERNAL_SERVER_ERROR.into_response()
+        }
+    }
 }

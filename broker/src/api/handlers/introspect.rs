@@ -28,17 +28,24 @@ fn no_store(mut res: Response) -> Response {
     res
 }
 
-/// The introspection endpoint.
+/// The introspection endpoint, timed in `broker_introspection_duration_seconds`.
 #[tracing::instrument(skip_all, fields(source = %req.peer.ip()))]
 pub async fn introspect(State(st): State<AppState>, req: CallerRequest, body: Bytes) -> Response {
+    let started = std::time::Instant::now();
+    let res = answer(&st, req, body).await;
+    st.metrics.introspection_request(started);
+    res
+}
+
+async fn answer(st: &AppState, req: CallerRequest, body: Bytes) -> Response {
     let path = crate::api::INTROSPECTION_PATH;
-    let (caller, ev) = match req.require_form(&st, EventKind::Denied, &body, path).await {
+    let (caller, ev) = match req.require_form(st, EventKind::Denied, &body, path).await {
         Ok(c) => c,
         Err(res) => return res,
     };
     if !caller.may_introspect() {
         return refusal::deny(
-            &st,
+            st,
             ev,
             CallRefusal::IntrospectionNotAllowed {
                 actor: caller.actor(),
@@ -59,5 +66,5 @@ pub async fn introspect(State(st): State<AppState>, req: CallerRequest, body: By
         return ApiError::state_stale().into_response();
     }
     st.metrics.introspected();
-    no_store(Json(crate::introspection::introspect(&st, &token)).into_response())
+    no_store(Json(crate::introspection::introspect(st, &token)).into_response())
 }

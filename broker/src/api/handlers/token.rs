@@ -9,6 +9,7 @@
 //! hears it, live there.
 
 use std::net::SocketAddr;
+use std::time::Instant;
 
 use axum::Extension;
 use axum::body::Bytes;
@@ -24,6 +25,7 @@ use crate::api::{ApiError, AppState};
 use crate::authn::mtls::ClientCert;
 use crate::denial_budget::Admit;
 use crate::issuance::{Issued, NotIssued, TokenCall, TokenService};
+use crate::metrics::TokenOutcome;
 
 /// The token endpoint.
 #[tracing::instrument(skip_all, fields(source = %peer.ip()))]
@@ -34,6 +36,7 @@ pub async fn token(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
+    let started = Instant::now();
     let call = TokenCall {
         peer,
         client_cert: client_cert.as_ref(),
@@ -44,11 +47,25 @@ pub async fn token(
         host: headers.get(header::HOST).and_then(|v| v.to_str().ok()),
         body,
     };
-    match TokenService::new(&st).issue(call).await {
-        Ok(issued) => answer(&issued),
-        Err(NotIssued::Refused { refusal, record }) => refused(&st, peer, &refusal, *record).await,
-        Err(NotIssued::AuditFailed) => ApiError::audit_unavailable().into_response(),
-    }
+    let (outcome, res) = match TokenService::new(&st).issue(call).await {
+        Ok(issued) => (TokenOutcome::Issued, answer(&issued)),
+        Err(NotIssued::Refused { refusal, record }) => {
+            let res = refused(&st, peer, &refusal, *record).await;
+            // Recording the refusal can fail too (503).
+            let outcome = if res.status() == StatusCode::SERVICE_UNAVAILABLE {
+                TokenOutcome::Failed
+            } else {
+                TokenOutcome::Denied
+            };
+            (outcome, res)
+        }
+        Err(NotIssued::AuditFailed) => (
+            TokenOutcome::Failed,
+            ApiError::audit_unavailable().into_response(),
+        ),
+    };
+    st.metrics.token_request(outcome, started);
+    res
 }
 
 /// The `DPoP` header: none, one (text), or an error.
