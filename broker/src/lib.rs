@@ -40,6 +40,7 @@ pub mod breakglass;
 pub mod checkpointer;
 pub mod clock;
 pub mod config;
+pub mod console;
 pub mod denial_budget;
 pub mod dev;
 pub mod dpop;

@@ -146,6 +146,31 @@ enum Command {
         #[command(subcommand)]
         command: DevCommand,
     },
+    /// The operator console at /console.
+    Console {
+        #[command(subcommand)]
+        command: ConsoleCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConsoleCommand {
+    /// Prints a one-time login link for a configured admin (run on the broker's host: the
+    /// ticket is written into the state directory; the link's secret is shown only here).
+    Login {
+        /// The broker's config file.
+        #[arg(long)]
+        config: PathBuf,
+        /// The `[[admin]]` name to sign in as.
+        #[arg(long)]
+        admin: String,
+        /// How long the link is valid (at most 1h).
+        #[arg(long, default_value = "10m")]
+        ttl: String,
+        /// The broker's base URL as the browser reaches it (default: from `[listen] addr`).
+        #[arg(long)]
+        url: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -505,6 +530,15 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             );
             admin_cli::post(&auth, "/v1/admin/revocations", &body)
         }
+        Command::Console {
+            command:
+                ConsoleCommand::Login {
+                    config,
+                    admin,
+                    ttl,
+                    url,
+                },
+        } => console_login(&config, &admin, &ttl, url.as_deref()),
         Command::Keys { command } => match command {
             KeysCommand::List { auth } => admin_cli::get(&auth, "/v1/admin/keys"),
             KeysCommand::Rotate { now, auth } => admin_cli::post(
@@ -877,6 +911,51 @@ fn explain(config: &Path, a: &ExplainArgs) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::from(1))
         }
     }
+}
+
+fn console_login(
+    config: &std::path::Path,
+    admin: &str,
+    ttl: &str,
+    url: Option<&str>,
+) -> anyhow::Result<ExitCode> {
+    let config = Config::load(config)?;
+    if !config.admins.iter().any(|a| a.name == admin) {
+        let names: Vec<&str> = config.admins.iter().map(|a| a.name.as_str()).collect();
+        eprintln!(
+            "error: no [[admin]] named {admin:?} in the config (configured: {}); the console is for configured admins only",
+            if names.is_empty() {
+                "none".to_owned()
+            } else {
+                names.join(", ")
+            }
+        );
+        return Ok(ExitCode::from(2));
+    }
+    let ttl = broker::config::parse_duration(ttl)
+        .map_err(|e| anyhow::anyhow!("--ttl: {e}"))?
+        .as_secs();
+    if ttl == 0 || ttl > broker::console::session::MAX_TICKET_TTL {
+        bail!("--ttl must be between 1s and 1h");
+    }
+    let now = broker::clock::Clock::unix_secs(&broker::clock::SystemClock);
+    let secret = broker::console::session::issue_ticket(&config.state_dir, admin, now + ttl)?;
+    let base = match url {
+        Some(u) => u.trim_end_matches('/').to_owned(),
+        None => {
+            let scheme = if config.tls.is_some() {
+                "https"
+            } else {
+                "http"
+            };
+            format!("{scheme}://{}", config.addr)
+        }
+    };
+    println!("{base}/console/login?ticket={secret}");
+    eprintln!(
+        "one-time link for admin {admin}, valid for {ttl}s; it signs in whoever opens it first"
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 fn audit_verify(

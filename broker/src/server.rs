@@ -261,6 +261,13 @@ pub async fn start_with_clock(
                 anomaly_action: config.anomaly_action,
                 monitoring: config.monitoring,
             }),
+            console: Arc::new(crate::console::Console {
+                state_dir: config.state_dir.clone(),
+                audit_dir: config.audit_dir.clone(),
+                key_dir: config.key_dir.clone(),
+                secure_cookie: config.tls.is_some(),
+                sessions: crate::console::session::Sessions::default(),
+            }),
         },
         limits: Limits {
             max_body_bytes: config.max_body_bytes,

@@ -48,6 +48,8 @@ pub struct AppState {
     /// Usage, behavioural monitoring, rate limits and recertification, with their
     /// settings.
     pub governance: Arc<Governance>,
+    /// The operator console's settings and sessions.
+    pub console: Arc<crate::console::Console>,
 }
 
 /// Break-glass: the grants and how long an unapproved request waits.

@@ -126,9 +126,18 @@ mod tests {
     #[test]
     fn matches_come_newest_first_across_segments_a_page_at_a_time() {
         let d = tempfile::tempdir().unwrap();
-        let first: Vec<Value> = (1..=3).map(|i| rec(i, "issued", "a", &format!("j{i}"))).collect();
+        let first: Vec<Value> = (1..=3)
+            .map(|i| rec(i, "issued", "a", &format!("j{i}")))
+            .collect();
         let second: Vec<Value> = (4..=6)
-            .map(|i| rec(i, if i == 5 { "revoked" } else { "issued" }, "a", &format!("j{i}")))
+            .map(|i| {
+                rec(
+                    i,
+                    if i == 5 { "revoked" } else { "issued" },
+                    "a",
+                    &format!("j{i}"),
+                )
+            })
             .collect();
         write_log(d.path(), &[&first, &second]);
         let issued = SearchFilter {
@@ -136,7 +145,12 @@ mod tests {
             ..Default::default()
         };
         let p0 = search(d.path(), &issued, 0, 2).unwrap();
-        let seqs = |p: &SearchPage| p.records.iter().map(|r| r["seq"].as_u64().unwrap()).collect::<Vec<_>>();
+        let seqs = |p: &SearchPage| {
+            p.records
+                .iter()
+                .map(|r| r["seq"].as_u64().unwrap())
+                .collect::<Vec<_>>()
+        };
         assert_eq!((seqs(&p0), p0.more), (vec![6, 4], true));
         let p1 = search(d.path(), &issued, 1, 2).unwrap();
         assert_eq!((seqs(&p1), p1.more), (vec![3, 2], true));

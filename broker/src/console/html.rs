@@ -50,7 +50,13 @@ pub struct Viewer<'a> {
 }
 
 /// A whole page: `title`, the navigation (`current` marked), an optional flash, `body`.
-pub fn page(title: &str, current: &str, viewer: Option<&Viewer<'_>>, flash: Option<&Flash>, body: &str) -> String {
+pub fn page(
+    title: &str,
+    current: &str,
+    viewer: Option<&Viewer<'_>>,
+    flash: Option<&Flash>,
+    body: &str,
+) -> String {
     let mut h = String::with_capacity(body.len() + 2048);
     let _ = write!(
         h,
@@ -64,7 +70,11 @@ pub fn page(title: &str, current: &str, viewer: Option<&Viewer<'_>>, flash: Opti
     if let Some(v) = viewer {
         h.push_str("<nav>");
         for (href, name) in PAGES {
-            let cls = if *href == current { " class=\"current\"" } else { "" };
+            let cls = if *href == current {
+                " class=\"current\""
+            } else {
+                ""
+            };
             let _ = write!(h, "<a href=\"{href}\"{cls}>{name}</a>");
         }
         h.push_str("</nav>");
@@ -95,7 +105,10 @@ pub fn page(title: &str, current: &str, viewer: Option<&Viewer<'_>>, flash: Opti
 
 /// The hidden CSRF field of a form.
 pub fn csrf_field(token: &str) -> String {
-    format!("<input type=\"hidden\" name=\"csrf\" value=\"{}\">", esc(token))
+    format!(
+        "<input type=\"hidden\" name=\"csrf\" value=\"{}\">",
+        esc(token)
+    )
 }
 
 /// A table: `headers`, then `rows` of already-escaped cells; `id` for tests and links.
@@ -156,7 +169,13 @@ mod tests {
         );
         let t = table("t", &["a"], &[vec![esc("<b>")]]);
         assert!(t.contains("&lt;b&gt;") && !t.contains("<b>"), "{t}");
-        let p = page("<x>", "/console", None, Some(&Flash::Refused("<y>".into())), "");
+        let p = page(
+            "<x>",
+            "/console",
+            None,
+            Some(&Flash::Refused("<y>".into())),
+            "",
+        );
         assert!(!p.contains("<x>") && !p.contains("<y>"), "{p}");
         assert!(!p.contains("<script"), "no script in a page");
     }

@@ -56,16 +56,14 @@ fn digest_hex(secret: &str) -> String {
 /// refused before it touches the file system or the session map.
 fn well_formed(s: &str) -> bool {
     s.len() == SECRET_LEN
-        && s
-            .bytes()
+        && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 /// Equal in constant time (for the CSRF token; lengths are public).
 fn same(a: &str, b: &str) -> bool {
     a.len() == b.len()
-        && a
-            .bytes()
+        && a.bytes()
             .zip(b.bytes())
             .fold(0u8, |acc, (x, y)| acc | (x ^ y))
             == 0
@@ -168,6 +166,8 @@ pub struct Session {
     pub admin: String,
     /// The CSRF token forms must carry.
     pub csrf: String,
+    /// The outcome of the last action, shown once on the next page.
+    pub flash: Option<crate::console::html::Flash>,
     started: u64,
     last_seen: u64,
 }
@@ -195,6 +195,7 @@ impl Sessions {
         let session = Session {
             admin: admin.to_owned(),
             csrf: secret()?,
+            flash: None,
             started: now,
             last_seen: now,
         };
@@ -223,13 +224,25 @@ impl Sessions {
         match map.get_mut(&key) {
             Some(s) if live(s, now) => {
                 s.last_seen = now;
-                Some(s.clone())
+                let seen = s.clone();
+                s.flash = None;
+                Some(seen)
             }
             Some(_) => {
                 map.remove(&key);
                 None
             }
             None => None,
+        }
+    }
+
+    /// Keeps `flash` for the next page of the session of `cookie`.
+    pub fn set_flash(&self, cookie: &str, flash: crate::console::html::Flash) {
+        if well_formed(cookie) {
+            let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(s) = map.get_mut(&digest_hex(cookie)) {
+                s.flash = Some(flash);
+            }
         }
     }
 

@@ -28,6 +28,16 @@ pub struct InventoryQuery {
     unused: Option<String>,
 }
 
+impl InventoryQuery {
+    /// Every identity, with tasks and scopes unused within `window` (e.g. `30d`).
+    pub fn unused_within(window: &str) -> Self {
+        Self {
+            due: None,
+            unused: Some(window.to_owned()),
+        }
+    }
+}
+
 /// The inventory.
 pub async fn inventory(
     State(st): State<AppState>,
