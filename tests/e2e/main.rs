@@ -35,6 +35,7 @@ mod audit;
 mod break_glass;
 mod concurrency;
 mod conformance;
+mod console;
 mod delegation;
 mod denial_flood;
 mod denials;

@@ -52,6 +52,7 @@ pub mod policy;
 pub mod postgres;
 pub mod prom;
 pub mod sdk_support;
+pub mod webdriver;
 
 /// `iss` of the test workload issuer (the one the broker is configured to trust).
 pub const ISSUER: &str = "https://issuer.test";
