@@ -479,6 +479,31 @@ pub(super) async fn anomalies(
     s.page("Anomalies", "/console/anomalies", &body)
 }
 
+/// A form posted for one object `id` (an anomaly, a grant): checked, passed to the API's
+/// handler `call` with the signed-in admin as the caller, answered with a flash on the
+/// page `back` (`done` words the success from the API's answer).
+async fn id_action<F, Fut>(
+    st: AppState,
+    (peer, headers, body): (SocketAddr, HeaderMap, Bytes),
+    id: String,
+    back: &str,
+    call: F,
+    done: impl FnOnce(&str, &Value) -> String,
+) -> Response
+where
+    F: FnOnce(AppState, Path<String>, CallerRequest) -> Fut,
+    Fut: std::future::Future<Output = Response>,
+{
+    let s = signed_or_return!(st, headers, peer);
+    if let Err(res) = check_form(&s, &headers, &form_fields(&body)) {
+        return *res;
+    }
+    let res = call(st.clone(), Path(id.clone()), s.caller_request()).await;
+    let (status, answer) = answer_of(res).await;
+    let flash = flash_of(status, &answer, done(&id, &answer));
+    after_action(&st, &s, flash, back)
+}
+
 /// `POST /console/anomalies/{id}/ack`.
 pub(super) async fn ack_anomaly(
     State(st): State<AppState>,
@@ -487,15 +512,17 @@ pub(super) async fn ack_anomaly(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let s = signed_or_return!(st, headers, peer);
-    if let Err(res) = check_form(&s, &headers, &form_fields(&body)) {
-        return *res;
-    }
-    let res =
-        handlers::admin::ack_anomaly(State(st.clone()), Path(id.clone()), s.caller_request()).await;
-    let (status, body) = answer_of(res).await;
-    let flash = flash_of(status, &body, format!("Anomaly {id} acknowledged."));
-    after_action(&st, &s, flash, "/console/anomalies")
+    let call = |st, id, req| handlers::admin::ack_anomaly(State(st), id, req);
+    let done = |id: &str, _: &Value| format!("Anomaly {id} acknowledged.");
+    id_action(
+        st,
+        (peer, headers, body),
+        id,
+        "/console/anomalies",
+        call,
+        done,
+    )
+    .await
 }
 
 // --- break-glass -------------------------------------------------------------------------
@@ -589,17 +616,20 @@ pub(super) async fn approve_grant(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let s = signed_or_return!(st, headers, peer);
-    if let Err(res) = check_form(&s, &headers, &form_fields(&body)) {
-        return *res;
-    }
-    let res =
-        handlers::break_glass::approve(State(st.clone()), Path(id.clone()), s.caller_request())
-            .await;
-    let (status, body) = answer_of(res).await;
-    let state = body["status"].as_str().unwrap_or("updated");
-    let flash = flash_of(status, &body, format!("Grant {id} approved: now {state}."));
-    after_action(&st, &s, flash, "/console/break-glass")
+    let call = |st, id, req| handlers::break_glass::approve(State(st), id, req);
+    let done = |id: &str, answer: &Value| {
+        let state = answer["status"].as_str().unwrap_or("updated");
+        format!("Grant {id} approved: now {state}.")
+    };
+    id_action(
+        st,
+        (peer, headers, body),
+        id,
+        "/console/break-glass",
+        call,
+        done,
+    )
+    .await
 }
 
 /// `POST /console/break-glass/{id}/close`.
@@ -610,19 +640,17 @@ pub(super) async fn close_grant(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let s = signed_or_return!(st, headers, peer);
-    if let Err(res) = check_form(&s, &headers, &form_fields(&body)) {
-        return *res;
-    }
-    let res =
-        handlers::break_glass::close(State(st.clone()), Path(id.clone()), s.caller_request()).await;
-    let (status, body) = answer_of(res).await;
-    let flash = flash_of(
-        status,
-        &body,
-        format!("Grant {id} closed; its tokens are revoked."),
-    );
-    after_action(&st, &s, flash, "/console/break-glass")
+    let call = |st, id, req| handlers::break_glass::close(State(st), id, req);
+    let done = |id: &str, _: &Value| format!("Grant {id} closed; its tokens are revoked.");
+    id_action(
+        st,
+        (peer, headers, body),
+        id,
+        "/console/break-glass",
+        call,
+        done,
+    )
+    .await
 }
 
 // --- revocations -------------------------------------------------------------------------
