@@ -46,9 +46,9 @@ fn start() -> TestBroker {
     b
 }
 
-/// `broker console login` for `admin`: the one-time link.
-fn login_link(b: &TestBroker, admin: &str) -> String {
-    let out = run_broker([
+/// `broker console login --admin ADMIN --url <the broker>`.
+fn console_login(b: &TestBroker, admin: &str) -> broker_tests::CmdOutput {
+    run_broker([
         "console",
         "login",
         "--config",
@@ -57,7 +57,12 @@ fn login_link(b: &TestBroker, admin: &str) -> String {
         admin,
         "--url",
         b.base_url(),
-    ]);
+    ])
+}
+
+/// `broker console login` for `admin`: the one-time link.
+fn login_link(b: &TestBroker, admin: &str) -> String {
+    let out = console_login(b, admin);
     assert!(out.success(), "console login: {out}");
     let link = out.stdout.trim().to_owned();
     assert!(
@@ -104,14 +109,7 @@ async fn an_admin_reviews_acknowledges_approves_revokes_and_searches_in_a_browse
         .screenshot(&shots.join("01-not-signed-in.png"))
         .await;
     // Only configured admins get a link.
-    let out = run_broker([
-        "console",
-        "login",
-        "--config",
-        b.config_path().to_str().unwrap(),
-        "--admin",
-        "mallory",
-    ]);
+    let out = console_login(&b, "mallory");
     assert_eq!(out.code, Some(2), "{out}");
     assert!(out.stderr.contains("no [[admin]] named"), "{out}");
 

@@ -134,27 +134,12 @@ pub fn table(id: &str, headers: &[&str], rows: &[Vec<String>]) -> String {
 
 /// Unix seconds as `YYYY-MM-DD HH:MM:SS UTC` (or `—` for none).
 pub fn time(secs: Option<u64>) -> String {
-    let Some(t) = secs else {
-        return "—".to_owned();
-    };
-    let days = t / 86_400;
-    let rem = t % 86_400;
-    // Civil from days (Howard Hinnant's algorithm).
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    secs.and_then(|t| i64::try_from(t).ok())
+        .and_then(|t| chrono::DateTime::<chrono::Utc>::from_timestamp(t, 0))
+        .map_or_else(
+            || "—".to_owned(),
+            |d| d.format("%Y-%m-%d %H:%M:%S UTC").to_string(),
+        )
 }
 
 #[cfg(test)]
