@@ -86,6 +86,10 @@ pub struct FileConfig {
     /// `[dpop]`: DPoP proofs at the token endpoint ([`crate::dpop`]).
     #[serde(default)]
     pub dpop: Option<crate::dpop::DpopFile>,
+    /// `[console]`: the operator console (`[console.oidc]`: sign-in with the company's
+    /// identity provider, [`crate::console::oidc_config`]).
+    #[serde(default)]
+    pub console: Option<crate::console::oidc_config::ConsoleFile>,
 }
 
 /// `[governance]`.
@@ -325,6 +329,17 @@ pub enum Role {
 }
 
 impl Role {
+    /// The role a config names (`revoke`, `read_audit`, `break_glass_approve`, `admin`).
+    pub fn parse(s: &str) -> Option<Role> {
+        match s {
+            "revoke" => Some(Role::Revoke),
+            "read_audit" => Some(Role::ReadAudit),
+            "break_glass_approve" => Some(Role::BreakGlassApprove),
+            "admin" => Some(Role::Admin),
+            _ => None,
+        }
+    }
+
     /// The config name.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -603,6 +618,8 @@ pub struct Config {
     pub http: crate::http_limits::HttpLimits,
     /// DPoP settings (`[dpop]`).
     pub dpop: crate::dpop::DpopSettings,
+    /// `[console.oidc]`, validated: console sign-in through an OpenID Connect provider.
+    pub console_oidc: Option<crate::console::oidc_config::OidcSettings>,
 }
 
 impl Config {
@@ -1078,17 +1095,11 @@ impl FileConfig {
             }
             let mut roles = Vec::new();
             for r in &a.roles {
-                roles.push(match r.as_str() {
-                    "revoke" => Role::Revoke,
-                    "read_audit" => Role::ReadAudit,
-                    "break_glass_approve" => Role::BreakGlassApprove,
-                    "admin" => Role::Admin,
-                    other => {
-                        return Err(invalid(format!(
-                            "{at}: unknown role {other:?} (revoke, read_audit, break_glass_approve, admin)"
-                        )));
-                    }
-                });
+                roles.push(Role::parse(r).ok_or_else(|| {
+                    invalid(format!(
+                        "{at}: unknown role {r:?} (revoke, read_audit, break_glass_approve, admin)"
+                    ))
+                })?);
             }
             if roles.is_empty() {
                 return Err(invalid(format!("{at}: give at least one role")));
@@ -1173,6 +1184,12 @@ impl FileConfig {
                     invalid(format!("governance.third_party_max_registration: {e}"))
                 })?),
             };
+        let console_oidc = crate::console::oidc_config::OidcSettings::from_file(
+            self.console.as_ref().and_then(|c| c.oidc.as_ref()),
+            &resolve,
+            &self.issuer,
+        )
+        .map_err(&invalid)?;
         Ok(Config {
             monitoring: gov.as_ref().and_then(|g| g.monitoring).unwrap_or(true),
             third_party_max_registration,
@@ -1225,6 +1242,7 @@ impl FileConfig {
             )?,
             http: crate::http_limits::from_file(self.http.as_ref()).map_err(&invalid)?,
             dpop: crate::dpop::DpopSettings::from_file(self.dpop.as_ref()).map_err(&invalid)?,
+            console_oidc,
             key_dir: resolve(&self.signing.key_dir),
             pkcs11,
             algorithm,

@@ -61,6 +61,9 @@ pub enum StartError {
     /// TLS material.
     #[error("TLS: {0}")]
     Tls(String),
+    /// The console's OpenID Connect client (`[console.oidc]`).
+    #[error("{0}")]
+    ConsoleOidc(String),
     /// The state store (revocations, disabled identities).
     #[error("state store: {0}")]
     Store(#[from] crate::store::StoreError),
@@ -144,6 +147,13 @@ pub async fn start_with_clock(
         config.dormant_after.as_secs(),
     );
     let authn = Authenticator::new(&config.trusted_issuers, Arc::clone(&clock))?;
+    let console_oidc = match &config.console_oidc {
+        Some(s) => Some(
+            crate::console::oidc::Oidc::new(s.clone(), Arc::clone(&clock))
+                .map_err(StartError::ConsoleOidc)?,
+        ),
+        None => None,
+    };
     for (issuer, e) in authn.preload().await {
         tracing::warn!(%issuer, error = %e, "issuer keys not loaded yet; tokens from it are refused until they load");
     }
@@ -267,6 +277,7 @@ pub async fn start_with_clock(
                 key_dir: config.key_dir.clone(),
                 secure_cookie: config.tls.is_some(),
                 sessions: crate::console::session::Sessions::default(),
+                oidc: console_oidc,
             }),
         },
         limits: Limits {

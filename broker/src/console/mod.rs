@@ -3,7 +3,9 @@
 //! signing keys and search the audit log.
 //!
 //! Who: configured admins only, signed in with a one-time login link
-//! (`broker console login --admin NAME`, [`session`]). Every change the console makes
+//! (`broker console login --admin NAME`, [`session`]), or people the company's OpenID
+//! Connect provider vouches for whose groups map to broker roles (`[console.oidc]`,
+//! [`oidc`]). Every change the console makes
 //! goes through the same handler as the JSON admin API, called with the signed-in admin as
 //! the caller ([`crate::api::caller_request::CallerRequest::console_admin`]): the same role
 //! checks, refusals and audit records, written once. Forms carry a per-session CSRF token
@@ -13,6 +15,9 @@
 //! No token, key or secret is ever rendered: tokens appear by `jti`, keys by `kid`.
 
 pub mod html;
+pub mod oidc;
+pub mod oidc_config;
+mod oidc_pages;
 mod pages;
 pub mod session;
 
@@ -38,6 +43,8 @@ pub struct Console {
     pub secure_cookie: bool,
     /// Live sessions.
     pub sessions: session::Sessions,
+    /// Sign-in through the company's identity provider, when `[console.oidc]` is set.
+    pub oidc: Option<oidc::Oidc>,
 }
 
 /// The console's routes.
@@ -46,6 +53,8 @@ pub fn routes() -> Router<AppState> {
         .route("/console", get(pages::inventory))
         .route("/console/login", get(pages::login_form).post(pages::login))
         .route("/console/logout", post(pages::logout))
+        .route("/console/oidc/start", get(oidc_pages::start))
+        .route("/console/oidc/callback", get(oidc_pages::callback))
         .route("/console/anomalies", get(pages::anomalies))
         .route("/console/anomalies/{id}/ack", post(pages::ack_anomaly))
         .route("/console/break-glass", get(pages::break_glass))
@@ -78,7 +87,7 @@ pub fn html_response(status: StatusCode, body: String) -> Response {
     res
 }
 
-fn secure_headers(h: &mut axum::http::HeaderMap) {
+pub(super) fn secure_headers(h: &mut axum::http::HeaderMap) {
     h.insert(
         header::CONTENT_SECURITY_POLICY,
         HeaderValue::from_static(CSP),

@@ -67,14 +67,22 @@ impl Signed {
     }
 }
 
-fn console(st: &AppState) -> &Console {
+pub(super) fn console(st: &AppState) -> &Console {
     &st.console
 }
 
-/// A page for someone not signed in.
-fn sign_in_page(status: StatusCode, why: &str) -> Response {
+/// A page for someone not signed in: the provider's sign-in button when `[console.oidc]`
+/// is set, and how to get a one-time link.
+pub(super) fn sign_in_page(st: &AppState, status: StatusCode, why: &str) -> Response {
+    let sso = match &console(st).oidc {
+        Some(o) => format!(
+            "<p><a class=\"button\" id=\"oidc-signin\" href=\"/console/oidc/start\">Sign in with {}</a></p>",
+            esc(&o.settings.display_name)
+        ),
+        None => String::new(),
+    };
     let body = format!(
-        "<p id=\"signin\">{}</p><p>Ask an operator with access to the broker's host for a \
+        "<p id=\"signin\">{}</p>{sso}<p>Or ask an operator with access to the broker's host for a \
          one-time login link: <code>broker console login --config CONFIG --admin NAME</code>.</p>",
         esc(why)
     );
@@ -85,6 +93,7 @@ fn sign_in_page(status: StatusCode, why: &str) -> Response {
 fn signed(st: &AppState, headers: &HeaderMap, peer: SocketAddr) -> Result<Signed, Box<Response>> {
     let not_signed = || {
         Box::new(sign_in_page(
+            st,
             StatusCode::UNAUTHORIZED,
             "You are not signed in (or your session ended). The console is for configured admins only.",
         ))
@@ -100,13 +109,18 @@ fn signed(st: &AppState, headers: &HeaderMap, peer: SocketAddr) -> Result<Signed
         .sessions
         .touch(&cookie, now)
         .ok_or_else(not_signed)?;
-    // A session ends when its admin leaves the config.
-    let admin = st
-        .admins
-        .iter()
-        .find(|a| a.name == session.admin)
-        .cloned()
-        .ok_or_else(not_signed)?;
+    let admin = match &session.oidc {
+        // Fixed at sign-in by the provider; ends if the provider leaves the config.
+        Some(a) if console(st).oidc.is_some() => a.clone(),
+        Some(_) => return Err(not_signed()),
+        // A session ends when its admin leaves the config.
+        None => st
+            .admins
+            .iter()
+            .find(|a| a.name == session.admin)
+            .cloned()
+            .ok_or_else(not_signed)?,
+    };
     Ok(Signed {
         admin,
         session,
@@ -231,7 +245,7 @@ async fn require_any(
     ))
 }
 
-fn console_evidence() -> Evidence {
+pub(super) fn console_evidence() -> Evidence {
     Evidence {
         kind: "console_session",
         ..Default::default()
@@ -295,6 +309,7 @@ pub(super) async fn login(
                 tracing::error!(error = %e, "could not record a refused console sign-in");
             }
             return sign_in_page(
+                &st,
                 StatusCode::UNAUTHORIZED,
                 "This login link is not valid: it was used already, it expired, or it was never issued.",
             );
@@ -306,6 +321,7 @@ pub(super) async fn login(
     if let Err(e) = st.audit.append(ev).await {
         tracing::error!(error = %e, "console sign-in not recorded; refused");
         return sign_in_page(
+            &st,
             StatusCode::SERVICE_UNAVAILABLE,
             "The sign-in could not be recorded in the audit log, so it was refused. Try again later.",
         );
@@ -313,23 +329,31 @@ pub(super) async fn login(
     let cookie = match c.sessions.start(&admin.name, now) {
         Ok(k) => k,
         Err(_) => {
-            return sign_in_page(StatusCode::SERVICE_UNAVAILABLE, "No session could be made.");
+            return sign_in_page(
+                &st,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "No session could be made.",
+            );
         }
     };
-    let secure = if c.secure_cookie { "; Secure" } else { "" };
-    let set = format!(
-        "{}={cookie}; Path=/console; HttpOnly; SameSite=Strict; Max-Age={}{secure}",
-        session::COOKIE,
-        session::LIFETIME
-    );
     let mut res = StatusCode::SEE_OTHER.into_response();
     let h = res.headers_mut();
     h.insert(header::LOCATION, HeaderValue::from_static("/console"));
-    if let Ok(v) = HeaderValue::from_str(&set) {
+    if let Ok(v) = HeaderValue::from_str(&session_cookie(c, &cookie)) {
         h.insert(header::SET_COOKIE, v);
     }
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     res
+}
+
+/// The `Set-Cookie` value of a new session.
+pub(super) fn session_cookie(c: &Console, cookie: &str) -> String {
+    let secure = if c.secure_cookie { "; Secure" } else { "" };
+    format!(
+        "{}={cookie}; Path=/console; HttpOnly; SameSite=Strict; Max-Age={}{secure}",
+        session::COOKIE,
+        session::LIFETIME
+    )
 }
 
 /// `POST /console/logout`.
@@ -351,7 +375,7 @@ pub(super) async fn logout(
     if let Err(e) = st.audit.append(ev).await {
         tracing::error!(error = %e, "could not record a console sign-out");
     }
-    let mut res = sign_in_page(StatusCode::OK, "You are signed out.");
+    let mut res = sign_in_page(&st, StatusCode::OK, "You are signed out.");
     let clear = format!(
         "{}=; Path=/console; HttpOnly; SameSite=Strict; Max-Age=0",
         session::COOKIE

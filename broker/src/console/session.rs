@@ -39,7 +39,7 @@ pub fn ticket_dir(state_dir: &Path) -> PathBuf {
 }
 
 /// 256 random bits, base64url.
-fn secret() -> Result<String, RandomError> {
+pub(super) fn secret() -> Result<String, RandomError> {
     let mut b = [0u8; 32];
     SystemRandom::new().fill(&mut b).map_err(|_| RandomError)?;
     Ok(URL_SAFE_NO_PAD.encode(b))
@@ -47,21 +47,21 @@ fn secret() -> Result<String, RandomError> {
 
 /// SHA-256 of `secret`, hex: how tickets and sessions are looked up (the secret is never
 /// kept).
-fn digest_hex(secret: &str) -> String {
+pub(super) fn digest_hex(secret: &str) -> String {
     let d = ring::digest::digest(&ring::digest::SHA256, secret.as_bytes());
     d.as_ref().iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Whether `s` looks like one of our secrets (bounded, base64url): anything else is
 /// refused before it touches the file system or the session map.
-fn well_formed(s: &str) -> bool {
+pub(super) fn well_formed(s: &str) -> bool {
     s.len() == SECRET_LEN
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 /// Equal in constant time (for the CSRF token; lengths are public).
-fn same(a: &str, b: &str) -> bool {
+pub(super) fn same(a: &str, b: &str) -> bool {
     a.len() == b.len()
         && a.bytes()
             .zip(b.bytes())
@@ -168,6 +168,9 @@ pub struct Session {
     pub csrf: String,
     /// The outcome of the last action, shown once on the next page.
     pub flash: Option<crate::console::html::Flash>,
+    /// For a sign-in through the identity provider: the admin as the ID token made them
+    /// (name and roles, fixed for the session); `None` for a configured `[[admin]]`.
+    pub oidc: Option<crate::config::Admin>,
     started: u64,
     last_seen: u64,
 }
@@ -189,13 +192,30 @@ pub struct Sessions {
 const MAX_SESSIONS: usize = 1000;
 
 impl Sessions {
-    /// Starts a session for `admin` at `now`; returns the cookie value.
+    /// Starts a session for the configured admin `admin` at `now`; returns the cookie
+    /// value.
     pub fn start(&self, admin: &str, now: u64) -> Result<String, RandomError> {
+        self.insert(admin, None, now)
+    }
+
+    /// Starts a session for `admin` as the identity provider's ID token made them.
+    pub fn start_oidc(&self, admin: crate::config::Admin, now: u64) -> Result<String, RandomError> {
+        let name = admin.name.clone();
+        self.insert(&name, Some(admin), now)
+    }
+
+    fn insert(
+        &self,
+        admin: &str,
+        oidc: Option<crate::config::Admin>,
+        now: u64,
+    ) -> Result<String, RandomError> {
         let cookie = secret()?;
         let session = Session {
             admin: admin.to_owned(),
             csrf: secret()?,
             flash: None,
+            oidc,
             started: now,
             last_seen: now,
         };
