@@ -36,6 +36,7 @@ mod break_glass;
 mod concurrency;
 mod conformance;
 mod console;
+mod console_oidc;
 mod delegation;
 mod denial_flood;
 mod denials;

@@ -47,6 +47,7 @@ pub mod break_glass;
 pub mod curl;
 pub mod governance;
 pub mod mtls;
+pub mod oidc_idp;
 pub mod pki;
 pub mod policy;
 pub mod postgres;
