@@ -206,7 +206,8 @@ jwt_shape() {
 wrk_run() {
     local name=$1 url=$2 script=$3 duration=$4
     shift 4
-    local out="$WORK/$LABEL.$ROUND.$name.wrk" t0 t1 c0 c1 times
+    local out="$WORK/$LABEL.$ROUND.$name.wrk" t0 t1 c0 c1 times s0 s1
+    read -r -a s0 < <(head -n1 /proc/stat)
     c0=$(cpu_ticks "$@")
     t0=$(date +%s%N)
     set +e
@@ -219,6 +220,12 @@ wrk_run() {
     set -e
     t1=$(date +%s%N)
     c1=$(cpu_ticks "$@")
+    read -r -a s1 < <(head -n1 /proc/stat)
+    # The hypervisor's steal time as a share of the machine's time in the window: a
+    # neighbour's load, which slows both servers alike only if it is steady.
+    local total=0 i
+    for i in 1 2 3 4 5 6 7 8; do total=$((total + s1[i] - s0[i])); done
+    R_steal=$(awk -v st=$((s1[8] - s0[8])) -v t="$total" 'BEGIN { printf "%.1f", (t > 0 ? 100 * st / t : 0) }')
     if [[ "$rc" != 0 ]]; then
         cat "$out" >&2
         fail "$LABEL: wrk exited with $rc"
@@ -261,9 +268,9 @@ record() {
             printf "%.0f %.2f %.2f %.2f %.1f %.2f\n", n / (d / 1e6), p50 / 1e3, p99 / 1e3,
                 cpu / w, 1e6 * cpu / n, wcpu / w
         }')
-    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$ROUND" "$LABEL" "$rps" "$p50" "$p99" \
-        "$cores" "$cpu_us" "$wrk_cores" "$R_requests" >>"$RESULTS"
-    echo "result:  $LABEL round $ROUND: $rps requests/s, p50 $p50 ms, p99 $p99 ms, server $cores cores, $cpu_us µs CPU/request, wrk $wrk_cores cores, $R_requests requests, 0 errors"
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$ROUND" "$LABEL" "$rps" "$p50" "$p99" \
+        "$cores" "$cpu_us" "$wrk_cores" "$R_requests" "$R_steal" >>"$RESULTS"
+    echo "result:  $LABEL round $ROUND: $rps requests/s, p50 $p50 ms, p99 $p99 ms, server $cores cores, $cpu_us µs CPU/request, wrk $wrk_cores cores, $R_requests requests, steal $R_steal %, 0 errors"
 }
 
 run_broker() {
@@ -408,24 +415,24 @@ awk -F'\t' '
         return s
     }
     BEGIN {
-        print "| round | server | requests/s | p50 | p99 | server cores | server CPU / request | wrk cores | requests | non-2xx |"
-        print "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+        print "| round | server | requests/s | p50 | p99 | server cores | server CPU / request | wrk cores | requests | non-2xx | steal |"
+        print "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
     }
     {
-        printf "| %s | %s | %s | %.2f ms | %.2f ms | %.2f | %.1f µs | %.2f | %s | 0 |\n", $1, $2, group($3), $4, $5, $6, $7, $8, group($9)
+        printf "| %s | %s | %s | %.2f ms | %.2f ms | %.2f | %.1f µs | %.2f | %s | 0 | %s %% |\n", $1, $2, group($3), $4, $5, $6, $7, $8, group($9), $10
         rps[$1, $2] = $3; p99[$1, $2] = $5; cpu[$1, $2] = $7
         if ($1 > rounds) rounds = $1
     }
     END {
         for (r = 1; r <= rounds; r++) {
             if (!((r, "peer") in rps)) continue
-            printf "| %d | **broker / peer** | **%.2f×** | | %.2f× | | %.2f× | | | |\n", r,
+            printf "| %d | **broker / peer** | **%.2f×** | | %.2f× | | %.2f× | | | | |\n", r,
                 rps[r, "broker"] / rps[r, "peer"], p99[r, "broker"] / p99[r, "peer"],
                 cpu[r, "broker"] / cpu[r, "peer"]
             sb += rps[r, "broker"]; sp += rps[r, "peer"]
         }
         if (rounds > 1 && sp > 0)
-            printf "| all | **broker / peer** (mean requests/s) | **%.2f×** | | | | | | | |\n", sb / sp
+            printf "| all | **broker / peer** (mean requests/s) | **%.2f×** | | | | | | | | |\n", sb / sp
     }' "$RESULTS"
 echo
 echo "Tokens signed: broker $BROKER_ALG, peer $PEER_ALG."

@@ -10,6 +10,10 @@ use std::time::Duration;
 
 mod admin_cli;
 
+/// mimalloc instead of glibc malloc: see BENCHMARKS.md, issue 13 item 3.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use anyhow::{Context, bail};
 use broker::clock::{Clock, SystemClock};
 use broker::config::Config;

@@ -238,7 +238,7 @@ pub async fn start_with_clock(
         store: Arc::clone(&store),
         replica: config.replica_id.clone(),
         max_staleness: config.store_max_staleness,
-        state: AppState {
+        state: AppState::new(crate::state::Services {
             authn: Arc::new(authn),
             policies: Arc::new(policies),
             minter,
@@ -279,7 +279,7 @@ pub async fn start_with_clock(
                 sessions: crate::console::session::Sessions::default(),
                 oidc: console_oidc,
             }),
-        },
+        }),
         limits: Limits {
             max_body_bytes: config.max_body_bytes,
             request_timeout: config.request_timeout,
