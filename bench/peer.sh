@@ -226,6 +226,12 @@ wrk_run() {
     local total=0 i
     for i in 1 2 3 4 5 6 7 8; do total=$((total + s1[i] - s0[i])); done
     R_steal=$(awk -v st=$((s1[8] - s0[8])) -v t="$total" 'BEGIN { printf "%.1f", (t > 0 ? 100 * st / t : 0) }')
+    # The whole machine's idle, iowait and softirq shares in the window: whether the
+    # server had cores left to use (idle), waited on the disk (iowait), or shared them with
+    # the loopback network stack (softirq).
+    R_idle=$(awk -v x=$((s1[4] - s0[4])) -v t="$total" 'BEGIN { printf "%.1f", (t > 0 ? 100 * x / t : 0) }')
+    R_iowait=$(awk -v x=$((s1[5] - s0[5])) -v t="$total" 'BEGIN { printf "%.1f", (t > 0 ? 100 * x / t : 0) }')
+    R_softirq=$(awk -v x=$((s1[7] - s0[7])) -v t="$total" 'BEGIN { printf "%.1f", (t > 0 ? 100 * x / t : 0) }')
     if [[ "$rc" != 0 ]]; then
         cat "$out" >&2
         fail "$LABEL: wrk exited with $rc"
@@ -268,9 +274,9 @@ record() {
             printf "%.0f %.2f %.2f %.2f %.1f %.2f\n", n / (d / 1e6), p50 / 1e3, p99 / 1e3,
                 cpu / w, 1e6 * cpu / n, wcpu / w
         }')
-    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$ROUND" "$LABEL" "$rps" "$p50" "$p99" \
-        "$cores" "$cpu_us" "$wrk_cores" "$R_requests" "$R_steal" >>"$RESULTS"
-    echo "result:  $LABEL round $ROUND: $rps requests/s, p50 $p50 ms, p99 $p99 ms, server $cores cores, $cpu_us µs CPU/request, wrk $wrk_cores cores, $R_requests requests, steal $R_steal %, 0 errors"
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$ROUND" "$LABEL" "$rps" "$p50" "$p99" \
+        "$cores" "$cpu_us" "$wrk_cores" "$R_requests" "$R_steal" "$R_idle" "$R_iowait" "$R_softirq" >>"$RESULTS"
+    echo "result:  $LABEL round $ROUND: $rps requests/s, p50 $p50 ms, p99 $p99 ms, server $cores cores, $cpu_us µs CPU/request, wrk $wrk_cores cores, $R_requests requests, steal $R_steal %, machine idle $R_idle % iowait $R_iowait % softirq $R_softirq %, 0 errors"
 }
 
 run_broker() {
@@ -415,24 +421,24 @@ awk -F'\t' '
         return s
     }
     BEGIN {
-        print "| round | server | requests/s | p50 | p99 | server cores | server CPU / request | wrk cores | requests | non-2xx | steal |"
-        print "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+        print "| round | server | requests/s | p50 | p99 | server cores | server CPU / request | wrk cores | requests | non-2xx | steal | machine idle / iowait / softirq |"
+        print "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
     }
     {
-        printf "| %s | %s | %s | %.2f ms | %.2f ms | %.2f | %.1f µs | %.2f | %s | 0 | %s %% |\n", $1, $2, group($3), $4, $5, $6, $7, $8, group($9), $10
+        printf "| %s | %s | %s | %.2f ms | %.2f ms | %.2f | %.1f µs | %.2f | %s | 0 | %s %% | %s / %s / %s %% |\n", $1, $2, group($3), $4, $5, $6, $7, $8, group($9), $10, $11, $12, $13
         rps[$1, $2] = $3; p99[$1, $2] = $5; cpu[$1, $2] = $7
         if ($1 > rounds) rounds = $1
     }
     END {
         for (r = 1; r <= rounds; r++) {
             if (!((r, "peer") in rps)) continue
-            printf "| %d | **broker / peer** | **%.2f×** | | %.2f× | | %.2f× | | | | |\n", r,
+            printf "| %d | **broker / peer** | **%.2f×** | | %.2f× | | %.2f× | | | | | |\n", r,
                 rps[r, "broker"] / rps[r, "peer"], p99[r, "broker"] / p99[r, "peer"],
                 cpu[r, "broker"] / cpu[r, "peer"]
             sb += rps[r, "broker"]; sp += rps[r, "peer"]
         }
         if (rounds > 1 && sp > 0)
-            printf "| all | **broker / peer** (mean requests/s) | **%.2f×** | | | | | | | | |\n", sb / sp
+            printf "| all | **broker / peer** (mean requests/s) | **%.2f×** | | | | | | | | | |\n", sb / sp
     }' "$RESULTS"
 echo
 echo "Tokens signed: broker $BROKER_ALG, peer $PEER_ALG."

@@ -173,11 +173,20 @@ fn nonzero<const N: usize>(
 pub struct Hex<const N: usize>([u8; N]);
 
 impl<const N: usize> fmt::Display for Hex<N> {
+    /// One `write_str` of digits encoded on the stack: a `write!` per byte cost ~6,500
+    /// instructions per id, twice a request (BENCHMARKS.md, issue 13).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for b in self.0 {
-            write!(f, "{b:02x}")?;
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        // Ids are 8 or 16 bytes; 64 digits cover up to 32 without a heap buffer.
+        let mut buf = [0u8; 64];
+        let out = buf.get_mut(..2 * N).ok_or(fmt::Error)?;
+        for (pair, b) in out.chunks_exact_mut(2).zip(self.0) {
+            pair[0] = DIGITS[usize::from(b >> 4)];
+            pair[1] = DIGITS[usize::from(b & 0x0f)];
         }
-        Ok(())
+        // Only ASCII digits were written.
+        let s = std::str::from_utf8(out).map_err(|_| fmt::Error)?;
+        f.write_str(s)
     }
 }
 
@@ -295,6 +304,13 @@ mod tests {
             "4bf92f3577b34da6a3ce929d0e0e4736"
         );
         assert_eq!(Hex(p.parent_id).to_string(), "00f067aa0ba902b7");
+        // Every byte value, against the standard formatter.
+        let all: [u8; 32] = std::array::from_fn(|i| (i * 8 + 7) as u8);
+        let want: String = all.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(Hex(all).to_string(), want);
+        for b in 0..=255u8 {
+            assert_eq!(Hex([b]).to_string(), format!("{b:02x}"));
+        }
         assert_eq!(p.flags, 1);
         // A later version may append fields after a dash.
         let v1 = "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00-extra";

@@ -11,6 +11,7 @@
 
 pub mod admission;
 pub mod authenticate;
+mod form;
 pub mod parse;
 pub mod record;
 pub mod refusal;

@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use super::refusal::Refusal;
+use crate::audit::event::AuditEvent;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::http::StatusCode;
@@ -9,14 +11,10 @@ use broker_client::types::{
     GRANT_TYPE_CLIENT_CREDENTIALS, GRANT_TYPE_TOKEN_EXCHANGE, TOKEN_TYPE_ACCESS_TOKEN,
     TOKEN_TYPE_JWT,
 };
-use serde::Deserialize;
-
-use super::refusal::Refusal;
-use crate::audit::event::AuditEvent;
 
 /// The form parameters the broker reads. Unknown parameters are ignored (RFC 6749 §3.2);
 /// a repeated parameter is an error. No `Debug`: it holds the subject token.
-#[derive(Deserialize, Default)]
+#[derive(Default)]
 struct TokenForm {
     grant_type: Option<String>,
     subject_token: Option<String>,
@@ -140,7 +138,39 @@ fn form(
     if !form_type {
         return Err(Refusal::not_a_form());
     }
-    serde_urlencoded::from_bytes(&body).map_err(|e| Refusal::malformed_form(&e))
+    TokenForm::read(&body).map_err(Refusal::malformed_form)
+}
+
+impl TokenForm {
+    /// The known parameters of a form body ([`super::form::pairs`]); the error names a
+    /// parameter given twice.
+    fn read(body: &[u8]) -> Result<Self, String> {
+        let mut form = Self::default();
+        for (name, value) in super::form::pairs(body) {
+            let slot = match name.as_ref() {
+                "grant_type" => &mut form.grant_type,
+                "subject_token" => &mut form.subject_token,
+                "subject_token_type" => &mut form.subject_token_type,
+                "requested_token_type" => &mut form.requested_token_type,
+                "actor_token" => &mut form.actor_token,
+                "actor_token_type" => &mut form.actor_token_type,
+                "task" => &mut form.task,
+                "audience" => &mut form.audience,
+                "resource" => &mut form.resource,
+                "scope" => &mut form.scope,
+                "requested_ttl" => &mut form.requested_ttl,
+                "client_id" => &mut form.client_id,
+                "client_assertion_type" => &mut form.client_assertion_type,
+                "client_assertion" => &mut form.client_assertion,
+                _ => continue,
+            };
+            if slot.is_some() {
+                return Err(format!("duplicate field `{name}`"));
+            }
+            *slot = Some(value.into_owned());
+        }
+        Ok(form)
+    }
 }
 
 /// The grant type and its credential parameters.
@@ -255,6 +285,32 @@ mod tests {
     }
 
     const EXCHANGE: &str = "grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Atoken-exchange&subject_token_type=urn%3Aietf%3Aparams%3Aoauth%3Atoken-type%3Ajwt&subject_token=x.y.z";
+
+    #[test]
+    fn a_repeated_parameter_is_refused_and_an_unknown_one_ignored() {
+        for name in [
+            "task",
+            "subject_token",
+            "scope",
+            "grant_type",
+            "client_assertion",
+        ] {
+            let r = parse_form(&format!("{EXCHANGE}&task=t&{name}=a&{name}=b"))
+                .err()
+                .unwrap_or_else(|| panic!("{name} given twice was accepted"));
+            let d = r.error().description;
+            assert!(d.contains(&format!("duplicate field `{name}`")), "{d}");
+        }
+        // An escaped name is the same name.
+        let d = parse_form(&format!("{EXCHANGE}&task=t&ta%73k=u"))
+            .err()
+            .unwrap()
+            .error()
+            .description;
+        assert!(d.contains("duplicate field `task`"), "{d}");
+        let p = parse_form(&format!("{EXCHANGE}&task=t&unknown=1&unknown=2")).unwrap();
+        assert_eq!(p.task, "t");
+    }
 
     #[test]
     fn a_complete_exchange_parses() {

@@ -728,7 +728,7 @@ impl Refusal {
         Self::NotAForm
     }
     /// See [`Refusal::MalformedForm`].
-    pub fn malformed_form(e: &serde_urlencoded::de::Error) -> Self {
+    pub fn malformed_form(e: impl std::fmt::Display) -> Self {
         Self::MalformedForm(e.to_string())
     }
     /// See [`Refusal::UnsupportedGrantType`].
