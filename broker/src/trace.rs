@@ -6,7 +6,7 @@
 //! An incoming `traceparent` is kept only if it parses strictly (W3C Trace Context
 //! level 1, §3.2: lowercase hex, no all-zero ids, version `ff` refused, at most
 //! [`MAX_TRACEPARENT_LEN`] bytes, exactly one header); otherwise a new trace id is drawn
-//! from the operating system's generator ([`crate::ids::random_bytes`]). Either way the
+//! from the operating system's generator ([`crate::ids::id_bytes`]). Either way the
 //! broker's own span gets a fresh span id, which the response's `traceparent` names as the
 //! parent for whatever the caller does next. A generator failure leaves the request
 //! without trace context (logged), never unanswered.
@@ -28,7 +28,7 @@ use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::layer::{Context, Layer};
 use tracing_subscriber::registry::LookupSpan;
 
-use crate::ids::{RandomError, random_bytes};
+use crate::ids::{RandomError, id_bytes};
 
 /// The name of the header, in requests and responses.
 pub const TRACEPARENT: &str = "traceparent";
@@ -120,7 +120,7 @@ impl TraceContext {
     /// A span in `parent`'s trace (keeping its sampled flag), or in a new trace when there
     /// is no valid parent.
     pub fn child_of(parent: Option<TraceParent>) -> Result<Self, RandomError> {
-        let span_id = nonzero(random_bytes::<8>)?;
+        let span_id = nonzero(id_bytes::<8>)?;
         Ok(match parent {
             Some(p) => Self {
                 trace_id: p.trace_id,
@@ -128,7 +128,7 @@ impl TraceContext {
                 flags: p.flags & 0x01,
             },
             None => Self {
-                trace_id: nonzero(random_bytes::<16>)?,
+                trace_id: nonzero(id_bytes::<16>)?,
                 span_id,
                 flags: 0,
             },

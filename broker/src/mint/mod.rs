@@ -17,7 +17,6 @@ use std::sync::{Arc, RwLock};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use broker_client::types::{AccessTokenClaims, Confirmation};
-use ring::rand::{SecureRandom, SystemRandom};
 use zeroize::Zeroizing;
 
 use crate::clock::Clock;
@@ -128,7 +127,6 @@ pub struct Minter {
     /// replica's keys, then those other replicas published through the shared store.
     signing: RwLock<Arc<Signing>>,
     clock: Arc<dyn Clock>,
-    rng: SystemRandom,
 }
 
 impl fmt::Debug for Minter {
@@ -164,7 +162,6 @@ impl Minter {
             })),
             keys: Arc::new(keys),
             clock,
-            rng: SystemRandom::new(),
         }
     }
 
@@ -275,10 +272,10 @@ impl Minter {
         }
     }
 
-    /// A fresh 128-bit random token id, base64url.
+    /// A fresh 128-bit random token id, base64url (from [`crate::ids::id_bytes`]: a
+    /// `jti` is public once issued).
     pub fn new_jti(&self) -> Result<String, MintError> {
-        let mut b = [0u8; 16];
-        self.rng.fill(&mut b).map_err(|_| MintError::Random)?;
+        let b = crate::ids::id_bytes::<16>().map_err(|_| MintError::Random)?;
         Ok(URL_SAFE_NO_PAD.encode(b))
     }
 
