@@ -173,20 +173,22 @@ fn nonzero<const N: usize>(
 pub struct Hex<const N: usize>([u8; N]);
 
 impl<const N: usize> fmt::Display for Hex<N> {
-    /// One `write_str` of digits encoded on the stack: a `write!` per byte cost ~6,500
-    /// instructions per id, twice a request (BENCHMARKS.md, issue 13).
+    /// Digits encoded on the stack and written with one `write_str` per 32 bytes: a
+    /// `write!` per byte cost ~6,500 instructions per id, twice a request (BENCHMARKS.md,
+    /// issue 13).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         const DIGITS: &[u8; 16] = b"0123456789abcdef";
-        // Ids are 8 or 16 bytes; 64 digits cover up to 32 without a heap buffer.
         let mut buf = [0u8; 64];
-        let out = buf.get_mut(..2 * N).ok_or(fmt::Error)?;
-        for (pair, b) in out.chunks_exact_mut(2).zip(self.0) {
-            pair[0] = DIGITS[usize::from(b >> 4)];
-            pair[1] = DIGITS[usize::from(b & 0x0f)];
+        for chunk in self.0.chunks(32) {
+            let out = &mut buf[..2 * chunk.len()];
+            for (pair, b) in out.chunks_exact_mut(2).zip(chunk) {
+                pair[0] = DIGITS[usize::from(b >> 4)];
+                pair[1] = DIGITS[usize::from(b & 0x0f)];
+            }
+            // Only ASCII digits were written.
+            f.write_str(std::str::from_utf8(out).map_err(|_| fmt::Error)?)?;
         }
-        // Only ASCII digits were written.
-        let s = std::str::from_utf8(out).map_err(|_| fmt::Error)?;
-        f.write_str(s)
+        Ok(())
     }
 }
 
@@ -311,6 +313,10 @@ mod tests {
         for b in 0..=255u8 {
             assert_eq!(Hex([b]).to_string(), format!("{b:02x}"));
         }
+        // Longer than one 32-byte chunk.
+        let long: [u8; 70] = std::array::from_fn(|i| (i * 37) as u8);
+        let want: String = long.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(Hex(long).to_string(), want);
         assert_eq!(p.flags, 1);
         // A later version may append fields after a dash.
         let v1 = "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00-extra";
