@@ -225,13 +225,17 @@ wrk_run() {
     # neighbour's load, which slows both servers alike only if it is steady.
     local total=0 i
     for i in 1 2 3 4 5 6 7 8; do total=$((total + s1[i] - s0[i])); done
-    R_steal=$(awk -v st=$((s1[8] - s0[8])) -v t="$total" 'BEGIN { printf "%.1f", (t > 0 ? 100 * st / t : 0) }')
+    # share FIELD: that /proc/stat field's share of the machine's time in the window, in %.
+    share() {
+        awk -v x=$((s1[$1] - s0[$1])) -v t="$total" 'BEGIN { printf "%.1f", (t > 0 ? 100 * x / t : 0) }'
+    }
+    R_steal=$(share 8)
     # The whole machine's idle, iowait and softirq shares in the window: whether the
     # server had cores left to use (idle), waited on the disk (iowait), or shared them with
     # the loopback network stack (softirq).
-    R_idle=$(awk -v x=$((s1[4] - s0[4])) -v t="$total" 'BEGIN { printf "%.1f", (t > 0 ? 100 * x / t : 0) }')
-    R_iowait=$(awk -v x=$((s1[5] - s0[5])) -v t="$total" 'BEGIN { printf "%.1f", (t > 0 ? 100 * x / t : 0) }')
-    R_softirq=$(awk -v x=$((s1[7] - s0[7])) -v t="$total" 'BEGIN { printf "%.1f", (t > 0 ? 100 * x / t : 0) }')
+    R_idle=$(share 4)
+    R_iowait=$(share 5)
+    R_softirq=$(share 7)
     if [[ "$rc" != 0 ]]; then
         cat "$out" >&2
         fail "$LABEL: wrk exited with $rc"

@@ -2,8 +2,6 @@
 
 use std::time::Duration;
 
-use super::refusal::Refusal;
-use crate::audit::event::AuditEvent;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::http::StatusCode;
@@ -11,6 +9,9 @@ use broker_client::types::{
     GRANT_TYPE_CLIENT_CREDENTIALS, GRANT_TYPE_TOKEN_EXCHANGE, TOKEN_TYPE_ACCESS_TOKEN,
     TOKEN_TYPE_JWT,
 };
+
+use super::refusal::Refusal;
+use crate::audit::event::AuditEvent;
 
 /// The form parameters the broker reads. Unknown parameters are ignored (RFC 6749 §3.2);
 /// a repeated parameter is an error. No `Debug`: it holds the subject token.
