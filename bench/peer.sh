@@ -21,6 +21,9 @@
 # CPU per request (utime + stime from /proc/<pid>/stat before and after the measured
 # window; for the peer summed over the cluster primary and its workers), the generator's
 # (wrk's) own CPU, and errors (responses >= 400 and socket errors: any one fails the run).
+# For the broker also where a record's audit wait went in that window (the
+# broker_audit_*_total counters from /metrics, diffed): records per batch, the commit and
+# each sync per batch, the queue and the whole append per record.
 # Then the ratio broker/peer, and a Markdown table of every round at the end.
 #
 # Signing: the peer signs EdDSA (Ed25519) as issue 13 asks; `broker serve --dev` signs
@@ -283,6 +286,32 @@ record() {
     echo "result:  $LABEL round $ROUND: $rps requests/s, p50 $p50 ms, p99 $p99 ms, server $cores cores, $cpu_us µs CPU/request, wrk $wrk_cores cores, $R_requests requests, steal $R_steal %, machine idle $R_idle % iowait $R_iowait % softirq $R_softirq %, 0 errors"
 }
 
+# audit_counters URL: the broker's cumulative group-commit counters from /metrics, one
+# "name value" per line.
+audit_counters() {
+    curl -s --max-time 5 "$1/metrics" |
+        grep -E '^broker_audit_(batches|records|appends|commit_seconds|log_sync_seconds|head_seconds|queue_seconds|append_seconds)_total ' ||
+        fail "broker: /metrics has no broker_audit_* counters"
+}
+
+# audit_breakdown BEFORE AFTER: where a record's audit wait went in the measured window
+# (the counters' differences): records per batch, the commit and each sync per batch, the
+# queue and the whole append per record.
+audit_breakdown() {
+    awk 'NR == FNR { a[$1] = $2; next } { d[$1] = $2 - a[$1] }
+        END {
+            b = d["broker_audit_batches_total"]; r = d["broker_audit_records_total"]
+            n = d["broker_audit_appends_total"]
+            if (b <= 0 || r <= 0 || n <= 0) { print "audit:   no batches in the window"; exit }
+            printf "audit:   %d batches, %.1f records/batch; per batch: commit %.0f µs, log sync %.0f µs, anchor %.0f µs; per record: queue %.0f µs, append %.0f µs\n",
+                b, r / b, 1e6 * d["broker_audit_commit_seconds_total"] / b,
+                1e6 * d["broker_audit_log_sync_seconds_total"] / b,
+                1e6 * d["broker_audit_head_seconds_total"] / b,
+                1e6 * d["broker_audit_queue_seconds_total"] / r,
+                1e6 * d["broker_audit_append_seconds_total"] / n
+        }' "$1" "$2"
+}
+
 run_broker() {
     LABEL=broker
     local dev="$WORK/broker.$ROUND"
@@ -325,8 +354,11 @@ run_broker() {
     idle_wait
     export SUBJECT_TOKEN_FILE="$dev.subject.jwt" TASK
     wrk_run warmup "$url" "$PEER_DIR/broker.lua" "$BROKER_WARMUP" "$SERVER_PID"
+    audit_counters "$url" >"$dev.audit0"
     wrk_run measure "$url" "$PEER_DIR/broker.lua" "$DURATION" "$SERVER_PID"
     record
+    audit_counters "$url" >"$dev.audit1"
+    audit_breakdown "$dev.audit0" "$dev.audit1"
 
     local rss
     rss=$(awk '/^VmHWM/ {print $2 " " $3}' "/proc/$SERVER_PID/status" 2>/dev/null || true)
