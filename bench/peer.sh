@@ -29,8 +29,11 @@
 # Signing: the peer signs EdDSA (Ed25519) as issue 13 asks; `broker serve --dev` signs
 # ES256 since issue 17, so the script prints both tokens' alg and warns when they differ.
 # PEER_ALG=ES256 makes the peer sign ES256 too, for an algorithm-matched comparison.
+# The broker signs BROKER_DEV_ALG (`serve --dev --dev-alg`), by default the peer's
+# algorithm, so both sides sign alike unless told otherwise (ES256, --dev's own default,
+# is not passed as a flag, so older builds still run with BROKER_DEV_ALG=ES256).
 #
-# Environment: DURATION (10s), PEER_ALG (EdDSA; or ES256), WARMUP (sets both warm-ups), BROKER_WARMUP (2s),
+# Environment: DURATION (10s), PEER_ALG (EdDSA; or ES256), BROKER_DEV_ALG (PEER_ALG), WARMUP (sets both warm-ups), BROKER_WARMUP (2s),
 # PEER_WARMUP (10s: V8's JIT needs it), ROUNDS (1), CONNECTIONS (32), THREADS (2: wrk
 # threads), PEER_WORKERS (2), TASK (demo), IDLE_WAIT (60: seconds to wait for the machine
 # to go quiet before each measurement; 0: don't), NICE (unset; e.g. -20 runs the servers
@@ -51,6 +54,9 @@ CONNECTIONS=${CONNECTIONS:-32}
 THREADS=${THREADS:-2}
 PEER_WORKERS=${PEER_WORKERS:-2}
 PEER_ALG=${PEER_ALG:-EdDSA}
+BROKER_DEV_ALG=${BROKER_DEV_ALG:-$PEER_ALG}
+DEV_ALG_FLAG=()
+[[ "$BROKER_DEV_ALG" == ES256 ]] || DEV_ALG_FLAG=(--dev-alg "$BROKER_DEV_ALG")
 BROKER_ALG=""
 TASK=${TASK:-demo}
 IDLE_WAIT=${IDLE_WAIT:-60}
@@ -318,7 +324,7 @@ run_broker() {
     echo "== round $ROUND: broker (serve --dev, durable audit log in $dev/audit)"
     : >"$dev.stdout"
     : >"$dev.stderr"
-    "${PRIO[@]}" "$BROKER" serve --dev --dev-dir "$dev" --dev-addr 127.0.0.1:0 \
+    "${PRIO[@]}" "$BROKER" serve --dev --dev-dir "$dev" --dev-addr 127.0.0.1:0 "${DEV_ALG_FLAG[@]}" \
         >>"$dev.stdout" 2>>"$dev.stderr" &
     SERVER_PID=$!
     local url=""

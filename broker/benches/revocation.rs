@@ -35,6 +35,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 use axum::body::Body;
 use axum::extract::ConnectInfo;
 use axum::http::{Request, StatusCode, header};
@@ -51,7 +52,6 @@ use broker::store::{Selector, StateChange, StateStore};
 use broker_client::types::AccessTokenClaims;
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use http_body_util::BodyExt;
-use ring::rand::{SecureRandom, SystemRandom};
 use tower::ServiceExt;
 
 const ISSUER: &str = "https://broker.bench";
@@ -212,7 +212,12 @@ fn introspect_decision(c: &mut Criterion) {
 /// resource server allowed to introspect and an admin with the `revoke` role. Returns the
 /// config path.
 fn broker_dir(dir: &Path, seed: &[StateChange]) -> std::path::PathBuf {
-    let config = broker::dev::prepare(dir, "127.0.0.1:0").unwrap();
+    let config = broker::dev::prepare(
+        dir,
+        "127.0.0.1:0",
+        broker::mint::keys::SigningAlgorithm::ES256,
+    )
+    .unwrap();
     std::fs::write(
         dir.join("policies/rs.toml"),
         format!(

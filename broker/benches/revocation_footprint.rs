@@ -26,6 +26,7 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Instant;
 
+use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use broker::clock::{Clock, SystemClock};
@@ -33,7 +34,6 @@ use broker::revocation::{MAX_TOKEN_LIFETIME_SECS, Revocations};
 use broker::store::file::FileStore;
 use broker::store::{Event, Selector, StateChange, StateStore, StoreError};
 use broker_client::types::AccessTokenClaims;
-use ring::rand::{SecureRandom, SystemRandom};
 
 const SCENARIOS: [&str; 4] = [
     "record_100k_600s",

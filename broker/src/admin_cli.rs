@@ -44,7 +44,7 @@ fn client(auth: &AdminAuth) -> anyhow::Result<reqwest::Client> {
         }
     }
     let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
+        rustls::crypto::aws_lc_rs::default_provider(),
     ))
     .with_safe_default_protocol_versions()?
     .with_root_certificates(roots);

@@ -72,12 +72,14 @@ fn has_pem(dir: &Path) -> bool {
 }
 
 /// Creates (or completes) the dev folder and returns the path of its config file.
-pub fn prepare(dir: &Path, addr: &str) -> Result<PathBuf, DevError> {
+/// Tokens are signed with `alg` (`serve --dev --dev-alg`, default ES256), by the folder's
+/// newest key of `alg`; a folder with no key of `alg` gets one.
+pub fn prepare(dir: &Path, addr: &str, alg: SigningAlgorithm) -> Result<PathBuf, DevError> {
     let now = SystemClock.unix_secs();
     mkdir(dir)?;
     let key_dir = dir.join("keys");
-    if !has_pem(&key_dir) {
-        keys::generate(&key_dir, SigningAlgorithm::ES256, now)?;
+    if !has_pem(&key_dir) || KeyRing::load_dir(&key_dir)?.current_for(alg).is_none() {
+        keys::generate(&key_dir, alg, now)?;
     }
     let issuer_dir = dir.join("dev-issuer");
     if !has_pem(&issuer_dir) {
@@ -102,7 +104,7 @@ insecure_http = true
 
 [signing]
 key_dir = "keys"
-algorithm = "ES256"
+algorithm = "{alg}"
 
 [audit]
 dir = "audit"
@@ -257,13 +259,13 @@ mod tests {
     #[test]
     fn prepare_is_idempotent_and_keeps_keys() {
         let d = tempfile::tempdir().unwrap();
-        let c1 = prepare(d.path(), "127.0.0.1:8080").unwrap();
+        let c1 = prepare(d.path(), "127.0.0.1:8080", SigningAlgorithm::ES256).unwrap();
         let kid1 = KeyRing::load_dir(&d.path().join("keys"))
             .unwrap()
             .current()
             .kid()
             .to_owned();
-        let c2 = prepare(d.path(), "127.0.0.1:8080").unwrap();
+        let c2 = prepare(d.path(), "127.0.0.1:8080", SigningAlgorithm::ES256).unwrap();
         let kid2 = KeyRing::load_dir(&d.path().join("keys"))
             .unwrap()
             .current()
@@ -275,9 +277,41 @@ mod tests {
     }
 
     #[test]
+    fn prepare_signs_with_the_algorithm_asked_for_and_keeps_old_keys_published() {
+        let d = tempfile::tempdir().unwrap();
+        let keys = d.path().join("keys");
+        let kids = || {
+            let ring = KeyRing::load_dir(&keys).unwrap();
+            let kid = |alg| ring.current_for(alg).map(|k| k.kid().to_owned());
+            (
+                kid(SigningAlgorithm::EdDSA),
+                kid(SigningAlgorithm::ES256),
+                ring.jwks().keys.len(),
+            )
+        };
+        let signing = |c: &Path| crate::config::Config::load(c).unwrap().algorithm;
+
+        let c = prepare(d.path(), "127.0.0.1:8080", SigningAlgorithm::EdDSA).unwrap();
+        assert_eq!(signing(&c), Some(SigningAlgorithm::EdDSA));
+        let (ed, es, n) = kids();
+        assert!(ed.is_some() && es.is_none() && n == 1, "{ed:?} {es:?} {n}");
+
+        // The default again: an ES256 key is added, the Ed25519 one stays published.
+        let c = prepare(d.path(), "127.0.0.1:8080", SigningAlgorithm::ES256).unwrap();
+        assert_eq!(signing(&c), Some(SigningAlgorithm::ES256));
+        let (ed2, es2, n) = kids();
+        assert!(ed2 == ed && es2.is_some() && n == 2, "{ed2:?} {es2:?} {n}");
+
+        // EdDSA once more: its key is still there, nothing new is made.
+        let c = prepare(d.path(), "127.0.0.1:8080", SigningAlgorithm::EdDSA).unwrap();
+        assert_eq!(signing(&c), Some(SigningAlgorithm::EdDSA));
+        assert_eq!(kids(), (ed, es2, 2));
+    }
+
+    #[test]
     fn dev_token_decodes() {
         let d = tempfile::tempdir().unwrap();
-        prepare(d.path(), "127.0.0.1:8080").unwrap();
+        prepare(d.path(), "127.0.0.1:8080", SigningAlgorithm::ES256).unwrap();
         let t = workload_token(d.path(), DEV_SUBJECT, 60).unwrap();
         let shown = decode_for_display(&t).unwrap();
         assert!(shown.contains(DEV_SUBJECT));

@@ -8,10 +8,10 @@
 //! nonce of the current or previous period is accepted. (Replicas each make their own
 //! key, so with several replicas behind one name a client may be asked once more.)
 
+use aws_lc_rs::hmac;
 use broker_client::dpop::{
     DEFAULT_PROOF_MAX_AGE, DpopError, ProofCheck, ReplayGuard, VerifiedProof, verify_proof,
 };
-use ring::hmac;
 use serde::Deserialize;
 
 /// How long one nonce period lasts, seconds.
@@ -102,8 +102,9 @@ impl std::fmt::Debug for DpopService {
 
 impl DpopService {
     /// The service with `settings`; fails only if the random generator does.
-    pub fn new(settings: DpopSettings) -> Result<Self, ring::error::Unspecified> {
-        let nonce_key = hmac::Key::generate(hmac::HMAC_SHA256, &ring::rand::SystemRandom::new())?;
+    pub fn new(settings: DpopSettings) -> Result<Self, aws_lc_rs::error::Unspecified> {
+        let nonce_key =
+            hmac::Key::generate(hmac::HMAC_SHA256, &aws_lc_rs::rand::SystemRandom::new())?;
         Ok(Self {
             settings,
             replay: ReplayGuard::new(settings.replay_capacity),

@@ -10,7 +10,7 @@
 
 use std::cell::RefCell;
 
-use ring::rand::{SecureRandom, SystemRandom};
+use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 
 /// The operating system's random generator failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]

@@ -21,7 +21,7 @@
 //! - [`server`]: startup, the accept loop, limits, graceful shutdown.
 //! - [`http_limits`]: connection admission (total, per source), per-connection deadlines
 //!   (first byte, header, idle, TLS handshake), header and body limits (`[http]`).
-//! - [`tls`]: server TLS on rustls/ring.
+//! - [`tls`]: server TLS on rustls/aws-lc-rs.
 //! - [`metrics`]: counters and histograms for `/metrics` (`prometheus-client`).
 //! - [`trace`]: W3C `traceparent` on the OAuth endpoints, `trace_id` in the JSON logs.
 //! - [`ratelimit`]: issuance token buckets; [`usage`]: behaviour history; [`anomaly`]: behavioural monitoring.

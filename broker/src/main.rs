@@ -60,6 +60,10 @@ enum Command {
         /// Listen address for --dev.
         #[arg(long, default_value = "127.0.0.1:8080")]
         dev_addr: String,
+        /// The algorithm --dev signs tokens with: ES256 (every relying party takes it)
+        /// or EdDSA.
+        #[arg(long, default_value = "ES256", value_parser = ["ES256", "EdDSA"])]
+        dev_alg: String,
         /// Log format.
         #[arg(long, default_value = "text", value_parser = ["text", "json"])]
         log_format: String,
@@ -419,11 +423,13 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             dev,
             dev_dir,
             dev_addr,
+            dev_alg,
             log_format,
         } => {
             init_logs(&log_format);
             let config_path = if dev {
-                let path = broker::dev::prepare(&dev_dir, &dev_addr)
+                let alg: SigningAlgorithm = dev_alg.parse()?;
+                let path = broker::dev::prepare(&dev_dir, &dev_addr, alg)
                     .with_context(|| format!("preparing {}", dev_dir.display()))?;
                 Some(path)
             } else {

@@ -78,7 +78,7 @@ impl ClientCertVerifier for NotingVerifier {
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
         let _ = PRESENTED_CERT.try_with(|c| {
-            let digest = ring::digest::digest(&ring::digest::SHA256, end_entity.as_ref());
+            let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, end_entity.as_ref());
             *c.borrow_mut() = Some(digest.as_ref().iter().map(|b| format!("{b:02x}")).collect());
         });
         self.0.verify_client_cert(end_entity, intermediates, now)
@@ -122,7 +122,7 @@ impl std::fmt::Debug for TlsMaterial {
 }
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
 
 fn load_certs(path: &Path, what: &str) -> Result<Vec<CertificateDer<'static>>, String> {

@@ -3,12 +3,12 @@
 //! - `token_from_cache`: `TokenSource::token()` once a token is cached: what every
 //!   outgoing request pays. One task, and 8 tasks calling concurrently on 8 threads.
 //! - `verify`: `Verifier::verify` of a broker-shaped access token (EdDSA, and ES256) with
-//!   the JWKS already loaded: what every incoming request pays; next to it, the bare ring
+//!   the JWKS already loaded: what every incoming request pays; next to it, the bare aws-lc-rs
 //!   signature check, to show what the SDK adds around it.
 //!
 //! Self-contained, so `cargo bench -p broker-client` runs on a fresh machine: a tiny HTTP
 //! server in this process plays the broker (a fixed `/oauth2/token` answer and a JWKS), and
-//! the tokens are signed here with ring keys in the broker's token format (RFC 9068,
+//! the tokens are signed here with aws-lc-rs keys in the broker's token format (RFC 9068,
 //! `typ: at+jwt`). Neither path talks to the network once warmed up, so the figures are
 //! the SDK's own cost.
 
@@ -17,12 +17,12 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use aws_lc_rs::rand::SystemRandom;
+use aws_lc_rs::signature::{self, EcdsaKeyPair, Ed25519KeyPair, KeyPair};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use broker_client::{Credential, TokenSource, Verifier};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use ring::rand::SystemRandom;
-use ring::signature::{self, EcdsaKeyPair, Ed25519KeyPair, KeyPair};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -57,7 +57,6 @@ impl Keys {
         let ec = EcdsaKeyPair::from_pkcs8(
             alg,
             EcdsaKeyPair::generate_pkcs8(alg, &rng).unwrap().as_ref(),
-            &rng,
         )
         .unwrap();
         Self { ed, ec, rng }
@@ -247,7 +246,7 @@ fn benches(c: &mut Criterion) {
                 .iter(|| async { verifier.verify(token, None).await.unwrap() })
         });
     }
-    // The signature check alone (ring), to show what the SDK adds around it.
+    // The signature check alone (aws-lc-rs), to show what the SDK adds around it.
     for (name, token, alg, key) in [
         (
             "EdDSA_signature_only",

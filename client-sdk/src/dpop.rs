@@ -14,10 +14,10 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 
+use aws_lc_rs::rand::SystemRandom;
+use aws_lc_rs::signature::{self, EcdsaKeyPair, Ed25519KeyPair, KeyPair, UnparsedPublicKey};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use ring::rand::SystemRandom;
-use ring::signature::{self, EcdsaKeyPair, Ed25519KeyPair, KeyPair, UnparsedPublicKey};
 use serde_json::{Map, Value, json};
 
 /// The proof algorithms accepted (metadata `dpop_signing_alg_values_supported`).
@@ -137,7 +137,7 @@ impl DpopKey {
         let alg = &signature::ECDSA_P256_SHA256_FIXED_SIGNING;
         let pkcs8 = EcdsaKeyPair::generate_pkcs8(alg, &rng)
             .map_err(|_| DpopError::Malformed("key generation failed"))?;
-        let pair = EcdsaKeyPair::from_pkcs8(alg, pkcs8.as_ref(), &rng)
+        let pair = EcdsaKeyPair::from_pkcs8(alg, pkcs8.as_ref())
             .map_err(|_| DpopError::Malformed("key generation failed"))?;
         let public = pair.public_key().as_ref();
         let jwk = json!({
@@ -193,7 +193,7 @@ impl DpopKey {
         };
         let header = json!({ "typ": "dpop+jwt", "alg": alg, "jwk": self.jwk });
         let mut jti = [0u8; 16];
-        ring::rand::SecureRandom::fill(&self.rng, &mut jti)
+        aws_lc_rs::rand::SecureRandom::fill(&self.rng, &mut jti)
             .map_err(|_| DpopError::Malformed("random number generator failed"))?;
         let mut claims = json!({
             "jti": URL_SAFE_NO_PAD.encode(jti),
@@ -234,8 +234,8 @@ fn unix_now() -> u64 {
 
 /// base64url SHA-256 of an access token (the proof's `ath`).
 pub fn access_token_hash(token: &str) -> String {
-    URL_SAFE_NO_PAD.encode(ring::digest::digest(
-        &ring::digest::SHA256,
+    URL_SAFE_NO_PAD.encode(aws_lc_rs::digest::digest(
+        &aws_lc_rs::digest::SHA256,
         token.as_bytes(),
     ))
 }
@@ -264,8 +264,8 @@ pub fn htu_of(url: &str) -> String {
 pub fn jwk_thumbprint(jwk: &Map<String, Value>) -> Option<String> {
     let s = |k: &str| jwk.get(k).and_then(Value::as_str);
     let input = crate::jwk::thumbprint_input(s("kty")?, s("crv")?, s("x")?, s("y"))?;
-    Some(URL_SAFE_NO_PAD.encode(ring::digest::digest(
-        &ring::digest::SHA256,
+    Some(URL_SAFE_NO_PAD.encode(aws_lc_rs::digest::digest(
+        &aws_lc_rs::digest::SHA256,
         input.as_bytes(),
     )))
 }
@@ -455,8 +455,8 @@ impl ReplayGuard {
     /// [`DpopError::Replayed`]; [`DpopError::Busy`] when the memory is full of live
     /// proofs.
     pub fn first_use(&self, proof: &VerifiedProof, until: u64, now: u64) -> Result<(), DpopError> {
-        let d = ring::digest::digest(
-            &ring::digest::SHA256,
+        let d = aws_lc_rs::digest::digest(
+            &aws_lc_rs::digest::SHA256,
             format!("{}.{}", proof.jkt, proof.jti).as_bytes(),
         );
         let mut key = [0u8; 16];

@@ -1,13 +1,13 @@
-//! JWS verification of broker tokens (EdDSA, ES256) on ring, and the rustls client setup
-//! (ring provider, the broker's CA, an optional client certificate).
+//! JWS verification of broker tokens (EdDSA, ES256) on aws-lc-rs, and the rustls client setup
+//! (aws-lc-rs provider, the broker's CA, an optional client certificate).
 
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
+use aws_lc_rs::signature::{self, UnparsedPublicKey};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use ring::signature::{self, UnparsedPublicKey};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use serde::Deserialize;
@@ -101,7 +101,7 @@ pub(crate) fn verify(
 
 /// base64url SHA-256 of a DER certificate (RFC 8705 thumbprint).
 pub(crate) fn thumbprint(der: &[u8]) -> String {
-    URL_SAFE_NO_PAD.encode(ring::digest::digest(&ring::digest::SHA256, der))
+    URL_SAFE_NO_PAD.encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der))
 }
 
 fn certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
@@ -111,7 +111,7 @@ fn certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
         .map_err(|e| format!("{}: {e}", path.display()))
 }
 
-/// A reqwest client on rustls/ring trusting `ca` (PEM), presenting `client` if given.
+/// A reqwest client on rustls/aws-lc-rs trusting `ca` (PEM), presenting `client` if given.
 pub(crate) fn http_client(
     ca: Option<&Path>,
     client: Option<(&Path, &Path)>,
@@ -124,7 +124,7 @@ pub(crate) fn http_client(
         }
     }
     let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
+        rustls::crypto::aws_lc_rs::default_provider(),
     ))
     .with_safe_default_protocol_versions()
     .map_err(|e| e.to_string())?

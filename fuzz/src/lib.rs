@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair};
+use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair};
 
 /// The crate directory (`fuzz/`).
 pub fn fuzz_dir() -> &'static Path {
@@ -48,7 +48,6 @@ pub fn issuer_ec_key() -> &'static EcdsaKeyPair {
         EcdsaKeyPair::from_pkcs8(
             &ECDSA_P256_SHA256_FIXED_SIGNING,
             &pem_to_der(&pem),
-            &ring::rand::SystemRandom::new(),
         )
         .expect("fixture key")
     })
@@ -61,7 +60,7 @@ pub fn sign_es256(header: &[u8], payload: &[u8]) -> String {
     s.push('.');
     s.push_str(&URL_SAFE_NO_PAD.encode(payload));
     let sig = issuer_ec_key()
-        .sign(&ring::rand::SystemRandom::new(), s.as_bytes())
+        .sign(&aws_lc_rs::rand::SystemRandom::new(), s.as_bytes())
         .expect("sign");
     s.push('.');
     s.push_str(&URL_SAFE_NO_PAD.encode(sig.as_ref()));

@@ -515,7 +515,7 @@ fn stamp(lock: &Path, runtime_version: &str) -> String {
     let mut bytes = std::fs::read(lock)
         .unwrap_or_else(|e| panic!("reading the lock file {}: {e}", lock.display()));
     bytes.extend_from_slice(runtime_version.as_bytes());
-    ring::digest::digest(&ring::digest::SHA256, &bytes)
+    aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &bytes)
         .as_ref()
         .iter()
         .map(|b| format!("{b:02x}"))

@@ -54,7 +54,7 @@ fn start(idp: &TestIdp) -> TestBroker {
 
 /// A client that follows no redirect and keeps no cookie: each step is the test's.
 fn manual_client() -> reqwest::Client {
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .timeout(std::time::Duration::from_secs(30))

@@ -63,3 +63,36 @@ async fn dev_mode_serves_a_dev_token_exchange() {
         "decoded claims show the task: {text}"
     );
 }
+
+/// `serve --dev --dev-alg EdDSA` signs with a new Ed25519 key: the token's header says
+/// `EdDSA`, it verifies against the published JWKS with jsonwebtoken (an independent JOSE
+/// implementation). (`dev::tests` shows the folder going back to ES256 without the flag.)
+#[tokio::test(flavor = "multi_thread")]
+async fn dev_mode_signs_with_the_algorithm_asked_for() {
+    let b = TestBroker::start_dev_with(&["--dev-alg", "EdDSA"]);
+    let dev_dir = b.dir().join("dev");
+    let out = run_broker([
+        "dev".as_ref(),
+        "token".as_ref(),
+        "--dir".as_ref(),
+        dev_dir.as_os_str(),
+    ]);
+    assert!(out.success(), "broker dev token: {out}");
+    let workload = out.stdout.trim().to_owned();
+
+    let header_alg = |token: &str| {
+        jsonwebtoken::decode_header(token)
+            .expect("a JWS header")
+            .alg
+    };
+    let reply = b.token(&TokenRequest::exchange(&workload, "demo")).await;
+    assert_eq!(reply.status, 200, "dev exchange: {}", reply.text);
+    let access = reply.access_token().expect("access_token").to_owned();
+    assert_eq!(header_alg(&access), jsonwebtoken::Algorithm::EdDSA);
+    let v = b
+        .verify_access_token_with_issuer(&access, "https://api.dev.example.org", None)
+        .await;
+    assert_eq!(v.claims["task"], "demo");
+    let jwks = b.jwks().await;
+    assert_eq!(jwks.keys.len(), 1, "one key in a fresh dev folder");
+}

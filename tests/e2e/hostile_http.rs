@@ -704,7 +704,7 @@ async fn tls_handshake_and_first_byte_are_timed_out() {
 fn tls_then_silence(ca_pem: &[u8], port: u16) -> Duration {
     use rustls::pki_types::pem::PemObject;
     use std::io::Read;
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let mut roots = rustls::RootCertStore::empty();
     for cert in rustls::pki_types::CertificateDer::pem_slice_iter(ca_pem) {
         roots.add(cert.unwrap()).unwrap();

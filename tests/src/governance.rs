@@ -285,7 +285,7 @@ async fn reply_of(res: reqwest::Response) -> Reply {
 
 /// A plain-HTTP client whose connections come from `local` (e.g. [`ALT_SOURCE`]).
 pub fn client_from(local: IpAddr) -> reqwest::Client {
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
         .local_address(local)

@@ -328,8 +328,9 @@ pub fn hs256_with_issuer_public_key(claims: &Value) -> String {
         b64(header.to_string().as_bytes()),
         b64(claims.to_string().as_bytes())
     );
-    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, ISSUER_RSA_PUB_PEM.as_bytes());
-    let tag = ring::hmac::sign(&key, input.as_bytes());
+    let key =
+        aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, ISSUER_RSA_PUB_PEM.as_bytes());
+    let tag = aws_lc_rs::hmac::sign(&key, input.as_bytes());
     format!("{input}.{}", b64(tag.as_ref()))
 }
 
@@ -713,10 +714,10 @@ pub fn copy_dir(from: &Path, to: &Path) {
 // ---------------------------------------------------------------------------------------
 
 /// A plain-HTTP client (keep-alive). reqwest is built without a TLS provider of its own,
-/// so the process-wide rustls provider (ring, the workspace's one stack) is installed
+/// so the process-wide rustls provider (aws-lc-rs, the workspace's one stack) is installed
 /// first.
 pub fn http_client() -> reqwest::Client {
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
         .build()
@@ -726,7 +727,7 @@ pub fn http_client() -> reqwest::Client {
 /// An HTTPS client (keep-alive) that trusts only `server_ca` (PEM) and presents no client
 /// certificate; the TLS stack is rustls with the ring provider, like the broker's.
 pub fn https_client(server_ca: &Path) -> reqwest::Client {
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let pem = std::fs::read(server_ca)
         .unwrap_or_else(|e| panic!("reading the server CA {}: {e}", server_ca.display()));
     reqwest::Client::builder()
@@ -960,12 +961,18 @@ impl TestBroker {
 
     /// `broker serve --dev --dev-dir <tempdir>/dev --dev-addr 127.0.0.1:0`, started.
     pub fn start_dev() -> Self {
+        Self::start_dev_with(&[])
+    }
+
+    /// [`TestBroker::start_dev`] with `extra` after the `serve --dev` arguments (for
+    /// example `--dev-alg EdDSA`).
+    pub fn start_dev_with(extra: &[&str]) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("broker-e2e-dev-")
             .tempdir()
             .expect("creating a temp dir");
         let dev_dir = dir.path().join("dev");
-        let serve_args = vec![
+        let mut serve_args: Vec<std::ffi::OsString> = vec![
             "serve".into(),
             "--dev".into(),
             "--dev-dir".into(),
@@ -973,6 +980,7 @@ impl TestBroker {
             "--dev-addr".into(),
             "127.0.0.1:0".into(),
         ];
+        serve_args.extend(extra.iter().map(Into::into));
         let mut b = Self {
             config: dir.path().join("dev").join("config.toml"),
             dir,
@@ -1438,7 +1446,7 @@ mod tests {
     /// The committed JWKS really is the public half of the committed private keys.
     #[test]
     fn fixture_jwks_matches_keys() {
-        let _ = rustls::crypto::ring::default_provider().install_default();
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
         let jwks: JwkSet = serde_json::from_str(ISSUER_JWKS).unwrap();
         for key in [IssuerKey::Rsa, IssuerKey::Ec] {
             let token = rs256_or_es256(key);

@@ -11,13 +11,13 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use aws_lc_rs::rand::SecureRandom as _;
 use axum::Form;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
-use ring::rand::SecureRandom as _;
 use serde_json::{Value, json};
 
 use crate::{IssuerKey, issuer_jwks, now_secs, sign, unsigned, with_bad_signature};
@@ -107,7 +107,7 @@ impl Drop for TestIdp {
 
 fn random_token() -> String {
     let mut b = [0u8; 24];
-    ring::rand::SystemRandom::new()
+    aws_lc_rs::rand::SystemRandom::new()
         .fill(&mut b)
         .expect("random bytes");
     URL_SAFE_NO_PAD.encode(b)
@@ -253,8 +253,8 @@ async fn token(
         );
     }
     let verifier = get("code_verifier");
-    let challenge = URL_SAFE_NO_PAD.encode(ring::digest::digest(
-        &ring::digest::SHA256,
+    let challenge = URL_SAFE_NO_PAD.encode(aws_lc_rs::digest::digest(
+        &aws_lc_rs::digest::SHA256,
         verifier.as_bytes(),
     ));
     if verifier.len() < 43 || challenge != grant.challenge {

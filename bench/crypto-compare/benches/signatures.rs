@@ -34,6 +34,34 @@ fn ring_sigs(c: &mut Criterion) {
     });
 }
 
+fn aws_lc_sigs(c: &mut Criterion) {
+    use aws_lc_rs::rand::SystemRandom;
+    use aws_lc_rs::signature::{self, EcdsaKeyPair, Ed25519KeyPair, KeyPair as _};
+    let rng = SystemRandom::new();
+    let pk8 = Ed25519KeyPair::generate_pkcs8(&rng).unwrap();
+    let ed = Ed25519KeyPair::from_pkcs8(pk8.as_ref()).unwrap();
+    let alg = &signature::ECDSA_P256_SHA256_FIXED_SIGNING;
+    let pk8 = EcdsaKeyPair::generate_pkcs8(alg, &rng).unwrap();
+    let ec = EcdsaKeyPair::from_pkcs8(alg, pk8.as_ref()).unwrap();
+    c.bench_function("aws-lc-rs/ed25519/sign", |b| b.iter(|| ed.sign(black_box(INPUT))));
+    c.bench_function("aws-lc-rs/es256/sign", |b| {
+        b.iter(|| ec.sign(&rng, black_box(INPUT)).unwrap())
+    });
+    let sig = ed.sign(INPUT);
+    let pk = signature::UnparsedPublicKey::new(&signature::ED25519, ed.public_key().as_ref().to_vec());
+    c.bench_function("aws-lc-rs/ed25519/verify", |b| {
+        b.iter(|| pk.verify(black_box(INPUT), sig.as_ref()).unwrap())
+    });
+    let sig = ec.sign(&rng, INPUT).unwrap();
+    let pk = signature::UnparsedPublicKey::new(
+        &signature::ECDSA_P256_SHA256_FIXED,
+        ec.public_key().as_ref().to_vec(),
+    );
+    c.bench_function("aws-lc-rs/es256/verify", |b| {
+        b.iter(|| pk.verify(black_box(INPUT), sig.as_ref()).unwrap())
+    });
+}
+
 fn dalek_sigs(c: &mut Criterion) {
     use ed25519_dalek::{Signer as _, SigningKey, Verifier as _};
     let key = SigningKey::generate(&mut rand_core::OsRng);
@@ -59,5 +87,5 @@ fn rustcrypto_p256(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, ring_sigs, dalek_sigs, rustcrypto_p256);
+criterion_group!(benches, ring_sigs, aws_lc_sigs, dalek_sigs, rustcrypto_p256);
 criterion_main!(benches);

@@ -49,7 +49,12 @@ impl InProcess {
         edit: impl FnOnce(&std::path::Path, String) -> String,
     ) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let path = crate::dev::prepare(dir.path(), "127.0.0.1:8080").unwrap();
+        let path = crate::dev::prepare(
+            dir.path(),
+            "127.0.0.1:8080",
+            crate::mint::keys::SigningAlgorithm::ES256,
+        )
+        .unwrap();
         let text = edit(dir.path(), std::fs::read_to_string(&path).unwrap());
         std::fs::write(&path, text).unwrap();
         let config = Config::load(&path).unwrap();
@@ -608,7 +613,12 @@ async fn an_audience_can_name_its_signing_algorithm() {
 
     // An audience naming an algorithm the key directory has no key of: no start.
     let dir = tempfile::tempdir().unwrap();
-    let path = crate::dev::prepare(dir.path(), "127.0.0.1:8080").unwrap();
+    let path = crate::dev::prepare(
+        dir.path(),
+        "127.0.0.1:8080",
+        crate::mint::keys::SigningAlgorithm::ES256,
+    )
+    .unwrap();
     let text = std::fs::read_to_string(&path).unwrap().replace(
         "environment = \"dev\"\n",
         "environment = \"dev\"\nalgorithm = \"EdDSA\"\n",

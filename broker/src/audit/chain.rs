@@ -15,7 +15,7 @@ use std::borrow::Cow;
 use std::fmt;
 use std::io::Write as _;
 
-use ring::digest::{Context, SHA256};
+use aws_lc_rs::digest::{Context, SHA256};
 use serde::Deserialize;
 
 /// A SHA-256 chain hash.

@@ -225,7 +225,7 @@ async fn read_file(path: &Path) -> Result<Vec<u8>, AuthnError> {
         .map_err(|e| AuthnError::KeysUnavailable(format!("JWKS file {}: {e}", path.display())))
 }
 
-/// The outbound HTTP client: rustls on ring, trusting `ca_file` if given.
+/// The outbound HTTP client: rustls on aws-lc-rs, trusting `ca_file` if given.
 pub fn http_client(ca_file: Option<&Path>) -> Result<reqwest::Client, AuthnError> {
     client_with_timeout(ca_file, FETCH_TIMEOUT)
 }
@@ -248,7 +248,7 @@ fn client_with_timeout(
             })?;
         }
     }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let tls = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| AuthnError::KeysUnavailable(e.to_string()))?

@@ -1,4 +1,4 @@
-//! Compact JWS parsing and signature verification on ring, with an explicit algorithm
+//! Compact JWS parsing and signature verification on aws-lc-rs, with an explicit algorithm
 //! allow-list.
 //!
 //! Only asymmetric algorithms exist here: `none` and every HMAC algorithm are rejected
@@ -7,8 +7,8 @@
 
 use std::collections::HashMap;
 
+use aws_lc_rs::signature::{self, RsaPublicKeyComponents, UnparsedPublicKey};
 use broker_client::jwk::{Jwk, JwkSet};
-use ring::signature::{self, RsaPublicKeyComponents, UnparsedPublicKey};
 use serde::Deserialize;
 
 use super::AuthnError;

@@ -362,7 +362,7 @@ impl Authenticator {
         now: u64,
     ) -> Result<(Arc<VerifiedJwt>, bool), AuthnError> {
         let digest: [u8; 32] = {
-            let d = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
+            let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes());
             let mut out = [0u8; 32];
             out.copy_from_slice(d.as_ref());
             out
@@ -584,10 +584,10 @@ pub(crate) fn truncate(s: &str, max: usize) -> String {
 mod tests {
     use std::path::Path;
 
+    use aws_lc_rs::rand::SystemRandom;
+    use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair as _};
     use base64::Engine as _;
     use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-    use ring::rand::SystemRandom;
-    use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair as _};
 
     use super::*;
     use crate::clock::SystemClock;
@@ -598,7 +598,7 @@ mod tests {
     fn p256() -> EcdsaKeyPair {
         let rng = SystemRandom::new();
         let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
-        EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng).unwrap()
+        EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref()).unwrap()
     }
 
     fn write_jwks(path: &Path, keys: &[(&str, &EcdsaKeyPair)]) {

@@ -54,7 +54,7 @@ impl PeerCert {
         ca_name: Option<String>,
         trust_domain: Option<String>,
     ) -> Result<Self, String> {
-        let digest = ring::digest::digest(&ring::digest::SHA256, der);
+        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der);
         let (_, cert) = X509Certificate::from_der(der)
             .map_err(|e| format!("client certificate is not parseable X.509: {e}"))?;
         let mut spiffe_ids = Vec::new();

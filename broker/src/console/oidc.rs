@@ -190,8 +190,8 @@ impl OidcRefused {
 
 /// The PKCE `S256` challenge of `verifier` (RFC 7636 §4.2).
 pub fn s256_challenge(verifier: &str) -> String {
-    URL_SAFE_NO_PAD.encode(ring::digest::digest(
-        &ring::digest::SHA256,
+    URL_SAFE_NO_PAD.encode(aws_lc_rs::digest::digest(
+        &aws_lc_rs::digest::SHA256,
         verifier.as_bytes(),
     ))
 }

@@ -15,9 +15,9 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use ring::rand::{SecureRandom, SystemRandom};
 use serde::{Deserialize, Serialize};
 
 use crate::ids::RandomError;
@@ -48,7 +48,7 @@ pub(super) fn secret() -> Result<String, RandomError> {
 /// SHA-256 of `secret`, hex: how tickets and sessions are looked up (the secret is never
 /// kept).
 pub(super) fn digest_hex(secret: &str) -> String {
-    let d = ring::digest::digest(&ring::digest::SHA256, secret.as_bytes());
+    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, secret.as_bytes());
     d.as_ref().iter().map(|b| format!("{b:02x}")).collect()
 }
 

@@ -15,11 +15,11 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use aws_lc_rs::rand::SystemRandom;
+use aws_lc_rs::signature::{self, EcdsaKeyPair, Ed25519KeyPair, KeyPair};
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use broker_client::jwk::PublicKey;
-use ring::rand::SystemRandom;
-use ring::signature::{self, EcdsaKeyPair, Ed25519KeyPair, KeyPair};
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
@@ -195,7 +195,7 @@ impl LocalSigner {
                 rng,
             });
         }
-        match EcdsaKeyPair::from_pkcs8(&signature::ECDSA_P256_SHA256_FIXED_SIGNING, der, &rng) {
+        match EcdsaKeyPair::from_pkcs8(&signature::ECDSA_P256_SHA256_FIXED_SIGNING, der) {
             Ok(kp) => {
                 let point = kp.public_key().as_ref();
                 if point.len() != 65 {
@@ -245,8 +245,8 @@ impl Signer for LocalSigner {
 /// `jwk` with its `kid` set to its RFC 7638 thumbprint (SHA-256 of the required members).
 pub(crate) fn with_thumbprint_kid(jwk: PublicJwk) -> PublicJwk {
     let input = jwk.thumbprint_input().unwrap_or_default();
-    let kid = URL_SAFE_NO_PAD.encode(ring::digest::digest(
-        &ring::digest::SHA256,
+    let kid = URL_SAFE_NO_PAD.encode(aws_lc_rs::digest::digest(
+        &aws_lc_rs::digest::SHA256,
         input.as_bytes(),
     ));
     jwk.with_kid(kid)

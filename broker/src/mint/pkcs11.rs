@@ -30,6 +30,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, LazyLock, Mutex, MutexGuard, PoisonError};
 
+use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Function, Pkcs11};
 use cryptoki::error::{Error as CkError, RvError};
 use cryptoki::mechanism::eddsa::{EddsaParams, EddsaSignatureScheme};
@@ -38,7 +39,6 @@ use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHan
 use cryptoki::session::{Session, UserType};
 use cryptoki::slot::{Limit, Slot};
 use cryptoki::types::RawAuthPin;
-use ring::rand::{SecureRandom, SystemRandom};
 use serde::Deserialize;
 use zeroize::Zeroizing;
 
@@ -939,7 +939,7 @@ impl Pkcs11Signer {
     fn sign_once(&self, session: &Session, msg: &[u8]) -> Result<Vec<u8>, CkError> {
         match self.alg {
             SigningAlgorithm::ES256 => {
-                let digest = ring::digest::digest(&ring::digest::SHA256, msg);
+                let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, msg);
                 session.sign(&Mechanism::Ecdsa, self.key, digest.as_ref())
             }
             SigningAlgorithm::EdDSA => session.sign(
@@ -1255,8 +1255,10 @@ pin = "1234""#,
                 m.insert("y", y.clone());
             }
             let json = serde_json::to_string(&m).unwrap();
-            base64::engine::general_purpose::URL_SAFE_NO_PAD
-                .encode(ring::digest::digest(&ring::digest::SHA256, json.as_bytes()))
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(aws_lc_rs::digest::digest(
+                &aws_lc_rs::digest::SHA256,
+                json.as_bytes(),
+            ))
         }
 
         fn check_signs_and_verifies(signer: &dyn Signer, alg: SigningAlgorithm) {

@@ -517,7 +517,7 @@ impl Connector {
                         .map_err(|e| bad(e.to_string()))?;
                 }
                 let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-                    rustls::crypto::ring::default_provider(),
+                    rustls::crypto::aws_lc_rs::default_provider(),
                 ))
                 .with_safe_default_protocol_versions()
                 .map_err(|e| bad(e.to_string()))?

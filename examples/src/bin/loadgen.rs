@@ -265,7 +265,7 @@ fn pem_certs(path: &Path) -> anyhow::Result<Vec<CertificateDer<'static>>> {
         .with_context(|| format!("parsing {}", path.display()))
 }
 
-/// rustls on ring, trusting `--cacert`, presenting `--cert/--key` when given.
+/// rustls on aws-lc-rs, trusting `--cacert`, presenting `--cert/--key` when given.
 fn tls_settings(args: &Args, target: &Target) -> anyhow::Result<Tls> {
     if !target.tls {
         return Ok(None);
@@ -276,7 +276,7 @@ fn tls_settings(args: &Args, target: &Target) -> anyhow::Result<Tls> {
         roots.add(c).context("adding the CA")?;
     }
     let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
+        rustls::crypto::aws_lc_rs::default_provider(),
     ))
     .with_safe_default_protocol_versions()?
     .with_root_certificates(roots);

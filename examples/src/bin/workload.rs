@@ -70,8 +70,8 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     }
     let source = builder.build().context("building the token source")?;
 
-    // reqwest is built without a TLS provider of its own: use ring, like the SDK.
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    // reqwest is built without a TLS provider of its own: use aws-lc-rs, like the SDK.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .build()

@@ -33,14 +33,14 @@ fn with_mode(mode: u8, rest: &[u8]) -> Vec<u8> {
 
 fn rs256(header: &serde_json::Value, claims: &serde_json::Value) -> String {
     let pem = std::fs::read_to_string(test_fixtures().join("issuer-rsa.pem")).expect("rsa");
-    let kp = ring::signature::RsaKeyPair::from_pkcs8(&pem_to_der(&pem)).expect("rsa key");
+    let kp = aws_lc_rs::signature::RsaKeyPair::from_pkcs8(&pem_to_der(&pem)).expect("rsa key");
     let mut s = URL_SAFE_NO_PAD.encode(serde_json::to_vec(header).expect("json"));
     s.push('.');
     s.push_str(&URL_SAFE_NO_PAD.encode(serde_json::to_vec(claims).expect("json")));
     let mut sig = vec![0u8; kp.public().modulus_len()];
     kp.sign(
-        &ring::signature::RSA_PKCS1_SHA256,
-        &ring::rand::SystemRandom::new(),
+        &aws_lc_rs::signature::RSA_PKCS1_SHA256,
+        &aws_lc_rs::rand::SystemRandom::new(),
         s.as_bytes(),
         &mut sig,
     )
@@ -53,9 +53,9 @@ fn rs256(header: &serde_json::Value, claims: &serde_json::Value) -> String {
 fn broker_key() {
     let path = fuzz_dir().join("fixtures/broker-es256.pk8");
     if !path.exists() {
-        let der = ring::signature::EcdsaKeyPair::generate_pkcs8(
-            &ring::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
-            &ring::rand::SystemRandom::new(),
+        let der = aws_lc_rs::signature::EcdsaKeyPair::generate_pkcs8(
+            &aws_lc_rs::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+            &aws_lc_rs::rand::SystemRandom::new(),
         )
         .expect("keygen");
         std::fs::write(&path, der.as_ref()).expect("write key");
@@ -279,7 +279,7 @@ fn key_seeds() {
     put("keys", "rsa-pem-refused", &with_mode(0, &rsa_pem));
     let der = std::fs::read(fuzz_dir().join("fixtures/broker-es256.pk8")).expect("key");
     put("keys", "p256-der", &with_mode(1, &der));
-    let ed = ring::signature::Ed25519KeyPair::generate_pkcs8(&ring::rand::SystemRandom::new())
+    let ed = aws_lc_rs::signature::Ed25519KeyPair::generate_pkcs8(&aws_lc_rs::rand::SystemRandom::new())
         .expect("ed25519");
     put("keys", "ed25519-der", &with_mode(1, ed.as_ref()));
     let ed_pem = format!(
@@ -320,7 +320,7 @@ fn sdk_seeds() {
     broker_key();
     let key = broker_fuzz::broker_key();
     put("sdk_jwks", "jwks", &with_mode(0, &key.jwks_json));
-    let ed = ring::signature::Ed25519KeyPair::generate_pkcs8(&ring::rand::SystemRandom::new())
+    let ed = aws_lc_rs::signature::Ed25519KeyPair::generate_pkcs8(&aws_lc_rs::rand::SystemRandom::new())
         .expect("ed25519");
     let eds = LocalSigner::from_pkcs8(ed.as_ref()).expect("ed25519");
     let both = broker::mint::keys::Jwks {
