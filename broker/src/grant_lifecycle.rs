@@ -1,5 +1,5 @@
 //! The break-glass grant lifecycle as a service: a request checked and opened
-//! ([`request`]), approvals, activation and closing ([`steps`]; a close revokes the grant's
+//! (`request`), approvals, activation and closing (`steps`; a close revokes the grant's
 //! tokens in the same transaction), the expiry sweep the server's background loop runs,
 //! the report, and the audit records and webhook events of grant steps. Every step is
 //! recorded before it is made ([`crate::record_first`]). The HTTP handlers

@@ -467,7 +467,7 @@ impl ConnectionLimiter {
             .unwrap_or(0)
     }
 
-    /// Logs a refusal: a warning at most every [`REFUSAL_WARN_INTERVAL`] with the count
+    /// Logs a refusal: a warning at most every `REFUSAL_WARN_INTERVAL` (10 s) with the count
     /// since the last one, each refusal at debug level.
     pub fn note_refusal(&self, refusal: Refusal, peer: SocketAddr) {
         tracing::debug!(%peer, limit = refusal.setting(), "connection refused at its limit");

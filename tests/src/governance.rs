@@ -3,7 +3,7 @@
 //! (`Retry-After`, `Registration-Expires`) and may come from another loopback source
 //! network, and clients for the inventory, anomaly acknowledgement and `/metrics`.
 //!
-//! The registry is [`default_registry`](crate::default_registry) ([`IDENTITY`](crate::IDENTITY), and the expired
+//! The registry is [`crate::default_registry`] ([`IDENTITY`](crate::IDENTITY), and the expired
 //! [`EXPIRED_IDENTITY`](crate::EXPIRED_IDENTITY)) plus:
 //!
 //! | identity | `anomaly_action` | expires | tasks |
