@@ -74,9 +74,7 @@ pub fn random_id(prefix: &str) -> Result<String, RandomError> {
     let mut id = String::with_capacity(prefix.len() + 17);
     id.push_str(prefix);
     id.push('-');
-    for x in b {
-        id.push_str(&format!("{x:02x}"));
-    }
+    crate::hex::push_hex_str(&mut id, &b);
     Ok(id)
 }
 

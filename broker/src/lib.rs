@@ -46,6 +46,7 @@ pub mod dev;
 pub mod dpop;
 pub mod error;
 pub mod grant_lifecycle;
+mod hex;
 pub mod http_limits;
 pub mod ids;
 pub mod introspection;

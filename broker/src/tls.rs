@@ -79,7 +79,7 @@ impl ClientCertVerifier for NotingVerifier {
     ) -> Result<ClientCertVerified, rustls::Error> {
         let _ = PRESENTED_CERT.try_with(|c| {
             let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, end_entity.as_ref());
-            *c.borrow_mut() = Some(digest.as_ref().iter().map(|b| format!("{b:02x}")).collect());
+            *c.borrow_mut() = Some(crate::hex::to_hex(digest.as_ref()));
         });
         self.0.verify_client_cert(end_entity, intermediates, now)
     }

@@ -276,21 +276,8 @@ pub(crate) fn scan_segment(bytes: &[u8], mut expect: Option<Link>, wants: [u64; 
     scan
 }
 
-const HEX: &[u8; 16] = b"0123456789abcdef";
-
-fn push_hex(out: &mut Vec<u8>, bytes: &[u8]) {
-    for b in bytes {
-        out.push(HEX[usize::from(b >> 4)]);
-        out.push(HEX[usize::from(b & 0x0f)]);
-    }
-}
-
-/// Lowercase hex.
-pub(crate) fn to_hex(bytes: &[u8]) -> String {
-    let mut out = Vec::with_capacity(bytes.len() * 2);
-    push_hex(&mut out, bytes);
-    String::from_utf8(out).unwrap_or_default()
-}
+use crate::hex::push_hex;
+pub(crate) use crate::hex::to_hex;
 
 /// Parses exactly 64 lowercase hex digits.
 pub(crate) fn parse_hex(hex: &[u8]) -> Option<Hash> {

@@ -78,7 +78,7 @@ impl PeerCert {
             .map(str::to_owned);
         Ok(Self {
             x5t_s256: URL_SAFE_NO_PAD.encode(digest.as_ref()),
-            sha256_hex: hex(digest.as_ref()),
+            sha256_hex: crate::hex::to_hex(digest.as_ref()),
             spiffe_ids,
             dns_names,
             subject_cn,
@@ -153,15 +153,6 @@ impl PeerCert {
                 ),
             })
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        let _ = write!(s, "{b:02x}");
-    }
-    s
 }
 
 #[cfg(test)]

@@ -49,7 +49,7 @@ pub(super) fn secret() -> Result<String, RandomError> {
 /// kept).
 pub(super) fn digest_hex(secret: &str) -> String {
     let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, secret.as_bytes());
-    d.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+    crate::hex::to_hex(d.as_ref())
 }
 
 /// Whether `s` looks like one of our secrets (bounded, base64url): anything else is

@@ -705,7 +705,7 @@ pub fn generate_rotated(
             path: config.module.clone(),
             reason: "random number generator failed".into(),
         })?;
-    let hex: String = suffix.iter().map(|b| format!("{b:02x}")).collect();
+    let hex = crate::hex::to_hex(&suffix);
     let one = Pkcs11Config {
         key_label: format!(
             "{}{ROTATED_LABEL_SEPARATOR}{created_unix:012}.{hex}",
@@ -1310,7 +1310,7 @@ pin = "1234""#,
                     .unwrap()
                     .unwrap()
             };
-            let hex: String = id.iter().map(|b| format!("{b:02x}")).collect();
+            let hex = crate::hex::to_hex(&id);
             let by_id = open(&config(&dir, "test", "pin", &hex)).unwrap();
             assert_eq!(by_id.kid(), made.kid());
             // Generating over an existing label is refused.
