@@ -94,8 +94,8 @@ enum Command {
     },
     /// Revoke tokens through the admin API (needs an admin with the `revoke` role).
     Revoke {
-        /// One token id.
-        #[arg(long, group = "selector")]
+        /// One token id (a jti may start with `-`: base64url).
+        #[arg(long, group = "selector", allow_hyphen_values = true)]
         jti: Option<String>,
         /// Every live token of an identity (with --task: of that identity's task).
         #[arg(long)]
@@ -1083,6 +1083,29 @@ mod tests {
                 _ => panic!("{sub}"),
             };
             assert_eq!(kid, "-dRShQGejIHa5Gzl1t");
+        }
+    }
+
+    /// A base64url jti starts with `-` once in 64 tokens; `revoke --jti` takes it as the
+    /// value (CI once failed on `-i…`).
+    #[test]
+    fn a_jti_starting_with_a_hyphen_is_a_jti() {
+        for jti in ["-iQx3v0Zb2kYwJ8aPq1LmNA", "--8Zb2kYwJ8aPq1LmNAiQx3"] {
+            let args = [
+                "broker",
+                "revoke",
+                "--jti",
+                jti,
+                "--reason",
+                "leak",
+                "--url",
+                "http://127.0.0.1:8080",
+            ];
+            let cli = Cli::try_parse_from(args).unwrap_or_else(|e| panic!("{jti}: {e}"));
+            let Command::Revoke { jti: got, .. } = cli.command else {
+                panic!("not revoke");
+            };
+            assert_eq!(got.as_deref(), Some(jti));
         }
     }
 }
