@@ -17,6 +17,7 @@ use crate::state::AppState;
 use crate::store::{Selector, StateChange};
 
 pub mod anomaly_ack;
+pub mod keys;
 
 /// Body of `POST /v1/admin/revocations`: exactly one selector (`task` may be combined
 /// with `identity`), and a reason.

@@ -401,13 +401,10 @@ impl Broker {
                     tokio::select! {
                         _ = stop => return,
                         _ = tick.tick() => {
-                            let keys = Arc::clone(&state.keys);
-                            match tokio::task::spawn_blocking(move || keys.tick()).await {
-                                Ok(Ok(audit)) => {
-                                    crate::mint::lifecycle::KeyService::record(&state.audit, audit).await;
-                                }
-                                Ok(Err(e)) => tracing::warn!(error = %e, "signing-key lifecycle step failed; retrying"),
-                                Err(e) => tracing::warn!(error = %e, "signing-key lifecycle task failed"),
+                            // Recorded first: a step whose record fails is not made, and is
+                            // due again at the next tick.
+                            if let Err(e) = crate::admin_changes::keys::tick(&state).await {
+                                tracing::warn!(error = ?e, "signing-key lifecycle step not made; retrying");
                             }
                         }
                     }

@@ -95,10 +95,8 @@ impl InProcess {
     async fn call(&self, mut req: Request<Body>, peer: &str) -> Answer {
         // What the server's background loop does every 500 ms: the signing-key lifecycle
         // (lease extensions, scheduled steps) catches up with the clock.
-        if self.key_ticks.load(std::sync::atomic::Ordering::Relaxed)
-            && let Ok(audit) = self.broker.state().keys.tick()
-        {
-            crate::mint::lifecycle::KeyService::record(&self.broker.state().audit, audit).await;
+        if self.key_ticks.load(std::sync::atomic::Ordering::Relaxed) {
+            let _ = crate::admin_changes::keys::tick(self.broker.state()).await;
         }
         let addr: SocketAddr = peer.parse().unwrap();
         req.extensions_mut().insert(ConnectInfo(addr));

@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use super::in_process::{InProcess, admin_toml};
 use crate::clock::Clock;
 use crate::mint::keys::Jwks;
-use crate::mint::lifecycle::{KeyService, KeyState, RETIRED_KEYS_FILE};
+use crate::mint::lifecycle::{KeyState, RETIRED_KEYS_FILE};
 
 /// 2098-10-01: inside the dev registration, outside its recertification window.
 pub(crate) const T0: u64 = 4_070_908_800 - 92 * 86_400;
@@ -31,6 +31,11 @@ fn rotation_config(text: &str) -> String {
 }
 
 async fn start(unix: u64) -> InProcess {
+    start_rotating(unix).await
+}
+
+/// The dev broker with hourly rotation (see [`rotation_config`]) and the `ops` admin.
+pub(crate) async fn start_rotating(unix: u64) -> InProcess {
     InProcess::start_edited(unix, |_, text| rotation_config(&text)).await
 }
 
@@ -78,8 +83,7 @@ async fn token(b: &InProcess) -> (String, String, u64) {
 }
 
 async fn tick(b: &InProcess) {
-    let audit = b.state().keys.tick().unwrap();
-    KeyService::record(&b.state().audit, audit).await;
+    crate::admin_changes::keys::tick(b.state()).await.unwrap();
 }
 
 fn state_of(b: &InProcess, kid: &str) -> KeyState {
@@ -309,6 +313,15 @@ pub(crate) async fn emergency_revocation(b: &InProcess) -> String {
     // A new key signs at once, tokens and the audit log's head anchors alike.
     let (new_token, k2, _) = token(b).await;
     assert_ne!(k2, k1);
+    // The successor is a change of its own, recorded first in the revoking admin's name.
+    for event in ["key_prepared", "key_activated"] {
+        assert!(
+            b.records_of(event)
+                .iter()
+                .any(|r| r["kid"] == k2.as_str() && r["actor"] == "admin:ops"),
+            "{event} of {k2}"
+        );
+    }
     assert!(verifies(&new_token, &jwks(b).await));
     assert_eq!(
         b.state().audit.anchor_kid(),

@@ -95,7 +95,7 @@ async fn active_grant(b: &InProcess) -> String {
 }
 
 /// The next write of the audit log fails (as a full disk would).
-fn fail_next_audit_write(b: &InProcess) {
+pub(crate) fn fail_next_audit_write(b: &InProcess) {
     b.state()
         .audit
         .hooks()
@@ -108,7 +108,7 @@ fn journal(b: &InProcess) -> String {
     std::fs::read_to_string(b.dir().join("state").join("changes.jsonl")).unwrap_or_default()
 }
 
-fn assert_fails_closed(r: &Answer) {
+pub(crate) fn assert_fails_closed(r: &Answer) {
     assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.body);
     assert_eq!(r.body["error"], "temporarily_unavailable", "{}", r.body);
 }

@@ -17,9 +17,11 @@ mod in_process_feed;
 #[cfg(test)]
 mod in_process_governance;
 #[cfg(test)]
+mod in_process_key_records;
+#[cfg(test)]
 pub(crate) mod in_process_keys;
 #[cfg(test)]
-mod in_process_record_first;
+pub(crate) mod in_process_record_first;
 pub mod record;
 pub mod refusal;
 

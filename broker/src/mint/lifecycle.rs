@@ -199,6 +199,30 @@ pub enum KeyHome {
     Token(Pkcs11Config),
 }
 
+/// A key change this replica plans, not yet made: its state changes (one transaction),
+/// the new keys made for it (destroyed if it is not made; nothing publishes or signs
+/// with them before), and the retired keys whose private halves go once it is made.
+/// [`crate::admin_changes::keys`] records it first, then makes it.
+#[derive(Debug, Default)]
+#[must_use = "a plan is made (recorded first) or abandoned"]
+pub struct KeyPlan {
+    changes: Vec<StateChange>,
+    made: Vec<String>,
+    destroy: Vec<String>,
+}
+
+impl KeyPlan {
+    /// Nothing to change (nothing due).
+    pub fn is_empty(&self) -> bool {
+        self.changes.is_empty() && self.made.is_empty()
+    }
+
+    /// The state changes it makes, in one transaction.
+    pub fn changes(&self) -> &[StateChange] {
+        &self.changes
+    }
+}
+
 struct Inner {
     records: BTreeMap<String, Record>,
     /// This replica's private keys by kid.
@@ -217,6 +241,9 @@ pub struct KeyService {
     inner: Mutex<Inner>,
     /// The audit log whose head anchors the active key signs ([`KeyService::bind_audit`]).
     audit: std::sync::OnceLock<AuditLog>,
+    /// Held from a change's plan until it is made or abandoned, so that two changes on
+    /// this replica never plan against the same state.
+    changing: tokio::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for KeyService {
@@ -283,6 +310,7 @@ impl KeyService {
             clock,
             inner: Mutex::new(inner),
             audit: std::sync::OnceLock::new(),
+            changing: tokio::sync::Mutex::new(()),
         });
         let audit = svc.reconcile(ring)?;
         svc.install();
@@ -295,6 +323,12 @@ impl KeyService {
     pub fn bind_audit(&self, audit: AuditLog) {
         audit.set_anchor_signer(self.minter.anchor_signer());
         let _ = self.audit.set(audit);
+    }
+
+    /// One key change at a time on this replica: hold this from planning a change until
+    /// it is made or abandoned.
+    pub async fn one_change_at_a_time(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.changing.lock().await
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -424,45 +458,10 @@ impl KeyService {
         Ok(audit)
     }
 
-    /// The audit record of a key change, if it is one that is recorded.
+    /// The audit record of a key change, if it is one that is recorded, as the records
+    /// stand now.
     fn audit_of(&self, change: &StateChange) -> Option<AuditEvent> {
-        let StateChange::Key(k) = change else {
-            return None;
-        };
-        let info = self.info(kid_of(k))?;
-        Some(match k {
-            KeyChange::Prepared { activate_at, .. } => key_event(
-                EventKind::KeyPrepared,
-                &info,
-                serde_json::json!({ "activate_at": activate_at }),
-            ),
-            KeyChange::Activated { .. } => {
-                key_event(EventKind::KeyActivated, &info, serde_json::json!({}))
-            }
-            KeyChange::Retiring { retire_at, .. } => key_event(
-                EventKind::KeyRetiring,
-                &info,
-                serde_json::json!({ "retire_at": retire_at }),
-            ),
-            KeyChange::Retired { .. } => {
-                key_event(EventKind::KeyRetired, &info, serde_json::json!({}))
-            }
-            KeyChange::Revoked { actor, reason, .. } => {
-                let mut ev = key_event(
-                    EventKind::KeyRevoked,
-                    &info,
-                    serde_json::json!({ "reason": reason }),
-                );
-                ev.actor = Some(actor.clone());
-                ev
-            }
-            KeyChange::Lease { .. } => return None,
-        })
-    }
-
-    fn info(&self, kid: &str) -> Option<KeyInfo> {
-        let inner = self.lock();
-        inner.records.get(kid).map(info_of)
+        audit_of_in(&self.lock().records, change)
     }
 
     /// Every key the shared state knows, oldest first.
@@ -529,116 +528,162 @@ impl KeyService {
     }
 
     /// Applies a change another replica made (or this one, seen again): its keys'
-    /// states, and a revocation of one of this replica's own keys, which this replica
-    /// answers by destroying the key and activating a new one.
+    /// states. A revocation of one of this replica's own keys (another replica's admin
+    /// revoked it) is answered at once: the key's private half is destroyed and, if it
+    /// was signing, a successor is made and signs at once. Returns the audit records
+    /// of that successor, to write after ([`KeyService::record`]): the one key change
+    /// not recorded first, because until the successor signs no key may sign the
+    /// anchor of its record (a revoked key signs none), and its cause is already
+    /// recorded (the other replica's `key_revoked`).
     pub fn apply_remote(&self, change: &StateChange) -> Vec<AuditEvent> {
         let StateChange::Key(k) = change else {
             return Vec::new();
         };
-        let own_revoked = {
+        let (own_revoked, was_signing) = {
             let mut inner = self.lock();
             apply_change(&mut inner.records, change);
-            matches!(k, KeyChange::Revoked { kid, .. } if inner.own.contains_key(kid))
+            let kid = kid_of(k);
+            let own = matches!(k, KeyChange::Revoked { .. }) && inner.own.contains_key(kid);
+            let alg = inner.records.get(kid).and_then(Record::alg);
+            let signing = own
+                && self
+                    .minter
+                    .signer_for_alg(alg)
+                    .is_some_and(|a| a.signer.kid() == kid);
+            (own, if signing { alg } else { None })
         };
         let mut audit = Vec::new();
         if own_revoked {
-            let kid = kid_of(k).to_owned();
-            match self.after_revocation(&kid) {
-                Ok(mut evs) => audit.append(&mut evs),
-                Err(e) => tracing::error!(%kid, error = %e, "could not replace a revoked key"),
+            let kid = kid_of(k);
+            if let Err(e) = self.destroy(kid) {
+                tracing::error!(%kid, error = %e, "could not destroy a revoked key");
+            }
+            if let Some(alg) = was_signing {
+                match self.plan_successors(&[alg], self.now(), KeyPlan::default()) {
+                    Ok(plan) => {
+                        let events = self.events(&plan, Some("broker"));
+                        match self.store.append_all(&plan.changes) {
+                            Ok(_) => {
+                                self.applied(&plan);
+                                let _ = self.finish(plan);
+                                audit = events;
+                            }
+                            Err(e) => {
+                                tracing::error!(%kid, error = %e, "could not replace a revoked key");
+                                self.abandon(plan);
+                            }
+                        }
+                    }
+                    Err(e) => tracing::error!(%kid, error = %e, "could not replace a revoked key"),
+                }
             }
         }
         self.install();
         audit
     }
 
-    /// Runs what is due at the clock's now: lease extensions, scheduled preparation,
-    /// activation of prepared keys, retirement of retiring ones. Returns the audit
-    /// records to write.
-    pub fn tick(&self) -> Result<Vec<AuditEvent>, LifecycleError> {
-        let now = self.now();
-        let mut changes = Vec::new();
-        let mut retire_files = Vec::new();
+    /// What is due at `now` in `records`: lease extensions, activation of prepared keys
+    /// (their predecessors start retiring), retirement of retiring keys whose lease has
+    /// passed (their private halves destroyed once it is made). Returns the algorithms
+    /// whose scheduled rotation is due.
+    fn due(
+        &self,
+        records: &BTreeMap<String, Record>,
+        now: u64,
+        plan: &mut KeyPlan,
+    ) -> Vec<SigningAlgorithm> {
         let mut prepare: Vec<SigningAlgorithm> = Vec::new();
-        {
-            let inner = self.lock();
-            let own = |r: &&Record| r.replica == self.replica;
-            for r in inner.records.values().filter(own) {
-                let kid = r.jwk.kid.clone();
-                match r.state {
-                    KeyState::Active
-                        if r.lease_until < now.saturating_add(self.policy.lease.as_secs()) =>
-                    {
-                        changes.push(StateChange::Key(KeyChange::Lease {
-                            kid,
-                            until: self.lease_from(now),
-                        }));
-                    }
-                    KeyState::Prepared if r.activate_at <= now => {
-                        changes.push(StateChange::Key(KeyChange::Activated {
-                            kid: kid.clone(),
-                            at: now,
-                        }));
-                        changes.push(StateChange::Key(KeyChange::Lease {
-                            kid,
-                            until: self.lease_from(now),
-                        }));
-                        // Its predecessor of the same algorithm stops signing.
-                        for old in inner.records.values().filter(own) {
-                            if old.state == KeyState::Active && old.alg() == r.alg() {
-                                changes.push(StateChange::Key(KeyChange::Retiring {
-                                    kid: old.jwk.kid.clone(),
-                                    at: now,
-                                    retire_at: old.lease_until.max(now),
-                                }));
-                            }
+        let own = |r: &&Record| r.replica == self.replica;
+        for r in records.values().filter(own) {
+            let kid = r.jwk.kid.clone();
+            match r.state {
+                KeyState::Active
+                    if r.lease_until < now.saturating_add(self.policy.lease.as_secs()) =>
+                {
+                    plan.changes.push(StateChange::Key(KeyChange::Lease {
+                        kid,
+                        until: self.lease_from(now),
+                    }));
+                }
+                KeyState::Prepared if r.activate_at <= now => {
+                    plan.changes.push(StateChange::Key(KeyChange::Activated {
+                        kid: kid.clone(),
+                        at: now,
+                    }));
+                    plan.changes.push(StateChange::Key(KeyChange::Lease {
+                        kid,
+                        until: self.lease_from(now),
+                    }));
+                    // Its predecessor of the same algorithm stops signing.
+                    for old in records.values().filter(own) {
+                        if old.state == KeyState::Active && old.alg() == r.alg() {
+                            plan.changes.push(StateChange::Key(KeyChange::Retiring {
+                                kid: old.jwk.kid.clone(),
+                                at: now,
+                                retire_at: old.lease_until.max(now),
+                            }));
                         }
                     }
-                    KeyState::Retiring if r.retire_at.is_some_and(|t| t <= now) => {
-                        changes.push(StateChange::Key(KeyChange::Retired {
-                            kid: kid.clone(),
-                            at: now,
-                        }));
-                        retire_files.push(kid);
-                    }
-                    _ => {}
                 }
-            }
-            if let Some(every) = self.policy.rotate_every {
-                for r in inner.records.values().filter(own) {
-                    let due = r
-                        .activate_at
-                        .saturating_add(every.as_secs())
-                        .saturating_sub(self.policy.prepublish.as_secs());
-                    let successor_pending = inner
-                        .records
-                        .values()
-                        .filter(own)
-                        .any(|p| p.state == KeyState::Prepared && p.alg() == r.alg());
-                    if r.state == KeyState::Active
-                        && due <= now
-                        && !successor_pending
-                        && let Some(alg) = r.alg()
-                        && !prepare.contains(&alg)
-                    {
-                        prepare.push(alg);
-                    }
+                KeyState::Retiring if r.retire_at.is_some_and(|t| t <= now) => {
+                    plan.changes.push(StateChange::Key(KeyChange::Retired {
+                        kid: kid.clone(),
+                        at: now,
+                    }));
+                    plan.destroy.push(kid);
                 }
+                _ => {}
             }
         }
-        let mut audit = Vec::new();
-        self.commit(&changes)?;
-        for c in &changes {
-            audit.extend(self.audit_of(c));
+        if let Some(every) = self.policy.rotate_every {
+            for r in records.values().filter(own) {
+                let due = r
+                    .activate_at
+                    .saturating_add(every.as_secs())
+                    .saturating_sub(self.policy.prepublish.as_secs());
+                let successor_pending = records
+                    .values()
+                    .filter(own)
+                    .any(|p| p.state == KeyState::Prepared && p.alg() == r.alg());
+                if r.state == KeyState::Active
+                    && due <= now
+                    && !successor_pending
+                    && let Some(alg) = r.alg()
+                    && !prepare.contains(&alg)
+                {
+                    prepare.push(alg);
+                }
+            }
         }
-        for kid in retire_files {
-            self.destroy(&kid)?;
+        prepare
+    }
+
+    /// The records with `plan`'s changes applied (what they will be once it is made).
+    fn preview(&self, plan: &KeyPlan) -> BTreeMap<String, Record> {
+        let mut records = self.lock().records.clone();
+        for c in &plan.changes {
+            apply_change(&mut records, c);
         }
+        records
+    }
+
+    /// Plans what is due at the clock's now: lease extensions, activation of prepared
+    /// keys (their predecessors start retiring), retirement of retiring keys whose lease
+    /// has passed, and a successor prepared for each scheduled rotation that is due.
+    pub fn plan_tick(&self) -> Result<KeyPlan, LifecycleError> {
+        let now = self.now();
+        let mut plan = KeyPlan::default();
+        let records = self.lock().records.clone();
+        let prepare = self.due(&records, now, &mut plan);
         for alg in prepare {
-            audit.extend(self.prepare(alg, self.activation_after_prepublish(now))?);
+            if let Err(e) =
+                self.make_prepared(alg, self.activation_after_prepublish(now), &mut plan)
+            {
+                self.abandon(plan);
+                return Err(e);
+            }
         }
-        self.install();
-        Ok(audit)
+        Ok(plan)
     }
 
     /// Makes a new key of `alg` where this replica's keys live (a file in the key
@@ -655,50 +700,106 @@ impl KeyService {
         })
     }
 
-    /// Makes a new key of `alg` and records it as prepared, to sign from `activate_at`.
-    fn prepare(
+    /// Makes a new key of `alg` and adds it to `plan` as prepared, to sign from
+    /// `activate_at`. Nothing signs with it or publishes it until the plan is made.
+    fn make_prepared(
         &self,
         alg: SigningAlgorithm,
         activate_at: u64,
-    ) -> Result<Vec<AuditEvent>, LifecycleError> {
+        plan: &mut KeyPlan,
+    ) -> Result<(), LifecycleError> {
         let now = self.now();
         let signer = self.make_key(alg, now)?;
         let kid = signer.kid().to_owned();
-        let change = StateChange::Key(KeyChange::Prepared {
+        plan.changes.push(StateChange::Key(KeyChange::Prepared {
             jwk: signer.public_jwk(),
             replica: self.replica.clone(),
             at: now,
             activate_at,
-        });
-        self.lock().own.insert(kid, signer);
-        self.commit(std::slice::from_ref(&change))?;
-        Ok(self.audit_of(&change).into_iter().collect())
+        }));
+        self.lock().own.insert(kid.clone(), signer);
+        plan.made.push(kid);
+        Ok(())
     }
 
-    /// `broker keys rotate`: prepares a successor for each algorithm that signs,
+    /// Adds to `plan` a new key of each algorithm in `algs`, prepared to sign from
+    /// `activate_at`; if that is now, its activation (and its predecessor's retirement)
+    /// too.
+    fn plan_successors(
+        &self,
+        algs: &[SigningAlgorithm],
+        activate_at: u64,
+        mut plan: KeyPlan,
+    ) -> Result<KeyPlan, LifecycleError> {
+        let now = self.now();
+        for &alg in algs {
+            if let Err(e) = self.make_prepared(alg, activate_at, &mut plan) {
+                self.abandon(plan);
+                return Err(e);
+            }
+        }
+        if activate_at <= now {
+            let records = self.preview(&plan);
+            // A scheduled rotation cannot be due: each algorithm has a successor pending.
+            let _ = self.due(&records, now, &mut plan);
+        }
+        Ok(plan)
+    }
+
+    /// `broker keys rotate`: plans a successor for each algorithm that signs,
     /// activating `prepublish` from now (or now, with `immediately`).
-    pub fn rotate(&self, immediately: bool) -> Result<Vec<AuditEvent>, LifecycleError> {
+    pub fn plan_rotate(&self, immediately: bool) -> Result<KeyPlan, LifecycleError> {
         let now = self.now();
         let activate_at = if immediately {
             now
         } else {
             self.activation_after_prepublish(now)
         };
-        let mut audit = Vec::new();
-        for alg in self.minter.algorithms() {
-            audit.extend(self.prepare(alg, activate_at)?);
+        self.plan_successors(&self.minter.algorithms(), activate_at, KeyPlan::default())
+    }
+
+    /// `broker keys revoke KID` as one change: the revocation's `changes`
+    /// ([`KeyService::revocation_changes`]) and, if KID is this replica's signing key, a
+    /// successor that signs at once (no prepublication: the old key is gone, verifiers
+    /// refetch on the unknown `kid`). KID's private half (if this replica holds it) is
+    /// destroyed once the change is made. Until then KID still signs, anchors included,
+    /// so the change's records are anchored like any other.
+    pub fn plan_revocation(
+        &self,
+        kid: &str,
+        changes: Vec<StateChange>,
+    ) -> Result<KeyPlan, LifecycleError> {
+        let (own, signing_alg) = {
+            let inner = self.lock();
+            let alg = inner.records.get(kid).and_then(Record::alg);
+            let signing = self
+                .minter
+                .signer_for_alg(alg)
+                .is_some_and(|a| a.signer.kid() == kid);
+            (
+                inner.own.contains_key(kid),
+                if signing { alg } else { None },
+            )
+        };
+        let mut plan = KeyPlan {
+            changes,
+            made: Vec::new(),
+            destroy: Vec::new(),
+        };
+        if own {
+            plan.destroy.push(kid.to_owned());
         }
-        if immediately {
-            audit.extend(self.tick()?);
+        match signing_alg {
+            Some(alg) => self.plan_successors(&[alg], self.now(), plan),
+            None => Ok(plan),
         }
-        Ok(audit)
     }
 
     /// `broker keys retire KID`: an active key stops signing now (its successor, made
     /// now, signs at once) and stays published until its lease; a prepared key is
     /// retired at once (it never signed); a retiring key retires at once only if its
     /// lease has passed.
-    pub fn retire(&self, kid: &str) -> Result<Vec<AuditEvent>, LifecycleError> {
+    pub fn plan_retire(&self, kid: &str) -> Result<KeyPlan, LifecycleError> {
         let now = self.now();
         let r = {
             let inner = self.lock();
@@ -719,25 +820,75 @@ impl KeyService {
                 let alg = r
                     .alg()
                     .ok_or_else(|| LifecycleError::UnknownKey(kid.to_owned()))?;
-                let mut audit = self.prepare(alg, now)?;
-                audit.extend(self.tick()?);
-                Ok(audit)
+                self.plan_successors(&[alg], now, KeyPlan::default())
             }
-            KeyState::Prepared => {
-                let change = StateChange::Key(KeyChange::Retired {
+            KeyState::Prepared => Ok(KeyPlan {
+                changes: vec![StateChange::Key(KeyChange::Retired {
                     kid: kid.to_owned(),
                     at: now,
-                });
-                self.commit(std::slice::from_ref(&change))?;
-                self.destroy(kid)?;
-                self.install();
-                Ok(self.audit_of(&change).into_iter().collect())
-            }
+                })],
+                made: Vec::new(),
+                destroy: vec![kid.to_owned()],
+            }),
             state => Err(LifecycleError::WrongState {
                 kid: kid.to_owned(),
                 state,
                 what: "only a prepared or active key can be retired by hand; a retiring key retires when its last token has expired",
             }),
+        }
+    }
+
+    /// The audit records of `plan`, as the keys will stand once it is made (`actor`: the
+    /// admin who asked for it, if one did). They are written before the plan is made. A
+    /// revocation's own `key_revoked` record is not among them: the admin call writes it,
+    /// with its request's context.
+    pub fn events(&self, plan: &KeyPlan, actor: Option<&str>) -> Vec<AuditEvent> {
+        let records = self.preview(plan);
+        plan.changes
+            .iter()
+            .filter(|c| !matches!(c, StateChange::Key(KeyChange::Revoked { .. })))
+            .filter_map(|c| audit_of_in(&records, c))
+            .map(|mut ev| {
+                if ev.actor.is_none() {
+                    ev.actor = actor.map(str::to_owned);
+                }
+                ev
+            })
+            .collect()
+    }
+
+    /// After `plan`'s changes were made durable in the state store (one transaction, with
+    /// [`crate::revocation::Revocations::commit_all`], which also applies a revocation
+    /// among them): applies them to the keys here. Nothing signs differently until
+    /// [`KeyService::finish`].
+    pub fn applied(&self, plan: &KeyPlan) {
+        let mut inner = self.lock();
+        for c in &plan.changes {
+            apply_change(&mut inner.records, c);
+        }
+    }
+
+    /// After [`KeyService::applied`]: destroys the private halves of the keys `plan`
+    /// retired and installs what signs and what is published now.
+    pub fn finish(&self, plan: KeyPlan) -> Result<(), LifecycleError> {
+        let mut result = Ok(());
+        for kid in plan.destroy {
+            if let Err(e) = self.destroy(&kid) {
+                tracing::error!(%kid, error = %e, "could not destroy a retired key");
+                result = Err(e);
+            }
+        }
+        self.install();
+        result
+    }
+
+    /// A plan that was not made (its records or its transaction failed): the keys made
+    /// for it are destroyed, never published.
+    pub fn abandon(&self, plan: KeyPlan) {
+        for kid in plan.made {
+            if let Err(e) = self.destroy(&kid) {
+                tracing::error!(%kid, error = %e, "could not remove a key made for a change that was not made");
+            }
         }
     }
 
@@ -791,34 +942,14 @@ impl KeyService {
         ])
     }
 
-    /// After `kid`'s revocation is durable: apply it here; if it is this replica's key,
-    /// destroy its private half and activate a new key at once (no prepublication: the
-    /// old key is gone, verifiers refetch on the unknown `kid`).
-    pub fn revoked(&self, changes: &[StateChange]) -> Vec<AuditEvent> {
-        let mut audit = Vec::new();
-        for c in changes {
-            audit.extend(self.apply_remote(c));
+    /// Writes each audit record of a change already made (failures logged): start-up's
+    /// reconciliation and [`KeyService::apply_remote`].
+    pub async fn record(audit: &AuditLog, events: Vec<AuditEvent>) {
+        for ev in events {
+            if let Err(e) = audit.append(ev).await {
+                tracing::error!(error = %e, "could not record a signing-key change");
+            }
         }
-        audit
-    }
-
-    fn after_revocation(&self, kid: &str) -> Result<Vec<AuditEvent>, LifecycleError> {
-        let (was_signing, alg) = {
-            let inner = self.lock();
-            let alg = inner.records.get(kid).and_then(Record::alg);
-            let signing = self
-                .minter
-                .signer_for_alg(alg)
-                .is_some_and(|a| a.signer.kid() == kid);
-            (signing, alg)
-        };
-        self.destroy(kid)?;
-        let mut audit = Vec::new();
-        if was_signing && let Some(alg) = alg {
-            audit.extend(self.prepare(alg, self.now())?);
-            audit.extend(self.tick()?);
-        }
-        Ok(audit)
     }
 
     /// Destroys `kid`'s private key (its file zeroed and removed, or its key pair
@@ -843,15 +974,41 @@ impl KeyService {
         }
         Ok(())
     }
+}
 
-    /// Writes each audit record (failures logged: the change is already durable).
-    pub async fn record(audit: &AuditLog, events: Vec<AuditEvent>) {
-        for ev in events {
-            if let Err(e) = audit.append(ev).await {
-                tracing::error!(error = %e, "could not record a signing-key change");
-            }
+/// The audit record of a key change as `records` stand, if it is one that is recorded
+/// (a lease extension is not).
+fn audit_of_in(records: &BTreeMap<String, Record>, change: &StateChange) -> Option<AuditEvent> {
+    let StateChange::Key(k) = change else {
+        return None;
+    };
+    let info = records.get(kid_of(k)).map(info_of)?;
+    Some(match k {
+        KeyChange::Prepared { activate_at, .. } => key_event(
+            EventKind::KeyPrepared,
+            &info,
+            serde_json::json!({ "activate_at": activate_at }),
+        ),
+        KeyChange::Activated { .. } => {
+            key_event(EventKind::KeyActivated, &info, serde_json::json!({}))
         }
-    }
+        KeyChange::Retiring { retire_at, .. } => key_event(
+            EventKind::KeyRetiring,
+            &info,
+            serde_json::json!({ "retire_at": retire_at }),
+        ),
+        KeyChange::Retired { .. } => key_event(EventKind::KeyRetired, &info, serde_json::json!({})),
+        KeyChange::Revoked { actor, reason, .. } => {
+            let mut ev = key_event(
+                EventKind::KeyRevoked,
+                &info,
+                serde_json::json!({ "reason": reason }),
+            );
+            ev.actor = Some(actor.clone());
+            ev
+        }
+        KeyChange::Lease { .. } => return None,
+    })
 }
 
 fn info_of(r: &Record) -> KeyInfo {

@@ -1,8 +1,9 @@
 //! The signing-key admin API (what `broker keys` calls): `GET /v1/admin/keys` (every
 //! key and its state; `read_audit`), `POST /v1/admin/keys/rotate` (`admin`),
 //! `POST /v1/admin/keys/{kid}/retire` (`admin`) and `POST /v1/admin/keys/{kid}/revoke`
-//! (`revoke`; the `key_revoked` record is written before the change, like every admin
-//! change). The domain logic is [`crate::mint::lifecycle::KeyService`].
+//! (`revoke`). Every change is recorded before it is made, like every admin change
+//! ([`crate::admin_changes::keys`]; the `key_revoked` record through
+//! [`record::change`]). The domain logic is [`crate::mint::lifecycle::KeyService`].
 
 use axum::Json;
 use axum::body::Bytes;
@@ -11,11 +12,12 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
+use crate::admin_changes::keys::{self as key_changes, KeyChangeError};
 use crate::api::caller_request::CallerRequest;
 use crate::api::{ApiError, AppState, record};
 use crate::audit::event::EventKind;
 use crate::config::Role;
-use crate::mint::lifecycle::{KeyService, LifecycleError};
+use crate::mint::lifecycle::LifecycleError;
 
 fn refused(e: &LifecycleError) -> Response {
     match e {
@@ -30,6 +32,15 @@ fn refused(e: &LifecycleError) -> Response {
             tracing::error!(error = %e, "signing-key operation failed");
             ApiError::internal().into_response()
         }
+    }
+}
+
+/// The answer to a key change: the keys after it, or why it was not made.
+fn answer(st: &AppState, made: Result<bool, KeyChangeError>) -> Response {
+    match made {
+        Ok(_) => Json(st.keys.list()).into_response(),
+        Err(KeyChangeError::Refused(e)) => refused(&e),
+        Err(KeyChangeError::Failed(e)) => e.into_response(),
     }
 }
 
@@ -60,12 +71,13 @@ pub async fn rotate(
     caller_req: CallerRequest,
     body: Bytes,
 ) -> Response {
-    if let Err(res) = caller_req
+    let caller = match caller_req
         .require_role(&st, EventKind::Denied, Role::Admin)
         .await
     {
-        return res;
-    }
+        Ok((caller, _)) => caller,
+        Err(res) => return res,
+    };
     let req: RotateBody = if body.is_empty() {
         RotateBody::default()
     } else {
@@ -77,15 +89,12 @@ pub async fn rotate(
             }
         }
     };
-    let keys = std::sync::Arc::clone(&st.keys);
-    match tokio::task::spawn_blocking(move || keys.rotate(req.immediately)).await {
-        Ok(Ok(audit)) => {
-            KeyService::record(&st.audit, audit).await;
-            Json(st.keys.list()).into_response()
-        }
-        Ok(Err(e)) => refused(&e),
-        Err(_) => ApiError::internal().into_response(),
-    }
+    let immediately = req.immediately;
+    let made = key_changes::change(&st, Some(&caller.actor()), move |keys| {
+        keys.plan_rotate(immediately)
+    })
+    .await;
+    answer(&st, made)
 }
 
 /// `POST /v1/admin/keys/{kid}/retire`.
@@ -94,21 +103,18 @@ pub async fn retire(
     Path(kid): Path<String>,
     caller_req: CallerRequest,
 ) -> Response {
-    if let Err(res) = caller_req
+    let caller = match caller_req
         .require_role(&st, EventKind::Denied, Role::Admin)
         .await
     {
-        return res;
-    }
-    let keys = std::sync::Arc::clone(&st.keys);
-    match tokio::task::spawn_blocking(move || keys.retire(&kid)).await {
-        Ok(Ok(audit)) => {
-            KeyService::record(&st.audit, audit).await;
-            Json(st.keys.list()).into_response()
-        }
-        Ok(Err(e)) => refused(&e),
-        Err(_) => ApiError::internal().into_response(),
-    }
+        Ok((caller, _)) => caller,
+        Err(res) => return res,
+    };
+    let made = key_changes::change(&st, Some(&caller.actor()), move |keys| {
+        keys.plan_retire(&kid)
+    })
+    .await;
+    answer(&st, made)
 }
 
 /// Body of `POST /v1/admin/keys/{kid}/revoke`.
@@ -155,14 +161,11 @@ pub async fn revoke(
     ev.actor = Some(caller.actor());
     ev.reason = Some(reason);
     ev.detail = Some(serde_json::json!({ "rule": "key", "kid": kid }));
-    // The key's state and the feed rule in one transaction, after the record.
-    if let Err(res) = record::change(&st, ev, || st.revocations.commit_all(&changes)).await {
-        return res;
-    }
-    let keys = std::sync::Arc::clone(&st.keys);
-    let audit = tokio::task::spawn_blocking(move || keys.revoked(&changes))
-        .await
-        .unwrap_or_default();
-    KeyService::record(&st.audit, audit).await;
-    Json(st.keys.list()).into_response()
+    // The key's state, the feed rule and (for this replica's signing key) its successor
+    // in one transaction, after their records.
+    let made = key_changes::change_led_by(&st, Some(ev), Some(&caller.actor()), move |keys| {
+        keys.plan_revocation(&kid, changes)
+    })
+    .await;
+    answer(&st, made)
 }

@@ -1,0 +1,83 @@
+//! Signing-key changes made by this replica, recorded first (docs/audit-log.md, "Admin
+//! changes: the record comes first"): `broker keys rotate`, `retire` and `revoke` (with
+//! the revoked key's successor), and what the lifecycle's clock makes due (activation, retirement,
+//! scheduled rotation). The change is planned ([`KeyPlan`]: any new key is made, but
+//! nothing publishes or signs with it), its records (`key_prepared`, `key_activated`,
+//! `key_retiring`, `key_retired`, with the admin as `actor`) are made durable, then the
+//! change is made durable in the state store and installed. If a record cannot be
+//! written the change is not made (503) and the keys made for it are destroyed.
+
+use crate::audit::event::AuditEvent;
+use crate::error::ApiError;
+use crate::mint::lifecycle::{KeyPlan, KeyService, LifecycleError};
+use crate::record_first;
+use crate::state::AppState;
+
+/// Why a key change was not made.
+#[derive(Debug)]
+pub enum KeyChangeError {
+    /// Refused as asked (unknown key, another replica's, wrong state), or a key could
+    /// not be made: nothing changed.
+    Refused(LifecycleError),
+    /// Its record or its transaction failed (503): nothing changed; what was recorded
+    /// is undone in the log.
+    Failed(ApiError),
+}
+
+/// Plans a change with `plan` (on a blocking thread: it may make a key file or a key
+/// in the PKCS#11 token), records it first (`actor`: the admin who asked, if one did)
+/// and makes it. `Ok(false)`: nothing was due.
+pub async fn change(
+    st: &AppState,
+    actor: Option<&str>,
+    plan: impl FnOnce(&KeyService) -> Result<KeyPlan, LifecycleError> + Send + 'static,
+) -> Result<bool, KeyChangeError> {
+    change_led_by(st, None, actor, plan).await
+}
+
+/// [`change`], with `lead` (the admin call's own record, such as its `key_revoked`)
+/// written before the plan's records.
+pub async fn change_led_by(
+    st: &AppState,
+    lead: Option<AuditEvent>,
+    actor: Option<&str>,
+    plan: impl FnOnce(&KeyService) -> Result<KeyPlan, LifecycleError> + Send + 'static,
+) -> Result<bool, KeyChangeError> {
+    let _one = st.keys.one_change_at_a_time().await;
+    let keys = std::sync::Arc::clone(&st.keys);
+    let plan = tokio::task::spawn_blocking(move || plan(&keys))
+        .await
+        .map_err(|_| KeyChangeError::Failed(ApiError::internal()))?
+        .map_err(KeyChangeError::Refused)?;
+    if plan.is_empty() {
+        return Ok(false);
+    }
+    let mut records: Vec<AuditEvent> = lead.into_iter().collect();
+    records.extend(st.keys.events(&plan, actor));
+    // One transaction; a revocation among the changes is applied by the revocation
+    // module on the way (its feed rule), the key states here.
+    let made = record_first::decided(st, records, || {
+        st.revocations.commit_all(plan.changes())?;
+        st.keys.applied(&plan);
+        Ok(Some(()))
+    })
+    .await;
+    let keys = std::sync::Arc::clone(&st.keys);
+    match made {
+        Ok(_) => {
+            // The change is durable; a leftover private half is logged, not undone.
+            let _ = tokio::task::spawn_blocking(move || keys.finish(plan)).await;
+            Ok(true)
+        }
+        Err(e) => {
+            let _ = tokio::task::spawn_blocking(move || keys.abandon(plan)).await;
+            Err(KeyChangeError::Failed(e))
+        }
+    }
+}
+
+/// What the lifecycle's clock makes due, recorded first (the server's key loop); the
+/// records name `broker` as their actor, like the break-glass expiry sweep's.
+pub async fn tick(st: &AppState) -> Result<bool, KeyChangeError> {
+    change(st, Some("broker"), KeyService::plan_tick).await
+}
