@@ -806,7 +806,13 @@ async fn follow_store(
                             state.break_glass.grants.apply_remote(&e.change);
                             state.governance.monitor.apply_remote(&e.change);
                             state.minter.apply_remote(&e.change);
-                            let key_audit = state.keys.apply_remote(&e.change);
+                            let key_audit = if matches!(e.change, crate::store::StateChange::Key(_)) {
+                                // Not between a local key change's plan and its commit.
+                                let _one = state.keys.one_change_at_a_time().await;
+                                state.keys.apply_remote(&e.change)
+                            } else {
+                                Vec::new()
+                            };
                             crate::mint::lifecycle::KeyService::record(&state.audit, key_audit).await;
                         }
                         state.revocations.confirm_through(polled.through);

@@ -5,7 +5,9 @@
 //! nothing publishes or signs with it), its records (`key_prepared`, `key_activated`,
 //! `key_retiring`, `key_retired`, with the admin as `actor`) are made durable, then the
 //! change is made durable in the state store and installed. If a record cannot be
-//! written the change is not made (503) and the keys made for it are destroyed.
+//! written the change is not made (503) and the keys made for it are destroyed. Changes
+//! are made one at a time on a replica, also against the journal poll's
+//! [`KeyService::apply_remote`].
 
 use crate::audit::event::AuditEvent;
 use crate::error::ApiError;
@@ -56,7 +58,9 @@ pub async fn change_led_by(
     records.extend(st.keys.events(&plan, actor));
     // One transaction; a revocation among the changes is applied by the revocation
     // module on the way (its feed rule), the key states here.
+    let mut appended = false;
     let made = record_first::decided(st, records, || {
+        appended = true;
         st.revocations.commit_all(plan.changes())?;
         st.keys.applied(&plan);
         Ok(Some(()))
@@ -69,8 +73,18 @@ pub async fn change_led_by(
             let _ = tokio::task::spawn_blocking(move || keys.finish(plan)).await;
             Ok(true)
         }
-        Err(e) => {
+        Err(e) if !appended => {
+            // The records failed: nothing reached the store.
             let _ = tokio::task::spawn_blocking(move || keys.abandon(plan)).await;
+            Err(KeyChangeError::Failed(e))
+        }
+        Err(e) => {
+            // The store failed, but may have committed (a lost answer): the keys made
+            // for it stay, so that a committed key can still sign once this replica
+            // learns of it (the journal poll, or a restart's reconciliation).
+            tracing::error!(
+                "a key change's transaction failed; its new keys are kept in case it committed"
+            );
             Err(KeyChangeError::Failed(e))
         }
     }

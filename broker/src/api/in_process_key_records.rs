@@ -194,3 +194,29 @@ async fn a_key_revocation_whose_record_fails_is_not_made() {
     );
     assert!(ring.signers().any(|s| s.kid() == k2));
 }
+
+/// A compromised key is revoked even when no successor can be made (here the key
+/// directory is gone, replaced by a file): the key leaves the JWKS, and this replica
+/// issues nothing until a rotation rather than signing with it.
+#[tokio::test]
+async fn a_key_is_revoked_even_when_no_successor_can_be_made() {
+    let b = start_rotating(T0).await;
+    let k1 = active(&b);
+    let dir = b.dir().join("keys");
+    std::fs::rename(&dir, b.dir().join("keys.moved")).unwrap();
+    std::fs::write(&dir, b"not a directory").unwrap();
+    let path = format!("/v1/admin/keys/{k1}/revoke");
+    let r = b
+        .admin_post(&path, &json!({ "reason": "key file leaked" }))
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let state = keys(&b).into_iter().find(|k| k.kid == k1).unwrap().state;
+    assert_eq!(state, KeyState::Revoked);
+    assert!(keys(&b).iter().all(|k| k.state != KeyState::Active));
+    let jwks = b.get("/.well-known/jwks.json").await;
+    assert!(!jwks.body.to_string().contains(&k1), "{}", jwks.body);
+    let t = b.token("127.0.0.1:5000").await;
+    assert_ne!(t.status, StatusCode::OK, "no key signs: {}", t.body);
+    assert_eq!(changes_of(&b, "key_revoked").len(), 1);
+    assert!(changes_of(&b, "key_prepared").is_empty());
+}

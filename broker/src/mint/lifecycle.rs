@@ -554,6 +554,8 @@ impl KeyService {
         };
         let mut audit = Vec::new();
         if own_revoked {
+            // The revoked key stops signing before it is destroyed.
+            self.install();
             let kid = kid_of(k);
             if let Err(e) = self.destroy(kid) {
                 tracing::error!(%kid, error = %e, "could not destroy a revoked key");
@@ -789,9 +791,23 @@ impl KeyService {
         if own {
             plan.destroy.push(kid.to_owned());
         }
-        match signing_alg {
-            Some(alg) => self.plan_successors(&[alg], self.now(), plan),
-            None => Ok(plan),
+        let Some(alg) = signing_alg else {
+            return Ok(plan);
+        };
+        let revocation_only = KeyPlan {
+            changes: plan.changes.clone(),
+            made: Vec::new(),
+            destroy: plan.destroy.clone(),
+        };
+        match self.plan_successors(&[alg], self.now(), plan) {
+            Ok(plan) => Ok(plan),
+            // A compromised key is revoked even when no successor can be made (a failing
+            // token or key directory): this replica signs nothing of `alg` until a
+            // rotation, which is better than a revoked key signing on.
+            Err(e) => {
+                tracing::error!(%kid, %alg, error = %e, "no successor could be made for a revoked key; run `broker keys rotate --now` once that is fixed");
+                Ok(revocation_only)
+            }
         }
     }
 
@@ -838,29 +854,32 @@ impl KeyService {
         }
     }
 
-    /// The audit records of `plan`, as the keys will stand once it is made (`actor`: the
+    /// The audit records of `plan`, each as its change leaves the key (`actor`: the
     /// admin who asked for it, if one did). They are written before the plan is made. A
     /// revocation's own `key_revoked` record is not among them: the admin call writes it,
     /// with its request's context.
     pub fn events(&self, plan: &KeyPlan, actor: Option<&str>) -> Vec<AuditEvent> {
-        let records = self.preview(plan);
-        plan.changes
-            .iter()
-            .filter(|c| !matches!(c, StateChange::Key(KeyChange::Revoked { .. })))
-            .filter_map(|c| audit_of_in(&records, c))
-            .map(|mut ev| {
+        let mut records = self.lock().records.clone();
+        let mut out = Vec::new();
+        for c in &plan.changes {
+            // Each record shows the key as that change leaves it.
+            apply_change(&mut records, c);
+            if matches!(c, StateChange::Key(KeyChange::Revoked { .. })) {
+                continue;
+            }
+            if let Some(mut ev) = audit_of_in(&records, c) {
                 if ev.actor.is_none() {
                     ev.actor = actor.map(str::to_owned);
                 }
-                ev
-            })
-            .collect()
+                out.push(ev);
+            }
+        }
+        out
     }
 
     /// After `plan`'s changes were made durable in the state store (one transaction, with
     /// [`crate::revocation::Revocations::commit_all`], which also applies a revocation
-    /// among them): applies them to the keys here. Nothing signs differently until
-    /// [`KeyService::finish`].
+    /// among them): applies them to the keys here; [`KeyService::finish`] installs them.
     pub fn applied(&self, plan: &KeyPlan) {
         let mut inner = self.lock();
         for c in &plan.changes {
@@ -868,9 +887,11 @@ impl KeyService {
         }
     }
 
-    /// After [`KeyService::applied`]: destroys the private halves of the keys `plan`
-    /// retired and installs what signs and what is published now.
+    /// After [`KeyService::applied`]: installs what signs and what is published now,
+    /// then destroys the private halves of the keys `plan` retired or revoked.
     pub fn finish(&self, plan: KeyPlan) -> Result<(), LifecycleError> {
+        // What signs changes first: a retired or revoked key stops before it is destroyed.
+        self.install();
         let mut result = Ok(());
         for kid in plan.destroy {
             if let Err(e) = self.destroy(&kid) {
@@ -882,8 +903,9 @@ impl KeyService {
         result
     }
 
-    /// A plan that was not made (its records or its transaction failed): the keys made
-    /// for it are destroyed, never published.
+    /// A plan whose records failed, so that it was never appended: the keys made for it
+    /// are destroyed, never published. (A plan whose transaction failed is not
+    /// abandoned: the store may have committed it after all, so its keys stay.)
     pub fn abandon(&self, plan: KeyPlan) {
         for kid in plan.made {
             if let Err(e) = self.destroy(&kid) {
