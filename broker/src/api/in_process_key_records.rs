@@ -44,6 +44,15 @@ async fn snapshot(b: &InProcess) -> KeySnapshot {
     }
 }
 
+/// `POST path` with `body` while the audit log's next write fails: answered 503, and
+/// nothing about the keys changed (`what`: what must still hold).
+async fn assert_not_made(b: &InProcess, path: &str, body: &Value, what: &str) {
+    let before = snapshot(b).await;
+    fail_next_audit_write(b);
+    assert_fails_closed(&b.admin_post(path, body).await);
+    assert_eq!(snapshot(b).await, before, "{what}");
+}
+
 fn keys(b: &InProcess) -> Vec<KeyInfo> {
     b.state().keys.list()
 }
@@ -70,15 +79,13 @@ fn active(b: &InProcess) -> String {
 #[tokio::test]
 async fn a_rotation_whose_record_fails_is_not_made() {
     let b = start_rotating(T0).await;
-    let before = snapshot(&b).await;
-    fail_next_audit_write(&b);
-    let r = b.admin_post("/v1/admin/keys/rotate", &json!({})).await;
-    assert_fails_closed(&r);
-    assert_eq!(
-        snapshot(&b).await,
-        before,
-        "no key prepared, published or left on disk"
-    );
+    assert_not_made(
+        &b,
+        "/v1/admin/keys/rotate",
+        &json!({}),
+        "no key prepared, published or left on disk",
+    )
+    .await;
     assert!(changes_of(&b, "key_prepared").is_empty());
 
     let r = b.admin_post("/v1/admin/keys/rotate", &json!({})).await;
@@ -99,11 +106,8 @@ async fn a_rotation_whose_record_fails_is_not_made() {
 async fn retiring_an_active_key_whose_record_fails_changes_nothing() {
     let b = start_rotating(T0).await;
     let k1 = active(&b);
-    let before = snapshot(&b).await;
-    fail_next_audit_write(&b);
     let path = format!("/v1/admin/keys/{k1}/retire");
-    assert_fails_closed(&b.admin_post(&path, &json!({})).await);
-    assert_eq!(snapshot(&b).await, before, "k1 still signs; no successor");
+    assert_not_made(&b, &path, &json!({}), "k1 still signs; no successor").await;
     let t = b.token("127.0.0.1:5000").await;
     assert_eq!(t.status, StatusCode::OK, "{}", t.body);
 
@@ -167,12 +171,9 @@ async fn a_scheduled_step_whose_record_fails_is_made_at_the_next_tick() {
 async fn a_key_revocation_whose_record_fails_is_not_made() {
     let b = start_rotating(T0).await;
     let k1 = active(&b);
-    let before = snapshot(&b).await;
-    fail_next_audit_write(&b);
     let path = format!("/v1/admin/keys/{k1}/revoke");
     let body = json!({ "reason": "key file leaked" });
-    assert_fails_closed(&b.admin_post(&path, &body).await);
-    assert_eq!(snapshot(&b).await, before, "k1 not revoked, no successor");
+    assert_not_made(&b, &path, &body, "k1 not revoked, no successor").await;
     assert!(b.records_of("key_revoked").is_empty());
 
     let r = b.admin_post(&path, &body).await;

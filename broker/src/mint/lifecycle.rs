@@ -561,27 +561,28 @@ impl KeyService {
                 tracing::error!(%kid, error = %e, "could not destroy a revoked key");
             }
             if let Some(alg) = was_signing {
-                match self.plan_successors(&[alg], self.now(), KeyPlan::default()) {
-                    Ok(plan) => {
-                        let events = self.events(&plan, Some("broker"));
-                        match self.store.append_all(&plan.changes) {
-                            Ok(_) => {
-                                self.applied(&plan);
-                                let _ = self.finish(plan);
-                                audit = events;
-                            }
-                            Err(e) => {
-                                tracing::error!(%kid, error = %e, "could not replace a revoked key");
-                                self.abandon(plan);
-                            }
-                        }
-                    }
+                match self.replace_revoked(alg) {
+                    Ok(events) => audit = events,
                     Err(e) => tracing::error!(%kid, error = %e, "could not replace a revoked key"),
                 }
             }
         }
         self.install();
         audit
+    }
+
+    /// A successor for this replica's revoked signing key of `alg`, made at once; its
+    /// records are returned, to write after ([`KeyService::apply_remote`] says why).
+    fn replace_revoked(&self, alg: SigningAlgorithm) -> Result<Vec<AuditEvent>, LifecycleError> {
+        let plan = self.plan_successors(&[alg], self.now(), KeyPlan::default())?;
+        let events = self.events(&plan, Some("broker"));
+        if let Err(e) = self.store.append_all(&plan.changes) {
+            self.abandon(plan);
+            return Err(e.into());
+        }
+        self.applied(&plan);
+        let _ = self.finish(plan);
+        Ok(events)
     }
 
     /// What is due at `now` in `records`: lease extensions, activation of prepared keys
@@ -677,15 +678,7 @@ impl KeyService {
         let mut plan = KeyPlan::default();
         let records = self.lock().records.clone();
         let prepare = self.due(&records, now, &mut plan);
-        for alg in prepare {
-            if let Err(e) =
-                self.make_prepared(alg, self.activation_after_prepublish(now), &mut plan)
-            {
-                self.abandon(plan);
-                return Err(e);
-            }
-        }
-        Ok(plan)
+        self.plan_successors(&prepare, self.activation_after_prepublish(now), plan)
     }
 
     /// Makes a new key of `alg` where this replica's keys live (a file in the key
