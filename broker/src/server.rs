@@ -394,6 +394,7 @@ impl Broker {
             let state = self.state.clone();
             tokio::spawn(async move {
                 let mut tick = tokio::time::interval(Duration::from_millis(500));
+                let mut backoff = crate::admin_changes::keys::TickBackoff::default();
                 loop {
                     let stop = async {
                         let _ = rx.wait_for(|v| *v).await;
@@ -401,10 +402,21 @@ impl Broker {
                     tokio::select! {
                         _ = stop => return,
                         _ = tick.tick() => {
+                            if !backoff.due(std::time::Instant::now()) {
+                                continue;
+                            }
                             // Recorded first: a step whose record fails is not made, and is
-                            // due again at the next tick.
-                            if let Err(e) = crate::admin_changes::keys::tick(&state).await {
-                                tracing::warn!(error = ?e, "signing-key lifecycle step not made; retrying");
+                            // due again once the backoff has passed.
+                            match crate::admin_changes::keys::tick(&state).await {
+                                Ok(_) => backoff.succeeded(),
+                                Err(e) => {
+                                    let wait = backoff.failed(std::time::Instant::now());
+                                    tracing::warn!(
+                                        error = ?e,
+                                        retry_in_ms = wait.as_millis() as u64,
+                                        "signing-key lifecycle step not made; retrying"
+                                    );
+                                }
                             }
                         }
                     }

@@ -95,3 +95,79 @@ pub async fn change_led_by(
 pub async fn tick(st: &AppState) -> Result<bool, KeyChangeError> {
     change(st, Some("broker"), KeyService::plan_tick).await
 }
+
+/// How often the key loop runs [`tick`]: at every interval while its steps are made,
+/// then, after a failure, only once a delay has passed, doubling from 1 s up to
+/// [`TickBackoff::MAX`] while they keep failing. Without it a scheduled rotation whose
+/// record cannot be written makes and destroys a key at every tick (in a PKCS#11 token,
+/// a key pair generated twice a second for as long as the audit log fails).
+#[derive(Debug, Default)]
+pub struct TickBackoff {
+    failures: u32,
+    not_before: Option<std::time::Instant>,
+}
+
+impl TickBackoff {
+    /// The longest wait between two attempts.
+    pub const MAX: std::time::Duration = std::time::Duration::from_secs(30);
+    /// The wait after the first failure.
+    const FIRST: std::time::Duration = std::time::Duration::from_secs(1);
+
+    /// Whether a tick is to run at `now`.
+    pub fn due(&self, now: std::time::Instant) -> bool {
+        self.not_before.is_none_or(|t| now >= t)
+    }
+
+    /// A tick failed at `now`: the next waits twice as long as the last (at most
+    /// [`TickBackoff::MAX`]). Returns that wait.
+    pub fn failed(&mut self, now: std::time::Instant) -> std::time::Duration {
+        let wait = Self::FIRST
+            .saturating_mul(1u32 << self.failures.min(16))
+            .min(Self::MAX);
+        self.failures = self.failures.saturating_add(1);
+        self.not_before = Some(now + wait);
+        wait
+    }
+
+    /// A tick succeeded: the next runs at the next interval.
+    pub fn succeeded(&mut self) {
+        *self = Self::default();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::TickBackoff;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn failed_ticks_wait_longer_each_time_up_to_the_cap_and_a_success_resets() {
+        let t0 = Instant::now();
+        let mut b = TickBackoff::default();
+        assert!(b.due(t0), "the first tick runs");
+        let waits: Vec<u64> = (0..8).map(|_| b.failed(t0).as_secs()).collect();
+        assert_eq!(waits, [1, 2, 4, 8, 16, 30, 30, 30]);
+        assert!(!b.due(t0 + Duration::from_secs(29)));
+        assert!(b.due(t0 + TickBackoff::MAX));
+        b.succeeded();
+        assert!(b.due(t0), "after a success every tick runs again");
+        assert_eq!(
+            b.failed(t0),
+            Duration::from_secs(1),
+            "and the wait starts over"
+        );
+        assert!(!b.due(t0 + Duration::from_millis(999)));
+        assert!(b.due(t0 + Duration::from_secs(1)));
+    }
+
+    #[test]
+    fn many_failures_never_overflow() {
+        let t0 = Instant::now();
+        let mut b = TickBackoff {
+            failures: u32::MAX - 1,
+            not_before: None,
+        };
+        assert_eq!(b.failed(t0), TickBackoff::MAX);
+        assert_eq!(b.failed(t0), TickBackoff::MAX);
+    }
+}

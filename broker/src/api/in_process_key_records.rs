@@ -198,7 +198,8 @@ async fn a_key_revocation_whose_record_fails_is_not_made() {
 
 /// A compromised key is revoked even when no successor can be made (here the key
 /// directory is gone, replaced by a file): the key leaves the JWKS, and this replica
-/// issues nothing until a rotation rather than signing with it.
+/// issues nothing rather than signing with it, until the lifecycle's next tick after the
+/// directory works again makes a key that signs at once.
 #[tokio::test]
 async fn a_key_is_revoked_even_when_no_successor_can_be_made() {
     let b = start_rotating(T0).await;
@@ -220,4 +221,34 @@ async fn a_key_is_revoked_even_when_no_successor_can_be_made() {
     assert_ne!(t.status, StatusCode::OK, "no key signs: {}", t.body);
     assert_eq!(changes_of(&b, "key_revoked").len(), 1);
     assert!(changes_of(&b, "key_prepared").is_empty());
+
+    // The lifecycle's tick tries again; while the directory is broken nothing changes.
+    assert!(matches!(
+        key_changes::tick(b.state()).await,
+        Err(KeyChangeError::Refused(_))
+    ));
+    assert!(keys(&b).iter().all(|k| k.state != KeyState::Active));
+    assert!(changes_of(&b, "key_prepared").is_empty());
+
+    // Once it works again, the next tick makes a key that signs at once, recorded first
+    // with `broker` as its actor, and tokens are issued again.
+    std::fs::remove_file(&dir).unwrap();
+    std::fs::rename(b.dir().join("keys.moved"), &dir).unwrap();
+    assert!(key_changes::tick(b.state()).await.unwrap());
+    let k2 = active(&b);
+    assert_ne!(k2, k1);
+    for event in ["key_prepared", "key_activated"] {
+        let recs = changes_of(&b, event);
+        assert_eq!(recs.len(), 1, "{event}: {recs:?}");
+        assert_eq!(recs[0]["kid"], k2.as_str(), "{event}");
+        assert_eq!(recs[0]["actor"], "broker", "{event}");
+    }
+    let t = b.token("127.0.0.1:5000").await;
+    assert_eq!(t.status, StatusCode::OK, "{}", t.body);
+    let jwks = b.get("/.well-known/jwks.json").await;
+    assert!(jwks.body.to_string().contains(&k2), "{}", jwks.body);
+    assert!(
+        !key_changes::tick(b.state()).await.unwrap(),
+        "nothing more is due: one key signs again"
+    );
 }

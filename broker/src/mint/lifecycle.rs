@@ -577,7 +577,13 @@ impl KeyService {
         let plan = self.plan_successors(&[alg], self.now(), KeyPlan::default())?;
         let events = self.events(&plan, Some("broker"));
         if let Err(e) = self.store.append_all(&plan.changes) {
-            self.abandon(plan);
+            // The store may have committed it after all (a lost answer): like an admin
+            // change's, the key stays, so that it can sign once this replica learns of
+            // it. If it did not commit, the next tick makes another
+            // ([`KeyService::unsigned`]).
+            tracing::error!(
+                "a revoked key's successor could not be made durable; its key is kept in case it committed"
+            );
             return Err(e.into());
         }
         self.applied(&plan);
@@ -672,13 +678,50 @@ impl KeyService {
 
     /// Plans what is due at the clock's now: lease extensions, activation of prepared
     /// keys (their predecessors start retiring), retirement of retiring keys whose lease
-    /// has passed, and a successor prepared for each scheduled rotation that is due.
+    /// has passed, a successor prepared for each scheduled rotation that is due, and a
+    /// key that signs at once for each algorithm no key of this replica signs (see
+    /// [`KeyService::unsigned`]).
     pub fn plan_tick(&self) -> Result<KeyPlan, LifecycleError> {
         let now = self.now();
         let mut plan = KeyPlan::default();
-        let records = self.lock().records.clone();
-        let prepare = self.due(&records, now, &mut plan);
-        self.plan_successors(&prepare, self.activation_after_prepublish(now), plan)
+        let (records, unsigned) = {
+            let inner = self.lock();
+            (inner.records.clone(), self.unsigned(&inner))
+        };
+        let scheduled: Vec<SigningAlgorithm> = self
+            .due(&records, now, &mut plan)
+            .into_iter()
+            .filter(|alg| !unsigned.contains(alg))
+            .collect();
+        let plan = self.plan_successors(&scheduled, self.activation_after_prepublish(now), plan)?;
+        if unsigned.is_empty() {
+            return Ok(plan);
+        }
+        tracing::warn!(
+            algorithms = ?unsigned,
+            "no key of this replica signs these algorithms; making one that signs at once"
+        );
+        self.plan_successors(&unsigned, now, plan)
+    }
+
+    /// The algorithms this replica signs with ([`Minter::algorithms`]) for which none of
+    /// its keys whose private half it holds is active or prepared: after a revocation
+    /// whose successor could not be made (the key directory or the token failed), or a
+    /// successor whose transaction failed. Until the next tick makes one, tokens of that
+    /// algorithm are refused.
+    fn unsigned(&self, inner: &Inner) -> Vec<SigningAlgorithm> {
+        self.minter
+            .algorithms()
+            .into_iter()
+            .filter(|&alg| {
+                !inner.records.values().any(|r| {
+                    r.replica == self.replica
+                        && matches!(r.state, KeyState::Active | KeyState::Prepared)
+                        && r.alg() == Some(alg)
+                        && inner.own.contains_key(&r.jwk.kid)
+                })
+            })
+            .collect()
     }
 
     /// Makes a new key of `alg` where this replica's keys live (a file in the key
