@@ -128,6 +128,11 @@ struct HeldRule {
 impl HeldRule {
     fn covers(&self, c: &AccessTokenClaims, kid: &str) -> bool {
         let rule = &self.rule;
+        // A revoked signing key: every token it signed, whatever its `iat` (the key may
+        // have signed until the revocation was installed, after the rule's cut-off).
+        if rule.by == "key" {
+            return rule.kid.as_deref() == Some(kid);
+        }
         if c.iat > rule.issued_before {
             return false;
         }
@@ -138,8 +143,6 @@ impl HeldRule {
                     && rule.identity.as_ref().is_none_or(|i| *i == c.sub)
             }
             "grant" => rule.grant.is_some() && rule.grant == c.bg,
-            // A revoked signing key: every token it signed.
-            "key" => rule.kid.as_deref() == Some(kid),
             // Owner rules list the owner's identities when the broker knows them; with no
             // list the verifier cannot tell, and fails closed.
             "owner" => rule
@@ -561,6 +564,12 @@ mod tests {
             (
                 serde_json::json!({"id": "r", "by": "key", "kid": "k2", "issued_before": 100}),
                 false,
+            ),
+            // A key signs until its revocation is installed: its tokens are covered
+            // whatever their `iat`.
+            (
+                serde_json::json!({"id": "r", "by": "key", "kid": "k1", "issued_before": 99}),
+                true,
             ),
             (
                 serde_json::json!({"id": "r", "by": "grant", "grant": "bg1", "issued_before": 100}),

@@ -329,15 +329,26 @@ pub(crate) async fn emergency_revocation(b: &InProcess) -> String {
         "the revoked key signs no anchor"
     );
     assert_eq!(head_kid(b), k2);
-    // The feed carries a rule by kid for offline verifiers.
+    // The feed carries a rule by kid for offline verifiers, covering every token the key
+    // signed: its cut-off is no earlier than the end of the key's lease (no token it signed
+    // has a later `iat`), not the second the revocation was planned.
     let feed = b.state().revocations.feed(0, b.clock.unix_secs()).0;
+    let rule = feed
+        .iter()
+        .filter_map(|e| e.rule.as_ref().map(|r| (r, e.until)))
+        .find(|(r, _)| r.selector == crate::store::Selector::Key { kid: k1.clone() });
+    let Some((rule, until)) = rule else {
+        panic!("no key rule in {feed:?}")
+    };
+    let claims: Value =
+        serde_json::from_slice(&broker_client::jws::split(&old_token, 8192).unwrap().payload)
+            .unwrap();
+    let old_exp = claims["exp"].as_u64().unwrap();
     assert!(
-        feed.iter().any(|e| e
-            .rule
-            .as_ref()
-            .is_some_and(|r| r.selector == crate::store::Selector::Key { kid: k1.clone() })),
-        "{feed:?}"
+        rule.issued_before >= old_exp,
+        "{rule:?} against exp {old_exp}"
     );
+    assert_eq!(rule.issued_before, until, "{rule:?}");
     // Introspection: inactive (as the ops admin).
     let bearer = b.jwt("admin:ops");
     let req = axum::http::Request::post("/oauth2/introspect")

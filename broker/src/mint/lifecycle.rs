@@ -976,6 +976,10 @@ impl KeyService {
             });
         }
         let rule_id = crate::ids::random_id("rev-key").map_err(|_| keys::KeyError::Sign)?;
+        let until = r
+            .lease_until
+            .max(r.retire_at.unwrap_or(0))
+            .max(now.saturating_add(self.policy.lease.as_secs()));
         Ok(vec![
             StateChange::Key(KeyChange::Revoked {
                 kid: kid.to_owned(),
@@ -988,11 +992,12 @@ impl KeyService {
                 selector: Selector::Key {
                     kid: kid.to_owned(),
                 },
-                issued_before: now,
-                until: r
-                    .lease_until
-                    .max(r.retire_at.unwrap_or(0))
-                    .max(now.saturating_add(self.policy.lease.as_secs())),
+                // Every token the key signed: it signs until this change is installed
+                // (after `now`), and no token it signed outlives its lease (≤ `until`),
+                // so none has a later `iat`. A verifier that applies `issued_before` to
+                // key rules as to every other rule covers them all too.
+                issued_before: until,
+                until,
                 at: now,
                 actor: actor.to_owned(),
                 reason: reason.to_owned(),
