@@ -1241,7 +1241,8 @@ impl FileConfig {
                 Duration::from_secs(10),
             )?,
             http: crate::http_limits::from_file(self.http.as_ref()).map_err(&invalid)?,
-            dpop: crate::dpop::DpopSettings::from_file(self.dpop.as_ref()).map_err(&invalid)?,
+            dpop: crate::dpop::DpopSettings::from_file(self.dpop.as_ref(), &resolve)
+                .map_err(&invalid)?,
             console_oidc,
             key_dir: resolve(&self.signing.key_dir),
             pkcs11,
@@ -1312,6 +1313,24 @@ environment = "prod"
         );
         assert_eq!(c.trusted_issuers[0].leeway, Duration::from_secs(30));
         assert!(c.tls.is_some());
+    }
+
+    #[test]
+    fn the_dpop_nonce_secret_file_is_read_relative_to_the_config_file() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("dpop-nonce.secret");
+        std::fs::write(&secret, "0123456789abcdef0123456789abcdef\n").unwrap();
+        std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let text = format!(
+            "{SAMPLE}[dpop]\nrequire_nonce = true\nnonce_secret_file = \"dpop-nonce.secret\"\n"
+        );
+        let c = Config::from_toml(&text, &dir.path().join("broker.toml"), dir.path()).unwrap();
+        assert!(c.dpop.require_nonce);
+        assert!(c.dpop.nonce_secret.is_some());
+        // Elsewhere, the relative path names a file that is not there: refused at start.
+        let err = load(&text).unwrap_err().to_string();
+        assert!(err.contains("/etc/broker/dpop-nonce.secret"), "{err}");
     }
 
     #[test]
@@ -1480,4 +1499,29 @@ environment = "prod"
         assert!(parse_duration("5x").is_err());
         assert!(parse_duration("").is_err());
     }
+}
+
+/// Reads a secret from the file at `path` for the config key `key`: one line of 1 to
+/// 1,024 bytes (a trailing newline is dropped), in a file readable by its owner only. The
+/// errors name the file and the key, never the content.
+pub fn read_secret_file(path: &Path, key: &str) -> Result<zeroize::Zeroizing<String>, String> {
+    let shown = path.display();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let meta = std::fs::metadata(path).map_err(|e| format!("{key} {shown}: {e}"))?;
+        if meta.permissions().mode() & 0o077 != 0 {
+            return Err(format!("{key} {shown} is readable by others: chmod 600 it"));
+        }
+    }
+    let text = zeroize::Zeroizing::new(
+        std::fs::read_to_string(path).map_err(|e| format!("{key} {shown}: {e}"))?,
+    );
+    let secret = text.trim_end_matches(['\n', '\r']);
+    if secret.is_empty() || secret.len() > 1024 || secret.contains(['\n', '\r']) {
+        return Err(format!(
+            "{key} {shown} must hold the secret on one line (1 to 1024 bytes)"
+        ));
+    }
+    Ok(zeroize::Zeroizing::new(secret.to_owned()))
 }

@@ -4,9 +4,11 @@
 //! remembered for the `iat` window in bounded memory, and, with `[dpop] require_nonce`,
 //! it must carry a nonce the broker handed out (`DPoP-Nonce`, RFC 9449 §8).
 //!
-//! Nonces are an HMAC of the current period under a key made at start: no state, and a
-//! nonce of the current or previous period is accepted. (Replicas each make their own
-//! key, so with several replicas behind one name a client may be asked once more.)
+//! Nonces are an HMAC of the current period: no state, and a nonce of the current or
+//! previous period is accepted. The key is made at start, or, with
+//! `[dpop] nonce_secret_file`, taken from a secret the replicas share, so that a nonce one
+//! replica handed out is accepted by every other (without it, a client behind a load
+//! balancer may be asked for a nonce again by each replica it reaches).
 
 use aws_lc_rs::hmac;
 use broker_client::dpop::{
@@ -33,10 +35,27 @@ pub struct DpopFile {
     /// are refused until older ones leave the window.
     #[serde(default)]
     pub replay_capacity: Option<usize>,
+    /// A file (mode 0600, one line of at least 32 bytes) holding the key nonces are made
+    /// with, the same file on every replica; default: a key made at start, per process.
+    #[serde(default)]
+    pub nonce_secret_file: Option<std::path::PathBuf>,
+}
+
+/// Shortest shared nonce secret, bytes: an HMAC-SHA-256 key of full strength.
+const MIN_NONCE_SECRET: usize = 32;
+
+/// The shared nonce secret of `[dpop] nonce_secret_file`; never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct NonceSecret(zeroize::Zeroizing<String>);
+
+impl std::fmt::Debug for NonceSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("NonceSecret(<redacted>)")
+    }
 }
 
 /// The checked `[dpop]` settings.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DpopSettings {
     /// Whether proofs must carry a server nonce.
     pub require_nonce: bool,
@@ -44,6 +63,8 @@ pub struct DpopSettings {
     pub max_age: u64,
     /// Replay memory, proofs.
     pub replay_capacity: usize,
+    /// The key nonces are made with, shared by the replicas (`None`: one made at start).
+    pub nonce_secret: Option<NonceSecret>,
 }
 
 impl Default for DpopSettings {
@@ -52,13 +73,18 @@ impl Default for DpopSettings {
             require_nonce: false,
             max_age: DEFAULT_PROOF_MAX_AGE,
             replay_capacity: DEFAULT_REPLAY_CAPACITY,
+            nonce_secret: None,
         }
     }
 }
 
 impl DpopSettings {
-    /// The settings of `file` (defaults when absent).
-    pub fn from_file(file: Option<&DpopFile>) -> Result<Self, String> {
+    /// The settings of `file` (defaults when absent); `resolve` makes a relative path
+    /// relative to the config file's directory.
+    pub fn from_file(
+        file: Option<&DpopFile>,
+        resolve: &dyn Fn(&std::path::Path) -> std::path::PathBuf,
+    ) -> Result<Self, String> {
         let Some(f) = file else {
             return Ok(Self::default());
         };
@@ -77,10 +103,26 @@ impl DpopSettings {
         if replay_capacity == 0 || replay_capacity > 10_000_000 {
             return Err("dpop.replay_capacity must be from 1 to 10000000".into());
         }
+        let nonce_secret = match &f.nonce_secret_file {
+            None => None,
+            Some(p) => {
+                let path = resolve(p);
+                let secret = crate::config::read_secret_file(&path, "dpop.nonce_secret_file")?;
+                if secret.len() < MIN_NONCE_SECRET {
+                    return Err(format!(
+                        "dpop.nonce_secret_file {} holds {} bytes; it needs at least {MIN_NONCE_SECRET} (e.g. `openssl rand -hex 32`)",
+                        path.display(),
+                        secret.len()
+                    ));
+                }
+                Some(NonceSecret(secret))
+            }
+        };
         Ok(Self {
             require_nonce: f.require_nonce,
             max_age,
             replay_capacity,
+            nonce_secret,
         })
     }
 }
@@ -103,11 +145,13 @@ impl std::fmt::Debug for DpopService {
 impl DpopService {
     /// The service with `settings`; fails only if the random generator does.
     pub fn new(settings: DpopSettings) -> Result<Self, aws_lc_rs::error::Unspecified> {
-        let nonce_key =
-            hmac::Key::generate(hmac::HMAC_SHA256, &aws_lc_rs::rand::SystemRandom::new())?;
+        let nonce_key = match &settings.nonce_secret {
+            Some(NonceSecret(secret)) => hmac::Key::new(hmac::HMAC_SHA256, secret.as_bytes()),
+            None => hmac::Key::generate(hmac::HMAC_SHA256, &aws_lc_rs::rand::SystemRandom::new())?,
+        };
         Ok(Self {
-            settings,
             replay: ReplayGuard::new(settings.replay_capacity),
+            settings,
             nonce_key,
         })
     }
@@ -232,15 +276,99 @@ mod tests {
     #[test]
     fn settings_are_bounded() {
         let f = |max_age: &str, cap: usize| {
-            DpopSettings::from_file(Some(&DpopFile {
-                require_nonce: false,
-                max_age: Some(max_age.into()),
-                replay_capacity: Some(cap),
-            }))
+            DpopSettings::from_file(
+                Some(&DpopFile {
+                    require_nonce: false,
+                    max_age: Some(max_age.into()),
+                    replay_capacity: Some(cap),
+                    nonce_secret_file: None,
+                }),
+                &|p| p.to_path_buf(),
+            )
         };
         assert_eq!(f("30s", 10).unwrap().max_age, 30);
         assert!(f("0s", 10).is_err());
         assert!(f("10m", 10).is_err());
         assert!(f("30s", 0).is_err());
+    }
+
+    /// `[dpop]` with nonces and `nonce_secret_file` = `name` in `dir` holding `secret`
+    /// (mode `mode`).
+    fn with_secret(
+        dir: &std::path::Path,
+        name: &str,
+        secret: &str,
+        mode: u32,
+    ) -> Result<DpopSettings, String> {
+        use std::os::unix::fs::PermissionsExt as _;
+        let path = dir.join(name);
+        std::fs::write(&path, secret).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        let file = DpopFile {
+            require_nonce: true,
+            nonce_secret_file: Some(name.into()),
+            ..DpopFile::default()
+        };
+        DpopSettings::from_file(Some(&file), &|p| dir.join(p))
+    }
+
+    #[test]
+    fn replicas_sharing_a_nonce_secret_accept_each_others_nonces() {
+        let dir = tempfile::tempdir().unwrap();
+        let shared = "0123456789abcdef0123456789abcdef0123456789abcdef\n";
+        let a = DpopService::new(with_secret(dir.path(), "a", shared, 0o600).unwrap()).unwrap();
+        let b = DpopService::new(with_secret(dir.path(), "b", shared, 0o600).unwrap()).unwrap();
+        let other = "fedcba9876543210fedcba9876543210fedcba9876543210";
+        let c = DpopService::new(with_secret(dir.path(), "c", other, 0o400).unwrap()).unwrap();
+        let own = DpopService::new(DpopSettings {
+            require_nonce: true,
+            ..DpopSettings::default()
+        })
+        .unwrap();
+        let key = DpopKey::generate_ed25519().unwrap();
+        let now = wall_now();
+        let nonce = a.nonce(now).unwrap();
+        assert_eq!(b.nonce(now), Some(nonce.clone()), "the same nonce on both");
+        let proof = || key.proof("POST", HTU, None, Some(&nonce)).unwrap();
+        assert!(b.check(Some(&proof()), &[HTU], now).unwrap().is_some());
+        assert_eq!(
+            c.check(Some(&proof()), &[HTU], now),
+            Err(DpopError::NonceRequired),
+            "another secret"
+        );
+        assert_eq!(
+            own.check(Some(&proof()), &[HTU], now),
+            Err(DpopError::NonceRequired),
+            "a key made at start"
+        );
+    }
+
+    #[test]
+    fn a_nonce_secret_must_be_private_long_enough_and_is_never_printed() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = "0123456789abcdef0123456789abcdef";
+        let open = with_secret(dir.path(), "open", secret, 0o640).unwrap_err();
+        assert!(open.contains("readable by others"), "{open}");
+        let short = with_secret(dir.path(), "short", "too-short", 0o600).unwrap_err();
+        assert!(short.contains("at least 32"), "{short}");
+        let two =
+            with_secret(dir.path(), "two", &format!("{secret}\n{secret}"), 0o600).unwrap_err();
+        assert!(two.contains("one line"), "{two}");
+        let missing = DpopSettings::from_file(
+            Some(&DpopFile {
+                nonce_secret_file: Some("absent".into()),
+                ..DpopFile::default()
+            }),
+            &|p| dir.path().join(p),
+        )
+        .unwrap_err();
+        assert!(missing.contains("dpop.nonce_secret_file"), "{missing}");
+        for e in [&open, &short, &two, &missing] {
+            assert!(!e.contains(secret) && !e.contains("too-short"), "{e}");
+        }
+        let ok = with_secret(dir.path(), "ok", secret, 0o600).unwrap();
+        let shown = format!("{ok:?} {:?}", DpopService::new(ok.clone()).unwrap());
+        assert!(!shown.contains(secret), "{shown}");
+        assert!(shown.contains("<redacted>"), "{shown}");
     }
 }

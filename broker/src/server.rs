@@ -245,7 +245,7 @@ pub async fn start_with_clock(
             keys,
             jwks_max_age: config.jwks_max_age,
             dpop: Arc::new(
-                crate::dpop::DpopService::new(config.dpop)
+                crate::dpop::DpopService::new(config.dpop.clone())
                     .map_err(|_| StartError::Random("the DPoP nonce key"))?,
             ),
             denials: Arc::new(crate::denial_budget::DenialBudget::new(

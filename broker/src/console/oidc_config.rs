@@ -271,27 +271,7 @@ impl OidcSettings {
 
 /// Reads the client secret file: one line, readable by its owner only.
 fn read_secret(path: &Path) -> Result<ClientSecret, String> {
-    let shown = path.display();
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt as _;
-        let meta =
-            std::fs::metadata(path).map_err(|e| format!("client_secret_file {shown}: {e}"))?;
-        if meta.permissions().mode() & 0o077 != 0 {
-            return Err(format!(
-                "client_secret_file {shown} is readable by others: chmod 600 it"
-            ));
-        }
-    }
-    let text =
-        std::fs::read_to_string(path).map_err(|e| format!("client_secret_file {shown}: {e}"))?;
-    let secret = text.trim_end_matches(['\n', '\r']);
-    if secret.is_empty() || secret.len() > 1024 || secret.contains(['\n', '\r']) {
-        return Err(format!(
-            "client_secret_file {shown} must hold the secret on one line (1 to 1024 bytes)"
-        ));
-    }
-    Ok(ClientSecret(secret.to_owned()))
+    crate::config::read_secret_file(path, "client_secret_file").map(|s| ClientSecret(s.to_string()))
 }
 
 #[cfg(test)]
