@@ -679,8 +679,9 @@ impl KeyService {
     /// Plans what is due at the clock's now: lease extensions, activation of prepared
     /// keys (their predecessors start retiring), retirement of retiring keys whose lease
     /// has passed, a successor prepared for each scheduled rotation that is due, and a
-    /// key that signs at once for each algorithm no key of this replica signs (see
-    /// [`KeyService::unsigned`]).
+    /// key that signs at once for each algorithm no key of this replica signs or is
+    /// about to sign (a revocation whose successor could not be made, or a successor
+    /// whose transaction failed).
     pub fn plan_tick(&self) -> Result<KeyPlan, LifecycleError> {
         let now = self.now();
         let mut plan = KeyPlan::default();
