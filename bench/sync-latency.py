@@ -25,6 +25,21 @@ import sys
 import time
 
 
+def timed_syncs(fd, rec, append, go_on):
+    """Writes `rec` (appended, or over the file's start) and fdatasyncs it while
+    `go_on(count so far)`; returns each fdatasync's seconds."""
+    off = 0
+    ts = []
+    while go_on(len(ts)):
+        os.pwrite(fd, rec, off)
+        if append:
+            off += len(rec)
+        t = time.perf_counter()
+        os.fdatasync(fd)
+        ts.append(time.perf_counter() - t)
+    return ts
+
+
 def bench(path, mode, n=3000, rec=b"x" * 1400 + b"\n"):
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
@@ -34,14 +49,7 @@ def bench(path, mode, n=3000, rec=b"x" * 1400 + b"\n"):
         elif mode == "fallocated":
             os.posix_fallocate(fd, 0, n * len(rec) + 4096)
             os.fsync(fd)
-        off = 0
-        ts = []
-        for _ in range(n):
-            os.pwrite(fd, rec, off)
-            off += len(rec)
-            t = time.perf_counter()
-            os.fdatasync(fd)
-            ts.append(time.perf_counter() - t)
+        ts = timed_syncs(fd, rec, True, lambda i: i < n)
     finally:
         os.close(fd)
         os.unlink(path)
@@ -52,19 +60,11 @@ def bench(path, mode, n=3000, rec=b"x" * 1400 + b"\n"):
 def sync_loop(path, seconds, append, out):
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
     rec = b"x" * 1400 + b"\n" if append else b"h" * 400
-    ts = []
     try:
         os.pwrite(fd, rec, 0)
         os.fsync(fd)
-        off = 0
         end = time.monotonic() + seconds
-        while time.monotonic() < end:
-            os.pwrite(fd, rec, off)
-            if append:
-                off += len(rec)
-            t = time.perf_counter()
-            os.fdatasync(fd)
-            ts.append(time.perf_counter() - t)
+        ts = timed_syncs(fd, rec, append, lambda _: time.monotonic() < end)
     finally:
         os.close(fd)
         os.unlink(path)

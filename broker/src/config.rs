@@ -1272,8 +1272,15 @@ fn valid_replica_id(id: &str) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// Writes `text` to `path` with permission bits `mode` (tests of secret files).
+    pub(crate) fn write_file_with_mode(path: &Path, text: &str, mode: u32) {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::write(path, text).unwrap();
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
 
     const SAMPLE: &str = r#"
 issuer = "https://broker.example.org"
@@ -1317,11 +1324,12 @@ environment = "prod"
 
     #[test]
     fn the_dpop_nonce_secret_file_is_read_relative_to_the_config_file() {
-        use std::os::unix::fs::PermissionsExt as _;
         let dir = tempfile::tempdir().unwrap();
-        let secret = dir.path().join("dpop-nonce.secret");
-        std::fs::write(&secret, "0123456789abcdef0123456789abcdef\n").unwrap();
-        std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+        write_file_with_mode(
+            &dir.path().join("dpop-nonce.secret"),
+            "0123456789abcdef0123456789abcdef\n",
+            0o600,
+        );
         let text = format!(
             "{SAMPLE}[dpop]\nrequire_nonce = true\nnonce_secret_file = \"dpop-nonce.secret\"\n"
         );

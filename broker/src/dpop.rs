@@ -249,13 +249,18 @@ mod tests {
         assert_eq!(svc.check(Some(&get), &[HTU], now), Err(DpopError::Method));
     }
 
-    #[test]
-    fn with_nonces_a_proof_needs_the_current_or_previous_one() {
-        let svc = DpopService::new(DpopSettings {
+    /// A service requiring nonces, with its key made at start.
+    fn with_nonces() -> DpopService {
+        DpopService::new(DpopSettings {
             require_nonce: true,
             ..DpopSettings::default()
         })
-        .unwrap();
+        .unwrap()
+    }
+
+    #[test]
+    fn with_nonces_a_proof_needs_the_current_or_previous_one() {
+        let svc = with_nonces();
         let key = DpopKey::generate_es256().unwrap();
         let now = wall_now();
         let without = key.proof("POST", HTU, None, None).unwrap();
@@ -300,10 +305,7 @@ mod tests {
         secret: &str,
         mode: u32,
     ) -> Result<DpopSettings, String> {
-        use std::os::unix::fs::PermissionsExt as _;
-        let path = dir.join(name);
-        std::fs::write(&path, secret).unwrap();
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        crate::config::tests::write_file_with_mode(&dir.join(name), secret, mode);
         let file = DpopFile {
             require_nonce: true,
             nonce_secret_file: Some(name.into()),
@@ -320,11 +322,7 @@ mod tests {
         let b = DpopService::new(with_secret(dir.path(), "b", shared, 0o600).unwrap()).unwrap();
         let other = "fedcba9876543210fedcba9876543210fedcba9876543210";
         let c = DpopService::new(with_secret(dir.path(), "c", other, 0o400).unwrap()).unwrap();
-        let own = DpopService::new(DpopSettings {
-            require_nonce: true,
-            ..DpopSettings::default()
-        })
-        .unwrap();
+        let own = with_nonces();
         let key = DpopKey::generate_ed25519().unwrap();
         let now = wall_now();
         let nonce = a.nonce(now).unwrap();

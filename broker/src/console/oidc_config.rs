@@ -380,8 +380,7 @@ mod tests {
         use std::os::unix::fs::PermissionsExt as _;
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("secret");
-        std::fs::write(&p, "s3cr3t-value\n").unwrap();
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+        crate::config::tests::write_file_with_mode(&p, "s3cr3t-value\n", 0o644);
         let mut f = file();
         f.client_secret_file = Some(p.clone());
         assert!(check(&f).unwrap_err().contains("chmod 600"));

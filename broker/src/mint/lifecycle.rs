@@ -839,10 +839,10 @@ impl KeyService {
         match self.plan_successors(&[alg], self.now(), plan) {
             Ok(plan) => Ok(plan),
             // A compromised key is revoked even when no successor can be made (a failing
-            // token or key directory): this replica signs nothing of `alg` until a
-            // rotation, which is better than a revoked key signing on.
+            // token or key directory): this replica signs nothing of `alg` until the
+            // lifecycle's tick makes a key, which is better than a revoked key signing on.
             Err(e) => {
-                tracing::error!(%kid, %alg, error = %e, "no successor could be made for a revoked key; run `broker keys rotate --now` once that is fixed");
+                tracing::error!(%kid, %alg, error = %e, "no successor could be made for a revoked key; the lifecycle retries until one can be");
                 Ok(revocation_only)
             }
         }
