@@ -127,10 +127,28 @@ impl DpopSettings {
     }
 }
 
+/// Why [`DpopService::check`] did not accept a proof.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProofRefused {
+    /// The proof itself: malformed, for another URL, stale, replayed, and so on.
+    Proof(DpopError),
+    /// The record of proofs other replicas accepted (the shared state store) could not
+    /// be asked; the store's error, for the audit record and the log only.
+    ReplayCheckUnavailable(String),
+}
+
+impl From<DpopError> for ProofRefused {
+    fn from(e: DpopError) -> Self {
+        Self::Proof(e)
+    }
+}
+
 /// DPoP proofs at the token endpoint.
 pub struct DpopService {
     settings: DpopSettings,
     replay: ReplayGuard,
+    /// Proofs other replicas accepted (nothing to ask with a store of one process).
+    shared_uses: crate::single_use::SharedUses,
     nonce_key: hmac::Key,
 }
 
@@ -151,9 +169,16 @@ impl DpopService {
         };
         Ok(Self {
             replay: ReplayGuard::new(settings.replay_capacity),
+            shared_uses: crate::single_use::SharedUses::default(),
             settings,
             nonce_key,
         })
+    }
+
+    /// Checks proofs against the ones other replicas accepted too.
+    pub fn with_shared_uses(mut self, shared_uses: crate::single_use::SharedUses) -> Self {
+        self.shared_uses = shared_uses;
+        self
     }
 
     /// Whether proofs must carry a nonce.
@@ -176,12 +201,36 @@ impl DpopService {
 
     /// Checks the token request's `DPoP` header (`None`: a bearer request) for `POST` to
     /// one of `urls` at `now`; returns the key thumbprint the token is to be bound to.
-    pub fn check(
+    /// A proof is single-use on this replica and, on a shared state store, on all of them.
+    pub async fn check(
         &self,
         proof: Option<&str>,
         urls: &[&str],
         now: u64,
-    ) -> Result<Option<String>, DpopError> {
+    ) -> Result<Option<String>, ProofRefused> {
+        let Some(v) = self.check_here(proof, urls, now)? else {
+            return Ok(None);
+        };
+        let kind = crate::single_use::UseKind::DpopProof;
+        let until = v.iat.saturating_add(self.settings.max_age);
+        match self
+            .shared_uses
+            .first_use(kind, &v.jkt, &v.jti, until, now)
+            .await
+        {
+            Ok(true) => Ok(Some(v.jkt)),
+            Ok(false) => Err(DpopError::Replayed.into()),
+            Err(e) => Err(ProofRefused::ReplayCheckUnavailable(e.to_string())),
+        }
+    }
+
+    /// The checks of [`DpopService::check`] this replica makes alone.
+    fn check_here(
+        &self,
+        proof: Option<&str>,
+        urls: &[&str],
+        now: u64,
+    ) -> Result<Option<VerifiedProof>, DpopError> {
         let Some(proof) = proof else {
             return Ok(None);
         };
@@ -208,7 +257,7 @@ impl DpopService {
         }
         self.replay
             .first_use(&v, v.iat.saturating_add(max_age), now)?;
-        Ok(Some(v.jkt))
+        Ok(Some(v))
     }
 }
 
@@ -229,24 +278,33 @@ mod tests {
             .as_secs()
     }
 
-    #[test]
-    fn a_proof_binds_once_and_a_replay_or_another_url_is_refused() {
+    #[tokio::test]
+    async fn a_proof_binds_once_and_a_replay_or_another_url_is_refused() {
         let svc = DpopService::new(DpopSettings::default()).unwrap();
         let key = DpopKey::generate_ed25519().unwrap();
         let now = wall_now();
         let p = key.proof("POST", HTU, None, None).unwrap();
-        assert_eq!(svc.check(None, &[HTU], now), Ok(None));
+        assert_eq!(svc.check(None, &[HTU], now).await, Ok(None));
         assert_eq!(
-            svc.check(Some(&p), &[HTU], now),
+            svc.check(Some(&p), &[HTU], now).await,
             Ok(Some(key.thumbprint().to_owned()))
         );
-        assert_eq!(svc.check(Some(&p), &[HTU], now), Err(DpopError::Replayed));
+        assert_eq!(
+            svc.check(Some(&p), &[HTU], now).await,
+            Err(DpopError::Replayed.into())
+        );
         let other = key
             .proof("POST", "http://127.0.0.1:8080/other", None, None)
             .unwrap();
-        assert_eq!(svc.check(Some(&other), &[HTU], now), Err(DpopError::Url));
+        assert_eq!(
+            svc.check(Some(&other), &[HTU], now).await,
+            Err(DpopError::Url.into())
+        );
         let get = key.proof("GET", HTU, None, None).unwrap();
-        assert_eq!(svc.check(Some(&get), &[HTU], now), Err(DpopError::Method));
+        assert_eq!(
+            svc.check(Some(&get), &[HTU], now).await,
+            Err(DpopError::Method.into())
+        );
     }
 
     /// A service requiring nonces, with its key made at start.
@@ -258,23 +316,23 @@ mod tests {
         .unwrap()
     }
 
-    #[test]
-    fn with_nonces_a_proof_needs_the_current_or_previous_one() {
+    #[tokio::test]
+    async fn with_nonces_a_proof_needs_the_current_or_previous_one() {
         let svc = with_nonces();
         let key = DpopKey::generate_es256().unwrap();
         let now = wall_now();
         let without = key.proof("POST", HTU, None, None).unwrap();
         assert_eq!(
-            svc.check(Some(&without), &[HTU], now),
-            Err(DpopError::NonceRequired)
+            svc.check(Some(&without), &[HTU], now).await,
+            Err(DpopError::NonceRequired.into())
         );
         let nonce = svc.nonce(now).unwrap();
         let with = key.proof("POST", HTU, None, Some(&nonce)).unwrap();
-        assert!(svc.check(Some(&with), &[HTU], now).unwrap().is_some());
+        assert!(svc.check(Some(&with), &[HTU], now).await.unwrap().is_some());
         let wrong = key.proof("POST", HTU, None, Some("made-up")).unwrap();
         assert_eq!(
-            svc.check(Some(&wrong), &[HTU], now),
-            Err(DpopError::NonceRequired)
+            svc.check(Some(&wrong), &[HTU], now).await,
+            Err(DpopError::NonceRequired.into())
         );
     }
 
@@ -314,8 +372,8 @@ mod tests {
         DpopSettings::from_file(Some(&file), &|p| dir.join(p))
     }
 
-    #[test]
-    fn replicas_sharing_a_nonce_secret_accept_each_others_nonces() {
+    #[tokio::test]
+    async fn replicas_sharing_a_nonce_secret_accept_each_others_nonces() {
         let dir = tempfile::tempdir().unwrap();
         let shared = "0123456789abcdef0123456789abcdef0123456789abcdef\n";
         let a = DpopService::new(with_secret(dir.path(), "a", shared, 0o600).unwrap()).unwrap();
@@ -328,15 +386,20 @@ mod tests {
         let nonce = a.nonce(now).unwrap();
         assert_eq!(b.nonce(now), Some(nonce.clone()), "the same nonce on both");
         let proof = || key.proof("POST", HTU, None, Some(&nonce)).unwrap();
-        assert!(b.check(Some(&proof()), &[HTU], now).unwrap().is_some());
+        assert!(
+            b.check(Some(&proof()), &[HTU], now)
+                .await
+                .unwrap()
+                .is_some()
+        );
         assert_eq!(
-            c.check(Some(&proof()), &[HTU], now),
-            Err(DpopError::NonceRequired),
+            c.check(Some(&proof()), &[HTU], now).await,
+            Err(DpopError::NonceRequired.into()),
             "another secret"
         );
         assert_eq!(
-            own.check(Some(&proof()), &[HTU], now),
-            Err(DpopError::NonceRequired),
+            own.check(Some(&proof()), &[HTU], now).await,
+            Err(DpopError::NonceRequired.into()),
             "a key made at start"
         );
     }

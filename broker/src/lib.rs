@@ -59,6 +59,7 @@ pub mod record_first;
 pub mod reload;
 pub mod revocation;
 pub mod server;
+pub mod single_use;
 pub mod state;
 pub mod store;
 pub mod tls;

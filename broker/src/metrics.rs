@@ -81,10 +81,11 @@ pub enum StoreOp {
     LastCheckpoint,
     PutUsage,
     Usage,
+    FirstUse,
 }
 
 impl StoreOp {
-    const ALL: [StoreOp; 10] = [
+    const ALL: [StoreOp; 11] = [
         Self::AppendAll,
         Self::Append,
         Self::AppendDecided,
@@ -95,6 +96,7 @@ impl StoreOp {
         Self::LastCheckpoint,
         Self::PutUsage,
         Self::Usage,
+        Self::FirstUse,
     ];
 
     /// The label value: the trait method's name.
@@ -110,6 +112,7 @@ impl StoreOp {
             Self::LastCheckpoint => "last_checkpoint",
             Self::PutUsage => "put_usage",
             Self::Usage => "usage",
+            Self::FirstUse => "first_use",
         }
     }
 }

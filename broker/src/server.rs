@@ -146,7 +146,9 @@ pub async fn start_with_clock(
         config.volume,
         config.dormant_after.as_secs(),
     );
-    let authn = Authenticator::new(&config.trusted_issuers, Arc::clone(&clock))?;
+    let shared_uses = crate::single_use::SharedUses::of(&store);
+    let authn = Authenticator::new(&config.trusted_issuers, Arc::clone(&clock))?
+        .with_shared_uses(shared_uses.clone());
     let console_oidc = match &config.console_oidc {
         Some(s) => Some(
             crate::console::oidc::Oidc::new(s.clone(), Arc::clone(&clock))
@@ -246,7 +248,8 @@ pub async fn start_with_clock(
             jwks_max_age: config.jwks_max_age,
             dpop: Arc::new(
                 crate::dpop::DpopService::new(config.dpop.clone())
-                    .map_err(|_| StartError::Random("the DPoP nonce key"))?,
+                    .map_err(|_| StartError::Random("the DPoP nonce key"))?
+                    .with_shared_uses(shared_uses),
             ),
             denials: Arc::new(crate::denial_budget::DenialBudget::new(
                 crate::denial_budget::DenialBudgetConfig::default(),

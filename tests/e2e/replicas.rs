@@ -4,6 +4,7 @@
 
 use std::time::{Duration, Instant};
 
+use broker_client::dpop::DpopKey;
 use broker_tests::admin::{
     BATCH_IDENTITY, BATCH_SUBJECT, BILLING_SUBJECT, READ_TASK, admin_bearer, feed_jti, feed_rule,
     jti_of, revocation_options,
@@ -16,7 +17,10 @@ use broker_tests::governance::{
     GUARDED, GUARDED_SUBJECT, GovOptions, SYNC_READ, SYNC_WRITE, WATCHED_SUBJECT, anomaly_id,
 };
 use broker_tests::postgres::TestPostgres;
-use broker_tests::{IDENTITY, Reply, SUBJECT, TASK, TestBroker, TokenRequest, rs256};
+use broker_tests::{
+    BROKER_ISSUER, IDENTITY, IssuerKey, Reply, SUBJECT, TASK, TestBroker, TokenRequest, rs256,
+    sign, workload_claims,
+};
 use serde_json::json;
 
 /// The `[store]` of replica `id` on the test server's database.
@@ -204,6 +208,130 @@ async fn a_replica_refuses_while_the_database_is_away_and_recovers_by_itself() {
         refused.is_empty() || refused.iter().all(|r| r["rule"] == "state_stale"),
         "only stale-view refusals while the database was away"
     );
+}
+
+/// A replica whose workload issuer is `single_use` (each JWT, by `jti`, is exchanged
+/// once), with a long `store.max_staleness` so that a database outage is met by the
+/// single-use check rather than by the stale-view refusal first.
+fn single_use_replica(pg: &TestPostgres, id: &str) -> TestBroker {
+    let mut opts = revocation_options();
+    opts.extra_toml.push_str(&store_toml(pg, id));
+    opts.extra_toml.push_str("max_staleness = \"60s\"\n");
+    let mut b = TestBroker::prepare(opts);
+    let config = std::fs::read_to_string(b.config_path()).unwrap();
+    let leeway = "leeway     = \"5s\"\n";
+    assert!(config.contains(leeway), "the trusted issuer's leeway line");
+    let config = config.replacen(leeway, &format!("{leeway}single_use = true\n"), 1);
+    std::fs::write(b.config_path(), config).unwrap();
+    b.launch().unwrap_or_else(|e| panic!("{e}"));
+    b
+}
+
+/// A workload JWT with this `jti`.
+fn jwt_with_jti(jti: &str) -> String {
+    let mut claims = workload_claims(SUBJECT);
+    claims["jti"] = json!(jti);
+    sign(IssuerKey::Rsa, &claims)
+}
+
+/// The token exchange of `jwt` at `b`, with a DPoP proof if given.
+async fn exchange_at(b: &TestBroker, jwt: &str, proof: Option<&str>) -> Reply {
+    let form = TokenRequest::exchange(jwt, TASK);
+    let mut req = b
+        .client()
+        .post(format!("{}/oauth2/token", b.base_url()))
+        .form(&form.params);
+    if let Some(p) = proof {
+        req = req.header("DPoP", p);
+    }
+    Reply::from(req.send().await.expect("the token request")).await
+}
+
+/// The rule of `b`'s newest `denied` record.
+fn last_denial(b: &TestBroker) -> String {
+    b.records_of("denied").pop().expect("a denied record")["rule"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// Single use holds across replicas: a workload JWT of a `single_use` issuer and a DPoP
+/// proof, each accepted by A, are refused by B as replays. While the database is away a
+/// fresh JWT is refused (503, nothing issued) rather than accepted unchecked, and the
+/// same JWT is accepted once the database is back: the refused attempt did not use it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_single_use_credential_accepted_by_one_replica_is_refused_by_the_other() {
+    let Some(pg) = TestPostgres::start() else {
+        return;
+    };
+    let a = single_use_replica(&pg, "a");
+    let b = single_use_replica(&pg, "b");
+
+    let jwt = jwt_with_jti("w-1");
+    let r = exchange_at(&a, &jwt, None).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let r = exchange_at(&b, &jwt, None).await;
+    assert_eq!(
+        (r.status, r.error()),
+        (400, Some("invalid_grant")),
+        "{:?}",
+        r.body
+    );
+    assert!(r.access_token().is_none());
+    assert_eq!(last_denial(&b), "token_replayed");
+    let r = exchange_at(&a, &jwt, None).await;
+    assert_eq!(r.status, 400, "and at A itself: {:?}", r.body);
+    assert_eq!(last_denial(&a), "token_replayed");
+
+    // A proof for the issuer's token endpoint, which both replicas serve.
+    let key = DpopKey::generate_ed25519().unwrap();
+    let htu = format!("{BROKER_ISSUER}/oauth2/token");
+    let proof = key.proof("POST", &htu, None, None).unwrap();
+    let r = exchange_at(&a, &jwt_with_jti("w-2"), Some(&proof)).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.body["token_type"], "DPoP");
+    let r = exchange_at(&b, &jwt_with_jti("w-3"), Some(&proof)).await;
+    assert_eq!(
+        (r.status, r.error()),
+        (400, Some("invalid_dpop_proof")),
+        "{:?}",
+        r.body
+    );
+    assert_eq!(last_denial(&b), "dpop_replayed");
+    let fresh = key.proof("POST", &htu, None, None).unwrap();
+    let r = exchange_at(&b, &jwt_with_jti("w-3"), Some(&fresh)).await;
+    assert_eq!(r.status, 200, "a new proof passes: {:?}", r.body);
+
+    pg.stop();
+    let during = jwt_with_jti("w-4");
+    let r = exchange_at(&a, &during, None).await;
+    assert_eq!(
+        (r.status, r.error()),
+        (503, Some("temporarily_unavailable")),
+        "{:?}",
+        r.body
+    );
+    assert!(r.access_token().is_none(), "nothing unchecked is issued");
+    assert_eq!(r.retry_after.as_deref(), Some("1"));
+    assert_eq!(last_denial(&a), "replay_check_unavailable");
+    let proof = key.proof("POST", &htu, None, None).unwrap();
+    let r = exchange_at(&b, &jwt_with_jti("w-5"), Some(&proof)).await;
+    assert_eq!(
+        (r.status, r.error()),
+        (503, Some("temporarily_unavailable")),
+        "{:?}",
+        r.body
+    );
+    assert_eq!(last_denial(&b), "replay_check_unavailable");
+
+    pg.start_again();
+    eventually("A accepts the JWT refused during the outage", async || {
+        exchange_at(&a, &during, None).await.status == 200
+    })
+    .await;
+    let r = exchange_at(&b, &during, None).await;
+    assert_eq!(r.status, 400, "and only once: {:?}", r.body);
+    assert_eq!(last_denial(&b), "token_replayed");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -127,6 +127,12 @@ pub enum AuthnError {
         "the broker cannot check this token for replay right now (replay cache full); retry later"
     )]
     ReplayCacheFull,
+    /// The shared record of used tokens (the state store other replicas share) could
+    /// not be asked, so a single-use token cannot be checked; the store's error.
+    #[error(
+        "the broker cannot check this token for replay across its replicas right now ({0}); retry later with a new token"
+    )]
+    ReplayCheckUnavailable(String),
 }
 
 impl AuthnError {
@@ -137,6 +143,9 @@ impl AuthnError {
         match self {
             AuthnError::KeysUnavailable(_) => {
                 "the broker cannot load this issuer's signing keys right now; retry later".into()
+            }
+            AuthnError::ReplayCheckUnavailable(_) => {
+                "the broker cannot check this token for replay right now (its state store is unavailable); retry later with a new token".into()
             }
             other => other.to_string(),
         }
@@ -161,6 +170,7 @@ impl AuthnError {
             AuthnError::TooOld { .. } => "token_too_old",
             AuthnError::Replayed(_) => "token_replayed",
             AuthnError::ReplayCacheFull => "replay_cache_full",
+            AuthnError::ReplayCheckUnavailable(_) => "replay_check_unavailable",
         }
     }
 
@@ -169,7 +179,9 @@ impl AuthnError {
     pub fn is_unavailable(&self) -> bool {
         matches!(
             self,
-            AuthnError::KeysUnavailable(_) | AuthnError::ReplayCacheFull
+            AuthnError::KeysUnavailable(_)
+                | AuthnError::ReplayCacheFull
+                | AuthnError::ReplayCheckUnavailable(_)
         )
     }
 }
@@ -227,6 +239,8 @@ pub struct Authenticator {
     issuers: HashMap<String, Arc<IssuerKeys>>,
     verified: moka::sync::Cache<[u8; 32], Arc<VerifiedJwt>>,
     replay: replay::ReplayCache,
+    /// Uses other replicas made (nothing to ask with a store of one process).
+    shared_uses: crate::single_use::SharedUses,
     clock: Arc<dyn Clock>,
 }
 
@@ -279,8 +293,15 @@ impl Authenticator {
                 .time_to_live(Duration::from_secs(3600))
                 .build(),
             replay: replay::ReplayCache::new(REPLAY_CACHE_CAPACITY),
+            shared_uses: crate::single_use::SharedUses::default(),
             clock,
         })
+    }
+
+    /// Checks single-use tokens against the uses other replicas recorded too.
+    pub fn with_shared_uses(mut self, shared_uses: crate::single_use::SharedUses) -> Self {
+        self.shared_uses = shared_uses;
+        self
     }
 
     /// Loads every issuer's keys once; returns the issuers whose keys failed to load.
@@ -350,6 +371,20 @@ impl Authenticator {
                     return Err(AuthnError::Replayed(truncate(jti, 100)));
                 }
                 replay::Seen::Full => return Err(AuthnError::ReplayCacheFull),
+            }
+            let kind = crate::single_use::UseKind::Jwt;
+            match self
+                .shared_uses
+                .first_use(kind, &verified.issuer, jti, verified.exp, now)
+                .await
+            {
+                Ok(true) => {}
+                Ok(false) => return Err(AuthnError::Replayed(truncate(jti, 100))),
+                Err(e) => {
+                    // Not used after all: a retry of the same token may pass here.
+                    self.replay.forget(&verified.issuer, jti);
+                    return Err(AuthnError::ReplayCheckUnavailable(e.to_string()));
+                }
             }
         }
         Ok(verified)

@@ -8,8 +8,9 @@
 //! takes that many valid signed tokens with a lifetime no longer than the issuer's
 //! `max_lifetime`.
 //!
-//! The memory is this process's: replicas do not share it, so a token could be accepted
-//! once per replica. Short assertion lifetimes (minutes) bound that window.
+//! The memory is this process's. Replicas on a shared state store also record each use
+//! there ([`crate::single_use`]), so that a token one replica accepted is refused by
+//! all; this memory answers replays at the same replica without asking the store.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -66,6 +67,13 @@ impl ReplayCache {
         Seen::First
     }
 
+    /// Forgets the use of `(iss, jti)`: it was not completed (the shared record of
+    /// other replicas' uses could not be asked), so the token was not accepted.
+    pub fn forget(&self, iss: &str, jti: &str) {
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        seen.remove(&(iss.to_owned(), jti.to_owned()));
+    }
+
     /// Entries held now (for metrics and tests).
     pub fn len(&self) -> usize {
         self.seen.lock().unwrap_or_else(|e| e.into_inner()).len()
@@ -86,6 +94,8 @@ mod tests {
         let c = ReplayCache::new(10);
         assert_eq!(c.first_use("i", "a", 100, 50), Seen::First);
         assert_eq!(c.first_use("i", "a", 100, 99), Seen::Replayed);
+        c.forget("i", "a");
+        assert_eq!(c.first_use("i", "a", 100, 99), Seen::First, "forgotten");
         // Same jti from another issuer is another token.
         assert_eq!(c.first_use("j", "a", 100, 99), Seen::First);
         // Past its expiry the token itself is refused as expired; the entry may go.

@@ -48,7 +48,7 @@ pub fn jwt_evidence(jwt: &VerifiedJwt, cert: Option<&PeerCert>) -> Evidence {
 /// (`127.0.0.0/8`, `[::1]`, `localhost`: development and sidecars) may also name that host.
 /// Any other `Host` is not trusted for `htu`: a proof made for another server, replayed
 /// here with that server's name in `Host`, would otherwise pass.
-pub fn dpop(
+pub async fn dpop(
     st: &AppState,
     header: Result<Option<&str>, ()>,
     host: Option<&str>,
@@ -77,7 +77,13 @@ pub fn dpop(
     let jkt = st
         .dpop
         .check(proof, &urls, now)
-        .map_err(|e| Refusal::Dpop(e, nonce()))?;
+        .await
+        .map_err(|e| match e {
+            crate::dpop::ProofRefused::Proof(e) => Refusal::Dpop(e, nonce()),
+            crate::dpop::ProofRefused::ReplayCheckUnavailable(detail) => {
+                Refusal::DpopReplayCheckUnavailable(detail)
+            }
+        })?;
     ev.dpop_jkt.clone_from(&jkt);
     Ok(jkt)
 }

@@ -105,7 +105,7 @@ impl<'a> TokenService<'a> {
             return Err(Refusal::state_stale());
         }
         let params = parse::parse(call.content_type, call.body, ev)?;
-        let dpop_jkt = authenticate::dpop(st, call.dpop, call.host, ev)?;
+        let dpop_jkt = authenticate::dpop(st, call.dpop, call.host, ev).await?;
         let cert = authenticate::peer_cert(call.client_cert, ev)?;
         let policies = st.policies.current();
         let caller = authenticate::authenticate(st, &policies, &params, cert, ev)

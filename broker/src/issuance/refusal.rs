@@ -89,6 +89,9 @@ pub enum Refusal {
     DelegationBreakGlass,
     /// The DPoP proof was refused; with the nonce to use when one is required.
     Dpop(broker_client::dpop::DpopError, Option<String>),
+    /// The record of proofs other replicas accepted could not be asked, so the proof's
+    /// single use cannot be checked; the store's error (for the record and the log).
+    DpopReplayCheckUnavailable(String),
     /// The task requires DPoP-bound tokens and no proof was sent.
     DpopRequired {
         /// The task.
@@ -278,6 +281,7 @@ impl Refusal {
             DelegationTtl { .. } => "delegation_ttl",
             DelegationChainTooDeep { .. } => "delegation_chain_too_deep",
             Dpop(e, _) => e.rule(),
+            DpopReplayCheckUnavailable(_) => "replay_check_unavailable",
             DpopRequired { .. } => "dpop_required",
             UnsupportedGrantType(_) => "unsupported_grant_type",
             AudienceConflict => "audience_conflict",
@@ -352,7 +356,7 @@ impl Refusal {
             | DelegationTtl { .. }
             | DelegationChainTooDeep { .. }
             | DelegationBreakGlass => self.delegation_error(),
-            Dpop(..) | DpopRequired { .. } => self.dpop_error(),
+            Dpop(..) | DpopReplayCheckUnavailable(_) | DpopRequired { .. } => self.dpop_error(),
             SeveralClientAuthMethods
             | NoCredentials
             | BearerCredential { .. }
@@ -476,10 +480,10 @@ impl Refusal {
                 ),
             ),
             ClientAssertion {
+                rule,
                 message,
                 detail: Some(detail),
-                ..
-            } => cannot_check("client_assertion", message, detail),
+            } => cannot_check("client_assertion", rule, message, detail),
             ClientAssertion { message, .. } => err(
                 StatusCode::UNAUTHORIZED,
                 "invalid_client",
@@ -509,10 +513,10 @@ impl Refusal {
         use Refusal::*;
         match self {
             SubjectToken {
+                rule,
                 message,
                 detail: Some(detail),
-                ..
-            } => cannot_check("subject_token", message, detail),
+            } => cannot_check("subject_token", rule, message, detail),
             SubjectToken { message, .. } => err(
                 StatusCode::BAD_REQUEST,
                 "invalid_grant",
@@ -607,10 +611,10 @@ impl Refusal {
         use Refusal::*;
         match self {
             ActorToken {
+                rule,
                 message,
                 detail: Some(detail),
-                ..
-            } => cannot_check("actor_token", message, detail),
+            } => cannot_check("actor_token", rule, message, detail),
             ActorToken { message, .. } => err(
                 StatusCode::BAD_REQUEST,
                 "invalid_grant",
@@ -667,6 +671,16 @@ impl Refusal {
                 e.retry_after = Some(1);
                 e
             }
+            DpopReplayCheckUnavailable(detail) => {
+                let mut e = err(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "temporarily_unavailable",
+                    "cannot check the DPoP proof for replay: the broker's state store is unavailable; retry later with a new proof".into(),
+                )
+                .with_operator_detail(format!("cannot check the DPoP proof for replay: {detail}"));
+                e.retry_after = Some(1);
+                e
+            }
             Dpop(e, nonce) => {
                 let mut out = err(StatusCode::BAD_REQUEST, e.code(), e.to_string());
                 out.dpop_nonce.clone_from(nonce);
@@ -695,17 +709,21 @@ fn err(status: StatusCode, code: &'static str, d: String) -> ApiError {
 }
 
 /// The broker could not check a credential (`what`: `subject_token`, `actor_token`,
-/// `client_assertion`) for a fault of its own: the caller is told `message` and to come
-/// back, the audit record and the log get `detail`.
-fn cannot_check(what: &str, message: &str, detail: &str) -> ApiError {
-    // Issuer keys that failed to load are fetched again at most this often.
+/// `client_assertion`) for a fault of its own (`rule`): the caller is told `message` and
+/// when to come back, the audit record and the log get `detail`.
+fn cannot_check(what: &str, rule: &str, message: &str, detail: &str) -> ApiError {
     let mut e = err(
         StatusCode::SERVICE_UNAVAILABLE,
         "temporarily_unavailable",
         format!("cannot check the {what}: {message}"),
     )
     .with_operator_detail(format!("cannot check the {what}: {detail}"));
-    e.retry_after = Some(crate::authn::issuers::MIN_REFRESH_INTERVAL.as_secs());
+    e.retry_after = Some(if rule == "issuer_keys_unavailable" {
+        // Issuer keys that failed to load are fetched again at most this often.
+        crate::authn::issuers::MIN_REFRESH_INTERVAL.as_secs()
+    } else {
+        1
+    });
     e
 }
 
@@ -1258,6 +1276,11 @@ mod tests {
             // DPoP.
             (
                 Refusal::Dpop(DpopError::Busy, None),
+                503,
+                "temporarily_unavailable",
+            ),
+            (
+                Refusal::DpopReplayCheckUnavailable(s("database down")),
                 503,
                 "temporarily_unavailable",
             ),

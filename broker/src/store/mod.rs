@@ -431,6 +431,23 @@ pub trait StateStore: Send + Sync {
     fn usage(&self) -> Result<Vec<(String, serde_json::Value)>, StoreError> {
         Ok(Vec::new())
     }
+    /// Records the use of a single-use credential for every handle of this store (all
+    /// replicas): `kind` is its namespace (`jwt`, `dpop`), `key` a digest naming it (never
+    /// the credential itself), `until` the second after which it is refused as expired
+    /// anyway. `Ok(true)` the first time, and again once an earlier use's `until` is
+    /// before `now`; `Ok(false)` while another use is on record. Concurrent first uses
+    /// from several replicas: exactly one gets `true`. A store of one process has no
+    /// other handle: its broker's own memory already decided, so the default says `true`.
+    fn first_use(
+        &self,
+        kind: &str,
+        key: &[u8; 32],
+        until: u64,
+        now: u64,
+    ) -> Result<bool, StoreError> {
+        let _ = (kind, key, until, now);
+        Ok(true)
+    }
 }
 
 /// Pairs appended changes with the ids the store gave them.

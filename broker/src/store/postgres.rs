@@ -66,7 +66,21 @@ const MIGRATIONS: &[(i32, &str)] = &[
             snapshot   jsonb       NOT NULL
         )",
     ),
+    (
+        4,
+        "CREATE TABLE broker_single_use (
+            kind  text   NOT NULL,
+            key   bytea  NOT NULL,
+            until bigint NOT NULL,
+            PRIMARY KEY (kind, key)
+        );
+        CREATE INDEX broker_single_use_until ON broker_single_use (until)",
+    ),
 ];
+
+/// How often (seconds, by the callers' `now`) the client thread deletes single-use
+/// records past their `until`; they are refused as expired by then anyway.
+const SINGLE_USE_PRUNE_EVERY: u64 = 60;
 
 /// The newest schema version this build knows.
 pub const SCHEMA_VERSION: i32 = MIGRATIONS[MIGRATIONS.len() - 1].0;
@@ -164,6 +178,13 @@ enum Command {
         mpsc::SyncSender<Result<(), StoreError>>,
     ),
     Usage(mpsc::SyncSender<Result<Vec<(String, serde_json::Value)>, StoreError>>),
+    FirstUse {
+        kind: String,
+        key: [u8; 32],
+        until: u64,
+        now: u64,
+        reply: mpsc::SyncSender<Result<bool, StoreError>>,
+    },
     /// A checked append: lock, send the caller what other handles appended since its
     /// last poll, wait for its decision, append that, commit.
     Decide {
@@ -243,6 +264,7 @@ impl PostgresStore {
                     }
                 };
                 let mut cursor = Cursor::default();
+                let mut pruned_at = 0u64;
                 while let Ok(cmd) = rx.recv() {
                     rt.block_on(async {
                         if client.is_closed() {
@@ -288,6 +310,21 @@ impl PostgresStore {
                             }
                             Command::Usage(reply) => {
                                 let _ = reply.send(read_usage(&client).await);
+                            }
+                            Command::FirstUse {
+                                kind,
+                                key,
+                                until,
+                                now,
+                                reply,
+                            } => {
+                                let _ = reply.send(first_use(&client, &kind, &key, until, now).await);
+                                if now >= pruned_at.saturating_add(SINGLE_USE_PRUNE_EVERY) {
+                                    pruned_at = now;
+                                    if let Err(e) = prune_single_use(&client, now).await {
+                                        tracing::warn!(error = %e, "state store: expired single-use records not deleted; retried later");
+                                    }
+                                }
                             }
                             Command::Load(reply) => {
                                 let r = load(&client, 0).await.inspect(|events| {
@@ -470,6 +507,26 @@ impl StateStore for PostgresStore {
 
     fn wakeup(&self) -> Option<Arc<tokio::sync::Notify>> {
         Some(Arc::clone(&self.wake))
+    }
+
+    /// One statement: an insert that, on a live earlier use, changes nothing and returns
+    /// no row. Concurrent inserts of one key wait for each other on the primary key, so
+    /// exactly one replica sees the row.
+    fn first_use(
+        &self,
+        kind: &str,
+        key: &[u8; 32],
+        until: u64,
+        now: u64,
+    ) -> Result<bool, StoreError> {
+        let (kind, key) = (kind.to_owned(), *key);
+        self.call(|reply| Command::FirstUse {
+            kind,
+            key,
+            until,
+            now,
+            reply,
+        })
     }
 
     fn poll(&self) -> Result<Polled, StoreError> {
@@ -794,6 +851,41 @@ async fn put_usage(
     Ok(())
 }
 
+/// Seconds as a `bigint` (dates past the year 292 billion are clamped).
+fn sql_secs(secs: u64) -> i64 {
+    i64::try_from(secs).unwrap_or(i64::MAX)
+}
+
+async fn first_use(
+    client: &tokio_postgres::Client,
+    kind: &str,
+    key: &[u8; 32],
+    until: u64,
+    now: u64,
+) -> Result<bool, StoreError> {
+    let row = client
+        .query_opt(
+            "INSERT INTO broker_single_use (kind, key, until) VALUES ($1, $2, $3)
+             ON CONFLICT (kind, key) DO UPDATE SET until = EXCLUDED.until
+             WHERE broker_single_use.until < $4
+             RETURNING 1",
+            &[&kind, &key.as_slice(), &sql_secs(until), &sql_secs(now)],
+        )
+        .await
+        .map_err(pg("could not record the use of a single-use credential"))?;
+    Ok(row.is_some())
+}
+
+async fn prune_single_use(client: &tokio_postgres::Client, now: u64) -> Result<u64, StoreError> {
+    client
+        .execute(
+            "DELETE FROM broker_single_use WHERE until < $1",
+            &[&sql_secs(now)],
+        )
+        .await
+        .map_err(pg("could not delete expired single-use records"))
+}
+
 async fn read_usage(
     client: &tokio_postgres::Client,
 ) -> Result<Vec<(String, serde_json::Value)>, StoreError> {
@@ -1084,6 +1176,74 @@ mod tests {
                 ("b".into(), serde_json::json!({"y": 2}))
             ]
         );
+    }
+
+    /// Rows of `broker_single_use`, read over a connection of the test's own.
+    fn single_use_rows(pg: &TestPostgres) -> i64 {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let (client, conn) = options(pg).config().unwrap().connect(NoTls).await.unwrap();
+            tokio::spawn(conn);
+            let row = client
+                .query_one("SELECT count(*) FROM broker_single_use", &[])
+                .await
+                .unwrap();
+            row.get::<_, i64>(0)
+        })
+    }
+
+    #[test]
+    fn a_single_use_is_first_once_across_handles_until_it_expires() {
+        let Some(pg) = TestPostgres::start() else {
+            return;
+        };
+        let a = PostgresStore::connect(&options(&pg)).unwrap();
+        let b = PostgresStore::connect(&options(&pg)).unwrap();
+        let k = [7u8; 32];
+        assert!(a.first_use("jwt", &k, 100, 10).unwrap());
+        assert!(
+            !b.first_use("jwt", &k, 100, 20).unwrap(),
+            "another handle sees it"
+        );
+        assert!(
+            b.first_use("dpop", &k, 100, 20).unwrap(),
+            "kinds are namespaces"
+        );
+        assert!(b.first_use("jwt", &[8u8; 32], 100, 20).unwrap());
+        assert_eq!(single_use_rows(&pg), 3);
+        // Each handle deletes expired records once a minute (by the callers' clock):
+        // `a` now (at 100), which finds none, since `until` is inclusive.
+        assert!(
+            !a.first_use("jwt", &k, 100, 100).unwrap(),
+            "`until` is inclusive"
+        );
+        assert_eq!(single_use_rows(&pg), 3);
+        assert!(
+            a.first_use("jwt", &k, 300, 101).unwrap(),
+            "an expired use no longer counts"
+        );
+        // `b` at 102 deletes the `dpop` row and key 8's, not `k`'s (now until 300).
+        assert!(!b.first_use("jwt", &k, 300, 102).unwrap());
+        assert_eq!(single_use_rows(&pg), 1);
+
+        // Racing first uses of the same keys from two replicas: one wins each.
+        let keys: Vec<[u8; 32]> = (0u8..50).map(|i| [i; 32]).collect();
+        let race = |store: &PostgresStore| {
+            keys.iter()
+                .map(|key| store.first_use("race", key, 1_000, 200).unwrap())
+                .collect::<Vec<bool>>()
+        };
+        let (wins_a, wins_b) = std::thread::scope(|s| {
+            let ta = s.spawn(|| race(&a));
+            let tb = s.spawn(|| race(&b));
+            (ta.join().unwrap(), tb.join().unwrap())
+        });
+        for (i, (x, y)) in wins_a.iter().zip(&wins_b).enumerate() {
+            assert!(x ^ y, "key {i}: a {x}, b {y}: exactly one replica must win");
+        }
     }
 
     #[test]

@@ -73,6 +73,15 @@ impl StateStore for Timed {
     fn usage(&self) -> Result<Vec<(String, serde_json::Value)>, StoreError> {
         self.time(StoreOp::Usage, |s| s.usage())
     }
+    fn first_use(
+        &self,
+        kind: &str,
+        key: &[u8; 32],
+        until: u64,
+        now: u64,
+    ) -> Result<bool, StoreError> {
+        self.time(StoreOp::FirstUse, |s| s.first_use(kind, key, until, now))
+    }
 }
 
 #[cfg(test)]
