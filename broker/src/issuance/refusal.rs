@@ -366,7 +366,8 @@ impl Refusal {
 
     /// The answer on the caller path (admin, introspection, revocation, feed, break-glass):
     /// every failure to authenticate is `401 invalid_client`, except two credentials at
-    /// once (`400 invalid_request`) and a client assertion's own answers.
+    /// once (`400 invalid_request`), a client assertion's own answers, and a bearer
+    /// credential the broker could not check for a fault of its own (`503`).
     pub fn caller_error(&self) -> ApiError {
         use Refusal::*;
         let invalid_client = |why: String| err(StatusCode::UNAUTHORIZED, "invalid_client", why);
@@ -380,14 +381,15 @@ impl Refusal {
                 "authenticate with a TLS client certificate or `Authorization: Bearer <workload JWT>`"
                     .into(),
             ),
+            // The broker's own fault (issuer keys, the replay check): not the caller's
+            // credential, so not 401 (a client would drop a good credential).
             BearerCredential {
-                message, detail, ..
-            } => {
-                let e = invalid_client(format!("bearer credential rejected: {message}"));
-                match detail {
-                    Some(d) => e.with_operator_detail(format!("bearer credential rejected: {d}")),
-                    None => e,
-                }
+                rule,
+                message,
+                detail: Some(detail),
+            } => cannot_check("bearer credential", rule, message, detail),
+            BearerCredential { message, .. } => {
+                invalid_client(format!("bearer credential rejected: {message}"))
             }
             UnknownCaller {
                 issuer,
@@ -850,8 +852,8 @@ impl Refusal {
     }
     /// See [`Refusal::BearerCredential`].
     pub fn bearer_credential(e: &AuthnError) -> Self {
-        let detail = matches!(e, AuthnError::KeysUnavailable(_)).then(|| {
-            tracing::warn!(error = %e, "bearer credential not checked: issuer keys unavailable");
+        let detail = e.is_unavailable().then(|| {
+            tracing::warn!(error = %e, "bearer credential not checked");
             e.to_string()
         });
         Self::BearerCredential {
@@ -1373,6 +1375,11 @@ mod tests {
         }
         assert_eq!(unknown_cert.error().status.as_u16(), 403, "the token path");
         let e = Refusal::bearer_credential(&keys_unavailable()).caller_error();
+        assert_eq!(
+            (e.status.as_u16(), e.code, e.retry_after),
+            (503, "temporarily_unavailable", Some(10)),
+            "the broker's fault, not the credential's"
+        );
         assert!(
             !e.description.contains("issuer.internal"),
             "{}",
@@ -1381,9 +1388,16 @@ mod tests {
         assert_eq!(
             e.operator_detail.as_deref(),
             Some(
-                "bearer credential rejected: issuer keys unavailable: https://issuer.internal/jwks"
+                "cannot check the bearer credential: issuer keys unavailable: https://issuer.internal/jwks"
             )
         );
+        let e = Refusal::bearer_credential(&AuthnError::ReplayCheckUnavailable(s("db down")))
+            .caller_error();
+        assert_eq!(
+            (e.status.as_u16(), e.code, e.retry_after),
+            (503, "temporarily_unavailable", Some(1))
+        );
+        assert!(!e.description.contains("db down"), "{}", e.description);
         let e = Refusal::unknown_caller("https://i", "s", true).caller_error();
         assert!(
             e.description.contains("of the client assertion"),
