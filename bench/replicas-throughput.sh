@@ -5,6 +5,7 @@
 #
 #   bench/replicas-throughput.sh                 # 3 rounds of FILE PG PG2, 32 connections, 10 s
 #   ROUNDS=5 DURATION=20s bench/replicas-throughput.sh
+#   DPOP=1 MODES="FILE PG" bench/replicas-throughput.sh   # every request with a new DPoP proof
 #
 # PostgreSQL is a throw-away server from the system's binaries (Debian package
 # postgresql), started as the postgres user on loopback, with its defaults (fsync on);
@@ -13,8 +14,12 @@
 # connections each, one per replica, at the same time; the figure is their sum, and CPU
 # per issuance is both brokers' CPU over both replicas' issuances.
 #
-# Environment: ROUNDS (3), CONNECTIONS (32), DURATION (10s), WARMUP (2s), NO_BUILD=1,
-# KEEP_TMP=1. Needs jq. Figures go into BENCHMARKS.md by hand, with this command.
+# With DPOP=1 each request carries a new DPoP proof, which the broker checks for single
+# use: in its own memory with the file store, and also in PostgreSQL (`broker_single_use`,
+# one round trip per proof) with the PostgreSQL store.
+#
+# Environment: ROUNDS (3), MODES ("FILE PG PG2"), CONNECTIONS (32), DURATION (10s),
+# WARMUP (2s), DPOP (0), NO_BUILD=1, KEEP_TMP=1. Needs jq. Figures go into BENCHMARKS.md by hand, with this command.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -24,6 +29,9 @@ ROUNDS=${ROUNDS:-3}
 CONNECTIONS=${CONNECTIONS:-32}
 DURATION=${DURATION:-10s}
 WARMUP=${WARMUP:-2s}
+MODES=${MODES:-FILE PG PG2}
+DPOP_ARGS=()
+[[ "${DPOP:-0}" == 1 ]] && DPOP_ARGS=(--dpop)
 BROKER="$ROOT/target/release/broker"
 LOADGEN="$ROOT/target/release/loadgen"
 command -v jq >/dev/null || { echo "jq is needed (apt-get install -y jq)" >&2; exit 1; }
@@ -107,7 +115,8 @@ run_dir() {
 
 loadgen() { # URL PID CONNECTIONS JSON
     "$LOADGEN" --url "$1" --connections "$3" --duration "$DURATION" --warmup "$WARMUP" \
-        --subject-token-file "$WORK/subject.jwt" --task demo --pid "$2" --json-out "$4" >/dev/null
+        --subject-token-file "$WORK/subject.jwt" --task demo --pid "$2" --json-out "$4" \
+        "${DPOP_ARGS[@]}" >/dev/null
 }
 
 if [[ "${NO_BUILD:-0}" != 1 ]]; then
@@ -123,6 +132,7 @@ echo "rustc:   $(rustc --version)"
 echo "commit:  $(git rev-parse --short HEAD)$(git diff --quiet HEAD || echo ' (with uncommitted changes)')"
 echo "date:    $(date -u +%Y-%m-%dT%H:%M:%SZ)"
 echo "postgres: $("$PG_BIN/postgres" --version)"
+echo "dpop:    ${DPOP:-0}"
 
 echo "== PostgreSQL on 127.0.0.1:$PG_PORT"
 mkdir -p "$WORK/pg"
@@ -205,7 +215,7 @@ measure() { # MODE ROUND
 }
 
 for round in $(seq "$ROUNDS"); do
-    for mode in FILE PG PG2; do
+    for mode in $MODES; do
         measure "$mode" "$round"
     done
 done
@@ -217,11 +227,11 @@ jq -s -r '
     def m(mode; f): [.[] | select(.mode == mode) | f] | median;
     . as $all |
     (m("FILE"; .issuances_per_sec)) as $file | (m("PG"; .issuances_per_sec)) as $pg | (m("PG2"; .issuances_per_sec)) as $pg2 |
-    "FILE: \($file | r1)/s, p99 \(m("FILE"; .p99_ms) | r1) ms, \(m("FILE"; .broker_cpu_us_per_issuance) | r1) us CPU/issuance, \(m("FILE"; .broker_cores) * 100 | round / 100) cores",
-    "PG:   \($pg | r1)/s, p99 \(m("PG"; .p99_ms) | r1) ms, \(m("PG"; .broker_cpu_us_per_issuance) | r1) us CPU/issuance, \(m("PG"; .broker_cores) * 100 | round / 100) cores",
-    "PG2:  \($pg2 | r1)/s (two replicas together), p99 \(m("PG2"; .p99_ms) | r1) ms, \(m("PG2"; .broker_cpu_us_per_issuance) | r1) us CPU/issuance, \(m("PG2"; .broker_cores) * 100 | round / 100) cores",
-    "PG/FILE: \($pg / $file * 1000 | round / 1000) (target: within 15%)",
-    "PG2/PG:  \($pg2 / $pg * 1000 | round / 1000) (on 2 cores shared with PostgreSQL and the generators)",
+    (if $file then "FILE: \($file | r1)/s, p99 \(m("FILE"; .p99_ms) | r1) ms, \(m("FILE"; .broker_cpu_us_per_issuance) | r1) us CPU/issuance, \(m("FILE"; .broker_cores) * 100 | round / 100) cores" else empty end),
+    (if $pg then "PG:   \($pg | r1)/s, p99 \(m("PG"; .p99_ms) | r1) ms, \(m("PG"; .broker_cpu_us_per_issuance) | r1) us CPU/issuance, \(m("PG"; .broker_cores) * 100 | round / 100) cores" else empty end),
+    (if $pg2 then "PG2:  \($pg2 | r1)/s (two replicas together), p99 \(m("PG2"; .p99_ms) | r1) ms, \(m("PG2"; .broker_cpu_us_per_issuance) | r1) us CPU/issuance, \(m("PG2"; .broker_cores) * 100 | round / 100) cores" else empty end),
+    (if $file and $pg then "PG/FILE: \($pg / $file * 1000 | round / 1000) (target: within 15%)" else empty end),
+    (if $pg and $pg2 then "PG2/PG:  \($pg2 / $pg * 1000 | round / 1000) (on 2 cores shared with PostgreSQL and the generators)" else empty end),
     "all runs: \([$all[] | "\(.mode) \(.issuances_per_sec | floor)/s"])",
     "audit verify: \([$all[] | .audit_verify] | unique)"
 ' "$RESULTS"

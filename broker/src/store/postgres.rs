@@ -31,6 +31,8 @@ use zeroize::Zeroizing;
 
 use super::{Event, Polled, StateChange, StateStore, StoreError, zip_events};
 
+mod single_use;
+
 /// How long a connection attempt may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long one statement may take before the call fails.
@@ -77,10 +79,6 @@ const MIGRATIONS: &[(i32, &str)] = &[
         CREATE INDEX broker_single_use_until ON broker_single_use (until)",
     ),
 ];
-
-/// How often (seconds, by the callers' `now`) the client thread deletes single-use
-/// records past their `until`; they are refused as expired by then anyway.
-const SINGLE_USE_PRUNE_EVERY: u64 = 60;
 
 /// The newest schema version this build knows.
 pub const SCHEMA_VERSION: i32 = MIGRATIONS[MIGRATIONS.len() - 1].0;
@@ -178,13 +176,6 @@ enum Command {
         mpsc::SyncSender<Result<(), StoreError>>,
     ),
     Usage(mpsc::SyncSender<Result<Vec<(String, serde_json::Value)>, StoreError>>),
-    FirstUse {
-        kind: String,
-        key: [u8; 32],
-        until: u64,
-        now: u64,
-        reply: mpsc::SyncSender<Result<bool, StoreError>>,
-    },
     /// A checked append: lock, send the caller what other handles appended since its
     /// last poll, wait for its decision, append that, commit.
     Decide {
@@ -215,6 +206,8 @@ pub struct PostgresStore {
     /// Stops the listener thread.
     stop_listener: Option<tokio::sync::oneshot::Sender<()>>,
     listener: Option<std::thread::JoinHandle<()>>,
+    /// Single-use checks, on their own connection.
+    uses: single_use::UseChecks,
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -264,7 +257,6 @@ impl PostgresStore {
                     }
                 };
                 let mut cursor = Cursor::default();
-                let mut pruned_at = 0u64;
                 while let Ok(cmd) = rx.recv() {
                     rt.block_on(async {
                         if client.is_closed() {
@@ -310,21 +302,6 @@ impl PostgresStore {
                             }
                             Command::Usage(reply) => {
                                 let _ = reply.send(read_usage(&client).await);
-                            }
-                            Command::FirstUse {
-                                kind,
-                                key,
-                                until,
-                                now,
-                                reply,
-                            } => {
-                                let _ = reply.send(first_use(&client, &kind, &key, until, now).await);
-                                if now >= pruned_at.saturating_add(SINGLE_USE_PRUNE_EVERY) {
-                                    pruned_at = now;
-                                    if let Err(e) = prune_single_use(&client, now).await {
-                                        tracing::warn!(error = %e, "state store: expired single-use records not deleted; retried later");
-                                    }
-                                }
                             }
                             Command::Load(reply) => {
                                 let r = load(&client, 0).await.inspect(|events| {
@@ -388,12 +365,14 @@ impl PostgresStore {
                     db_error(format!("could not start the database listener thread: {e}"))
                 })?
         };
+        let uses = single_use::UseChecks::start(opts.config()?, Connector::new(&opts.tls)?)?;
         Ok(Self {
             tx: Mutex::new(tx),
             worker: Some(worker),
             wake,
             stop_listener: Some(stop_listener),
             listener: Some(listener),
+            uses,
         })
     }
 
@@ -509,9 +488,7 @@ impl StateStore for PostgresStore {
         Some(Arc::clone(&self.wake))
     }
 
-    /// One statement: an insert that, on a live earlier use, changes nothing and returns
-    /// no row. Concurrent inserts of one key wait for each other on the primary key, so
-    /// exactly one replica sees the row.
+    /// On a connection of its own, committed in groups ([`single_use`]).
     fn first_use(
         &self,
         kind: &str,
@@ -519,14 +496,7 @@ impl StateStore for PostgresStore {
         until: u64,
         now: u64,
     ) -> Result<bool, StoreError> {
-        let (kind, key) = (kind.to_owned(), *key);
-        self.call(|reply| Command::FirstUse {
-            kind,
-            key,
-            until,
-            now,
-            reply,
-        })
+        self.uses.first_use(kind, key, until, now)
     }
 
     fn poll(&self) -> Result<Polled, StoreError> {
@@ -849,41 +819,6 @@ async fn put_usage(
         .await
         .map_err(pg("could not write the usage snapshot"))?;
     Ok(())
-}
-
-/// Seconds as a `bigint` (dates past the year 292 billion are clamped).
-fn sql_secs(secs: u64) -> i64 {
-    i64::try_from(secs).unwrap_or(i64::MAX)
-}
-
-async fn first_use(
-    client: &tokio_postgres::Client,
-    kind: &str,
-    key: &[u8; 32],
-    until: u64,
-    now: u64,
-) -> Result<bool, StoreError> {
-    let row = client
-        .query_opt(
-            "INSERT INTO broker_single_use (kind, key, until) VALUES ($1, $2, $3)
-             ON CONFLICT (kind, key) DO UPDATE SET until = EXCLUDED.until
-             WHERE broker_single_use.until < $4
-             RETURNING 1",
-            &[&kind, &key.as_slice(), &sql_secs(until), &sql_secs(now)],
-        )
-        .await
-        .map_err(pg("could not record the use of a single-use credential"))?;
-    Ok(row.is_some())
-}
-
-async fn prune_single_use(client: &tokio_postgres::Client, now: u64) -> Result<u64, StoreError> {
-    client
-        .execute(
-            "DELETE FROM broker_single_use WHERE until < $1",
-            &[&sql_secs(now)],
-        )
-        .await
-        .map_err(pg("could not delete expired single-use records"))
 }
 
 async fn read_usage(
@@ -1225,25 +1160,55 @@ mod tests {
             a.first_use("jwt", &k, 300, 101).unwrap(),
             "an expired use no longer counts"
         );
-        // `b` at 102 deletes the `dpop` row and key 8's, not `k`'s (now until 300).
+        // `b` at 102 deletes the `dpop` row and key 8's, not `k`'s (now until 300), beside
+        // its check.
         assert!(!b.first_use("jwt", &k, 300, 102).unwrap());
-        assert_eq!(single_use_rows(&pg), 1);
-
-        // Racing first uses of the same keys from two replicas: one wins each.
-        let keys: Vec<[u8; 32]> = (0u8..50).map(|i| [i; 32]).collect();
-        let race = |store: &PostgresStore| {
-            keys.iter()
-                .map(|key| store.first_use("race", key, 1_000, 200).unwrap())
-                .collect::<Vec<bool>>()
-        };
-        let (wins_a, wins_b) = std::thread::scope(|s| {
-            let ta = s.spawn(|| race(&a));
-            let tb = s.spawn(|| race(&b));
-            (ta.join().unwrap(), tb.join().unwrap())
-        });
-        for (i, (x, y)) in wins_a.iter().zip(&wins_b).enumerate() {
-            assert!(x ^ y, "key {i}: a {x}, b {y}: exactly one replica must win");
+        let start = std::time::Instant::now();
+        while single_use_rows(&pg) != 1 {
+            assert!(
+                start.elapsed() < Duration::from_secs(5),
+                "expired records not deleted: {} rows",
+                single_use_rows(&pg)
+            );
+            std::thread::sleep(Duration::from_millis(10));
         }
+
+        // Racing first uses of the same keys from two replicas, four callers each, in
+        // both orders (so that statements carry several keys, and the same key twice):
+        // one wins each.
+        let keys: Vec<[u8; 32]> = (0u8..200).map(|i| [i; 32]).collect();
+        let race = |store: &PostgresStore, reverse: bool| {
+            let mut order: Vec<&[u8; 32]> = keys.iter().collect();
+            if reverse {
+                order.reverse();
+            }
+            order
+                .into_iter()
+                .filter_map(|key| {
+                    store
+                        .first_use("race", key, 1_000, 200)
+                        .unwrap()
+                        .then_some(key[0])
+                })
+                .collect::<Vec<u8>>()
+        };
+        let mut wins: Vec<u8> = std::thread::scope(|s| {
+            let callers: Vec<_> = [&a, &b]
+                .into_iter()
+                .flat_map(|store| [false, true, false, true].map(|rev| (store, rev)))
+                .map(|(store, rev)| s.spawn(move || race(store, rev)))
+                .collect();
+            callers
+                .into_iter()
+                .flat_map(|c| c.join().unwrap())
+                .collect()
+        });
+        wins.sort_unstable();
+        assert_eq!(
+            wins,
+            (0u8..200).collect::<Vec<u8>>(),
+            "each key won exactly once"
+        );
     }
 
     #[test]
