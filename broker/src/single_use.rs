@@ -64,8 +64,8 @@ impl SharedUses {
 
     /// Records that the credential named by `issuer` (or key thumbprint) and `jti`,
     /// valid until `until`, is used now: `Ok(true)` when no replica used it before,
-    /// `Ok(false)` when one did. Always `Ok(true)` without a shared store. The store
-    /// call blocks for a round trip, so it runs off the async workers.
+    /// `Ok(false)` when one did. Always `Ok(true)` without a shared store. Awaited
+    /// without holding a thread where the store can; else on a blocking thread.
     pub async fn first_use(
         &self,
         kind: UseKind,
@@ -78,6 +78,9 @@ impl SharedUses {
             return Ok(true);
         };
         let key = digest(issuer, jti);
+        if let Some(answer) = store.first_use_async(kind.as_str(), &key, until, now) {
+            return answer.await;
+        }
         let store = Arc::clone(store);
         tokio::task::spawn_blocking(move || store.first_use(kind.as_str(), &key, until, now))
             .await

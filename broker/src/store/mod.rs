@@ -448,7 +448,23 @@ pub trait StateStore: Send + Sync {
         let _ = (kind, key, until, now);
         Ok(true)
     }
+    /// [`StateStore::first_use`] awaited without holding a thread, where the store can;
+    /// `None`: call `first_use` from a blocking thread.
+    fn first_use_async(
+        &self,
+        kind: &str,
+        key: &[u8; 32],
+        until: u64,
+        now: u64,
+    ) -> Option<FirstUseFuture> {
+        let _ = (kind, key, until, now);
+        None
+    }
 }
+
+/// The answer of [`StateStore::first_use_async`].
+pub type FirstUseFuture =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<bool, StoreError>> + Send>>;
 
 /// Pairs appended changes with the ids the store gave them.
 pub(crate) fn zip_events(ids: Vec<u64>, changes: Vec<StateChange>) -> Vec<Event> {

@@ -499,6 +499,16 @@ impl StateStore for PostgresStore {
         self.uses.first_use(kind, key, until, now)
     }
 
+    fn first_use_async(
+        &self,
+        kind: &str,
+        key: &[u8; 32],
+        until: u64,
+        now: u64,
+    ) -> Option<super::FirstUseFuture> {
+        Some(self.uses.first_use_async(kind, key, until, now))
+    }
+
     fn poll(&self) -> Result<Polled, StoreError> {
         self.call(Command::Poll)
     }

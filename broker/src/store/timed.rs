@@ -82,6 +82,22 @@ impl StateStore for Timed {
     ) -> Result<bool, StoreError> {
         self.time(StoreOp::FirstUse, |s| s.first_use(kind, key, until, now))
     }
+    fn first_use_async(
+        &self,
+        kind: &str,
+        key: &[u8; 32],
+        until: u64,
+        now: u64,
+    ) -> Option<super::FirstUseFuture> {
+        let answer = self.inner.first_use_async(kind, key, until, now)?;
+        let timings = self.timings.clone();
+        let started = Instant::now();
+        Some(Box::pin(async move {
+            let out = answer.await;
+            timings.observe(StoreOp::FirstUse, started.elapsed());
+            out
+        }))
+    }
 }
 
 #[cfg(test)]

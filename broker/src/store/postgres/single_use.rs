@@ -25,13 +25,34 @@ const PRUNE_EVERY: u64 = 60;
 /// After a failed connection attempt, checks fail at once for this long.
 const RECONNECT_AFTER: Duration = Duration::from_secs(1);
 
+/// Where a check's answer goes: a thread blocked on it, or a task awaiting it.
+enum Reply {
+    Blocking(mpsc::SyncSender<Result<bool, StoreError>>),
+    Async(tokio::sync::oneshot::Sender<Result<bool, StoreError>>),
+}
+
+impl Reply {
+    fn send(self, answer: Result<bool, StoreError>) {
+        // A caller that gave up waiting is not an error here.
+        match self {
+            Self::Blocking(tx) => drop(tx.send(answer)),
+            Self::Async(tx) => drop(tx.send(answer)),
+        }
+    }
+}
+
+/// How long a caller waits for its answer before failing (a connection attempt and a
+/// statement, each bounded, and a margin).
+const ANSWER_WITHIN: Duration =
+    Duration::from_secs(super::CONNECT_TIMEOUT.as_secs() + super::STATEMENT_TIMEOUT.as_secs() + 1);
+
 /// One check, answered on `reply`.
 struct Check {
     kind: String,
     key: [u8; 32],
     until: u64,
     now: u64,
-    reply: mpsc::SyncSender<Result<bool, StoreError>>,
+    reply: Reply,
 }
 
 /// The checks' client thread.
@@ -70,6 +91,37 @@ impl UseChecks {
         now: u64,
     ) -> Result<bool, StoreError> {
         let (reply, answer) = mpsc::sync_channel(1);
+        self.ask(kind, key, until, now, Reply::Blocking(reply))?;
+        answer.recv_timeout(ANSWER_WITHIN).map_err(|_| late())?
+    }
+
+    /// Asks once; the answer, awaited without holding a thread.
+    pub(super) fn first_use_async(
+        &self,
+        kind: &str,
+        key: &[u8; 32],
+        until: u64,
+        now: u64,
+    ) -> crate::store::FirstUseFuture {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let asked = self.ask(kind, key, until, now, Reply::Async(reply));
+        Box::pin(async move {
+            asked?;
+            match tokio::time::timeout(ANSWER_WITHIN, answer).await {
+                Ok(Ok(answer)) => answer,
+                Ok(Err(_)) | Err(_) => Err(late()),
+            }
+        })
+    }
+
+    fn ask(
+        &self,
+        kind: &str,
+        key: &[u8; 32],
+        until: u64,
+        now: u64,
+        reply: Reply,
+    ) -> Result<(), StoreError> {
         self.tx
             .send(Check {
                 kind: kind.to_owned(),
@@ -78,15 +130,13 @@ impl UseChecks {
                 now,
                 reply,
             })
-            .map_err(|_| db_error("the single-use client thread has stopped".into()))?;
-        answer
-            .recv_timeout(
-                super::CONNECT_TIMEOUT + super::STATEMENT_TIMEOUT + Duration::from_secs(1),
-            )
-            .map_err(|_| {
-                db_error("the database did not answer the single-use check in time".into())
-            })?
+            .map_err(|_| db_error("the single-use client thread has stopped".into()))
     }
+}
+
+/// A check not answered in time (or its thread gone).
+fn late() -> StoreError {
+    db_error("the database did not answer the single-use check in time".into())
 }
 
 impl Drop for UseChecks {
@@ -123,19 +173,21 @@ async fn serve(
                 Err(_) => break,
             }
         }
-        let answers = match conn.client(&cfg, &connector).await {
-            Ok(client) => {
+        let answers = match conn.session(&cfg, &connector).await {
+            Ok(session) => {
                 let now = batch.iter().map(|c| c.now).max().unwrap_or_default();
                 if now >= pruned_at.saturating_add(PRUNE_EVERY) && prunes.is_empty() {
                     pruned_at = now;
-                    let client = Arc::clone(&client);
+                    let client = Arc::clone(&session.client);
                     prunes.spawn(async move {
                         if let Err(e) = prune(&client, now).await {
                             tracing::warn!(error = %e, "state store: expired single-use records not deleted; retried later");
                         }
                     });
                 }
-                first_uses(&client, &batch).await.map_err(|e| e.to_string())
+                first_uses(&session, &batch)
+                    .await
+                    .map_err(|e| e.to_string())
             }
             Err(why) => Err(why),
         };
@@ -145,42 +197,69 @@ async fn serve(
                 Ok(firsts) => Ok(firsts[i]),
                 Err(why) => Err(db_error(why.clone())),
             };
-            let _ = check.reply.send(answer);
+            check.reply.send(answer);
         }
     }
     while prunes.join_next().await.is_some() {}
 }
 
+/// The checks' statement, prepared once per connection (parsed and planned once, and
+/// one round trip per batch instead of two).
+const FIRST_USES: &str = "INSERT INTO broker_single_use (kind, key, until)
+     SELECT kind, key, until
+       FROM unnest($1::text[], $2::bytea[], $3::bigint[]) AS t(kind, key, until)
+      ORDER BY kind, key
+     ON CONFLICT (kind, key) DO UPDATE SET until = EXCLUDED.until
+     WHERE broker_single_use.until < $4
+     RETURNING kind, key";
+
+/// An open connection with its prepared statement.
+#[derive(Clone)]
+struct Session {
+    client: Arc<tokio_postgres::Client>,
+    first_uses: tokio_postgres::Statement,
+}
+
 /// The checks' connection, made again after it breaks.
 #[derive(Default)]
 struct Conn {
-    client: Option<Arc<tokio_postgres::Client>>,
+    session: Option<Session>,
     failed: Option<(Instant, String)>,
 }
 
 impl Conn {
     /// The open connection, or a new one; within [`RECONNECT_AFTER`] of a failed attempt,
     /// that attempt's error at once.
-    async fn client(
+    async fn session(
         &mut self,
         cfg: &tokio_postgres::Config,
         connector: &Connector,
-    ) -> Result<Arc<tokio_postgres::Client>, String> {
-        if let Some(c) = self.client.as_ref().filter(|c| !c.is_closed()) {
-            return Ok(Arc::clone(c));
+    ) -> Result<Session, String> {
+        if let Some(s) = self.session.as_ref().filter(|s| !s.client.is_closed()) {
+            return Ok(s.clone());
         }
-        self.client = None;
+        self.session = None;
         if let Some((at, why)) = &self.failed
             && at.elapsed() < RECONNECT_AFTER
         {
             return Err(why.clone());
         }
-        match connector.connect(cfg).await {
-            Ok(c) => {
-                let c = Arc::new(c);
-                self.client = Some(Arc::clone(&c));
+        let opened = async {
+            let client = connector.connect(cfg).await?;
+            let first_uses = client
+                .prepare(FIRST_USES)
+                .await
+                .map_err(pg("could not prepare the single-use statement"))?;
+            Ok::<_, StoreError>(Session {
+                client: Arc::new(client),
+                first_uses,
+            })
+        };
+        match opened.await {
+            Ok(s) => {
+                self.session = Some(s.clone());
                 self.failed = None;
-                Ok(c)
+                Ok(s)
             }
             Err(e) => {
                 tracing::warn!(error = %e, "state store: the single-use connection failed");
@@ -205,10 +284,7 @@ fn sql_secs(secs: u64) -> i64 {
 /// inserted in key order, so that two replicas' batches lock them in the same order and
 /// never deadlock. The same credential twice in one batch: the first may be first, the
 /// second is a replay (a statement may not touch one row twice).
-async fn first_uses(
-    client: &tokio_postgres::Client,
-    checks: &[Check],
-) -> Result<Vec<bool>, StoreError> {
+async fn first_uses(session: &Session, checks: &[Check]) -> Result<Vec<bool>, StoreError> {
     let mut seen = std::collections::HashSet::new();
     let mut candidate = Vec::with_capacity(checks.len());
     let (mut kinds, mut keys, mut untils) = (Vec::new(), Vec::new(), Vec::new());
@@ -222,15 +298,10 @@ async fn first_uses(
         }
     }
     let now = checks.iter().map(|c| c.now).min().unwrap_or_default();
-    let rows = client
+    let rows = session
+        .client
         .query(
-            "INSERT INTO broker_single_use (kind, key, until)
-             SELECT kind, key, until
-               FROM unnest($1::text[], $2::bytea[], $3::bigint[]) AS t(kind, key, until)
-              ORDER BY kind, key
-             ON CONFLICT (kind, key) DO UPDATE SET until = EXCLUDED.until
-             WHERE broker_single_use.until < $4
-             RETURNING kind, key",
+            &session.first_uses,
             &[&kinds, &keys, &untils, &sql_secs(now)],
         )
         .await
@@ -281,7 +352,7 @@ mod tests {
             key: [key; 32],
             until,
             now,
-            reply: mpsc::sync_channel(1).0,
+            reply: Reply::Blocking(mpsc::sync_channel(1).0),
         }
     }
 
@@ -297,7 +368,10 @@ mod tests {
             .unwrap();
         rt.block_on(async {
             let cfg = test_options(&pg).config().unwrap();
-            let client = Connector::Plain.connect(&cfg).await.unwrap();
+            let session = Conn::default()
+                .session(&cfg, &Connector::Plain)
+                .await
+                .unwrap();
             let batch = [
                 check("jwt", 1, 100, 10),
                 check("jwt", 2, 100, 10),
@@ -305,7 +379,7 @@ mod tests {
                 check("dpop", 1, 100, 10),
             ];
             assert_eq!(
-                first_uses(&client, &batch).await.unwrap(),
+                first_uses(&session, &batch).await.unwrap(),
                 [true, true, false, true]
             );
             let batch = [
@@ -314,14 +388,14 @@ mod tests {
                 check("jwt", 1, 300, 101),
             ];
             assert_eq!(
-                first_uses(&client, &batch).await.unwrap(),
+                first_uses(&session, &batch).await.unwrap(),
                 [false, true, false],
                 "the oldest `now` of a batch decides what has expired"
             );
             let batch = [check("jwt", 1, 300, 101)];
-            assert_eq!(first_uses(&client, &batch).await.unwrap(), [true]);
+            assert_eq!(first_uses(&session, &batch).await.unwrap(), [true]);
             assert_eq!(
-                prune(&client, 200).await.unwrap(),
+                prune(&session.client, 200).await.unwrap(),
                 3,
                 "jwt 2, jwt 3, dpop 1"
             );
