@@ -48,15 +48,8 @@ fn authlib_proofs(venv: &Path, alg: &str, key: Option<&Value>, specs: &Value) ->
 }
 
 async fn token_with_proof(b: &TestBroker, task: &str, proof: Option<&str>) -> Reply {
-    let form = TokenRequest::exchange(&rs256(SUBJECT), task);
-    let mut req = b
-        .client()
-        .post(format!("{}/oauth2/token", b.base_url()))
-        .form(&form.params);
-    if let Some(p) = proof {
-        req = req.header("DPoP", p);
-    }
-    Reply::from(req.send().await.expect("the token request")).await
+    b.token_with_dpop(&TokenRequest::exchange(&rs256(SUBJECT), task), proof)
+        .await
 }
 
 /// The SDK verifier of the ledger's tokens.

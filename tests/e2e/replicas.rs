@@ -236,15 +236,8 @@ fn jwt_with_jti(jti: &str) -> String {
 
 /// The token exchange of `jwt` at `b`, with a DPoP proof if given.
 async fn exchange_at(b: &TestBroker, jwt: &str, proof: Option<&str>) -> Reply {
-    let form = TokenRequest::exchange(jwt, TASK);
-    let mut req = b
-        .client()
-        .post(format!("{}/oauth2/token", b.base_url()))
-        .form(&form.params);
-    if let Some(p) = proof {
-        req = req.header("DPoP", p);
-    }
-    Reply::from(req.send().await.expect("the token request")).await
+    b.token_with_dpop(&TokenRequest::exchange(jwt, TASK), proof)
+        .await
 }
 
 /// The rule of `b`'s newest `denied` record.

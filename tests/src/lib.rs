@@ -1284,14 +1284,19 @@ impl TestBroker {
 
     /// `POST /oauth2/token` with `req` as a form.
     pub async fn token(&self, req: &TokenRequest) -> Reply {
-        let res = self
+        self.token_with_dpop(req, None).await
+    }
+
+    /// `POST /oauth2/token` with `req` as a form and, if given, a `DPoP` proof header.
+    pub async fn token_with_dpop(&self, req: &TokenRequest, proof: Option<&str>) -> Reply {
+        let mut rb = self
             .client
             .post(format!("{}/oauth2/token", self.base_url))
-            .form(&req.params)
-            .send()
-            .await
-            .expect("POST /oauth2/token");
-        Reply::from(res).await
+            .form(&req.params);
+        if let Some(p) = proof {
+            rb = rb.header("DPoP", p);
+        }
+        Reply::from(rb.send().await.expect("POST /oauth2/token")).await
     }
 
     /// `POST /oauth2/token` with a raw body and an optional `Content-Type`.
