@@ -3,7 +3,10 @@
 //! - `token_from_cache`: `TokenSource::token()` once a token is cached: what every
 //!   outgoing request pays. One task, and 8 tasks calling concurrently on 8 threads.
 //! - `verify`: `Verifier::verify` of a broker-shaped access token (EdDSA, and ES256) with
-//!   the JWKS already loaded: what every incoming request pays; next to it, the bare aws-lc-rs
+//!   the JWKS already loaded: what every incoming request pays. `EdDSA` and `ES256` check
+//!   the signature on every call (the verified-token cache off: a token never seen
+//!   before); `*_seen_before` is the default verifier given a token it verified already
+//!   (a client reusing its token until renewal). Next to them, the bare aws-lc-rs
 //!   signature check, to show what the SDK adds around it.
 //!
 //! Self-contained, so `cargo bench -p broker-client` runs on a fresh machine: a tiny HTTP
@@ -227,15 +230,20 @@ fn benches(c: &mut Criterion) {
         "every call was served from cache"
     );
 
-    let verifier = rt.block_on(async {
-        let v = Verifier::builder(&url, AUDIENCE)
-            .require_scope("ledger:read")
-            .build()
-            .unwrap();
-        v.refetch_keys(true).await.unwrap();
-        v.verify(&ed_token, None).await.unwrap();
-        v.verify(&ec_token, None).await.unwrap();
-        v
+    // `verifier` checks every signature (a token it has not seen: the cache is off);
+    // `remembering` is the default, which skips the check for a token seen before.
+    let [verifier, remembering] = [0, broker_client::DEFAULT_VERIFIED_TOKEN_CACHE].map(|cache| {
+        rt.block_on(async {
+            let v = Verifier::builder(&url, AUDIENCE)
+                .require_scope("ledger:read")
+                .verified_token_cache(cache)
+                .build()
+                .unwrap();
+            v.refetch_keys(true).await.unwrap();
+            v.verify(&ed_token, None).await.unwrap();
+            v.verify(&ec_token, None).await.unwrap();
+            v
+        })
     });
     let mut g = c.benchmark_group("verify");
     g.throughput(Throughput::Elements(1));
@@ -244,6 +252,10 @@ fn benches(c: &mut Criterion) {
         g.bench_function(name, |b| {
             b.to_async(&rt)
                 .iter(|| async { verifier.verify(token, None).await.unwrap() })
+        });
+        g.bench_function(format!("{name}_seen_before"), |b| {
+            b.to_async(&rt)
+                .iter(|| async { remembering.verify(token, None).await.unwrap() })
         });
     }
     // The signature check alone (aws-lc-rs), to show what the SDK adds around it.

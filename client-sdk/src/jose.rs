@@ -17,7 +17,7 @@ use crate::jwk::{self, JwkSet};
 use crate::types::AccessTokenClaims;
 
 /// A broker public key.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct PublicKey {
     alg: &'static str,
     bytes: Vec<u8>,

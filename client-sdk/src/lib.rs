@@ -73,4 +73,7 @@ pub use http::RequestError;
 #[cfg(feature = "client")]
 pub use source::{Credential, JwtProvider, Token, TokenSource, TokenSourceBuilder};
 #[cfg(feature = "client")]
-pub use verifier::{DEFAULT_JWKS_MAX_AGE, DpopRequest, FeedCredential, Verifier, VerifierBuilder};
+pub use verifier::{
+    DEFAULT_JWKS_MAX_AGE, DEFAULT_VERIFIED_TOKEN_CACHE, DpopRequest, FeedCredential, Verifier,
+    VerifierBuilder,
+};

@@ -20,6 +20,14 @@ const MIN_JWKS_REFRESH: Duration = Duration::from_secs(5);
 /// Default [`VerifierBuilder::jwks_max_age`].
 pub const DEFAULT_JWKS_MAX_AGE: Duration = Duration::from_secs(300);
 
+/// Default [`VerifierBuilder::verified_token_cache`]: tokens whose signature a verifier
+/// remembers (a few MiB at most).
+pub const DEFAULT_VERIFIED_TOKEN_CACHE: u64 = 10_000;
+
+/// Longest a remembered signature check is reused (tokens live minutes; this only bounds
+/// how long an entry can hold memory).
+const VERIFIED_TOKEN_TTL: Duration = Duration::from_secs(3600);
+
 /// Builds a [`Verifier`].
 #[derive(Debug)]
 pub struct VerifierBuilder {
@@ -33,6 +41,7 @@ pub struct VerifierBuilder {
     timeout: Duration,
     jwks_max_age: Duration,
     dpop_origin: Option<String>,
+    verified_token_cache: u64,
 }
 
 impl VerifierBuilder {
@@ -72,6 +81,21 @@ impl VerifierBuilder {
         self.jwks_max_age = age;
         self
     }
+    /// How many tokens whose signature was checked the verifier remembers, by SHA-256 of
+    /// the whole token (default [`DEFAULT_VERIFIED_TOKEN_CACHE`]; 0 turns it off).
+    ///
+    /// A client presents the same token on every request until it renews it, and the
+    /// signature check is nearly all of a verification's cost. For a token seen before,
+    /// only the parse and the signature check are skipped, and only while the JWKS still
+    /// holds the same public key under its `kid`: a key that leaves the JWKS (retired,
+    /// withdrawn after a compromise) or changes stops every token it verified at the next
+    /// call. Everything else is checked on every call: `iss`, `aud`, `exp`, `nbf`,
+    /// scopes, the certificate or DPoP binding and revocation. Refused tokens are never
+    /// remembered.
+    pub fn verified_token_cache(mut self, capacity: u64) -> Self {
+        self.verified_token_cache = capacity;
+        self
+    }
     /// Poll the revocation feed every `every` with `credential`.
     pub fn revocation_feed(mut self, credential: FeedCredential, every: Duration) -> Self {
         self.feed = Some((credential, every));
@@ -99,6 +123,14 @@ impl VerifierBuilder {
             http,
             feed_http,
             dpop_replay: crate::dpop::ReplayGuard::new(DPOP_REPLAY_CAPACITY),
+            verified: (self.verified_token_cache > 0).then(|| {
+                moka::sync::Cache::builder()
+                    .max_capacity(self.verified_token_cache)
+                    .time_to_live(VERIFIED_TOKEN_TTL)
+                    .build()
+            }),
+            #[cfg(test)]
+            signature_checks: std::sync::atomic::AtomicU64::new(0),
             cfg: self,
         });
         if let Some((_, every)) = &inner.cfg.feed {
@@ -168,6 +200,18 @@ struct VInner {
     feed_http: Option<reqwest::Client>,
     /// DPoP proofs seen within their `iat` window.
     dpop_replay: crate::dpop::ReplayGuard,
+    /// Tokens whose signature verified, by SHA-256 of the token (`None`: turned off).
+    verified: Option<moka::sync::Cache<[u8; 32], Arc<SignatureChecked>>>,
+    /// Signature checks made (for the tests of the cache).
+    #[cfg(test)]
+    signature_checks: std::sync::atomic::AtomicU64,
+}
+
+/// A token whose signature verified: the key that verified it and what it says.
+struct SignatureChecked {
+    kid: String,
+    key: PublicKey,
+    claims: AccessTokenClaims,
 }
 
 /// Proofs a verifier remembers at once (the `iat` window's worth of requests).
@@ -218,6 +262,7 @@ impl Verifier {
             feed: None,
             timeout: Duration::from_secs(10),
             jwks_max_age: DEFAULT_JWKS_MAX_AGE,
+            verified_token_cache: DEFAULT_VERIFIED_TOKEN_CACHE,
         }
     }
 
@@ -288,7 +333,6 @@ impl Verifier {
         client_cert_der: Option<&[u8]>,
         dpop: Option<DpopRequest<'_>>,
     ) -> Result<AccessTokenClaims, VerifyError> {
-        let (kid, alg, msg, sig, claims) = jose::split(token)?;
         if self.keys_expired()
             && let Err(e) = self.refetch_keys(false).await
         {
@@ -298,22 +342,15 @@ impl Verifier {
                 "broker JWKS past its max age and could not be refetched; using the cached keys"
             );
         }
-        let key = match self.key(&kid) {
-            Some(k) => k,
-            None => {
-                self.refetch_keys(false).await?;
-                self.key(&kid)
-                    .ok_or_else(|| VerifyError::UnknownKey(kid.clone()))?
-            }
-        };
-        jose::verify(&key, &alg, msg, &sig)?;
+        let checked = self.signature_checked(token).await?;
+        let (kid, claims) = (&checked.kid, &checked.claims);
         let c = &self.inner.cfg;
         let issuer = c.issuer.as_deref().unwrap_or(c.url.as_str());
         if claims.iss != issuer {
-            return Err(VerifyError::WrongIssuer(claims.iss));
+            return Err(VerifyError::WrongIssuer(claims.iss.clone()));
         }
         if claims.aud != c.audience {
-            return Err(VerifyError::WrongAudience(claims.aud));
+            return Err(VerifyError::WrongAudience(claims.aud.clone()));
         }
         let now = unix_now();
         if now >= claims.exp.saturating_add(c.leeway) {
@@ -335,11 +372,51 @@ impl Verifier {
                 _ => return Err(VerifyError::CertificateMismatch),
             }
         }
-        if self.is_revoked(&claims, &kid) {
+        if self.is_revoked(claims, kid) {
             return Err(VerifyError::Revoked);
         }
-        self.check_dpop(token, &claims, dpop)?;
-        Ok(claims)
+        self.check_dpop(token, claims, dpop)?;
+        Ok(checked.claims.clone())
+    }
+
+    /// The token's signature checked against the JWKS: remembered from an earlier call
+    /// while the same key is still published under its `kid`, else checked now (and
+    /// remembered if it verifies).
+    async fn signature_checked(&self, token: &str) -> Result<Arc<SignatureChecked>, VerifyError> {
+        let digest = self.inner.verified.as_ref().map(|_| {
+            let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes());
+            let mut out = [0u8; 32];
+            out.copy_from_slice(d.as_ref());
+            out
+        });
+        if let (Some(cache), Some(digest)) = (&self.inner.verified, &digest)
+            && let Some(hit) = cache.get(digest)
+        {
+            if self.key(&hit.kid).as_ref() == Some(&hit.key) {
+                return Ok(hit);
+            }
+            // The key left the JWKS or changed: check again, against what is published.
+            cache.invalidate(digest);
+        }
+        let (kid, alg, msg, sig, claims) = jose::split(token)?;
+        let key = match self.key(&kid) {
+            Some(k) => k,
+            None => {
+                self.refetch_keys(false).await?;
+                self.key(&kid)
+                    .ok_or_else(|| VerifyError::UnknownKey(kid.clone()))?
+            }
+        };
+        #[cfg(test)]
+        self.inner
+            .signature_checks
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        jose::verify(&key, &alg, msg, &sig)?;
+        let checked = Arc::new(SignatureChecked { kid, key, claims });
+        if let (Some(cache), Some(digest)) = (&self.inner.verified, digest) {
+            cache.insert(digest, Arc::clone(&checked));
+        }
+        Ok(checked)
     }
 
     /// True when the cached JWKS is older than the max age.
@@ -591,6 +668,193 @@ mod tests {
         for (rule, covered) in cases {
             assert_eq!(held(rule.clone()).covers(&c, "k1"), covered, "{rule}");
         }
+    }
+
+    /// A broker signing key for the cache tests, and tokens it signs.
+    struct TestKey(aws_lc_rs::signature::Ed25519KeyPair);
+
+    const URL: &str = "http://127.0.0.1:1";
+    const AUD: &str = "https://ledger.test";
+
+    impl TestKey {
+        fn new() -> Self {
+            let pkcs8 = aws_lc_rs::signature::Ed25519KeyPair::generate_pkcs8(
+                &aws_lc_rs::rand::SystemRandom::new(),
+            )
+            .expect("a key");
+            Self(aws_lc_rs::signature::Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).expect("a key"))
+        }
+
+        fn public(&self) -> PublicKey {
+            use aws_lc_rs::signature::KeyPair;
+            let jwk = crate::jwk::Jwk::ed25519(self.0.public_key().as_ref()).with_kid("k1");
+            let set = serde_json::json!({ "keys": [jwk] }).to_string();
+            jose::parse_jwks(set.as_bytes())
+                .expect("a JWKS")
+                .remove("k1")
+                .expect("the key")
+        }
+
+        fn token(&self, jti: &str, exp: u64) -> String {
+            use base64::Engine;
+            let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+            let header = serde_json::json!({"alg": "EdDSA", "kid": "k1", "typ": "at+jwt"});
+            let now = unix_now();
+            let claims = serde_json::json!({
+                "iss": URL, "sub": "payments-api", "client_id": "payments-api", "aud": AUD,
+                "scope": "ledger:read", "jti": jti, "iat": now, "nbf": now, "exp": exp,
+                "task": "ledger-write", "env": "prod",
+            });
+            let input = format!(
+                "{}.{}",
+                b64(header.to_string().as_bytes()),
+                b64(claims.to_string().as_bytes())
+            );
+            let sig = self.0.sign(input.as_bytes());
+            format!("{input}.{}", b64(sig.as_ref()))
+        }
+    }
+
+    fn verifier(key: &TestKey, leeway: u64) -> Verifier {
+        let v = Verifier::builder(URL, AUD)
+            .leeway(leeway)
+            .build()
+            .expect("a verifier");
+        v.set_keys([("k1", key.public())]);
+        v
+    }
+
+    impl Verifier {
+        fn set_keys<'a>(&self, keys: impl IntoIterator<Item = (&'a str, PublicKey)>) {
+            let keys = keys.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
+            *self.inner.keys.write().expect("keys") = Arc::new(keys);
+            // As if just fetched: no refetch for the max age or the rate limit.
+            *self.inner.fetched_at.lock().expect("fetched") = Some(Instant::now());
+            *self.inner.last_fetch.lock().expect("fetched") = Some(Instant::now());
+        }
+
+        fn signature_checks(&self) -> u64 {
+            self.inner
+                .signature_checks
+                .load(std::sync::atomic::Ordering::Relaxed)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_token_seen_before_skips_only_the_signature_check() {
+        let key = TestKey::new();
+        let v = verifier(&key, 5);
+        let token = key.token("j1", unix_now() + 300);
+        let first = v.verify(&token, None).await.expect("verifies");
+        assert_eq!(v.signature_checks(), 1);
+        let again = v.verify(&token, None).await.expect("verifies again");
+        assert_eq!(
+            v.signature_checks(),
+            1,
+            "the second call is served from the cache"
+        );
+        assert_eq!((again.jti, again.exp), (first.jti, first.exp));
+
+        // One byte of the signature changed: another token, checked and refused, and
+        // never remembered.
+        let (head, sig) = token.rsplit_once('.').expect("a JWS");
+        let flipped = if sig.starts_with('A') { 'B' } else { 'A' };
+        let forged = format!("{head}.{flipped}{}", &sig[1..]);
+        assert!(matches!(
+            v.verify(&forged, None).await,
+            Err(VerifyError::BadSignature)
+        ));
+        assert!(v.verify(&forged, None).await.is_err());
+        assert_eq!(
+            v.signature_checks(),
+            3,
+            "a refused token is checked every time"
+        );
+
+        // Claims are checked on every call, cached or not: a revocation after the first
+        // verification refuses the token.
+        v.inner
+            .revoked
+            .write()
+            .expect("revoked")
+            .jtis
+            .insert("j1".into(), u64::MAX);
+        assert!(matches!(
+            v.verify(&token, None).await,
+            Err(VerifyError::Revoked)
+        ));
+        // And so is the audience and the scope of another verifier's configuration.
+        let strict = Verifier::builder(URL, AUD)
+            .require_scope("ledger:write")
+            .build()
+            .expect("a verifier");
+        strict.set_keys([("k1", key.public())]);
+        assert!(matches!(
+            strict
+                .verify(&key.token("j2", unix_now() + 300), None)
+                .await,
+            Err(VerifyError::MissingScope(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_remembered_token_is_checked_again_once_its_key_changes_or_leaves_the_jwks() {
+        let key = TestKey::new();
+        let v = verifier(&key, 5);
+        let token = key.token("j1", unix_now() + 300);
+        v.verify(&token, None).await.expect("verifies");
+
+        // Another key published under the same `kid`: the token is checked against it,
+        // and refused.
+        let other = TestKey::new();
+        v.set_keys([("k1", other.public())]);
+        assert!(matches!(
+            v.verify(&token, None).await,
+            Err(VerifyError::BadSignature)
+        ));
+        assert_eq!(v.signature_checks(), 2);
+
+        // The key is back, then withdrawn: the token is refused without it (the refetch
+        // fails: nothing listens at the URL).
+        v.set_keys([("k1", key.public())]);
+        v.verify(&token, None)
+            .await
+            .expect("verifies under its key");
+        v.set_keys([]);
+        assert!(v.verify(&token, None).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_remembered_token_still_expires() {
+        let key = TestKey::new();
+        let v = verifier(&key, 0);
+        let token = key.token("j1", unix_now() + 1);
+        v.verify(&token, None).await.expect("verifies");
+        tokio::time::sleep(Duration::from_millis(2100)).await;
+        assert!(matches!(
+            v.verify(&token, None).await,
+            Err(VerifyError::Expired)
+        ));
+        assert_eq!(
+            v.signature_checks(),
+            1,
+            "the expiry was found on the cached claims"
+        );
+    }
+
+    #[tokio::test]
+    async fn with_the_cache_off_every_call_checks_the_signature() {
+        let key = TestKey::new();
+        let v = Verifier::builder(URL, AUD)
+            .verified_token_cache(0)
+            .build()
+            .expect("a verifier");
+        v.set_keys([("k1", key.public())]);
+        let token = key.token("j1", unix_now() + 300);
+        for _ in 0..3 {
+            v.verify(&token, None).await.expect("verifies");
+        }
+        assert_eq!(v.signature_checks(), 3);
     }
 
     #[test]
