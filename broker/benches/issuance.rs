@@ -90,7 +90,7 @@ fn mint(c: &mut Criterion) {
         keys::generate(dir.path(), alg, SystemClock.unix_secs()).unwrap();
         let minter = Minter::new(
             "https://broker.bench".into(),
-            KeyRing::load_dir(dir.path()).unwrap(),
+            &KeyRing::load_dir(dir.path()).unwrap(),
             Arc::new(SystemClock),
         );
         let scopes = vec!["ledger:read".to_string()];

@@ -172,7 +172,7 @@ fn introspect_decision(c: &mut Criterion) {
     keys::generate(dir.path(), SigningAlgorithm::EdDSA, now()).unwrap();
     let minter = Minter::new(
         ISSUER.into(),
-        KeyRing::load_dir(dir.path()).unwrap(),
+        &KeyRing::load_dir(dir.path()).unwrap(),
         Arc::new(SystemClock),
     );
     let scopes = vec!["demo:read".to_string(), "demo:write".to_string()];

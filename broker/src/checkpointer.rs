@@ -57,7 +57,9 @@ impl Chain {
         if self.seq == Some(seq) {
             return Ok(false);
         }
-        let signer = minter.anchor_signer();
+        let signer = minter
+            .anchor_signer()
+            .ok_or("no signing key is active to sign an audit checkpoint with")?;
         let cp = Checkpoint::sign(
             signer.as_ref(),
             CheckpointPoint {
@@ -180,7 +182,7 @@ mod tests {
         let jwks = ring.jwks();
         let minter = Minter::new(
             "https://b".into(),
-            ring,
+            &ring,
             Arc::new(crate::clock::SystemClock),
         );
         let store = Kept::default();

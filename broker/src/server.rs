@@ -114,14 +114,14 @@ pub async fn start_with_clock(
     config: &Config,
     clock: Arc<dyn Clock>,
 ) -> Result<Broker, StartError> {
-    let keys = crate::mint::pkcs11::key_ring(&config.key_dir, config.pkcs11.as_ref())?;
+    let ring = crate::mint::pkcs11::key_ring(&config.key_dir, config.pkcs11.as_ref())?;
     let audit = AuditLog::open(
         AuditOptions {
             dir: config.audit_dir.clone(),
             segment_max_bytes: config.audit_segment_max_bytes,
             replica: config.replica_id.clone(),
         },
-        keys.current(),
+        ring.current(),
         Arc::clone(&clock),
     )?;
     let policies = PolicyStore::load(
@@ -170,13 +170,13 @@ pub async fn start_with_clock(
         )),
         None => None,
     };
-    let kids: Vec<String> = keys.jwks().keys.into_iter().map(|k| k.kid).collect();
+    let kids: Vec<String> = ring.jwks().keys.into_iter().map(|k| k.kid).collect();
     let per_audience: Vec<(String, crate::mint::keys::SigningAlgorithm)> = config
         .audiences
         .iter()
         .filter_map(|a| a.algorithm.map(|alg| (a.uri.clone(), alg)))
         .collect();
-    let minter = Minter::new(config.issuer.clone(), keys, Arc::clone(&clock))
+    let minter = Minter::new(config.issuer.clone(), &ring, Arc::clone(&clock))
         .with_algorithms(config.algorithm, &per_audience)
         .map_err(|alg| StartError::NoKeyForAlgorithm {
             setting: if config.algorithm == Some(alg) {
@@ -203,13 +203,16 @@ pub async fn start_with_clock(
         },
         config.replica_id.as_deref().unwrap_or_default(),
         config.rotation,
-        &minter.key_ring(),
+        &ring,
         &events,
         Arc::clone(&store),
         Arc::clone(&minter),
         Arc::clone(&clock),
     )
     .map_err(StartError::KeyLifecycle)?;
+    // From here the lifecycle alone holds the private keys loaded at start, so a key it
+    // destroys (retired, revoked) is freed, not kept in memory until a restart.
+    drop(ring);
     keys.bind_audit(audit.clone());
     let identities = policies.current().len();
 

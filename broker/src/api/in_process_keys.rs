@@ -296,6 +296,16 @@ async fn an_emergency_key_revocation_takes_effect_at_once() {
 /// live; returns the revoked key's id.
 pub(crate) async fn emergency_revocation(b: &InProcess) -> String {
     let (old_token, k1, _) = token(b).await;
+    let k1_signer = b
+        .state()
+        .minter
+        .signer_for_alg(None)
+        .map(|a| std::sync::Arc::downgrade(&a.signer))
+        .expect("an active key");
+    assert_eq!(
+        k1_signer.upgrade().map(|s| s.kid().to_owned()),
+        Some(k1.clone())
+    );
     let r = b
         .admin_post(
             &format!("/v1/admin/keys/{k1}/revoke"),
@@ -303,6 +313,11 @@ pub(crate) async fn emergency_revocation(b: &InProcess) -> String {
         )
         .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    // Its private half is freed in memory too: nothing holds the key loaded at start.
+    assert!(
+        k1_signer.upgrade().is_none(),
+        "the revoked key {k1} is still held in memory"
+    );
     assert_eq!(state_of(b, &k1), KeyState::Revoked);
     let served = jwks(b).await;
     assert!(

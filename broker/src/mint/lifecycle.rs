@@ -321,7 +321,9 @@ impl KeyService {
     /// switched whenever the active key changes (a retired or revoked key signs no
     /// anchor).
     pub fn bind_audit(&self, audit: AuditLog) {
-        audit.set_anchor_signer(self.minter.anchor_signer());
+        if let Some(signer) = self.minter.anchor_signer() {
+            audit.set_anchor_signer(signer);
+        }
         let _ = self.audit.set(audit);
     }
 
@@ -522,8 +524,9 @@ impl KeyService {
             by_alg,
             published: Arc::new(Jwks { keys: published }),
         });
-        if let Some(audit) = self.audit.get() {
-            audit.set_anchor_signer(self.minter.anchor_signer());
+        // With no key active the log keeps its anchor key until the next tick makes one.
+        if let (Some(audit), Some(signer)) = (self.audit.get(), self.minter.anchor_signer()) {
+            audit.set_anchor_signer(signer);
         }
     }
 

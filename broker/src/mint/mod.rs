@@ -118,7 +118,6 @@ impl fmt::Debug for MintedToken {
 /// Builds and signs access tokens.
 pub struct Minter {
     issuer: String,
-    keys: Arc<KeyRing>,
     /// The algorithm of tokens whose audience names none.
     default_alg: keys::SigningAlgorithm,
     /// Audiences that name their algorithm (`[[audience]] algorithm`).
@@ -138,8 +137,10 @@ impl fmt::Debug for Minter {
 }
 
 impl Minter {
-    /// A minter for `issuer` signing with the newest of `keys` (of each algorithm).
-    pub fn new(issuer: String, keys: KeyRing, clock: Arc<dyn Clock>) -> Self {
+    /// A minter for `issuer` signing with the newest of `keys` (of each algorithm). It
+    /// keeps no copy of the ring: what signs is what [`Minter::install`] installs, so a
+    /// private key the key lifecycle destroys is no longer held here.
+    pub fn new(issuer: String, keys: &KeyRing, clock: Arc<dyn Clock>) -> Self {
         let mut by_alg = HashMap::new();
         for alg in [keys::SigningAlgorithm::ES256, keys::SigningAlgorithm::EdDSA] {
             if let Some(signer) = keys.current_for(alg) {
@@ -160,7 +161,6 @@ impl Minter {
                 by_alg,
                 published: Arc::new(keys.jwks()),
             })),
-            keys: Arc::new(keys),
             clock,
         }
     }
@@ -230,20 +230,16 @@ impl Minter {
     }
 
     /// The key that signs audit head anchors and checkpoints: the active key of the
-    /// default algorithm, else any active key, else the newest key loaded at start.
-    pub fn anchor_signer(&self) -> Arc<dyn keys::Signer> {
+    /// default algorithm, else any active key. `None` while no key is active (after a
+    /// revocation whose successor could not be made, until the lifecycle's next tick
+    /// makes one): no retired, revoked or destroyed key is ever returned.
+    pub fn anchor_signer(&self) -> Option<Arc<dyn keys::Signer>> {
         let signing = self.signing();
         signing
             .by_alg
             .get(&self.default_alg)
             .or_else(|| signing.by_alg.values().next())
             .map(|a| Arc::clone(&a.signer))
-            .unwrap_or_else(|| self.keys.current())
-    }
-
-    /// The key ring loaded at start.
-    pub fn key_ring(&self) -> Arc<KeyRing> {
-        Arc::clone(&self.keys)
     }
 
     /// The published keys: this replica's, then those other replicas published.
@@ -346,7 +342,7 @@ mod tests {
         keys::generate(dir.path(), keys::SigningAlgorithm::EdDSA, 1).unwrap();
         let ring = KeyRing::load_dir(dir.path()).unwrap();
         let clock = Arc::new(ManualClock::at_unix(1_700_000_000));
-        (Minter::new("https://broker.test".into(), ring, clock), dir)
+        (Minter::new("https://broker.test".into(), &ring, clock), dir)
     }
 
     #[test]

@@ -86,7 +86,7 @@ mod tests {
         let ring = KeyRing::load_dir(dir.path()).unwrap();
         let m = Minter::new(
             "https://b".into(),
-            ring.clone(),
+            &ring,
             Arc::new(ManualClock::at_unix(1000)),
         );
         let t = m
