@@ -333,15 +333,6 @@ impl Verifier {
         client_cert_der: Option<&[u8]>,
         dpop: Option<DpopRequest<'_>>,
     ) -> Result<AccessTokenClaims, VerifyError> {
-        if self.keys_expired()
-            && let Err(e) = self.refetch_keys(false).await
-        {
-            tracing::warn!(
-                target: "broker_client",
-                error = %e,
-                "broker JWKS past its max age and could not be refetched; using the cached keys"
-            );
-        }
         let checked = self.signature_checked(token).await?;
         let (kid, claims) = (&checked.kid, &checked.claims);
         let c = &self.inner.cfg;
@@ -392,13 +383,16 @@ impl Verifier {
         if let (Some(cache), Some(digest)) = (&self.inner.verified, &digest)
             && let Some(hit) = cache.get(digest)
         {
+            self.refresh_keys_past_max_age().await;
             if self.key(&hit.kid).as_ref() == Some(&hit.key) {
                 return Ok(hit);
             }
             // The key left the JWKS or changed: check again, against what is published.
             cache.invalidate(digest);
         }
+        // A malformed token is refused before any network wait.
         let (kid, alg, msg, sig, claims) = jose::split(token)?;
+        self.refresh_keys_past_max_age().await;
         let key = match self.key(&kid) {
             Some(k) => k,
             None => {
@@ -417,6 +411,20 @@ impl Verifier {
             cache.insert(digest, Arc::clone(&checked));
         }
         Ok(checked)
+    }
+
+    /// Refetches the JWKS if the cached copy is older than the max age; on failure the
+    /// cached keys stay in use (logged).
+    async fn refresh_keys_past_max_age(&self) {
+        if self.keys_expired()
+            && let Err(e) = self.refetch_keys(false).await
+        {
+            tracing::warn!(
+                target: "broker_client",
+                error = %e,
+                "broker JWKS past its max age and could not be refetched; using the cached keys"
+            );
+        }
     }
 
     /// True when the cached JWKS is older than the max age.
@@ -840,6 +848,32 @@ mod tests {
             1,
             "the expiry was found on the cached claims"
         );
+    }
+
+    #[tokio::test]
+    async fn a_malformed_token_is_refused_before_a_stale_jwks_is_refetched() {
+        let key = TestKey::new();
+        let v = verifier(&key, 5);
+        let long_ago = Instant::now()
+            .checked_sub(DEFAULT_JWKS_MAX_AGE + Duration::from_secs(60))
+            .expect("an instant");
+        *v.inner.fetched_at.lock().expect("fetched") = Some(long_ago);
+        *v.inner.last_fetch.lock().expect("fetched") = Some(long_ago);
+        assert!(matches!(
+            v.verify("not.a-token", None).await,
+            Err(VerifyError::Malformed(_))
+        ));
+        assert_eq!(
+            *v.inner.last_fetch.lock().expect("fetched"),
+            Some(long_ago),
+            "no refetch was tried for a malformed token"
+        );
+        // A well-formed one refetches the stale JWKS first (it fails here: nothing listens;
+        // the cached keys stay in use and the token verifies).
+        v.verify(&key.token("j1", unix_now() + 300), None)
+            .await
+            .expect("verifies with the cached keys");
+        assert_ne!(*v.inner.last_fetch.lock().expect("fetched"), Some(long_ago));
     }
 
     #[tokio::test]

@@ -196,9 +196,9 @@ impl AuditLog {
     }
 
     /// Signs the head anchors from the next batch on with `signer` (the key lifecycle
-    /// calls this when the active key changes, so that a retired or revoked key signs no
-    /// anchor; `audit verify` finds every key's public half in the JWKS or in the kept
-    /// retired keys).
+    /// calls this when the active key changes, so that a retired or revoked key stops
+    /// signing anchors once a successor signs; `audit verify` finds every key's public
+    /// half in the JWKS or in the kept retired keys).
     pub fn set_anchor_signer(&self, signer: Arc<dyn Signer>) {
         let mut current = self
             .inner

@@ -318,8 +318,8 @@ impl KeyService {
     }
 
     /// From now on, `audit`'s head anchors are signed by this replica's active key,
-    /// switched whenever the active key changes (a retired or revoked key signs no
-    /// anchor).
+    /// switched whenever the active key changes. While none is active the log keeps the
+    /// key it signed with last, until a successor signs (docs/keys.md, "Limits").
     pub fn bind_audit(&self, audit: AuditLog) {
         if let Some(signer) = self.minter.anchor_signer() {
             audit.set_anchor_signer(signer);
