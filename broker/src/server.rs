@@ -210,8 +210,9 @@ pub async fn start_with_clock(
         Arc::clone(&clock),
     )
     .map_err(StartError::KeyLifecycle)?;
-    // From here the lifecycle alone holds the private keys loaded at start, so a key it
-    // destroys (retired, revoked) is freed, not kept in memory until a restart.
+    // From here only the lifecycle, what signs and the log's anchor key hold the private
+    // keys loaded at start, so a key the lifecycle destroys is freed once its successor
+    // signs, not kept in memory until a restart.
     drop(ring);
     keys.bind_audit(audit.clone());
     let identities = policies.current().len();

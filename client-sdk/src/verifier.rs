@@ -207,6 +207,14 @@ struct VInner {
     signature_checks: std::sync::atomic::AtomicU64,
 }
 
+/// SHA-256 of a token: its key in the verified-token cache.
+fn sha256(token: &str) -> [u8; 32] {
+    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes());
+    let mut out = [0u8; 32];
+    out.copy_from_slice(d.as_ref());
+    out
+}
+
 /// A token whose signature verified: the key that verified it and what it says.
 struct SignatureChecked {
     kid: String,
@@ -374,13 +382,12 @@ impl Verifier {
     /// while the same key is still published under its `kid`, else checked now (and
     /// remembered if it verifies).
     async fn signature_checked(&self, token: &str) -> Result<Arc<SignatureChecked>, VerifyError> {
-        let digest = self.inner.verified.as_ref().map(|_| {
-            let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes());
-            let mut out = [0u8; 32];
-            out.copy_from_slice(d.as_ref());
-            out
-        });
-        if let (Some(cache), Some(digest)) = (&self.inner.verified, &digest)
+        let remembered = self
+            .inner
+            .verified
+            .as_ref()
+            .map(|cache| (cache, sha256(token)));
+        if let Some((cache, digest)) = &remembered
             && let Some(hit) = cache.get(digest)
         {
             self.refresh_keys_past_max_age().await;
@@ -407,7 +414,7 @@ impl Verifier {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         jose::verify(&key, &alg, msg, &sig)?;
         let checked = Arc::new(SignatureChecked { kid, key, claims });
-        if let (Some(cache), Some(digest)) = (&self.inner.verified, digest) {
+        if let Some((cache, digest)) = remembered {
             cache.insert(digest, Arc::clone(&checked));
         }
         Ok(checked)

@@ -321,10 +321,16 @@ impl KeyService {
     /// switched whenever the active key changes. While none is active the log keeps the
     /// key it signed with last, until a successor signs (docs/keys.md, "Limits").
     pub fn bind_audit(&self, audit: AuditLog) {
+        self.anchor_to_active_key(&audit);
+        let _ = self.audit.set(audit);
+    }
+
+    /// Points `audit`'s head anchors at the active key; with no key active the log keeps
+    /// its anchor key until the next tick makes one.
+    fn anchor_to_active_key(&self, audit: &AuditLog) {
         if let Some(signer) = self.minter.anchor_signer() {
             audit.set_anchor_signer(signer);
         }
-        let _ = self.audit.set(audit);
     }
 
     /// One key change at a time on this replica: hold this from planning a change until
@@ -524,9 +530,8 @@ impl KeyService {
             by_alg,
             published: Arc::new(Jwks { keys: published }),
         });
-        // With no key active the log keeps its anchor key until the next tick makes one.
-        if let (Some(audit), Some(signer)) = (self.audit.get(), self.minter.anchor_signer()) {
-            audit.set_anchor_signer(signer);
+        if let Some(audit) = self.audit.get() {
+            self.anchor_to_active_key(audit);
         }
     }
 
