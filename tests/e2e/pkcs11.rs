@@ -325,7 +325,12 @@ async fn softhsm2_key_signs_tokens_that_outside_libraries_verify() {
         .and_then(|k| k["kid"].as_str())
         .unwrap_or_else(|| panic!("a prepared key in {listed}"))
         .to_owned();
-    assert!(b.stop().success());
+    let status = b.stop();
+    assert!(
+        status.success(),
+        "graceful stop exits 0: {status}\n{}",
+        b.stderr()
+    );
     if let Err(e) = b.launch() {
         panic!("{e}");
     }
@@ -376,7 +381,12 @@ async fn softhsm2_key_signs_tokens_that_outside_libraries_verify() {
         "no file key after rotations"
     );
     assert!(!b.stderr().contains(PIN), "the PIN is never logged");
-    assert!(b.stop().success());
+    let status = b.stop();
+    assert!(
+        status.success(),
+        "graceful stop exits 0: {status}\n{}",
+        b.stderr()
+    );
     // The revoked key pair is gone from the token: its label is free again.
     let regen = hsm_generate();
     assert!(

@@ -245,9 +245,17 @@ pub(super) struct Answer {
 }
 
 impl Writer {
-    pub(super) fn run(mut self, queue: Arc<Queue>, done: watch::Sender<bool>) {
+    /// The writer thread's body. `done` is signalled only once the writer and all it
+    /// holds (files, the anchor key's handle) are dropped, so that a caller waiting in
+    /// `close` never races this thread's drops: a PKCS#11 key closed after the process
+    /// has begun to exit would crash in the module's own teardown.
+    pub(super) fn run(self, queue: Arc<Queue>, done: watch::Sender<bool>) {
         let guard = ExitGuard { queue, done };
-        let queue = &guard.queue;
+        // `self` is consumed and dropped inside (also when it unwinds), before `guard`.
+        self.serve(&guard.queue);
+    }
+
+    fn serve(mut self, queue: &Arc<Queue>) {
         // What start-up left is durable and anchored.
         self.stats.set_durable(self.last.seq, self.last.hash);
         let mut events = Vec::new();

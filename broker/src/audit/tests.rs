@@ -888,6 +888,36 @@ async fn close_is_idempotent_and_later_appends_fail() {
     ));
 }
 
+/// `close` returns only once the writer thread has let go of everything it holds, so
+/// that a process exiting right after it never drops a key on that thread while the
+/// process is being torn down (a PKCS#11 module crashes on a session closed then).
+#[tokio::test]
+async fn close_returns_after_the_writer_has_let_go_of_the_anchor_key() {
+    let fx = fixture(1 << 20);
+    let (signer, _) = keys(SigningAlgorithm::EdDSA);
+    let held = Arc::downgrade(&signer);
+    let hooks = Arc::new(super::writer::Hooks::default());
+    hooks.slow_drop.store(true, Ordering::SeqCst);
+    let log = AuditLog::open_with_hooks(
+        AuditOptions {
+            dir: fx.path().to_path_buf(),
+            segment_max_bytes: fx.max,
+            replica: None,
+        },
+        signer,
+        Arc::clone(&fx.clock) as Arc<dyn Clock>,
+        hooks,
+    )
+    .unwrap();
+    log.append(event(1)).await.unwrap();
+    log.close().await;
+    drop(log);
+    assert!(
+        held.upgrade().is_none(),
+        "the writer thread still holds the anchor key after close returned"
+    );
+}
+
 #[tokio::test]
 async fn dropping_a_clone_does_not_stop_the_log() {
     let fx = fixture(1 << 20);

@@ -424,6 +424,9 @@ pub(crate) struct Hooks {
     /// What the writer and the sync thread did, in order, while `tracing` is set.
     pub(crate) tracing: std::sync::atomic::AtomicBool,
     pub(crate) trace: Mutex<Vec<String>>,
+    /// The writer pauses as it is dropped, before it lets go of what it holds (as a
+    /// thread descheduled at exit might).
+    pub(crate) slow_drop: std::sync::atomic::AtomicBool,
 }
 
 #[cfg(test)]
@@ -580,6 +583,19 @@ struct Writer {
     sync_thread_gone: bool,
     #[cfg(test)]
     hooks: Arc<Hooks>,
+}
+
+#[cfg(test)]
+impl Drop for Writer {
+    fn drop(&mut self) {
+        if self
+            .hooks
+            .slow_drop
+            .load(std::sync::atomic::Ordering::SeqCst)
+        {
+            thread::sleep(Duration::from_millis(300));
+        }
+    }
 }
 
 fn io_err(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> AuditError {
