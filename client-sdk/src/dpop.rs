@@ -301,36 +301,10 @@ pub struct VerifiedProof {
     pub nonce: Option<String>,
 }
 
-/// A JSON object without duplicate member names (a parser differential otherwise).
+/// A JSON object without duplicate member names at any depth (a parser differential
+/// otherwise: [`crate::jws::strict_object`]).
 fn strict_object(bytes: &[u8], what: &'static str) -> Result<Map<String, Value>, DpopError> {
-    struct Strict(Map<String, Value>);
-    impl<'de> serde::Deserialize<'de> for Strict {
-        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-            struct V;
-            impl<'de> serde::de::Visitor<'de> for V {
-                type Value = Strict;
-                fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                    f.write_str("a JSON object")
-                }
-                fn visit_map<A: serde::de::MapAccess<'de>>(
-                    self,
-                    mut m: A,
-                ) -> Result<Strict, A::Error> {
-                    let mut out = Map::new();
-                    while let Some((k, v)) = m.next_entry::<String, Value>()? {
-                        if out.insert(k, v).is_some() {
-                            return Err(serde::de::Error::custom("duplicate member"));
-                        }
-                    }
-                    Ok(Strict(out))
-                }
-            }
-            d.deserialize_map(V)
-        }
-    }
-    serde_json::from_slice::<Strict>(bytes)
-        .map(|s| s.0)
-        .map_err(|_| DpopError::Malformed(what))
+    crate::jws::strict_object(bytes).map_err(|_| DpopError::Malformed(what))
 }
 
 /// Checks a DPoP proof against the request; the caller checks the `jti` with a
@@ -591,6 +565,45 @@ mod tests {
         );
         assert!(matches!(
             verify_proof(&wrong_typ, &check(now)),
+            Err(DpopError::Malformed(_))
+        ));
+    }
+
+    /// A header whose `jwk` names `x` twice: a last-wins parser would check the
+    /// signature with one key while a first-wins one sees another. Refused, although it
+    /// is signed by the key its last `x` names.
+    #[test]
+    fn a_proof_whose_key_repeats_a_member_is_refused() {
+        let now = unix_now();
+        let rng = SystemRandom::new();
+        let pkcs8 = Ed25519KeyPair::generate_pkcs8(&rng).unwrap();
+        let pair = Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap();
+        let x = URL_SAFE_NO_PAD.encode(pair.public_key().as_ref());
+        let other = URL_SAFE_NO_PAD.encode([7u8; 32]);
+        let signed = |header: String| {
+            let claims = json!({
+                "jti": "j1", "htm": "POST",
+                "htu": "https://broker.example/oauth2/token", "iat": now,
+            });
+            let mut out = URL_SAFE_NO_PAD.encode(header);
+            out.push('.');
+            out.push_str(&URL_SAFE_NO_PAD.encode(claims.to_string()));
+            let sig = pair.sign(out.as_bytes());
+            out.push('.');
+            out.push_str(&URL_SAFE_NO_PAD.encode(sig.as_ref()));
+            out
+        };
+        let header = |xs: &str| {
+            format!(
+                r#"{{"typ":"dpop+jwt","alg":"EdDSA","jwk":{{"kty":"OKP","crv":"Ed25519",{xs}}}}}"#
+            )
+        };
+        // The same proof with one `x` verifies: only the repeat is refused.
+        let one = signed(header(&format!(r#""x":"{x}""#)));
+        assert!(verify_proof(&one, &check(now)).is_ok());
+        let twice = signed(header(&format!(r#""x":"{other}","x":"{x}""#)));
+        assert!(matches!(
+            verify_proof(&twice, &check(now)),
             Err(DpopError::Malformed(_))
         ));
     }

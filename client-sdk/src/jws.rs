@@ -1,6 +1,7 @@
 //! The one compact-JWS splitter of the project (RFC 7515 §7.1), shared by the SDK's
 //! verifier and the broker (workload JWTs, its own tokens, `broker token decode`): three
 //! base64url parts separated by dots, decoded; nothing parsed further, nothing verified.
+//! And the one strict JSON object parser for those parts ([`strict_object`]).
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -99,6 +100,94 @@ pub fn split(token: &str, max_len: usize) -> Result<Compact<'_>, SplitError> {
     })
 }
 
+/// Parses `bytes` as a JSON object whose objects, at every depth, have unique member
+/// names; the error says which member appears twice, or why it is not an object.
+///
+/// RFC 7519 §4 lets a JWT parser reject duplicate claim names or take the last. Taking
+/// the last would let `{"sub":"evil",…,"sub":"<real>"}`, or a DPoP header's
+/// `"jwk":{"x":"<one key>","x":"<another>"}`, mean one thing here and another to a
+/// first-wins parser elsewhere, so the broker and the SDK both reject them.
+pub fn strict_object(bytes: &[u8]) -> Result<serde_json::Map<String, serde_json::Value>, String> {
+    match serde_json::from_slice::<StrictValue>(bytes) {
+        Ok(StrictValue(serde_json::Value::Object(m))) => Ok(m),
+        Ok(_) => Err("not an object".into()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// A JSON value with unique member names in every object.
+struct StrictValue(serde_json::Value);
+
+impl<'de> serde::Deserialize<'de> for StrictValue {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(StrictVisitor).map(StrictValue)
+    }
+}
+
+struct StrictVisitor;
+
+impl<'de> serde::de::Visitor<'de> for StrictVisitor {
+    type Value = serde_json::Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Self::Value, E> {
+        Ok(v.into())
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Self::Value, E> {
+        Ok(v.into())
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Self::Value, E> {
+        Ok(v.into())
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Self::Value, E> {
+        Ok(serde_json::Number::from_f64(v).map_or(serde_json::Value::Null, Into::into))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(v.into())
+    }
+    fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
+        Ok(v.into())
+    }
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(serde_json::Value::Null)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut a: A) -> Result<Self::Value, A::Error> {
+        let mut out = Vec::new();
+        while let Some(StrictValue(v)) = a.next_element()? {
+            out.push(v);
+        }
+        Ok(serde_json::Value::Array(out))
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut a: A) -> Result<Self::Value, A::Error> {
+        let mut out = serde_json::Map::new();
+        while let Some(key) = a.next_key::<String>()? {
+            let StrictValue(v) = a.next_value()?;
+            if out.contains_key(&key) {
+                return Err(serde::de::Error::custom(format_args!(
+                    "member {:?} appears twice",
+                    truncated(&key, 64)
+                )));
+            }
+            out.insert(key, v);
+        }
+        Ok(serde_json::Value::Object(out))
+    }
+}
+
+/// At most `max` bytes of `s` (on a character boundary), marked when cut.
+fn truncated(s: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    if s.len() <= max {
+        return s.into();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end]).into()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -124,5 +213,18 @@ mod tests {
             split("e30.e30.!!", 100),
             Err(SplitError::NotBase64url(Part::Signature))
         );
+    }
+
+    #[test]
+    fn duplicate_member_names_are_refused_at_every_depth() {
+        assert!(strict_object(br#"{"sub":"a","x":{"y":1,"z":[{"k":1}]}}"#).is_ok());
+        let e = strict_object(br#"{"sub":"evil","aud":"b","sub":"real"}"#).unwrap_err();
+        assert!(e.contains("\"sub\" appears twice"), "{e}");
+        assert!(strict_object(br#"{"a":{"b":1,"b":2}}"#).is_err());
+        assert!(strict_object(br#"{"a":[{"b":1,"b":2}]}"#).is_err());
+        assert!(strict_object(br#"[1]"#).is_err());
+        let long = format!(r#"{{"{k}":1,"{k}":2}}"#, k = "é".repeat(40));
+        let e = strict_object(long.as_bytes()).unwrap_err();
+        assert!(e.contains('…') && e.len() < 200, "{e}");
     }
 }

@@ -184,78 +184,9 @@ pub fn parse(token: &str) -> Result<Parsed<'_>, AuthnError> {
     })
 }
 
-/// A JSON value whose objects, at every depth, have unique member names. RFC 7519 §4
-/// says a JWT with duplicate claim names must be rejected (or the last taken); taking
-/// the last would let `{"sub":"evil",…,"sub":"<real>"}` mean one thing here and another
-/// to a first-wins parser elsewhere, so the broker rejects them, as it does in the header.
-struct StrictValue(serde_json::Value);
-
-impl<'de> Deserialize<'de> for StrictValue {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_any(StrictVisitor).map(StrictValue)
-    }
-}
-
-struct StrictVisitor;
-
-impl<'de> serde::de::Visitor<'de> for StrictVisitor {
-    type Value = serde_json::Value;
-
-    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("a JSON value")
-    }
-    fn visit_bool<E>(self, v: bool) -> Result<Self::Value, E> {
-        Ok(v.into())
-    }
-    fn visit_i64<E>(self, v: i64) -> Result<Self::Value, E> {
-        Ok(v.into())
-    }
-    fn visit_u64<E>(self, v: u64) -> Result<Self::Value, E> {
-        Ok(v.into())
-    }
-    fn visit_f64<E>(self, v: f64) -> Result<Self::Value, E> {
-        Ok(serde_json::Number::from_f64(v).map_or(serde_json::Value::Null, Into::into))
-    }
-    fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
-        Ok(v.into())
-    }
-    fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
-        Ok(v.into())
-    }
-    fn visit_unit<E>(self) -> Result<Self::Value, E> {
-        Ok(serde_json::Value::Null)
-    }
-    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut a: A) -> Result<Self::Value, A::Error> {
-        let mut out = Vec::new();
-        while let Some(StrictValue(v)) = a.next_element()? {
-            out.push(v);
-        }
-        Ok(serde_json::Value::Array(out))
-    }
-    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut a: A) -> Result<Self::Value, A::Error> {
-        let mut out = serde_json::Map::new();
-        while let Some(key) = a.next_key::<String>()? {
-            let StrictValue(v) = a.next_value()?;
-            if out.contains_key(&key) {
-                return Err(serde::de::Error::custom(format_args!(
-                    "member {:?} appears twice",
-                    super::truncate(&key, 64)
-                )));
-            }
-            out.insert(key, v);
-        }
-        Ok(serde_json::Value::Object(out))
-    }
-}
-
-/// Parses `bytes` as a JSON object with unique member names at every depth.
-pub fn strict_object(bytes: &[u8]) -> Result<serde_json::Map<String, serde_json::Value>, String> {
-    match serde_json::from_slice::<StrictValue>(bytes) {
-        Ok(StrictValue(serde_json::Value::Object(m))) => Ok(m),
-        Ok(_) => Err("not an object".into()),
-        Err(e) => Err(e.to_string()),
-    }
-}
+/// Duplicate member names are refused at every depth (the one parser, shared with the
+/// SDK's DPoP proof check; its doc says why).
+pub use broker_client::jws::strict_object;
 
 /// Checks that `alg` is an asymmetric algorithm on `allowed`.
 pub fn check_algorithm(alg: &str, allowed: &[JwsAlgorithm]) -> Result<JwsAlgorithm, AuthnError> {
@@ -374,13 +305,8 @@ mod tests {
 
     #[test]
     fn duplicate_claim_names_are_refused_at_every_depth() {
-        assert!(strict_object(br#"{"sub":"a","x":{"y":1,"z":[{"k":1}]}}"#).is_ok());
-        let e = strict_object(br#"{"sub":"evil","aud":"b","sub":"real"}"#).unwrap_err();
-        assert!(e.contains("\"sub\" appears twice"), "{e}");
-        assert!(strict_object(br#"{"a":{"b":1,"b":2}}"#).is_err());
-        assert!(strict_object(br#"{"a":[{"b":1,"b":2}]}"#).is_err());
-        assert!(strict_object(br#"[1]"#).is_err());
-        // Through the parser: the whole token is malformed.
+        // The parser's own cases are in broker_client::jws; here, through the JWT
+        // parser: the whole token is malformed.
         let part = |s: &str| URL_SAFE_NO_PAD.encode(s);
         let token = format!(
             "{}.{}.{}",
