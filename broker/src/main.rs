@@ -407,13 +407,17 @@ enum DevCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match dispatch(cli) {
+    let code = match dispatch(cli) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::from(2)
         }
-    }
+    };
+    // Everything that held a PKCS#11 key is dropped by now (the broker, its runtime and
+    // the audit writer's thread): the modules are finalized before the process exits.
+    broker::mint::pkcs11::finalize_unused();
+    code
 }
 
 fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {

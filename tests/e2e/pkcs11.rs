@@ -331,6 +331,12 @@ async fn softhsm2_key_signs_tokens_that_outside_libraries_verify() {
         "graceful stop exits 0: {status}\n{}",
         b.stderr()
     );
+    // Every key handle was let go before the process ended: the module was finalized.
+    assert!(
+        b.stderr().contains("PKCS#11 module finalized"),
+        "{}",
+        b.stderr()
+    );
     if let Err(e) = b.launch() {
         panic!("{e}");
     }

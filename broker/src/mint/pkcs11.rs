@@ -22,12 +22,14 @@
 //! at once.
 //!
 //! A module (`.so`) is loaded and `C_Initialize`d once per process, and shared by every
-//! signer that names it: PKCS#11 libraries keep process-wide state.
+//! signer that names it: PKCS#11 libraries keep process-wide state. The broker calls
+//! [`finalize_unused`] (`C_Finalize`) as it exits, once no signer is left.
 
 use std::collections::HashMap;
 use std::fmt;
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, LazyLock, Mutex, MutexGuard, PoisonError};
 
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
@@ -202,6 +204,64 @@ fn call(op: &'static str) -> impl FnOnce(CkError) -> Pkcs11Error {
 /// never finalized (other signers, or a later one, may use the same module).
 static MODULES: LazyLock<Mutex<HashMap<PathBuf, Pkcs11>>> =
     LazyLock::new(|| Mutex::new(HashMap::new()));
+
+/// How many [`Pkcs11Signer`]s are alive in this process (each holds sessions).
+static LIVE_SIGNERS: AtomicUsize = AtomicUsize::new(0);
+
+/// Counts one live signer; its drop (the signer's last field, so after its sessions have
+/// closed) uncounts it.
+struct LiveSigner;
+
+impl LiveSigner {
+    fn counted() -> Self {
+        LIVE_SIGNERS.fetch_add(1, Ordering::SeqCst);
+        Self
+    }
+}
+
+impl Drop for LiveSigner {
+    fn drop(&mut self) {
+        LIVE_SIGNERS.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Finalizes (`C_Finalize`) every module this process loaded, if no signer is left;
+/// returns how many it finalized (none while a signer is alive).
+///
+/// For the end of the process: the PKCS#11 standard asks an application that is done
+/// with a module to finalize it, and a module left to its own exit-time destructors may
+/// tear down what it shares with other libraries in the wrong order (SoftHSM2 with the
+/// OpenSSL it links). A module stays loaded after it (its code is not unmapped while the
+/// process runs), and a later signer initializes it again.
+pub fn finalize_unused() -> usize {
+    let mut modules = lock(&MODULES);
+    let live = LIVE_SIGNERS.load(Ordering::SeqCst);
+    if live > 0 {
+        if !modules.is_empty() {
+            tracing::warn!(
+                live,
+                "PKCS#11 modules left initialized: signers are still alive"
+            );
+        }
+        return 0;
+    }
+    let mut finalized = 0;
+    for (path, ctx) in modules.drain() {
+        // `finalize` consumes its handle; the clone, never dropped, keeps the library
+        // mapped (dropping the last handle unloads it, running its destructors now).
+        std::mem::forget(ctx.clone());
+        match ctx.finalize() {
+            Ok(()) => {
+                tracing::info!(module = %path.display(), "PKCS#11 module finalized");
+                finalized += 1;
+            }
+            Err(e) => {
+                tracing::warn!(module = %path.display(), error = %e, "C_Finalize failed");
+            }
+        }
+    }
+    finalized
+}
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
@@ -552,6 +612,8 @@ pub struct Pkcs11Signer {
     /// session of an application on a token closes).
     login_session: Mutex<Session>,
     pool: Pool,
+    /// Last, so that it is dropped after the sessions above have closed.
+    _live: LiveSigner,
 }
 
 impl fmt::Debug for Pkcs11Signer {
@@ -885,6 +947,7 @@ impl Pkcs11Signer {
                 returned: Condvar::new(),
                 max,
             },
+            _live: LiveSigner::counted(),
         };
         let probe = b"broker pkcs11 self-test";
         let sig = signer.try_sign(probe)?;
@@ -1117,7 +1180,7 @@ pin = "1234""#,
     /// The SoftHSM2 library `.ci/run` installs (Debian's `softhsm2`).
     const SOFTHSM2: &str = "/usr/lib/softhsm/libsofthsm2.so";
     /// How many `in_token` tests the child process must pass.
-    const IN_TOKEN_TESTS: usize = 11;
+    const IN_TOKEN_TESTS: usize = 12;
 
     fn softhsm2_module() -> PathBuf {
         std::env::var_os("BROKER_TEST_PKCS11_MODULE")
@@ -1411,6 +1474,30 @@ pin = "1234""#,
                 .get_attributes(signer.key, &[AttributeType::Extractable])
                 .unwrap();
             assert_eq!(again, vec![Attribute::Extractable(false)]);
+        }
+
+        #[test]
+        #[ignore = "run by softhsm2_tokens_sign_in_a_child_process"]
+        fn modules_are_finalized_only_once_no_signer_is_left() {
+            let Some(dir) = dir() else { return };
+            let cfg = config(&dir, "test", "pin", "es256-finalize");
+            let signer = generate_in_token(&cfg, SigningAlgorithm::ES256).unwrap();
+            assert_eq!(finalize_unused(), 0, "a signer is alive");
+            check_signs_and_verifies(&signer, SigningAlgorithm::ES256);
+            let handle = module(&cfg.module).unwrap();
+            assert!(handle.get_slots_with_initialized_token().is_ok());
+            drop(signer);
+            assert_eq!(finalize_unused(), 1, "the one module this process loaded");
+            // Finalized for real: the module refuses a call on the old handle.
+            let refused = handle.get_slots_with_initialized_token().unwrap_err();
+            assert!(
+                matches!(refused, CkError::Pkcs11(RvError::CryptokiNotInitialized, _)),
+                "{refused}"
+            );
+            assert_eq!(finalize_unused(), 0, "nothing left to finalize");
+            // A later signer initializes the module again and signs.
+            let reopened = open(&cfg).unwrap();
+            check_signs_and_verifies(reopened.as_ref(), SigningAlgorithm::ES256);
         }
 
         #[test]
