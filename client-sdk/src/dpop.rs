@@ -187,6 +187,18 @@ impl DpopKey {
         access_token: Option<&str>,
         nonce: Option<&str>,
     ) -> Result<String, DpopError> {
+        self.proof_at(method, url, access_token, nonce, unix_now())
+    }
+
+    /// [`DpopKey::proof`] with the `iat` given (tests: a proof made earlier).
+    pub(crate) fn proof_at(
+        &self,
+        method: &str,
+        url: &str,
+        access_token: Option<&str>,
+        nonce: Option<&str>,
+        iat: u64,
+    ) -> Result<String, DpopError> {
         let alg = match self.pair {
             Pair::Es256(_) => "ES256",
             Pair::Ed25519(_) => "EdDSA",
@@ -199,7 +211,7 @@ impl DpopKey {
             "jti": URL_SAFE_NO_PAD.encode(jti),
             "htm": method,
             "htu": htu_of(url),
-            "iat": unix_now(),
+            "iat": iat,
         });
         if let Some(t) = access_token {
             claims["ath"] = Value::String(access_token_hash(t));

@@ -41,6 +41,7 @@ pub struct VerifierBuilder {
     timeout: Duration,
     jwks_max_age: Duration,
     dpop_origin: Option<String>,
+    dpop_proof_max_age: u64,
     verified_token_cache: u64,
 }
 
@@ -50,6 +51,15 @@ impl VerifierBuilder {
     /// request's `Host`).
     pub fn dpop_origin(mut self, origin: impl Into<String>) -> Self {
         self.dpop_origin = Some(origin.into());
+        self
+    }
+    /// How far a DPoP proof's `iat` may be from this resource's clock, either way
+    /// (default [`crate::dpop::DEFAULT_PROOF_MAX_AGE`], 60 s; whole seconds). A proof is
+    /// remembered for this long, so that it is refused if sent again; a wider window
+    /// tolerates clients with worse clocks and keeps more proofs in memory (at most
+    /// 100,000, the oldest forgotten first).
+    pub fn dpop_proof_max_age(mut self, age: Duration) -> Self {
+        self.dpop_proof_max_age = age.as_secs();
         self
     }
     /// The expected `iss` (default: the broker URL).
@@ -270,6 +280,7 @@ impl Verifier {
             feed: None,
             timeout: Duration::from_secs(10),
             jwks_max_age: DEFAULT_JWKS_MAX_AGE,
+            dpop_proof_max_age: crate::dpop::DEFAULT_PROOF_MAX_AGE,
             verified_token_cache: DEFAULT_VERIFIED_TOKEN_CACHE,
         }
     }
@@ -303,7 +314,8 @@ impl Verifier {
         claims: &AccessTokenClaims,
         dpop: Option<DpopRequest<'_>>,
     ) -> Result<(), VerifyError> {
-        use crate::dpop::{DEFAULT_PROOF_MAX_AGE, DpopError, ProofCheck, verify_proof};
+        use crate::dpop::{DpopError, ProofCheck, verify_proof};
+        let max_age = self.inner.cfg.dpop_proof_max_age;
         let jkt = claims.cnf.as_ref().and_then(|c| c.jkt.as_deref());
         match (jkt, dpop) {
             (None, None) => Ok(()),
@@ -318,7 +330,7 @@ impl Verifier {
                         method: d.method,
                         urls: &[d.url],
                         now,
-                        max_age: DEFAULT_PROOF_MAX_AGE,
+                        max_age,
                         access_token: Some(token),
                         nonce: None,
                     },
@@ -329,7 +341,7 @@ impl Verifier {
                 }
                 self.inner
                     .dpop_replay
-                    .first_use(&proof, proof.iat.saturating_add(DEFAULT_PROOF_MAX_AGE), now)
+                    .first_use(&proof, proof.iat.saturating_add(max_age), now)
                     .map_err(VerifyError::Dpop)
             }
         }
@@ -711,15 +723,23 @@ mod tests {
         }
 
         fn token(&self, jti: &str, exp: u64) -> String {
+            self.token_with(jti, exp, serde_json::json!({}))
+        }
+
+        /// A token with `extra` claims added (`cnf`, say).
+        fn token_with(&self, jti: &str, exp: u64, extra: serde_json::Value) -> String {
             use base64::Engine;
             let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
             let header = serde_json::json!({"alg": "EdDSA", "kid": "k1", "typ": "at+jwt"});
             let now = unix_now();
-            let claims = serde_json::json!({
+            let mut claims = serde_json::json!({
                 "iss": URL, "sub": "payments-api", "client_id": "payments-api", "aud": AUD,
                 "scope": "ledger:read", "jti": jti, "iat": now, "nbf": now, "exp": exp,
                 "task": "ledger-write", "env": "prod",
             });
+            if let (Some(c), serde_json::Value::Object(extra)) = (claims.as_object_mut(), extra) {
+                c.extend(extra);
+            }
             let input = format!(
                 "{}.{}",
                 b64(header.to_string().as_bytes()),
@@ -753,6 +773,57 @@ mod tests {
                 .signature_checks
                 .load(std::sync::atomic::Ordering::Relaxed)
         }
+    }
+
+    #[tokio::test]
+    async fn the_dpop_proof_window_is_configurable() {
+        use crate::dpop::{DpopError, DpopKey};
+        let key = TestKey::new();
+        let client = DpopKey::generate_ed25519().expect("a DPoP key");
+        let token = key.token_with(
+            "j1",
+            unix_now() + 300,
+            serde_json::json!({ "cnf": { "jkt": client.thumbprint() } }),
+        );
+        let url = "https://ledger.test/entries";
+        let made_ago = |secs: u64| {
+            client
+                .proof_at("GET", url, Some(&token), None, unix_now() - secs)
+                .expect("a proof")
+        };
+        fn request(proof: &str) -> DpopRequest<'_> {
+            DpopRequest {
+                proof,
+                method: "GET",
+                url: "https://ledger.test/entries",
+            }
+        }
+        let (recent, old, older) = (made_ago(10), made_ago(90), made_ago(150));
+        // The default window, 60 s either way.
+        let v = verifier(&key, 5);
+        assert!(v.verify_dpop(&token, request(&recent), None).await.is_ok());
+        let refused = v.verify_dpop(&token, request(&old), None).await;
+        assert!(
+            matches!(refused, Err(VerifyError::Dpop(DpopError::Stale))),
+            "{refused:?}"
+        );
+        // A 120 s window takes the 90 s old proof, once, and still refuses an older one.
+        let wide = Verifier::builder(URL, AUD)
+            .dpop_proof_max_age(Duration::from_secs(120))
+            .build()
+            .expect("a verifier");
+        wide.set_keys([("k1", key.public())]);
+        assert!(wide.verify_dpop(&token, request(&old), None).await.is_ok());
+        let again = wide.verify_dpop(&token, request(&old), None).await;
+        assert!(
+            matches!(again, Err(VerifyError::Dpop(DpopError::Replayed))),
+            "{again:?}"
+        );
+        let too_old = wide.verify_dpop(&token, request(&older), None).await;
+        assert!(
+            matches!(too_old, Err(VerifyError::Dpop(DpopError::Stale))),
+            "{too_old:?}"
+        );
     }
 
     #[tokio::test]
