@@ -785,17 +785,17 @@ mod tests {
             unix_now() + 300,
             serde_json::json!({ "cnf": { "jkt": client.thumbprint() } }),
         );
-        let url = "https://ledger.test/entries";
+        const ENTRIES: &str = "https://ledger.test/entries";
         let made_ago = |secs: u64| {
             client
-                .proof_at("GET", url, Some(&token), None, unix_now() - secs)
+                .proof_at("GET", ENTRIES, Some(&token), None, unix_now() - secs)
                 .expect("a proof")
         };
         fn request(proof: &str) -> DpopRequest<'_> {
             DpopRequest {
                 proof,
                 method: "GET",
-                url: "https://ledger.test/entries",
+                url: ENTRIES,
             }
         }
         let (recent, old, older) = (made_ago(10), made_ago(90), made_ago(150));
